@@ -1,0 +1,1 @@
+//! philotes-engine: the generic stream-of-stages runtime (placeholder; being written).

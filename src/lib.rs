@@ -1,0 +1,4 @@
+//! philotes: streams PostgreSQL row changes into Apache Iceberg tables, exactly once.
+//!
+//! This library holds what the binary is made of: the YAML pipeline model (`config`), the migrator
+//! (`migrate`) and the assembly of pipelines from stages.

@@ -1,0 +1,2 @@
+//! The `philotes` command line.
+fn main() {}
