@@ -2,3 +2,5 @@
 //!
 //! This library holds what the binary is made of: the YAML pipeline model (`config`), the migrator
 //! (`migrate`) and the assembly of pipelines from stages.
+
+pub mod migrate;

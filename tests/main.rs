@@ -1,1 +1,6 @@
-//! Integration tests against a real PostgreSQL.
+//! The integration test binary: every test here runs against a real PostgreSQL started by
+//! `philotes-testkit` (one cluster per test run, one fresh database per test), never a mock.
+
+mod cli;
+mod cluster;
+mod migrate;

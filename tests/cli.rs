@@ -1,0 +1,1 @@
+//! The `philotes` command line, run as a user would run it.
