@@ -1,0 +1,495 @@
+//! Walks the positioned YAML tree into [`PipelineConfig`], applying defaults and cross-key rules.
+//!
+//! Every section is decoded even when an earlier one had problems, so one run reports them all.
+//! A section returns `None` only when a value it cannot default is missing or wrong (and reported).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use super::model::*;
+use super::secret::{PostgresUrl, RedactedUrl, Secret};
+use super::validate;
+use super::walk::{Field, Section, Walker};
+use super::yaml::{Node, Value};
+
+const ROOT_KEYS: &[&str] = &[
+    "pipeline",
+    "source",
+    "buffer",
+    "sink",
+    "flush",
+    "stages",
+    "telemetry",
+];
+const POSTGRES_KEYS: &[&str] = &[
+    "url",
+    "publication",
+    "slot",
+    "tables",
+    "snapshot",
+    "unmapped_types",
+    "status_interval",
+];
+const ICEBERG_KEYS: &[&str] = &[
+    "catalog",
+    "warehouse",
+    "s3",
+    "namespace",
+    "mode",
+    "target_file_size",
+    "tables",
+];
+const CATALOG_KEYS: &[&str] = &[
+    "type",
+    "name",
+    "url",
+    "uri",
+    "warehouse",
+    "token",
+    "credential",
+];
+const S3_KEYS: &[&str] = &[
+    "region",
+    "endpoint",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "path_style",
+];
+const TABLE_KEYS: &[&str] = &["name", "namespace", "partition", "mode"];
+
+/// Decodes the whole file; `None` when something required is missing or invalid (reported).
+pub(crate) fn decode(root: &Node, w: &mut Walker<'_, '_>) -> Option<PipelineConfig> {
+    let top = w.root(root, ROOT_KEYS);
+    let pipeline = w.required(&top, "pipeline").and_then(|f| {
+        let name = w.word(&f)?;
+        w.check(&f, validate::pipeline_name(&name).map(|()| name))
+    });
+    let (postgres, source_url, tables) = source(w, &top, pipeline.as_deref());
+    let buffer = buffer(w, &top, source_url);
+    let iceberg = sink(w, &top, buffer.as_ref().map(|b| &b.url), tables.as_ref());
+    let flush = flush(w, &top);
+    let stages = stages(w, &top);
+    let telemetry = telemetry(w, &top);
+    Some(PipelineConfig {
+        pipeline: pipeline?,
+        source: SourceConfig {
+            postgres: postgres?,
+        },
+        buffer: buffer?,
+        sink: SinkConfig { iceberg: iceberg? },
+        flush,
+        stages,
+        telemetry,
+    })
+}
+
+/// A PostgreSQL connection string at `field`.
+fn postgres_url(w: &mut Walker<'_, '_>, field: &Field<'_>) -> Option<PostgresUrl> {
+    let text = w.word(field)?;
+    w.check(field, PostgresUrl::parse(&text))
+}
+
+/// What `source.postgres` gives the rest of the file: the whole section, and the url and tables
+/// alone (other sections are checked against those even when the section as a whole failed).
+type Source = (
+    Option<PostgresSourceConfig>,
+    Option<PostgresUrl>,
+    Option<TableSelection>,
+);
+
+/// `source.postgres`.
+fn source(w: &mut Walker<'_, '_>, top: &Section<'_>, pipeline: Option<&str>) -> Source {
+    let Some(source_field) = w.required(top, "source") else {
+        return (None, None, None);
+    };
+    let source = w.open(&source_field, &["postgres"]);
+    let Some(pg_field) = w.required(&source, "postgres") else {
+        return (None, None, None);
+    };
+    let pg = w.open(&pg_field, POSTGRES_KEYS);
+    let url = w.required(&pg, "url").and_then(|f| postgres_url(w, &f));
+    let default_name = pipeline.map(|p| format!("philotes_{p}"));
+    let publication = match w.optional(&pg, "publication") {
+        Some((f, name)) => w.check(&f, validate::publication_name(&name).map(|()| name)),
+        None => default_name.clone(),
+    };
+    let slot = match w.optional(&pg, "slot") {
+        Some((f, name)) => w.check(&f, validate::slot_name(&name).map(|()| name)),
+        None => default_name,
+    };
+    let tables = w
+        .required(&pg, "tables")
+        .and_then(|f| table_selection(w, &f));
+    let snapshot = w.opt_keyword(&pg, "snapshot", SnapshotMode::Initial);
+    let unmapped_types = w.opt_keyword(&pg, "unmapped_types", UnmappedTypes::Error);
+    let status_interval = w.duration(&pg, "status_interval", DEFAULT_STATUS_INTERVAL);
+    let config = match (&url, publication, slot, &tables) {
+        (Some(url), Some(publication), Some(slot), Some(tables)) => Some(PostgresSourceConfig {
+            url: url.clone(),
+            publication,
+            slot,
+            tables: tables.clone(),
+            snapshot,
+            unmapped_types,
+            status_interval,
+        }),
+        _ => None,
+    };
+    (config, url, tables)
+}
+
+/// `source.postgres.tables`: `all`, a list of `schema.table`, or (handy from an environment
+/// variable) one string of comma-separated names.
+fn table_selection(w: &mut Walker<'_, '_>, field: &Field<'_>) -> Option<TableSelection> {
+    let mut names: Vec<(Field<'_>, String)> = Vec::new();
+    if matches!(field.node.value, Value::Scalar(_)) {
+        let text = w.text(field)?;
+        if text.trim() == "all" {
+            return Some(TableSelection::All);
+        }
+        let parts = text
+            .split(',')
+            .map(|name| (field.clone(), name.trim().to_owned()));
+        names.extend(parts.filter(|(_, name)| !name.is_empty()));
+    } else {
+        for item in w.list(field) {
+            if let Some(text) = w.text(&item) {
+                names.push((item, text.trim().to_owned()));
+            }
+        }
+    }
+    if names.is_empty() {
+        w.problem(
+            field.pos,
+            &field.path,
+            "lists no tables (write `all` for every table)",
+        );
+        return None;
+    }
+    let mut tables: Vec<TableName> = Vec::with_capacity(names.len());
+    let mut ok = true;
+    for (item, text) in &names {
+        let parsed = if text == "all" {
+            Err("`all` cannot be mixed with table names".to_owned())
+        } else {
+            TableName::parse(text)
+        };
+        match w.check(item, parsed) {
+            Some(table) if tables.contains(&table) => {
+                w.problem(item.pos, &item.path, format!("{table} is listed twice"));
+            }
+            Some(table) => tables.push(table),
+            None => ok = false,
+        }
+    }
+    ok.then_some(TableSelection::Listed(tables))
+}
+
+/// `buffer`.
+fn buffer(
+    w: &mut Walker<'_, '_>,
+    top: &Section<'_>,
+    source_url: Option<PostgresUrl>,
+) -> Option<BufferConfig> {
+    let buffer = w.section(top, "buffer", &["url", "segment"]);
+    let url = match w.optional(&buffer, "url") {
+        Some((f, text)) => w.check(&f, PostgresUrl::parse(&text)),
+        None => source_url,
+    };
+    let segment = w.section(&buffer, "segment", &["max_events", "max_bytes", "max_age"]);
+    let segment = SegmentConfig {
+        max_events: w.number(&segment, "max_events", DEFAULT_SEGMENT_MAX_EVENTS),
+        max_bytes: w.bytes(&segment, "max_bytes", DEFAULT_SEGMENT_MAX_BYTES),
+        max_age: w.duration(&segment, "max_age", DEFAULT_SEGMENT_MAX_AGE),
+    };
+    Some(BufferConfig { url: url?, segment })
+}
+
+/// `sink.iceberg`.
+fn sink(
+    w: &mut Walker<'_, '_>,
+    top: &Section<'_>,
+    buffer_url: Option<&PostgresUrl>,
+    source_tables: Option<&TableSelection>,
+) -> Option<IcebergSinkConfig> {
+    let sink_field = w.required(top, "sink")?;
+    let sink = w.open(&sink_field, &["iceberg"]);
+    let iceberg_field = w.required(&sink, "iceberg")?;
+    let iceberg = w.open(&iceberg_field, ICEBERG_KEYS);
+    let catalog = catalog(w, &iceberg, buffer_url);
+    let warehouse_field = w.required(&iceberg, "warehouse");
+    let warehouse = warehouse_field.as_ref().and_then(|f| {
+        let text = w.word(f)?;
+        w.check(f, validate::warehouse(&text))
+    });
+    let s3 = match (&warehouse, iceberg.field("s3")) {
+        (Some(Warehouse::S3 { .. }), None) => {
+            let pos = warehouse_field.as_ref().map_or(iceberg.pos, |f| f.pos);
+            let path = format!("{}.s3", iceberg.path);
+            w.problem(
+                pos,
+                &path,
+                "an s3:// warehouse needs an s3: block (at least region)",
+            );
+            None
+        }
+        (Some(Warehouse::File { .. }), Some(f)) => {
+            w.problem(
+                f.pos,
+                &f.path,
+                "s3 settings are only used with an s3:// warehouse",
+            );
+            s3_config(w, &f)
+        }
+        (_, Some(f)) => s3_config(w, &f),
+        (_, None) => None,
+    };
+    let namespace = w.opt_checked(&iceberg, "namespace", validate::iceberg_namespace);
+    let mode = w.opt_keyword(&iceberg, "mode", TableMode::Changelog);
+    let target_file_size = w.bytes(&iceberg, "target_file_size", DEFAULT_TARGET_FILE_SIZE);
+    let tables = table_overrides(w, &iceberg, source_tables);
+    let warehouse = warehouse?;
+    let s3 = match warehouse {
+        Warehouse::S3 { .. } => Some(s3?),
+        Warehouse::File { .. } => None,
+    };
+    Some(IcebergSinkConfig {
+        catalog: catalog?,
+        warehouse,
+        s3,
+        namespace,
+        mode,
+        target_file_size,
+        tables,
+    })
+}
+
+/// The catalog types, as written in `sink.iceberg.catalog.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CatalogType {
+    Sql,
+    Rest,
+}
+
+impl Keyword for CatalogType {
+    const ALL: &'static [Self] = &[CatalogType::Sql, CatalogType::Rest];
+    fn keyword(self) -> &'static str {
+        match self {
+            CatalogType::Sql => "sql",
+            CatalogType::Rest => "rest",
+        }
+    }
+}
+
+/// `sink.iceberg.catalog`.
+fn catalog(
+    w: &mut Walker<'_, '_>,
+    iceberg: &Section<'_>,
+    buffer_url: Option<&PostgresUrl>,
+) -> Option<CatalogConfig> {
+    let catalog = w.section(iceberg, "catalog", CATALOG_KEYS);
+    let kind = catalog
+        .field("type")
+        .map_or(Some(CatalogType::Sql), |f| w.keyword(&f));
+    let name = w
+        .opt_word(&catalog, "name")
+        .unwrap_or_else(|| DEFAULT_CATALOG_NAME.to_owned());
+    let kind = kind?;
+    let (own, others): (&[&str], &[&str]) = match kind {
+        CatalogType::Sql => (&["url"], &["uri", "warehouse", "token", "credential"]),
+        CatalogType::Rest => (&["uri", "warehouse", "token", "credential"], &["url"]),
+    };
+    for key in others {
+        if let Some(f) = catalog.field(key) {
+            let message = format!(
+                "not used by a {} catalog (it takes {})",
+                kind.keyword(),
+                own.join(", ")
+            );
+            w.problem(f.pos, &f.path, message);
+        }
+    }
+    let kind = match kind {
+        CatalogType::Sql => {
+            let url = match w.optional(&catalog, "url") {
+                Some((f, text)) => {
+                    let url = w.check(&f, PostgresUrl::parse(&text))?;
+                    if !url.is_url() {
+                        w.problem(
+                            f.pos,
+                            &f.path,
+                            "the SQL catalog needs a postgres:// URL, not the key=value form",
+                        );
+                    }
+                    url
+                }
+                None => {
+                    let url = buffer_url?.clone();
+                    if !url.is_url() {
+                        let path = format!("{}.url", catalog.path);
+                        w.problem(
+                            catalog.pos,
+                            &path,
+                            "the SQL catalog needs a postgres:// URL; the buffer url is in key=value form, so set this",
+                        );
+                    }
+                    url
+                }
+            };
+            CatalogKind::Sql { url }
+        }
+        CatalogType::Rest => {
+            let uri = match catalog.field("uri") {
+                Some(f) => w.word(&f).and_then(|uri| {
+                    let checked = validate::http_url(&uri).map(|()| RedactedUrl::new(uri));
+                    w.check(&f, checked)
+                }),
+                None => {
+                    let path = format!("{}.uri", catalog.path);
+                    w.problem(
+                        catalog.pos,
+                        &path,
+                        "missing required key (a rest catalog needs uri)",
+                    );
+                    None
+                }
+            };
+            let warehouse = w.opt_word(&catalog, "warehouse");
+            let token = w.opt_word(&catalog, "token").map(Secret::new);
+            let credential = w.opt_word(&catalog, "credential").map(Secret::new);
+            CatalogKind::Rest {
+                uri: uri?,
+                warehouse,
+                token,
+                credential,
+            }
+        }
+    };
+    Some(CatalogConfig { name, kind })
+}
+
+/// `sink.iceberg.s3`.
+fn s3_config(w: &mut Walker<'_, '_>, field: &Field<'_>) -> Option<S3Config> {
+    let s3 = w.open(field, S3_KEYS);
+    let region = w.required(&s3, "region").and_then(|f| w.word(&f));
+    let endpoint = w.opt_checked(&s3, "endpoint", validate::http_url);
+    let access_key_id = w.opt_word(&s3, "access_key_id").map(Secret::new);
+    let secret_access_key = w.opt_word(&s3, "secret_access_key").map(Secret::new);
+    let session_token = w.opt_word(&s3, "session_token").map(Secret::new);
+    let given = [
+        ("access_key_id", access_key_id.is_some()),
+        ("secret_access_key", secret_access_key.is_some()),
+    ];
+    for ((present, has_present), (absent, has_absent)) in
+        [(given[0], given[1]), (given[1], given[0])]
+    {
+        if has_present && !has_absent {
+            let pos = s3.field(present).map_or(s3.pos, |f| f.pos);
+            let path = format!("{}.{absent}", s3.path);
+            w.problem(pos, &path, format!("required together with {present}"));
+        }
+    }
+    let path_style = w.boolean(&s3, "path_style", false);
+    Some(S3Config {
+        region: region?,
+        endpoint,
+        access_key_id,
+        secret_access_key,
+        session_token,
+        path_style,
+    })
+}
+
+/// `sink.iceberg.tables`: per-source-table overrides.
+fn table_overrides(
+    w: &mut Walker<'_, '_>,
+    iceberg: &Section<'_>,
+    source_tables: Option<&TableSelection>,
+) -> BTreeMap<TableName, TableOverride> {
+    let tables = w.section(iceberg, "tables", &[]);
+    let mut out = BTreeMap::new();
+    for (key, field) in tables.entries() {
+        let Some(table) = w.check(&field, TableName::parse(key)) else {
+            continue;
+        };
+        if source_tables.is_some_and(|s| !s.includes(&table)) {
+            let message = format!("{table} is not in source.postgres.tables");
+            w.problem(field.pos, &field.path, message);
+        }
+        if out.contains_key(&table) {
+            w.problem(
+                field.pos,
+                &field.path,
+                format!("{table} is configured twice"),
+            );
+            continue;
+        }
+        let section = w.open(&field, TABLE_KEYS);
+        let name = w.opt_checked(&section, "name", validate::iceberg_table_name);
+        let namespace = w.opt_checked(&section, "namespace", validate::iceberg_namespace);
+        let mut partition = Vec::new();
+        if let Some(f) = section.field("partition") {
+            for item in w.list(&f) {
+                if let Some(text) = w.text(&item) {
+                    if let Some(p) = w.check(&item, validate::partition(&text)) {
+                        partition.push(p);
+                    }
+                }
+            }
+        }
+        let mode = section.field("mode").and_then(|f| w.keyword(&f));
+        let table_override = TableOverride {
+            name,
+            namespace,
+            partition,
+            mode,
+        };
+        out.insert(table, table_override);
+    }
+    out
+}
+
+/// `flush`.
+fn flush(w: &mut Walker<'_, '_>, top: &Section<'_>) -> FlushConfig {
+    let flush = w.section(top, "flush", &["workers", "max_events", "interval"]);
+    FlushConfig {
+        workers: w.count(&flush, "workers", DEFAULT_FLUSH_WORKERS),
+        max_events: w.number(&flush, "max_events", DEFAULT_FLUSH_MAX_EVENTS),
+        interval: w.duration(&flush, "interval", DEFAULT_FLUSH_INTERVAL),
+    }
+}
+
+/// `stages`: every stage gets a pool; those not written keep their defaults.
+fn stages(w: &mut Walker<'_, '_>, top: &Section<'_>) -> StagesConfig {
+    let names: Vec<&str> = StageName::ALL.iter().map(|s| s.as_str()).collect();
+    let stages = w.section(top, "stages", &names);
+    let mut config = StagesConfig::default();
+    for stage in StageName::ALL {
+        let pool = w.section(&stages, stage.as_str(), &["workers", "queue"]);
+        let default = stage.default_config();
+        let chosen = StageConfig {
+            workers: w.count(&pool, "workers", default.workers),
+            queue: w.count(&pool, "queue", default.queue),
+        };
+        config.pools.insert(stage, chosen);
+    }
+    config
+}
+
+/// `telemetry`.
+fn telemetry(w: &mut Walker<'_, '_>, top: &Section<'_>) -> TelemetryConfig {
+    let telemetry = w.section(top, "telemetry", &["metrics", "log_format"]);
+    let default_metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, 9464));
+    let metrics = telemetry
+        .field("metrics")
+        .and_then(|f| {
+            let text = w.text(&f)?;
+            w.check(&f, validate::socket_addr(&text))
+        })
+        .unwrap_or(default_metrics);
+    TelemetryConfig {
+        metrics,
+        log_format: w.opt_keyword(&telemetry, "log_format", LogFormat::Human),
+    }
+}

@@ -1,0 +1,566 @@
+//! The typed pipeline model: what a pipeline file means once parsed, defaulted and validated.
+//!
+//! Field names follow the YAML keys (DESIGN.md, "The pipeline file"): that file format is a public
+//! contract, so keys are added, never renamed. Every default is applied here, so the rest of
+//! philotes never looks at an `Option` to learn a default; the `DEFAULT_*` constants document them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::secret::{PostgresUrl, RedactedUrl, Secret};
+
+/// Default `buffer.segment.max_events`: events per buffer segment.
+pub const DEFAULT_SEGMENT_MAX_EVENTS: u64 = 10_000;
+/// Default `buffer.segment.max_bytes`: 8 MiB of encoded events per segment.
+pub const DEFAULT_SEGMENT_MAX_BYTES: u64 = 8 << 20;
+/// Default `buffer.segment.max_age`: a segment is closed at most this long after its first event.
+pub const DEFAULT_SEGMENT_MAX_AGE: Duration = Duration::from_millis(200);
+/// Default `flush.workers`.
+pub const DEFAULT_FLUSH_WORKERS: usize = 2;
+/// Default `flush.max_events`: events per Iceberg commit, at most.
+pub const DEFAULT_FLUSH_MAX_EVENTS: u64 = 500_000;
+/// Default `flush.interval`: how often a flusher looks for work when the buffer was empty.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `sink.iceberg.catalog.name`.
+pub const DEFAULT_CATALOG_NAME: &str = "philotes";
+/// Default `sink.iceberg.target_file_size` (the Iceberg `write.target-file-size-bytes` default).
+pub const DEFAULT_TARGET_FILE_SIZE: u64 = 512 << 20;
+/// Default `source.postgres.status_interval`: standby status updates to the server, at least this often.
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// Default `telemetry.metrics`: the Prometheus `/metrics` listen address.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+/// Longest pipeline name: `philotes_<pipeline>` must fit PostgreSQL's 63-byte identifiers.
+pub const MAX_PIPELINE_NAME_LEN: usize = 50;
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// The pipeline's name: default slot/publication are `philotes_<pipeline>`, and it keys the
+    /// pipeline's rows in the buffer and the `philotes.pipeline` property of Iceberg snapshots.
+    pub pipeline: String,
+    /// Where changes come from (`source:`).
+    pub source: SourceConfig,
+    /// The durable Postgres buffer between capture and flushers (`buffer:`).
+    pub buffer: BufferConfig,
+    /// Where changes go (`sink:`).
+    pub sink: SinkConfig,
+    /// How flushers batch buffer segments into Iceberg commits (`flush:`).
+    pub flush: FlushConfig,
+    /// Worker pools and queue sizes per engine stage (`stages:`).
+    pub stages: StagesConfig,
+    /// Metrics and logs (`telemetry:`).
+    pub telemetry: TelemetryConfig,
+}
+
+impl PipelineConfig {
+    /// The Iceberg table, mode and partition spec for a source table, all defaults resolved:
+    /// namespace = per-table `namespace`, else `sink.iceberg.namespace`, else the source schema;
+    /// name = per-table `name`, else the source table name; mode = per-table, else the sink's.
+    pub fn iceberg_target(&self, table: &TableName) -> IcebergTarget {
+        let iceberg = &self.sink.iceberg;
+        let table_override = iceberg.tables.get(table);
+        IcebergTarget {
+            namespace: table_override
+                .and_then(|t| t.namespace.clone())
+                .or_else(|| iceberg.namespace.clone())
+                .unwrap_or_else(|| table.schema.clone()),
+            name: table_override
+                .and_then(|t| t.name.clone())
+                .unwrap_or_else(|| table.name.clone()),
+            mode: table_override.and_then(|t| t.mode).unwrap_or(iceberg.mode),
+            partition: table_override
+                .map(|t| t.partition.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// `source:` — the change source. Only PostgreSQL today; a key per kind leaves room for more.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceConfig {
+    /// `source.postgres`: logical replication from a PostgreSQL database.
+    pub postgres: PostgresSourceConfig,
+}
+
+/// `source.postgres:` — what to replicate and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresSourceConfig {
+    /// Connection to the source database (needs the REPLICATION attribute). Required.
+    pub url: PostgresUrl,
+    /// Publication to stream (created when missing); default `philotes_<pipeline>`.
+    pub publication: String,
+    /// Logical replication slot (created when missing); default `philotes_<pipeline>`.
+    pub slot: String,
+    /// Tables to capture: `all`, or a list of `schema.table` (unqualified means `public`). Required.
+    pub tables: TableSelection,
+    /// Whether existing rows are copied before streaming starts; default `initial`.
+    pub snapshot: SnapshotMode,
+    /// What to do with a column whose type has no Iceberg mapping; default `error`.
+    /// (Added key: Debezium/PeerDB users expect unknown types to be carried as text.)
+    pub unmapped_types: UnmappedTypes,
+    /// Longest time between standby status updates sent to the server (keeps the connection alive
+    /// past `wal_sender_timeout` when idle); default 10s. (Added key.)
+    pub status_interval: Duration,
+}
+
+/// `source.postgres.tables`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableSelection {
+    /// `all`: every table of the publication (`FOR ALL TABLES` when philotes creates it).
+    All,
+    /// These tables, in the order written.
+    Listed(Vec<TableName>),
+}
+
+impl TableSelection {
+    /// Whether `table` is captured.
+    pub fn includes(&self, table: &TableName) -> bool {
+        match self {
+            TableSelection::All => true,
+            TableSelection::Listed(tables) => tables.contains(table),
+        }
+    }
+}
+
+/// A schema-qualified source table name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableName {
+    /// Schema (`public` when the file wrote an unqualified name).
+    pub schema: String,
+    /// Table.
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses `schema.table` or `table` (meaning `public.table`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = text.split('.').collect();
+        let (schema, name) = match parts.as_slice() {
+            [name] => ("public", *name),
+            [schema, name] => (*schema, *name),
+            _ => return Err(format!("expected schema.table, found {text:?}")),
+        };
+        if schema.trim().is_empty() || name.trim().is_empty() {
+            return Err(format!("expected schema.table, found {text:?}"));
+        }
+        Ok(Self {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// `source.postgres.snapshot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// Copy the existing rows first (as `_op = r`), then stream from the snapshot's LSN.
+    Initial,
+    /// Stream changes only, from the slot's position.
+    Never,
+}
+
+/// `source.postgres.unmapped_types`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmappedTypes {
+    /// Stop that table with an error naming the column and its type.
+    Error,
+    /// Carry the value as a string column holding PostgreSQL's text output.
+    Text,
+}
+
+/// `buffer:` — the durable queue between capture and flushers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BufferConfig {
+    /// Database holding the `philotes` schema; default: `source.postgres.url`.
+    pub url: PostgresUrl,
+    /// When the capture closes a segment.
+    pub segment: SegmentConfig,
+}
+
+/// `buffer.segment:` — a segment is closed at whichever limit comes first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentConfig {
+    /// Events per segment; default 10000.
+    pub max_events: u64,
+    /// Encoded bytes per segment; default 8MiB.
+    pub max_bytes: u64,
+    /// Age of the segment's first event; default 200ms (the latency floor of the buffer).
+    pub max_age: Duration,
+}
+
+/// `sink:` — the destination. Only Iceberg today.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkConfig {
+    /// `sink.iceberg`.
+    pub iceberg: IcebergSinkConfig,
+}
+
+/// `sink.iceberg:` — catalog, storage and table layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IcebergSinkConfig {
+    /// The catalog tables are registered in.
+    pub catalog: CatalogConfig,
+    /// Where data and metadata files are written. Required.
+    pub warehouse: Warehouse,
+    /// S3 connection settings; present exactly when the warehouse is `s3://`.
+    pub s3: Option<S3Config>,
+    /// Namespace of every table; `None` means each table's source schema.
+    pub namespace: Option<String>,
+    /// Table mode for every table without its own; default `changelog`.
+    pub mode: TableMode,
+    /// Target size of written Parquet data files; default 512MiB. (Added key.)
+    pub target_file_size: u64,
+    /// Per-source-table overrides, keyed by source table.
+    pub tables: BTreeMap<TableName, TableOverride>,
+}
+
+/// `sink.iceberg.catalog:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogConfig {
+    /// Catalog name; default `philotes`. Part of the catalog key: readers must use the same name.
+    pub name: String,
+    /// Which catalog, and its connection.
+    pub kind: CatalogKind,
+}
+
+/// `sink.iceberg.catalog.type` and the keys that go with it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CatalogKind {
+    /// `type: sql` (default): the catalog lives in PostgreSQL tables.
+    Sql {
+        /// `url`: the catalog database; default: `buffer.url`. Must be a `postgres://` URL.
+        url: PostgresUrl,
+    },
+    /// `type: rest`: an Iceberg REST catalog.
+    Rest {
+        /// `uri`: the REST endpoint. Required.
+        uri: RedactedUrl,
+        /// `warehouse`: the warehouse identifier sent to the catalog; default: `sink.iceberg.warehouse`'s
+        /// location. (Added key: Polaris/Lakekeeper name warehouses.)
+        warehouse: Option<String>,
+        /// `token`: bearer token. (Added key.)
+        token: Option<Secret>,
+        /// `credential`: OAuth2 `client_id:client_secret`. (Added key.)
+        credential: Option<Secret>,
+    },
+}
+
+/// `sink.iceberg.warehouse`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warehouse {
+    /// `file://…`: a local directory; a relative path (`file://./dir`) is relative to the working directory.
+    File {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// `s3://bucket/prefix`: S3-compatible storage, configured by `sink.iceberg.s3`.
+    S3 {
+        /// Bucket.
+        bucket: String,
+        /// Key prefix without leading or trailing `/`; may be empty.
+        prefix: String,
+    },
+}
+
+impl Warehouse {
+    /// The warehouse as an absolute location URL for the Iceberg catalog (`file:///abs`, `s3://b/p`).
+    pub fn location(&self) -> String {
+        match self {
+            Warehouse::File { path } => {
+                let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                format!("file://{}", absolute.display())
+            }
+            Warehouse::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+            Warehouse::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// `sink.iceberg.s3:` — S3 or an S3-compatible store (MinIO, R2, Ceph).
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3Config {
+    /// `region`, e.g. `us-east-1`. Required (S3-compatible stores accept any value).
+    pub region: String,
+    /// `endpoint`: `http(s)://host:port` of an S3-compatible store; `None` means AWS.
+    pub endpoint: Option<String>,
+    /// `access_key_id`; with `secret_access_key`, or neither (then the default AWS credential chain).
+    pub access_key_id: Option<Secret>,
+    /// `secret_access_key`.
+    pub secret_access_key: Option<Secret>,
+    /// `session_token`, for temporary credentials.
+    pub session_token: Option<Secret>,
+    /// `path_style`: `http://host/bucket/key` addressing instead of `bucket.host`; MinIO needs `true`.
+    /// Default `false`.
+    pub path_style: bool,
+}
+
+/// `sink.iceberg.mode` (and per-table `mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableMode {
+    /// Append one row per change, with `_op`, `_lsn`, `_commit_ts`, `_xid`, `_seq`.
+    Changelog,
+    /// Keep the table equal to the source by primary key (equality deletes + new rows).
+    Mirror,
+}
+
+/// `sink.iceberg.tables.<schema.table>:` — how one source table is written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TableOverride {
+    /// `name`: Iceberg table name; default: the source table name.
+    pub name: Option<String>,
+    /// `namespace`: Iceberg namespace of this table; default: `sink.iceberg.namespace`. (Added key.)
+    pub namespace: Option<String>,
+    /// `partition`: the partition spec, in order; default unpartitioned.
+    pub partition: Vec<PartitionField>,
+    /// `mode`: this table's mode; default `sink.iceberg.mode`. (Added key.)
+    pub mode: Option<TableMode>,
+}
+
+/// A source table's Iceberg destination with every default resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IcebergTarget {
+    /// Namespace.
+    pub namespace: String,
+    /// Table name.
+    pub name: String,
+    /// Table mode.
+    pub mode: TableMode,
+    /// Partition spec; empty = unpartitioned.
+    pub partition: Vec<PartitionField>,
+}
+
+/// One partition field: `col`, `day(col)`, `bucket(16, col)`, ….
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionField {
+    /// The Iceberg transform.
+    pub transform: PartitionTransform,
+    /// The source column it applies to.
+    pub column: String,
+}
+
+impl fmt::Display for PartitionField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let column = &self.column;
+        match self.transform {
+            PartitionTransform::Identity => write!(f, "{column}"),
+            PartitionTransform::Year => write!(f, "year({column})"),
+            PartitionTransform::Month => write!(f, "month({column})"),
+            PartitionTransform::Day => write!(f, "day({column})"),
+            PartitionTransform::Hour => write!(f, "hour({column})"),
+            PartitionTransform::Bucket(n) => write!(f, "bucket({n}, {column})"),
+            PartitionTransform::Truncate(w) => write!(f, "truncate({w}, {column})"),
+        }
+    }
+}
+
+/// Iceberg partition transforms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionTransform {
+    /// The column's value.
+    Identity,
+    /// Years since 1970.
+    Year,
+    /// Months since 1970-01.
+    Month,
+    /// Days since 1970-01-01.
+    Day,
+    /// Hours since 1970-01-01 00:00.
+    Hour,
+    /// Hash bucket, of this many buckets (≥ 1).
+    Bucket(u32),
+    /// Truncation to this width (≥ 1).
+    Truncate(u32),
+}
+
+/// `flush:` — how flushers turn buffer segments into Iceberg commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushConfig {
+    /// Flusher workers in this process (tables flushed in parallel); default 2.
+    pub workers: usize,
+    /// Events per commit, at most; default 500000.
+    pub max_events: u64,
+    /// Pause between polls of an empty buffer; default 1s.
+    pub interval: Duration,
+}
+
+/// The engine stages a pipeline is made of, as named under `stages:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StageName {
+    /// pgoutput frames → change events.
+    Decode,
+    /// Relation cache, typed values, schema versions.
+    SchemaResolve,
+    /// Segments into the buffer, with the source checkpoint.
+    Enqueue,
+    /// Table leases and segment batches from the buffer.
+    Claim,
+    /// Segments → Arrow record batches.
+    ArrowBatch,
+    /// Parquet files + Iceberg snapshot commit.
+    IcebergCommit,
+    /// Watermark advance and buffer cleanup.
+    Checkpoint,
+}
+
+impl StageName {
+    /// Every stage, in data-path order.
+    pub const ALL: [StageName; 7] = [
+        StageName::Decode,
+        StageName::SchemaResolve,
+        StageName::Enqueue,
+        StageName::Claim,
+        StageName::ArrowBatch,
+        StageName::IcebergCommit,
+        StageName::Checkpoint,
+    ];
+
+    /// The YAML key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageName::Decode => "decode",
+            StageName::SchemaResolve => "schema_resolve",
+            StageName::Enqueue => "enqueue",
+            StageName::Claim => "claim",
+            StageName::ArrowBatch => "arrow_batch",
+            StageName::IcebergCommit => "iceberg_commit",
+            StageName::Checkpoint => "checkpoint",
+        }
+    }
+
+    /// The pool used when `stages:` does not mention the stage: one worker, except two for the
+    /// CPU-heavy `arrow_batch`; 1024-item queues where items are events, 16 where they are batches.
+    pub fn default_config(self) -> StageConfig {
+        match self {
+            StageName::Decode | StageName::SchemaResolve | StageName::Enqueue => StageConfig {
+                workers: 1,
+                queue: 1024,
+            },
+            StageName::ArrowBatch => StageConfig {
+                workers: 2,
+                queue: 16,
+            },
+            StageName::Claim | StageName::IcebergCommit | StageName::Checkpoint => StageConfig {
+                workers: 1,
+                queue: 16,
+            },
+        }
+    }
+}
+
+impl fmt::Display for StageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `stages.<stage>:` — one stage's worker pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageConfig {
+    /// Concurrent workers (≥ 1).
+    pub workers: usize,
+    /// Capacity of the stage's bounded input channel, in items (≥ 1): the backpressure bound.
+    pub queue: usize,
+}
+
+/// `stages:` — every stage's pool, defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagesConfig {
+    /// One entry per stage, in [`StageName::ALL`] order.
+    pub pools: BTreeMap<StageName, StageConfig>,
+}
+
+impl StagesConfig {
+    /// The pool of `stage` (its default when the file did not set it).
+    pub fn get(&self, stage: StageName) -> StageConfig {
+        self.pools
+            .get(&stage)
+            .copied()
+            .unwrap_or_else(|| stage.default_config())
+    }
+}
+
+impl Default for StagesConfig {
+    fn default() -> Self {
+        Self {
+            pools: StageName::ALL
+                .iter()
+                .map(|s| (*s, s.default_config()))
+                .collect(),
+        }
+    }
+}
+
+/// `telemetry:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// `metrics`: listen address of the Prometheus `/metrics` endpoint; default 127.0.0.1:9464.
+    pub metrics: SocketAddr,
+    /// `log_format`: `human` (default) or `json`, for log shippers. (Added key.)
+    pub log_format: LogFormat,
+}
+
+/// `telemetry.log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Readable lines for a terminal.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Gives the YAML spelling of a keyword enum, for parsing and messages.
+pub(crate) trait Keyword: Copy + 'static {
+    /// Every variant.
+    const ALL: &'static [Self];
+    /// The YAML spelling.
+    fn keyword(self) -> &'static str;
+}
+
+impl Keyword for SnapshotMode {
+    const ALL: &'static [Self] = &[SnapshotMode::Initial, SnapshotMode::Never];
+    fn keyword(self) -> &'static str {
+        match self {
+            SnapshotMode::Initial => "initial",
+            SnapshotMode::Never => "never",
+        }
+    }
+}
+
+impl Keyword for UnmappedTypes {
+    const ALL: &'static [Self] = &[UnmappedTypes::Error, UnmappedTypes::Text];
+    fn keyword(self) -> &'static str {
+        match self {
+            UnmappedTypes::Error => "error",
+            UnmappedTypes::Text => "text",
+        }
+    }
+}
+
+impl Keyword for TableMode {
+    const ALL: &'static [Self] = &[TableMode::Changelog, TableMode::Mirror];
+    fn keyword(self) -> &'static str {
+        match self {
+            TableMode::Changelog => "changelog",
+            TableMode::Mirror => "mirror",
+        }
+    }
+}
+
+impl Keyword for LogFormat {
+    const ALL: &'static [Self] = &[LogFormat::Human, LogFormat::Json];
+    fn keyword(self) -> &'static str {
+        match self {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        }
+    }
+}

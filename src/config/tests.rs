@@ -1,0 +1,381 @@
+//! Whole-file tests of [`parse`]: the shipped examples, defaults, interpolation, redaction and
+//! the every-problem-at-once reporting. No services, no process environment.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+/// An environment with nothing set, so every `${VAR:-default}` takes its default.
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn parse_ok(text: &str) -> PipelineConfig {
+    parse(text, "pipeline.yaml", &no_env).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text, "pipeline.yaml", &no_env) {
+        Ok(config) => panic!("expected problems, got {config:?}"),
+        Err(e) => e.problems().to_vec(),
+    }
+}
+
+/// The problem at `path`, or a panic listing what was found.
+fn problem_at<'p>(problems: &'p [Problem], path: &str) -> &'p Problem {
+    problems
+        .iter()
+        .find(|p| p.path == path)
+        .unwrap_or_else(|| panic!("no problem at {path}; found:\n{}", ProblemList(problems)))
+}
+
+const MINIMAL: &str = "\
+pipeline: orders
+source:
+  postgres:
+    url: postgres://app:hunter2@db.internal:5432/shop
+    tables: [orders, sales.invoices]
+sink:
+  iceberg:
+    warehouse: file:///var/lib/philotes/warehouse
+";
+
+#[test]
+fn every_example_pipeline_parses_and_validates_as_it_is() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/ exists") {
+        let path = entry.expect("readable entry").path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            let text = std::fs::read_to_string(&path).expect("readable example");
+            let origin = path.display().to_string();
+            if let Err(e) = parse(&text, &origin, &no_env) {
+                panic!("{origin} does not validate:\n{e}");
+            }
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 4,
+        "expected the four shipped examples, found {seen}"
+    );
+}
+
+#[test]
+fn examples_mean_what_their_comments_say() {
+    let mirror = parse_ok(include_str!("../../examples/mirror.yaml"));
+    assert_eq!(mirror.sink.iceberg.mode, TableMode::Mirror);
+    let audit = mirror.iceberg_target(&TableName::parse("audit_log").unwrap());
+    assert_eq!(audit.mode, TableMode::Changelog);
+    let invoices = mirror.iceberg_target(&TableName::parse("sales.invoices").unwrap());
+    assert_eq!(
+        (invoices.namespace.as_str(), invoices.name.as_str()),
+        ("finance", "invoices")
+    );
+
+    let rest = parse_ok(include_str!("../../examples/rest-s3.yaml"));
+    let CatalogKind::Rest { token, .. } = &rest.sink.iceberg.catalog.kind else {
+        panic!("rest-s3.yaml uses a REST catalog")
+    };
+    assert!(
+        token.is_none(),
+        "an empty ${{CATALOG_TOKEN:-}} means no token"
+    );
+    assert!(rest
+        .sink
+        .iceberg
+        .s3
+        .as_ref()
+        .is_some_and(|s3| s3.path_style));
+
+    let scale = parse_ok(include_str!("../../examples/scale-out.yaml"));
+    assert_eq!(scale.stages.get(StageName::ArrowBatch).workers, 8);
+    assert_eq!(scale.flush.workers, 8);
+}
+
+#[test]
+fn three_mistakes_are_all_reported_with_their_lines() {
+    let text = "\
+pipeline: orders
+source:
+  postgres:
+    url: postgres://db/shop
+    tables: all
+    slto: my_slot
+sink:
+  iceberg:
+    mode: changelog
+flush:
+  workers: many
+";
+    let found = problems(text);
+    assert_eq!(found.len(), 3, "{}", ProblemList(&found));
+
+    let unknown = problem_at(&found, "source.postgres.slto");
+    assert_eq!((unknown.line, unknown.column), (6, 5));
+    assert!(
+        unknown.message.contains("did you mean \"slot\""),
+        "{}",
+        unknown.message
+    );
+
+    let missing = problem_at(&found, "sink.iceberg.warehouse");
+    assert_eq!(missing.line, 8);
+    assert!(missing.message.contains("missing required key"));
+
+    let wrong_type = problem_at(&found, "flush.workers");
+    assert_eq!(wrong_type.line, 11);
+    assert!(wrong_type
+        .message
+        .contains("expected a whole number, found \"many\""));
+
+    let lines: Vec<usize> = found.iter().map(|p| p.line).collect();
+    assert_eq!(lines, [6, 8, 11], "problems come in file order");
+}
+
+#[test]
+fn problems_display_as_origin_line_column_path_message_one_per_line() {
+    let text = MINIMAL.replace("file:///var/lib/philotes/warehouse", "x\n    mode: mirrror");
+    let err = parse(&text, "pipeline.yaml", &no_env).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "pipeline.yaml:8:5: sink.iceberg.warehouse: expected a file://… or s3://… location, found \"x\"\n\
+         pipeline.yaml:9:5: sink.iceberg.mode: expected one of changelog, mirror, found \"mirrror\""
+    );
+}
+
+#[test]
+fn a_missing_environment_variable_is_named_with_its_position() {
+    let text = MINIMAL.replace(
+        "postgres://app:hunter2@db.internal:5432/shop",
+        "${SOURCE_URL}",
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+    let p = problem_at(&found, "source.postgres.url");
+    assert_eq!((p.line, p.column), (4, 5));
+    assert!(p.message.contains("SOURCE_URL"), "{}", p.message);
+}
+
+#[test]
+fn environment_values_and_defaults_are_interpolated() {
+    let text = MINIMAL
+        .replace(
+            "postgres://app:hunter2@db.internal:5432/shop",
+            "${SOURCE_URL}",
+        )
+        .replace(
+            "file:///var/lib/philotes/warehouse",
+            "${WAREHOUSE:-file:///tmp/wh}",
+        )
+        + "flush: { workers: \"${FLUSH_WORKERS:-3}\" }\n";
+    let env = |name: &str| (name == "SOURCE_URL").then(|| "postgres://u@src/db".to_owned());
+    let config = parse(&text, "p.yaml", &env).unwrap();
+    assert_eq!(config.source.postgres.url.expose(), "postgres://u@src/db");
+    assert_eq!(
+        config.sink.iceberg.warehouse,
+        Warehouse::File {
+            path: "/tmp/wh".into()
+        }
+    );
+    assert_eq!(config.flush.workers, 3);
+}
+
+#[test]
+fn defaults_are_applied_for_everything_left_out() {
+    let config = parse_ok(MINIMAL);
+    let pg = &config.source.postgres;
+    assert_eq!(pg.slot, "philotes_orders");
+    assert_eq!(pg.publication, "philotes_orders");
+    assert_eq!(pg.snapshot, SnapshotMode::Initial);
+    assert_eq!(pg.unmapped_types, UnmappedTypes::Error);
+    assert_eq!(config.buffer.url, pg.url);
+    let CatalogKind::Sql { url } = &config.sink.iceberg.catalog.kind else {
+        panic!("the default catalog is sql")
+    };
+    assert_eq!(url, &config.buffer.url);
+    assert_eq!(config.sink.iceberg.catalog.name, "philotes");
+    assert_eq!(config.sink.iceberg.mode, TableMode::Changelog);
+    assert_eq!(config.buffer.segment.max_events, 10_000);
+    assert_eq!(config.buffer.segment.max_bytes, 8 * 1024 * 1024);
+    assert_eq!(config.buffer.segment.max_age, Duration::from_millis(200));
+    assert_eq!(config.flush.workers, 2);
+    assert_eq!(config.flush.max_events, 500_000);
+    assert_eq!(config.flush.interval, Duration::from_secs(1));
+    assert_eq!(config.telemetry.metrics.to_string(), DEFAULT_METRICS_ADDR);
+    assert_eq!(config.telemetry.log_format, LogFormat::Human);
+    for stage in StageName::ALL {
+        assert_eq!(config.stages.get(stage), stage.default_config());
+    }
+}
+
+#[test]
+fn unqualified_tables_are_public_and_the_namespace_defaults_to_the_source_schema() {
+    let config = parse_ok(MINIMAL);
+    let orders = TableName::parse("orders").unwrap();
+    assert_eq!(orders.to_string(), "public.orders");
+    assert!(config.source.postgres.tables.includes(&orders));
+    let target = config.iceberg_target(&orders);
+    assert_eq!(
+        (target.namespace.as_str(), target.name.as_str()),
+        ("public", "orders")
+    );
+    let invoices = config.iceberg_target(&TableName::parse("sales.invoices").unwrap());
+    assert_eq!(invoices.namespace, "sales");
+
+    let with_namespace = parse_ok(&format!("{MINIMAL}    namespace: cdc\n"));
+    assert_eq!(with_namespace.iceberg_target(&orders).namespace, "cdc");
+}
+
+#[test]
+fn debug_output_never_contains_passwords_or_s3_secrets() {
+    let text = "\
+pipeline: orders
+source:
+  postgres:
+    url: postgres://app:hunter2@db/shop
+    tables: all
+buffer:
+  url: host=buf user=philotes password='buffer pw'
+sink:
+  iceberg:
+    catalog: { type: rest, uri: 'https://cat:catpw@catalog/api', token: tok3n, credential: id:cr3d }
+    warehouse: s3://lake/cdc
+    s3: { region: eu-west-1, access_key_id: AKIA1, secret_access_key: s3cr3tkey, session_token: sess1on }
+";
+    let config = parse_ok(text);
+    let debug = format!("{config:?}");
+    for secret in [
+        "hunter2",
+        "buffer pw",
+        "catpw",
+        "tok3n",
+        "cr3d",
+        "AKIA1",
+        "s3cr3tkey",
+        "sess1on",
+    ] {
+        assert!(!debug.contains(secret), "{secret} leaked into {debug}");
+    }
+    assert!(debug.contains("postgres://app:***@db/shop"));
+}
+
+#[test]
+fn bad_units_are_reported_with_their_key_path() {
+    let text = format!(
+        "{MINIMAL}buffer:\n  segment: {{ max_bytes: 8MB_, max_age: 200 }}\nflush: {{ interval: 0s }}\n"
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 3, "{}", ProblemList(&found));
+    assert!(problem_at(&found, "buffer.segment.max_bytes")
+        .message
+        .contains("unknown byte unit"));
+    assert!(problem_at(&found, "buffer.segment.max_age")
+        .message
+        .contains("unit"));
+    assert!(problem_at(&found, "flush.interval")
+        .message
+        .contains("longer than 0"));
+}
+
+#[test]
+fn units_set_in_the_file_are_used() {
+    let text = format!(
+        "{MINIMAL}    target_file_size: 128MiB\nbuffer:\n  segment: {{ max_events: 20_000, max_bytes: 512KiB, max_age: 1s }}\n"
+    );
+    let config = parse_ok(&text);
+    assert_eq!(config.buffer.segment.max_events, 20_000);
+    assert_eq!(config.buffer.segment.max_bytes, 512 * 1024);
+    assert_eq!(config.buffer.segment.max_age, Duration::from_secs(1));
+    assert_eq!(config.sink.iceberg.target_file_size, 128 << 20);
+}
+
+#[test]
+fn semantic_mistakes_are_each_reported_at_their_key() {
+    let text = "\
+pipeline: Orders-1
+source:
+  postgres:
+    url: mysql://db
+    tables: [orders, orders]
+    snapshot: sometimes
+sink:
+  iceberg:
+    catalog: { type: rest }
+    warehouse: s3://lake
+    tables:
+      public.orders: { partition: [ \"week(ts)\" ] }
+      public.other: { name: x }
+stages:
+  decode: { workers: 0 }
+  enqeue: { workers: 2 }
+telemetry: { metrics: localhost }
+";
+    let found = problems(text);
+    for path in [
+        "pipeline",
+        "source.postgres.url",
+        "source.postgres.tables[1]",
+        "source.postgres.snapshot",
+        "sink.iceberg.catalog.uri",
+        "sink.iceberg.s3",
+        "sink.iceberg.tables[public.orders].partition[0]",
+        "sink.iceberg.tables[public.other]",
+        "stages.decode.workers",
+        "stages.enqeue",
+        "telemetry.metrics",
+    ] {
+        problem_at(&found, path);
+    }
+    assert_eq!(found.len(), 11, "{}", ProblemList(&found));
+    assert!(problem_at(&found, "stages.enqeue")
+        .message
+        .contains("did you mean \"enqueue\""));
+}
+
+#[test]
+fn tables_may_come_from_one_comma_separated_environment_variable() {
+    let text = MINIMAL.replace("[orders, sales.invoices]", "${TABLES:-all}");
+    assert_eq!(parse_ok(&text).source.postgres.tables, TableSelection::All);
+    let env = |name: &str| (name == "TABLES").then(|| "orders, sales.invoices".to_owned());
+    let config = parse(&text, "p.yaml", &env).unwrap();
+    let expected = ["orders", "sales.invoices"].map(|t| TableName::parse(t).unwrap());
+    assert_eq!(
+        config.source.postgres.tables,
+        TableSelection::Listed(expected.to_vec())
+    );
+}
+
+#[test]
+fn catalog_keys_of_the_other_catalog_type_are_refused() {
+    let text = format!("{MINIMAL}    catalog: {{ uri: http://catalog:8181 }}\n");
+    let found = problems(&text);
+    assert!(problem_at(&found, "sink.iceberg.catalog.uri")
+        .message
+        .contains("not used by a sql catalog"));
+}
+
+#[test]
+fn a_key_value_buffer_url_needs_an_explicit_catalog_url() {
+    let text = format!("{MINIMAL}buffer: {{ url: host=db dbname=buf }}\n");
+    let found = problems(&text);
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+    assert!(problem_at(&found, "sink.iceberg.catalog.url")
+        .message
+        .contains("postgres:// URL"));
+}
+
+#[test]
+fn an_empty_file_reports_the_required_keys() {
+    let found = problems("");
+    let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["pipeline", "source", "sink"]);
+}
+
+#[test]
+fn loading_a_missing_file_is_an_io_error() {
+    let err = load(Path::new("/nonexistent/pipeline.yaml")).unwrap_err();
+    assert!(matches!(err, ConfigError::Io { .. }));
+    assert!(err.to_string().contains("/nonexistent/pipeline.yaml"));
+}
