@@ -3,4 +3,6 @@
 //! This library holds what the binary is made of: the YAML pipeline model (`config`), the migrator
 //! (`migrate`) and the assembly of pipelines from stages.
 
+pub mod config;
 pub mod migrate;
+pub mod postgres;

@@ -19,11 +19,18 @@ pub struct Migration {
 }
 
 /// Every file of `migrations/`, in order. A unit test checks this list against the directory.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_control_schema.sql",
-    sql: include_str!("../migrations/0001_control_schema.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_control_schema.sql",
+        sql: include_str!("../migrations/0001_control_schema.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_buffer.sql",
+        sql: include_str!("../migrations/0002_buffer.sql"),
+    },
+];
 
 /// The advisory lock that serialises concurrent migrators ("philotes" in ASCII).
 const MIGRATE_LOCK_KEY: i64 = 0x7068_696c_6f74_6573;
