@@ -266,7 +266,7 @@ impl Cluster {
             "# Written by philotes-testkit; ALTER SYSTEM still overrides these.\n\
              listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
              wal_level = logical\nmax_replication_slots = 32\nmax_wal_senders = 32\nmax_connections = 200\n\
-             fsync = off\nfull_page_writes = off\nsynchronous_commit = off\n",
+             fsync = off\nfull_page_writes = off\n",
             self.port,
             self.base.display()
         );
