@@ -6,3 +6,5 @@
 pub mod config;
 pub mod migrate;
 pub mod postgres;
+pub mod pipeline;
+pub mod status;

@@ -48,6 +48,14 @@ enum Command {
         /// The pipeline file.
         file: PathBuf,
     },
+    /// Show the pipeline's state: slot and replication lag, source checkpoint, buffer depth, dead letters.
+    Status {
+        /// The pipeline file.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The roles of `philotes run --role` (DESIGN.md: one capture, many flushers on any hosts).
@@ -74,6 +82,7 @@ fn main() -> ExitCode {
         Command::Validate { files } => return validate(&files),
         Command::Migrate { file } => runtime.block_on(migrate(&file, cli.log_format)),
         Command::Run { file, role } => runtime.block_on(run(&file, role, cli.log_format)),
+        Command::Status { file, json } => runtime.block_on(status(&file, json, cli.log_format)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,8 +152,20 @@ async fn migrate(file: &Path, log_format: Option<LogFormatArg>) -> anyhow::Resul
     Ok(())
 }
 
-/// `philotes run FILE`: prepares the buffer database and checks the source. The capture and flush stages
-/// are not in this build yet (issues #3 and #4), so it stops there with a clear error instead of idling.
+/// `philotes status FILE`.
+async fn status(file: &Path, json: bool, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
+    let config = load(file, log_format)?;
+    let status = philotes::status::read(&config).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        println!("{status}");
+    }
+    Ok(())
+}
+
+/// `philotes run FILE`: migrates the buffer database, then runs the roles this process has until SIGINT or
+/// SIGTERM, on which it drains what is in flight and writes the last checkpoint.
 async fn run(file: &Path, role: Role, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
     let config = load(file, log_format)?;
     tracing::info!(pipeline = %config.pipeline, ?role, "starting");
@@ -153,20 +174,40 @@ async fn run(file: &Path, role: Role, log_format: Option<LogFormatArg>) -> anyho
         .with_context(|| format!("connecting to the buffer database {}", config.buffer.url))?;
     let report = philotes::migrate::migrate(&mut buffer).await?;
     tracing::info!(applied = report.applied.len(), "buffer database migrated");
-    if role != Role::Flusher {
-        let source = philotes::postgres::connect(&config.source.postgres.url)
-            .await
-            .with_context(|| format!("connecting to the source database {}", config.source.postgres.url))?;
-        let wal_level: String = source.query_one("SHOW wal_level", &[]).await?.get(0);
-        anyhow::ensure!(
-            wal_level == "logical",
-            "the source has wal_level = {wal_level}; logical replication needs wal_level = logical \
-             (ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)"
-        );
+    drop(buffer);
+    anyhow::ensure!(
+        role != Role::Flusher,
+        "this build of philotes has no flusher yet (the flush stages are being built): run `--role capture` \
+         to fill the buffer"
+    );
+    if role == Role::All {
+        tracing::warn!("this build has no flush stages yet: changes are captured into the buffer and stay there");
     }
-    anyhow::bail!(
-        "pipeline {} is valid, its buffer is migrated and its source is ready, but this build of philotes \
-         has no capture or flush stages yet: `run` cannot stream changes until they land",
-        config.pipeline
-    )
+    if config.source.postgres.snapshot == config::SnapshotMode::Initial {
+        tracing::warn!("snapshot: initial is not implemented yet: only changes committed from now on are captured");
+    }
+    let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(cancel_on_signal(cancel.clone()));
+    let settings = philotes::pipeline::capture_settings(&config);
+    philotes_stages::capture::run(&settings, cancel).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Fires `cancel` on SIGINT or SIGTERM: the pipeline drains and writes its last checkpoint, then exits.
+async fn cancel_on_signal(cancel: tokio_util::sync::CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: draining and writing the last checkpoint");
+    cancel.cancel();
 }

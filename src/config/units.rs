@@ -75,7 +75,7 @@ pub fn format_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
     match DURATION_UNITS.iter().rev().find(|(_, per)| {
         let per = u128::from(*per);
-        ms >= per && ms % per == 0
+        ms >= per && ms.is_multiple_of(per)
     }) {
         Some((unit, per)) => format!("{}{unit}", ms / u128::from(*per)),
         None => format!("{ms}ms"),

@@ -1,5 +1,11 @@
 //! philotes-stages: the stages of the data path (Decode, SchemaResolve, Enqueue, ArrowBatch, IcebergCommit,
 //! Checkpoint) built on `philotes-engine`.
 
+pub mod capture;
 pub mod decode;
+pub mod enqueue;
 pub mod position;
+pub mod resolve;
+pub mod segment;
+pub mod source;
+pub mod store;

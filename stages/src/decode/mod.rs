@@ -11,6 +11,7 @@
 pub mod decoder;
 pub mod error;
 pub mod pgoutput;
+pub mod stage;
 
 pub use decoder::{ChangeEvent, Decoded, Decoder, Op};
 pub use error::DecodeError;

@@ -1,0 +1,136 @@
+//! `philotes status`: what a person (or a script, with `--json`) needs to know about a running pipeline —
+//! slot lag, source checkpoint, buffer depth, dead letters.
+
+use philotes_stages::source::setup::{self, SlotStatus};
+use philotes_stages::store::{self, checkpoints, dead_letters, segments};
+use serde::Serialize;
+
+use crate::config::PipelineConfig;
+
+/// A snapshot of a pipeline's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The pipeline name.
+    pub pipeline: String,
+    /// The slot name.
+    pub slot: String,
+    /// Whether the slot exists.
+    pub slot_exists: bool,
+    /// Whether a capture streams from it now.
+    pub slot_active: bool,
+    /// The slot's confirmed position.
+    pub slot_confirmed_lsn: Option<String>,
+    /// `reserved` … `lost`.
+    pub slot_wal_status: Option<String>,
+    /// The source's current WAL position.
+    pub source_current_lsn: Option<String>,
+    /// WAL bytes the capture is behind.
+    pub replication_lag_bytes: Option<i64>,
+    /// Commit LSN of the last transaction fully in the buffer.
+    pub checkpoint_lsn: Option<String>,
+    /// Segments waiting in the buffer.
+    pub buffer_segments: i64,
+    /// Changes waiting in the buffer.
+    pub buffer_events: i64,
+    /// Payload bytes waiting in the buffer.
+    pub buffer_bytes: i64,
+    /// Changes that could not be converted.
+    pub dead_letters: i64,
+}
+
+/// Why status could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The buffer database failed.
+    #[error("buffer database: {0}")]
+    Buffer(#[from] tokio_postgres::Error),
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] philotes_stages::source::SourceError),
+}
+
+/// Reads the pipeline's state from the source and the buffer.
+pub async fn read(config: &PipelineConfig) -> Result<Status, StatusError> {
+    let source = store::connect(config.source.postgres.url.config())
+        .await
+        .map_err(philotes_stages::source::SourceError::Sql)?;
+    let slot: Option<SlotStatus> = setup::slot_status(&source, &config.source.postgres.slot).await?;
+    let buffer = store::connect(config.buffer.url.config()).await?;
+    let migrated: bool = buffer
+        .query_one("SELECT to_regclass('philotes.checkpoints') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    let (checkpoint, depth, dead) = if migrated {
+        (
+            checkpoints::load(&buffer, &config.pipeline).await?,
+            segments::depth(&buffer, &config.pipeline).await?,
+            dead_letters::count(&buffer, &config.pipeline).await?,
+        )
+    } else {
+        (None, segments::Depth::default(), 0)
+    };
+    Ok(Status {
+        pipeline: config.pipeline.clone(),
+        slot: config.source.postgres.slot.clone(),
+        slot_exists: slot.is_some(),
+        slot_active: slot.as_ref().is_some_and(|s| s.active),
+        slot_confirmed_lsn: slot.as_ref().and_then(|s| s.confirmed_flush).map(|l| l.to_string()),
+        slot_wal_status: slot.as_ref().and_then(|s| s.wal_status.clone()),
+        source_current_lsn: slot.as_ref().map(|s| s.current.to_string()),
+        replication_lag_bytes: slot.as_ref().and_then(|s| s.lag_bytes),
+        checkpoint_lsn: checkpoint.map(|c| c.commit_lsn.to_string()),
+        buffer_segments: depth.segments,
+        buffer_events: depth.events,
+        buffer_bytes: depth.bytes,
+        dead_letters: dead,
+    })
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        writeln!(f, "pipeline     {}", self.pipeline)?;
+        if self.slot_exists {
+            writeln!(
+                f,
+                "slot         {} ({}, wal {})",
+                self.slot,
+                if self.slot_active { "streaming" } else { "idle" },
+                or_none(&self.slot_wal_status)
+            )?;
+            writeln!(
+                f,
+                "  confirmed  {}   source at {}   lag {}",
+                or_none(&self.slot_confirmed_lsn),
+                or_none(&self.source_current_lsn),
+                self.replication_lag_bytes.map_or_else(|| "-".into(), human_bytes)
+            )?;
+        } else {
+            writeln!(f, "slot         {} (not created yet: `philotes run` creates it)", self.slot)?;
+        }
+        writeln!(f, "checkpoint   {}", or_none(&self.checkpoint_lsn))?;
+        writeln!(
+            f,
+            "buffer       {} segments, {} changes, {}",
+            self.buffer_segments,
+            self.buffer_events,
+            human_bytes(self.buffer_bytes)
+        )?;
+        write!(f, "dead letters {}", self.dead_letters)
+    }
+}
+
+fn human_bytes(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value.abs() >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,186 @@
+//! The capture role: prepares the source (wal_level, publication, slot), then runs
+//! ReplicationSource → Decode → SchemaResolve → Enqueue on the engine, and restarts from the checkpoint with
+//! backoff when a connection is lost (source, walsender or buffer).
+//!
+//! A restart is the same as a process restart, which is what makes it always right: segments above the
+//! checkpoint (a transaction only partly enqueued) are deleted, the slot redelivers from its confirmed position,
+//! and the decoder drops every transaction at or below the checkpoint.
+
+use std::time::Duration;
+
+use philotes_engine::{Flow, FlowError, RetryPolicy, StageOptions};
+use tokio_postgres::Config;
+use tokio_util::sync::CancellationToken;
+
+use crate::decode::stage::{Decode, NAME as DECODE};
+use crate::enqueue::{Enqueue, EnqueueError, EnqueueLimits, NAME as ENQUEUE};
+use crate::position::Lsn;
+use crate::resolve::{ResolveError, SchemaResolve, TableFilter, NAME as SCHEMA_RESOLVE};
+use crate::source::pgwire::{PgwireStream, StreamSettings};
+use crate::source::setup::{self, PublishedTables};
+use crate::source::{durable_channel, FrameSource, SourceError};
+use crate::store::{self, checkpoints, pipelines, segments};
+
+/// Everything the capture needs, from the pipeline file.
+#[derive(Debug, Clone)]
+pub struct CaptureSettings {
+    /// The pipeline name (checkpoint key, application name).
+    pub pipeline: String,
+    /// The source database.
+    pub source: Config,
+    /// The buffer database (already migrated).
+    pub buffer: Config,
+    /// The publication (created when missing).
+    pub publication: String,
+    /// The slot (created when missing).
+    pub slot: String,
+    /// The tables to capture.
+    pub tables: PublishedTables,
+    /// Carry columns of unmapped types as text instead of stopping.
+    pub carry_unmapped_as_text: bool,
+    /// Standby status update period.
+    pub status_interval: Duration,
+    /// Segment bounds.
+    pub limits: EnqueueLimits,
+    /// Queue depth of each capture stage (their workers are always 1: they follow the stream's order).
+    pub queue: usize,
+    /// Backoff between restarts after a lost connection.
+    pub restart: RetryPolicy,
+}
+
+/// Why the capture stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The source cannot be used (wal_level, invalidated slot, missing table, …).
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The buffer database failed while preparing.
+    #[error("buffer database: {0}")]
+    Buffer(#[from] tokio_postgres::Error),
+    /// A stage stopped the flow.
+    #[error(transparent)]
+    Flow(#[from] FlowError),
+}
+
+impl CaptureError {
+    /// Whether a restart from the checkpoint may succeed: a lost connection or a restarted server, not a
+    /// misconfiguration or a broken invariant.
+    pub fn is_restartable(&self) -> bool {
+        match self {
+            CaptureError::Source(e) => e.is_retryable(),
+            CaptureError::Buffer(e) => connection_lost(e),
+            CaptureError::Flow(FlowError::Fatal { cause, .. } | FlowError::RetriesExhausted { cause, .. }) => {
+                if let Some(e) = cause.downcast_ref::<SourceError>() {
+                    e.is_retryable()
+                } else if let Some(EnqueueError::Sql(e)) = cause.downcast_ref::<EnqueueError>() {
+                    connection_lost(e)
+                } else if let Some(ResolveError::Sql(e)) = cause.downcast_ref::<ResolveError>() {
+                    connection_lost(e)
+                } else {
+                    false
+                }
+            }
+            CaptureError::Flow(_) => false,
+        }
+    }
+}
+
+/// A closed connection, a connection exception (SQLSTATE 08…) or an operator intervention (57…: the backend
+/// was terminated, the server is shutting down).
+pub fn connection_lost(error: &tokio_postgres::Error) -> bool {
+    match error.as_db_error() {
+        None => true,
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || code.starts_with("57")
+        }
+    }
+}
+
+/// Runs the capture until `cancel` fires (then drains and writes the last checkpoint) or a non-restartable
+/// error occurs.
+pub async fn run(settings: &CaptureSettings, cancel: CancellationToken) -> Result<(), CaptureError> {
+    let mut attempt = 0;
+    loop {
+        let started = std::time::Instant::now();
+        match run_once(settings, &cancel).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_restartable() && !cancel.is_cancelled() => {
+                // A session that ran for a while starts the backoff over.
+                attempt = if started.elapsed() > Duration::from_secs(60) { 1 } else { attempt + 1 };
+                let delay = settings.restart.delay(attempt);
+                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64,
+                    "capture lost a connection; restarting from the checkpoint");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = cancel.cancelled() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One capture session: prepare, resume from the checkpoint, stream until cancelled or broken.
+async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Result<(), CaptureError> {
+    let source = store::connect(&settings.source).await.map_err(SourceError::Sql)?;
+    setup::check_wal_level(&source).await?;
+    if setup::ensure_publication(&source, &settings.publication, &settings.tables).await? {
+        tracing::info!(publication = %settings.publication, "publication created or extended");
+    }
+    let slot = setup::ensure_slot(&source, &settings.slot, &settings.pipeline).await?;
+    if slot.created {
+        tracing::info!(slot = %settings.slot, lsn = %slot.confirmed_flush, "replication slot created");
+    }
+    drop(source);
+
+    let buffer = store::connect(&settings.buffer).await?;
+    pipelines::register(&buffer, &settings.pipeline).await?;
+    let checkpoint = checkpoints::load(&buffer, &settings.pipeline).await?;
+    let resume = checkpoint.map(|c| c.commit_lsn);
+    let deleted = segments::delete_above(&buffer, &settings.pipeline, resume.unwrap_or(Lsn::ZERO)).await?;
+    if deleted > 0 {
+        tracing::info!(segments = deleted, "deleted segments of a transaction that was only partly enqueued");
+    }
+    drop(buffer);
+    let start = checkpoint.map_or(Lsn::ZERO, |c| c.end_lsn);
+    tracing::info!(pipeline = %settings.pipeline, checkpoint = ?resume.map(|l| l.to_string()), "capture starting");
+
+    let (durable_tx, durable_rx) = durable_channel(start);
+    let stream = PgwireStream::connect(
+        &settings.source,
+        &StreamSettings {
+            pipeline: settings.pipeline.clone(),
+            slot: settings.slot.clone(),
+            publication: settings.publication.clone(),
+            start,
+            status_interval: settings.status_interval,
+        },
+        durable_rx,
+    )
+    .await?;
+
+    let filter: TableFilter = match &settings.tables {
+        PublishedTables::All => None,
+        PublishedTables::Listed(list) => Some(list.iter().cloned().collect()),
+    };
+    let options = StageOptions::new(1, settings.queue);
+    let mut durable_tx = Some(durable_tx);
+    let flow = Flow::from_source(FrameSource(stream))
+        .stage(DECODE, options.clone(), move |_| Decode::resume_after(resume))
+        .stage(SCHEMA_RESOLVE, options.clone(), {
+            let (pipeline, source, buffer, carry) =
+                (settings.pipeline.clone(), settings.source.clone(), settings.buffer.clone(), settings.carry_unmapped_as_text);
+            move |_| SchemaResolve::new(&pipeline, source.clone(), buffer.clone(), filter.clone(), carry)
+        })
+        .sink(ENQUEUE, options, {
+            let (pipeline, buffer, limits) = (settings.pipeline.clone(), settings.buffer.clone(), settings.limits);
+            move |_| {
+                // One worker, so the factory runs once; a second call would get a sender that confirms nothing.
+                let durable = durable_tx.take().unwrap_or_else(|| durable_channel(Lsn::ZERO).0);
+                Enqueue::new(&pipeline, buffer.clone(), limits, durable)
+            }
+        });
+    flow.run(cancel.clone()).await?;
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Enqueue: groups typed changes into segments and writes them to `philotes.segments` with COPY, together with
+//! the pipeline's source checkpoint, **in one Postgres transaction**; only then is the LSN published to the
+//! source to be confirmed to the slot (DESIGN.md, the first atomic step).
+//!
+//! A segment holds consecutive changes of one table under one schema version and is cut at `max_events` or
+//! `max_bytes`. Committed transactions are made durable when the oldest waiting change is `max_age` old or
+//! enough bytes wait. A transaction too large for memory spills: its full segments are written in their own
+//! buffer transactions *above* the checkpoint (flushers never claim those), and its last part is written with
+//! the new checkpoint. A capture that restarts deletes segments above its checkpoint first.
+
+mod builder;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use philotes_engine::{Emitter, Stage, StageError};
+use tokio_postgres::{Client, Config};
+
+use crate::position::Lsn;
+use crate::resolve::Resolved;
+use crate::source::DurableSender;
+use crate::store::checkpoints::{self, Checkpoint};
+use crate::store::dead_letters::{self, DeadLetter};
+use crate::store::segments::{self, SegmentRow};
+use builder::SegmentBuilder;
+
+/// The stage's name in metrics, spans and YAML (`stages.enqueue`).
+pub const NAME: &str = "enqueue";
+
+/// Segment bounds (YAML `buffer.segment`) and the spill bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnqueueLimits {
+    /// Changes per segment.
+    pub max_events: usize,
+    /// Encoded bytes per segment (estimated while building).
+    pub max_bytes: usize,
+    /// How long a committed change may wait in memory before it is written.
+    pub max_age: Duration,
+    /// Bytes of full segments of an open transaction held in memory before they spill into the buffer.
+    pub spill_bytes: usize,
+}
+
+/// Why Enqueue failed; every case ends the capture flow, whose supervisor restarts from the checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// The buffer database failed (connection lost, or a statement refused).
+    #[error("enqueue: buffer database: {0}")]
+    Sql(#[from] tokio_postgres::Error),
+    /// A segment could not be encoded.
+    #[error("enqueue: {0}")]
+    Segment(#[from] crate::segment::SegmentError),
+    /// A change arrived outside a transaction: the stream is broken.
+    #[error("enqueue: a change at {0} arrived outside a transaction")]
+    OutsideTransaction(Lsn),
+    /// Used before `start` connected it.
+    #[error("enqueue: not started")]
+    NotStarted,
+}
+
+/// The Enqueue stage: one instance per pipeline (order matters).
+pub struct Enqueue {
+    pipeline: String,
+    config: Config,
+    /// Connected in `start`.
+    buffer: Option<Client>,
+    limits: EnqueueLimits,
+    durable: DurableSender,
+    /// Open segments per table.
+    building: HashMap<(String, String), SegmentBuilder>,
+    /// Full segments not written yet.
+    full: Vec<SegmentRow>,
+    full_bytes: usize,
+    rejected: Vec<DeadLetter>,
+    open: Option<Lsn>,
+    /// The last transaction seen complete, not yet durable.
+    committed: Option<Checkpoint>,
+    /// When the oldest change not yet durable arrived.
+    oldest: Option<Instant>,
+    building_bytes: usize,
+}
+
+impl Enqueue {
+    /// A stage writing to the buffer database at `config` for `pipeline`, publishing durable LSNs on `durable`.
+    pub fn new(pipeline: &str, config: Config, limits: EnqueueLimits, durable: DurableSender) -> Self {
+        Self {
+            pipeline: pipeline.to_string(),
+            config,
+            buffer: None,
+            limits,
+            durable,
+            building: HashMap::new(),
+            full: Vec::new(),
+            full_bytes: 0,
+            rejected: Vec::new(),
+            open: None,
+            committed: None,
+            oldest: None,
+            building_bytes: 0,
+        }
+    }
+
+    fn cut(&mut self, key: &(String, String)) -> Result<(), EnqueueError> {
+        if let Some(builder) = self.building.get_mut(key) {
+            self.building_bytes -= builder.bytes;
+            if let Some(row) = builder.finish()? {
+                self.full_bytes += row.payload.len();
+                self.full.push(row);
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, table: &Arc<crate::resolve::TableVersion>, event: crate::segment::SegmentEvent) -> Result<(), EnqueueError> {
+        let key = (table.schema.schema.clone(), table.schema.table.clone());
+        if self.building.get(&key).is_some_and(|b| b.table.version != table.version) {
+            self.cut(&key)?;
+        }
+        let builder = self.building.entry(key.clone()).or_insert_with(|| SegmentBuilder::new(table.clone()));
+        builder.table = table.clone();
+        self.building_bytes += builder.push(event);
+        self.oldest.get_or_insert_with(Instant::now);
+        if builder.len() >= self.limits.max_events || builder.bytes >= self.limits.max_bytes {
+            self.cut(&key)?;
+        }
+        Ok(())
+    }
+
+    fn due(&self) -> bool {
+        self.oldest.is_some_and(|t| t.elapsed() >= self.limits.max_age)
+            || self.full_bytes + self.building_bytes >= self.limits.max_bytes
+            || self.full.len() >= 16
+    }
+
+    /// Writes the full segments of an open transaction, above the checkpoint (no checkpoint change).
+    async fn spill(&mut self) -> Result<(), EnqueueError> {
+        let buffer = self.buffer.as_mut().ok_or(EnqueueError::NotStarted)?;
+        let tx = buffer.transaction().await?;
+        segments::append(&tx, &self.pipeline, &self.full).await?;
+        tx.commit().await?;
+        tracing::debug!(segments = self.full.len(), bytes = self.full_bytes, "spilled part of an open transaction");
+        self.full.clear();
+        self.full_bytes = 0;
+        Ok(())
+    }
+
+    /// Writes everything held (no transaction may be open) with the checkpoint of the last complete
+    /// transaction, in one buffer transaction; then publishes its end LSN.
+    async fn make_durable(&mut self) -> Result<(), EnqueueError> {
+        let Some(checkpoint) = self.committed else { return Ok(()) };
+        let keys: Vec<(String, String)> = self.building.keys().cloned().collect();
+        for key in &keys {
+            self.cut(key)?;
+        }
+        self.building.retain(|_, b| !b.is_empty());
+        let buffer = self.buffer.as_mut().ok_or(EnqueueError::NotStarted)?;
+        let tx = buffer.transaction().await?;
+        segments::append(&tx, &self.pipeline, &self.full).await?;
+        for letter in &self.rejected {
+            dead_letters::insert(&tx, &self.pipeline, letter).await?;
+        }
+        checkpoints::save(&tx, &self.pipeline, checkpoint).await?;
+        tx.commit().await?;
+        self.full.clear();
+        self.full_bytes = 0;
+        self.rejected.clear();
+        self.committed = None;
+        self.oldest = None;
+        self.durable.send_replace(checkpoint.end_lsn);
+        Ok(())
+    }
+}
+
+impl Stage for Enqueue {
+    type In = Resolved;
+    type Out = ();
+
+    async fn start(&mut self) -> Result<(), StageError> {
+        self.buffer = Some(crate::store::connect(&self.config).await.map_err(|e| StageError::fatal(EnqueueError::Sql(e)))?);
+        Ok(())
+    }
+
+    async fn process(&mut self, item: &Resolved, _out: &mut Emitter<()>) -> Result<(), StageError> {
+        let result = async {
+            match item {
+                Resolved::Begin { commit_lsn } => self.open = Some(*commit_lsn),
+                Resolved::Change { table, event } => {
+                    if self.open.is_none() {
+                        return Err(EnqueueError::OutsideTransaction(event.commit_lsn));
+                    }
+                    self.add(table, event.clone())?;
+                    if self.full_bytes >= self.limits.spill_bytes {
+                        self.spill().await?;
+                    }
+                }
+                Resolved::Rejected(letter) => {
+                    self.oldest.get_or_insert_with(Instant::now);
+                    self.rejected.push(letter.clone());
+                }
+                Resolved::Commit { commit_lsn, end_lsn } => {
+                    self.open = None;
+                    self.committed = Some(Checkpoint { commit_lsn: *commit_lsn, end_lsn: *end_lsn });
+                    // A transaction without changes for us still moves the checkpoint (so the slot advances).
+                    self.oldest.get_or_insert_with(Instant::now);
+                    if self.due() {
+                        self.make_durable().await?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        // Any failure here leaves the buffer as its last commit left it; the capture supervisor restarts from
+        // the checkpoint (deleting spilled parts above it), which is the one recovery that is always right.
+        result.map_err(StageError::fatal)
+    }
+
+    async fn flush(&mut self, _out: &mut Emitter<()>) -> Result<(), StageError> {
+        if self.open.is_none() {
+            self.make_durable().await.map_err(StageError::fatal)?;
+        }
+        Ok(())
+    }
+
+    fn flush_interval(&self) -> Option<Duration> {
+        Some(self.limits.max_age)
+    }
+}

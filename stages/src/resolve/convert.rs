@@ -1,0 +1,97 @@
+//! pgoutput tuples → typed rows for a segment, column by column with the table version's types.
+
+use philotes_schemas::{parse_text, Value};
+
+use super::TableVersion;
+use crate::decode::{ChangeEvent, ColumnData, OldKind, TupleData};
+use crate::segment::SegmentEvent;
+
+/// Why a change could not be typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ConvertFailure {
+    /// A value does not parse as its column's type: the reason names table, column and type.
+    Value(String),
+    /// A binary value (never requested): the stream is not what we asked for.
+    Binary,
+}
+
+/// Types one change. Old images of kind `Key` carry NULL placeholders for non-key columns; they stay
+/// [`Value::Null`] and `old_is_full = Some(false)` says they are placeholders.
+pub(super) fn event(table: &TableVersion, change: &ChangeEvent) -> Result<SegmentEvent, ConvertFailure> {
+    let old = match &change.old {
+        Some(old) => Some((old.kind == OldKind::Full, row(table, &old.data)?)),
+        None => None,
+    };
+    let new = change.new.as_ref().map(|data| row(table, data)).transpose()?;
+    Ok(SegmentEvent {
+        op: change.op.code(),
+        commit_lsn: change.commit_lsn,
+        seq: change.seq,
+        xid: change.xid,
+        commit_ts: change.commit_ts,
+        old_is_full: old.as_ref().map(|(full, _)| *full),
+        old: old.map(|(_, values)| values),
+        new,
+    })
+}
+
+fn row(table: &TableVersion, data: &TupleData) -> Result<Vec<Value>, ConvertFailure> {
+    let columns = &table.schema.columns;
+    if data.len() != columns.len() {
+        return Err(ConvertFailure::Value(format!(
+            "{}: the change has {} values but the table has {} columns",
+            table.schema.qualified_name(),
+            data.len(),
+            columns.len()
+        )));
+    }
+    columns
+        .iter()
+        .zip(data)
+        .map(|(column, value)| match value {
+            ColumnData::Null => Ok(Value::Null),
+            ColumnData::UnchangedToast => Ok(Value::Unchanged),
+            ColumnData::Binary(_) => Err(ConvertFailure::Binary),
+            ColumnData::Text(bytes) => {
+                let text = std::str::from_utf8(bytes).map_err(|_| {
+                    ConvertFailure::Value(format!(
+                        "{}: column {} ({}): the value is not valid UTF-8",
+                        table.schema.qualified_name(),
+                        column.name,
+                        column.pg_type
+                    ))
+                })?;
+                parse_text(&column.pg_type, text).map_err(|e| {
+                    ConvertFailure::Value(format!(
+                        "{}: column {} ({}): {e}",
+                        table.schema.qualified_name(),
+                        column.name,
+                        column.pg_type
+                    ))
+                })
+            }
+        })
+        .collect()
+}
+
+/// The change as a person reads it in `philotes.dead_letters.payload`: position, op and the raw text values.
+pub(super) fn render(change: &ChangeEvent) -> String {
+    let tuple = |data: &TupleData| {
+        data.iter()
+            .map(|c| match c {
+                ColumnData::Null => "NULL".to_string(),
+                ColumnData::UnchangedToast => "(unchanged toast)".to_string(),
+                ColumnData::Text(b) | ColumnData::Binary(b) => format!("{:?}", String::from_utf8_lossy(b)),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut text = format!("{} at {}#{} xid {}", change.op.code(), change.commit_lsn, change.seq, change.xid);
+    if let Some(old) = &change.old {
+        text.push_str(&format!(" old ({})", tuple(&old.data)));
+    }
+    if let Some(new) = &change.new {
+        text.push_str(&format!(" new ({})", tuple(new)));
+    }
+    text
+}

@@ -1,0 +1,114 @@
+//! The replication source: pgoutput frames streamed from a logical replication slot, behind a trait of ours.
+//!
+//! The client crate (`pgwire-replication`, pinned: see notes/replication.md) is used in exactly one file,
+//! [`pgwire`], so it can be swapped (e.g. for a client of our own that speaks proto v2 streaming) without
+//! touching the stages. [`setup`] prepares the source (wal_level, publication, slot) over a plain SQL session.
+
+pub mod pgwire;
+pub mod setup;
+
+use std::future::Future;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::position::Lsn;
+
+/// Enqueue's side of the durability signal: it publishes the end LSN of the last transaction committed to the
+/// buffer together with its checkpoint.
+pub type DurableSender = watch::Sender<Lsn>;
+/// The source's side: it confirms to the slot what it receives here, and nothing more.
+pub type DurableReceiver = watch::Receiver<Lsn>;
+
+/// A durability signal starting at `start` (the checkpoint's end LSN on startup).
+pub fn durable_channel(start: Lsn) -> (DurableSender, DurableReceiver) {
+    watch::channel(start)
+}
+
+/// One pgoutput message as the server sent it, with the WAL range of its XLogData frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// WAL position where the frame's data starts (0 for some mid-transaction messages).
+    pub wal_start: Lsn,
+    /// The server's WAL end when it sent the frame.
+    pub wal_end: Lsn,
+    /// The pgoutput message (tag byte first), ready for `decode::pgoutput::parse`.
+    pub data: Bytes,
+}
+
+/// A stream of pgoutput frames from one slot, in WAL order, that can be told what is durable.
+///
+/// Called from one task only (the capture's source loop); not shared between workers.
+pub trait ReplicationStream: Send {
+    /// The next frame; `Ok(None)` when the server ended the stream cleanly. Keepalives are answered inside and
+    /// never surface. An `Err` means the connection is gone: the capture restarts from its checkpoint.
+    fn next_frame(&mut self) -> impl Future<Output = Result<Option<Frame>, SourceError>> + Send;
+
+    /// Everything up to `end_lsn` is durable in the buffer: the slot may release that WAL. Never call it with
+    /// more than what the buffer holds (the slot's `confirmed_flush_lsn` must never pass the buffer).
+    /// Idempotent; a lower LSN than before is ignored.
+    fn confirm(&mut self, end_lsn: Lsn);
+}
+
+/// What can go wrong with the source. [`SourceError::is_retryable`] decides between reconnecting and stopping.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The SQL session to the source failed (connect, query).
+    #[error("source database: {0}")]
+    Sql(#[from] tokio_postgres::Error),
+    /// The replication connection failed or ended with an error.
+    #[error("replication connection: {0}")]
+    Replication(String),
+    /// The source is not configured for logical replication.
+    #[error("the source has wal_level = {0}; logical replication needs wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)")]
+    WalLevel(String),
+    /// The slot lost WAL it needed (max_slot_wal_keep_size): its changes cannot be streamed any more.
+    #[error("replication slot {slot} has been invalidated: the source removed WAL the slot still needed (max_slot_wal_keep_size was exceeded while philotes was behind or stopped). Changes in that WAL are lost to logical replication. To recover: drop the slot (SELECT pg_drop_replication_slot('{slot}')), delete the pipeline's checkpoint (DELETE FROM philotes.checkpoints WHERE pipeline = '{pipeline}'), and start again with `snapshot: initial` to reload the tables")]
+    SlotInvalidated {
+        /// The slot name.
+        slot: String,
+        /// The pipeline name.
+        pipeline: String,
+    },
+    /// The slot exists but was made for another output plugin.
+    #[error("replication slot {slot} uses the output plugin {plugin}; philotes needs pgoutput (drop the slot or pick another name)")]
+    WrongPlugin {
+        /// The slot name.
+        slot: String,
+        /// Its plugin.
+        plugin: String,
+    },
+    /// A configured table does not exist on the source.
+    #[error("table {0} does not exist on the source")]
+    NoSuchTable(String),
+    /// The connection settings cannot be used for replication (e.g. a Unix socket path we cannot reach).
+    #[error("source connection settings: {0}")]
+    Settings(String),
+}
+
+impl SourceError {
+    /// Whether reconnecting may help (a dropped connection, a restarted server) rather than a person acting.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Sql(e) => e.as_db_error().is_none() || e.is_closed(),
+            SourceError::Replication(_) => true,
+            SourceError::WalLevel(_)
+            | SourceError::SlotInvalidated { .. }
+            | SourceError::WrongPlugin { .. }
+            | SourceError::NoSuchTable(_)
+            | SourceError::Settings(_) => false,
+        }
+    }
+}
+
+/// Feeds a flow from a [`ReplicationStream`]. Every stream error ends the flow (`Fatal`): a replication session
+/// cannot be resumed mid-stream, so the capture supervisor reconnects and restarts from the checkpoint.
+pub struct FrameSource<S>(pub S);
+
+impl<S: ReplicationStream + 'static> philotes_engine::Source for FrameSource<S> {
+    type Item = Frame;
+
+    async fn next(&mut self) -> Result<Option<Frame>, philotes_engine::StageError> {
+        self.0.next_frame().await.map_err(philotes_engine::StageError::fatal)
+    }
+}
