@@ -1,0 +1,144 @@
+//! Errors of the engine: what a stage reports ([`StageError`]), what the engine does about it ([`Action`]),
+//! and why a flow stopped ([`FlowError`]).
+
+/// Any error a stage wraps; boxed so that stages keep their own error types.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What the engine does with a failed attempt; decided by [`StageError::action`] alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Try the same input again after a capped exponential backoff (fatal once the attempts run out).
+    Retry,
+    /// Hand the input to the dead-letter handler and go on with the next one.
+    DeadLetter,
+    /// Stop the whole flow; `Flow::run` returns the error.
+    Stop,
+}
+
+/// An error a stage (or source) returns. The variant is the classification: stages map their own errors
+/// into it (usually with `From`), and the engine never inspects the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// Transient (connection lost, catalog conflict): the same input is tried again.
+    #[error("{0}")]
+    Retryable(#[source] BoxError),
+    /// This one input cannot be processed (a value that cannot be converted): it is dead-lettered.
+    #[error("{0}")]
+    BadItem(#[source] BoxError),
+    /// An invariant is broken: the flow stops.
+    #[error("{0}")]
+    Fatal(#[source] BoxError),
+}
+
+impl StageError {
+    /// A transient failure; see [`StageError::Retryable`].
+    pub fn retryable(cause: impl Into<BoxError>) -> Self {
+        Self::Retryable(cause.into())
+    }
+
+    /// A failure tied to one input; see [`StageError::BadItem`].
+    pub fn bad_item(cause: impl Into<BoxError>) -> Self {
+        Self::BadItem(cause.into())
+    }
+
+    /// A failure that must stop the flow; see [`StageError::Fatal`].
+    pub fn fatal(cause: impl Into<BoxError>) -> Self {
+        Self::Fatal(cause.into())
+    }
+
+    /// The one place that decides what happens after this error.
+    pub fn action(&self) -> Action {
+        match self {
+            Self::Retryable(_) => Action::Retry,
+            Self::BadItem(_) => Action::DeadLetter,
+            Self::Fatal(_) => Action::Stop,
+        }
+    }
+
+    /// The value of the `kind` attribute on the errors counter.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Retryable(_) => "retryable",
+            Self::BadItem(_) => "bad_item",
+            Self::Fatal(_) => "fatal",
+        }
+    }
+
+    /// The wrapped cause, for reports that outlive the classification.
+    pub fn into_cause(self) -> BoxError {
+        match self {
+            Self::Retryable(cause) | Self::BadItem(cause) | Self::Fatal(cause) => cause,
+        }
+    }
+}
+
+/// Why [`crate::Flow::run`] failed. Every variant that comes from a stage names it.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// A stage (or the source) returned a fatal error.
+    #[error("stage `{stage}` stopped the flow: {cause}")]
+    Fatal {
+        /// The stage that failed.
+        stage: String,
+        /// What it reported.
+        #[source]
+        cause: BoxError,
+    },
+    /// A retryable error kept failing until the retry policy gave up.
+    #[error("stage `{stage}` gave up after {attempts} attempts: {cause}")]
+    RetriesExhausted {
+        /// The stage that failed.
+        stage: String,
+        /// How many attempts were made, the first included.
+        attempts: u32,
+        /// The last error.
+        #[source]
+        cause: BoxError,
+    },
+    /// The dead-letter handler could not take an item; dropping it silently is not an option.
+    #[error("dead-letter handler failed for an item of stage `{stage}`: {cause}")]
+    DeadLetter {
+        /// The stage whose item was being dead-lettered.
+        stage: String,
+        /// What the handler reported.
+        #[source]
+        cause: BoxError,
+    },
+    /// A stage task panicked.
+    #[error("stage `{stage}` panicked")]
+    Panicked {
+        /// The stage whose task panicked.
+        stage: String,
+    },
+    /// A stage lost its downstream queue; only a consequence of another failure, which is reported instead.
+    #[error("stage `{stage}` lost its downstream")]
+    Disconnected {
+        /// The stage that could not send.
+        stage: String,
+    },
+    /// The flow was built wrong (zero workers, duplicate stage names); every problem is listed.
+    #[error("invalid flow: {}", problems.join("; "))]
+    Invalid {
+        /// One line per problem.
+        problems: Vec<String>,
+    },
+}
+
+impl FlowError {
+    /// The stage the error is about, when there is one.
+    pub fn stage(&self) -> Option<&str> {
+        match self {
+            Self::Fatal { stage, .. }
+            | Self::RetriesExhausted { stage, .. }
+            | Self::DeadLetter { stage, .. }
+            | Self::Panicked { stage }
+            | Self::Disconnected { stage } => Some(stage),
+            Self::Invalid { .. } => None,
+        }
+    }
+
+    /// Whether this error only follows from another one (and so should not be the one reported).
+    pub(crate) fn is_secondary(&self) -> bool {
+        matches!(self, Self::Disconnected { .. })
+    }
+}
