@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS philotes.table_watermarks (
     source_table  text        NOT NULL,
     last_lsn      pg_lsn,
     last_seq      bigint,
+    error         text,                          -- set when the table stopped (incompatible schema change); clear to resume
     updated_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (pipeline, source_schema, source_table)
 );

@@ -98,7 +98,17 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     let mut failed = false;
     for file in files {
         match config::load(file) {
-            Ok(_) => println!("{}: ok", file.display()),
+            Ok(config) => {
+                let unsupported = philotes::pipeline::unsupported(&config);
+                if unsupported.is_empty() {
+                    println!("{}: ok", file.display());
+                } else {
+                    failed = true;
+                    for problem in unsupported {
+                        eprintln!("{}: {problem}", file.display());
+                    }
+                }
+            }
             Err(e) => {
                 failed = true;
                 eprintln!("{e}");
@@ -175,21 +185,35 @@ async fn run(file: &Path, role: Role, log_format: Option<LogFormatArg>) -> anyho
     let report = philotes::migrate::migrate(&mut buffer).await?;
     tracing::info!(applied = report.applied.len(), "buffer database migrated");
     drop(buffer);
-    anyhow::ensure!(
-        role != Role::Flusher,
-        "this build of philotes has no flusher yet (the flush stages are being built): run `--role capture` \
-         to fill the buffer"
-    );
-    if role == Role::All {
-        tracing::warn!("this build has no flush stages yet: changes are captured into the buffer and stay there");
-    }
-    if config.source.postgres.snapshot == config::SnapshotMode::Initial {
+    let unsupported = philotes::pipeline::unsupported(&config);
+    anyhow::ensure!(unsupported.is_empty(), "{}", unsupported.join("\n"));
+    if role != Role::Flusher && config.source.postgres.snapshot == config::SnapshotMode::Initial {
         tracing::warn!("snapshot: initial is not implemented yet: only changes committed from now on are captured");
     }
     let cancel = tokio_util::sync::CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
-    let settings = philotes::pipeline::capture_settings(&config);
-    philotes_stages::capture::run(&settings, cancel).await?;
+    let capture = async {
+        if role == Role::Flusher {
+            return Ok(());
+        }
+        let settings = philotes::pipeline::capture_settings(&config);
+        let result = philotes_stages::capture::run(&settings, cancel.clone()).await;
+        // One role failing stops the process: the other drains and stops too.
+        cancel.cancel();
+        result.context("capture")
+    };
+    let flusher = async {
+        if role == Role::Capture {
+            return Ok(());
+        }
+        let settings = philotes::pipeline::flush_settings(&config);
+        let result = philotes_stages::flush::run(&settings, cancel.clone()).await;
+        cancel.cancel();
+        result.context("flusher")
+    };
+    let (captured, flushed) = tokio::join!(capture, flusher);
+    captured?;
+    flushed?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -2,14 +2,18 @@
 //!
 //! The stages crate knows nothing of YAML; this module is where the file's keys meet the stages' settings.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use philotes_engine::RetryPolicy;
 use philotes_stages::capture::CaptureSettings;
 use philotes_stages::enqueue::EnqueueLimits;
+use philotes_stages::flush::catalog::CatalogSettings;
+use philotes_stages::flush::{FlushSettings, TableTarget};
 use philotes_stages::source::setup::PublishedTables;
 
-use crate::config::{PipelineConfig, StageName, TableSelection, UnmappedTypes};
+use crate::config::{CatalogKind, PipelineConfig, StageName, TableMode, TableName, TableSelection, UnmappedTypes};
 
 /// How many full segments of one open transaction are held in memory before they spill into the buffer.
 const SPILL_SEGMENTS: u64 = 4;
@@ -47,5 +51,85 @@ pub fn capture_settings(config: &PipelineConfig) -> CaptureSettings {
         },
         queue: config.stages.get(StageName::Decode).queue,
         restart: RetryPolicy { base: Duration::from_millis(200), cap: Duration::from_secs(30), max_attempts: u32::MAX },
+    }
+}
+
+/// What this build cannot do yet, found before anything starts: every problem, each naming its key.
+pub fn unsupported(config: &PipelineConfig) -> Vec<String> {
+    let iceberg = &config.sink.iceberg;
+    let mut problems = Vec::new();
+    if iceberg.mode == TableMode::Mirror {
+        problems.push("sink.iceberg.mode: mirror is not supported yet (the iceberg crate 0.10 cannot commit the equality-delete files it needs); use changelog".to_string());
+    }
+    for (table, table_override) in &iceberg.tables {
+        if table_override.mode == Some(TableMode::Mirror) {
+            problems.push(format!("sink.iceberg.tables.{table}.mode: mirror is not supported yet; use changelog"));
+        }
+        if !table_override.partition.is_empty() {
+            problems.push(format!("sink.iceberg.tables.{table}.partition: partitioned tables are not supported yet"));
+        }
+    }
+    problems
+}
+
+/// The flusher role's settings.
+pub fn flush_settings(config: &PipelineConfig) -> FlushSettings {
+    let iceberg = &config.sink.iceberg;
+    let mut props = HashMap::new();
+    if let Some(s3) = &iceberg.s3 {
+        props.insert("s3.region".to_string(), s3.region.clone());
+        if let Some(endpoint) = &s3.endpoint {
+            props.insert("s3.endpoint".to_string(), endpoint.clone());
+        }
+        if let Some(key) = &s3.access_key_id {
+            props.insert("s3.access-key-id".to_string(), key.expose().to_string());
+        }
+        if let Some(secret) = &s3.secret_access_key {
+            props.insert("s3.secret-access-key".to_string(), secret.expose().to_string());
+        }
+        if let Some(token) = &s3.session_token {
+            props.insert("s3.session-token".to_string(), token.expose().to_string());
+        }
+        props.insert("s3.path-style-access".to_string(), s3.path_style.to_string());
+    }
+    let warehouse = iceberg.warehouse.location();
+    let catalog = match &iceberg.catalog.kind {
+        CatalogKind::Sql { url } => CatalogSettings::Sql {
+            name: iceberg.catalog.name.clone(),
+            uri: url.expose().to_string(),
+            warehouse,
+            props,
+        },
+        CatalogKind::Rest { uri, warehouse: rest_warehouse, token, credential } => {
+            if let Some(token) = token {
+                props.insert("token".to_string(), token.expose().to_string());
+            }
+            if let Some(credential) = credential {
+                props.insert("credential".to_string(), credential.expose().to_string());
+            }
+            CatalogSettings::Rest {
+                name: iceberg.catalog.name.clone(),
+                uri: uri.expose().to_string(),
+                warehouse: Some(rest_warehouse.clone().unwrap_or(warehouse)),
+                props,
+            }
+        }
+    };
+    let targets = config.clone();
+    let arrow = config.stages.get(StageName::ArrowBatch);
+    FlushSettings {
+        pipeline: config.pipeline.clone(),
+        buffer: config.buffer.url.config().clone(),
+        catalog,
+        target: Arc::new(move |schema: &str, table: &str| {
+            let target = targets.iceberg_target(&TableName { schema: schema.to_string(), name: table.to_string() });
+            TableTarget { namespace: target.namespace, name: target.name }
+        }),
+        workers: config.flush.workers,
+        arrow_workers: arrow.workers,
+        max_events: i64::try_from(config.flush.max_events).unwrap_or(i64::MAX),
+        interval: config.flush.interval,
+        target_file_size: usize::try_from(iceberg.target_file_size).unwrap_or(usize::MAX),
+        retry: RetryPolicy { base: Duration::from_millis(200), cap: Duration::from_secs(30), max_attempts: u32::MAX },
     }
 }

@@ -64,7 +64,7 @@ fn every_example_pipeline_parses_and_validates_as_it_is() {
 
 #[test]
 fn examples_mean_what_their_comments_say() {
-    let mirror = parse_ok(include_str!("../../examples/mirror.yaml"));
+    let mirror = parse_ok(include_str!("../../examples/planned/mirror.yaml"));
     assert_eq!(mirror.sink.iceberg.mode, TableMode::Mirror);
     let audit = mirror.iceberg_target(&TableName::parse("audit_log").unwrap());
     assert_eq!(audit.mode, TableMode::Changelog);

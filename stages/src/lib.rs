@@ -1,6 +1,7 @@
 //! philotes-stages: the stages of the data path (Decode, SchemaResolve, Enqueue, ArrowBatch, IcebergCommit,
 //! Checkpoint) built on `philotes-engine`.
 
+pub mod arrow_batch;
 pub mod capture;
 pub mod decode;
 pub mod enqueue;
@@ -9,3 +10,5 @@ pub mod resolve;
 pub mod segment;
 pub mod source;
 pub mod store;
+pub mod fault;
+pub mod flush;

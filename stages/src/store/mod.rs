@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod pipelines;
 pub mod schemas;
 pub mod segments;
+pub mod watermarks;
 
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, Config, NoTls};

@@ -1,0 +1,214 @@
+//! The Iceberg catalog of a flusher and the guard that makes each commit exactly-once.
+//!
+//! `Transaction::commit` of the iceberg crate reloads the table before it commits and, when another commit
+//! landed in between, silently re-applies the append on the newer table. For philotes that would write a flush
+//! twice when two flushers race on one table (a flusher whose lease was lost but whose commit is still in
+//! flight). [`GuardedCatalog`] closes that gap: while a commit of table T is guarded with the snapshot id the
+//! flusher checked its position against, the reload inside the commit fails unless T's current snapshot is still
+//! that one; between that reload and the catalog's compare-and-swap, the append's own `RefSnapshotIdMatch`
+//! requirement fails the same way. So a commit lands only on the exact table state whose `philotes.last-lsn`
+//! was checked (DESIGN.md, the second atomic step).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use iceberg::table::Table;
+use iceberg::{
+    Catalog, CatalogBuilder, Error, ErrorKind, Namespace, NamespaceIdent, Result, TableCommit, TableCreation,
+    TableIdent,
+};
+use iceberg_catalog_rest::RestCatalogBuilder;
+use iceberg_catalog_sql::SqlCatalogBuilder;
+use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
+
+use crate::position::{Lsn, Position};
+
+/// Snapshot summary key: the pipeline that wrote the snapshot.
+pub const SUMMARY_PIPELINE: &str = "philotes.pipeline";
+/// Snapshot summary key: commit LSN of the last change in the table after this snapshot (`16/B374D848`).
+pub const SUMMARY_LAST_LSN: &str = "philotes.last-lsn";
+/// Snapshot summary key: seq of that last change within its transaction.
+pub const SUMMARY_LAST_SEQ: &str = "philotes.last-seq";
+
+/// Which catalog and warehouse (YAML `sink.iceberg.catalog` / `warehouse`).
+#[derive(Debug, Clone)]
+pub enum CatalogSettings {
+    /// The SQL catalog (tables `iceberg_tables`/`iceberg_namespace_properties`, as pyiceberg and Java's JDBC
+    /// catalog lay them out) in a Postgres database.
+    Sql {
+        /// Catalog name: part of every row's key, so readers must use the same.
+        name: String,
+        /// `postgres://…` URL of the catalog database.
+        uri: String,
+        /// Warehouse location (`file:///…` or `s3://…`).
+        warehouse: String,
+        /// Extra properties (S3 settings).
+        props: HashMap<String, String>,
+    },
+    /// An Iceberg REST catalog.
+    Rest {
+        /// Catalog name.
+        name: String,
+        /// The REST endpoint.
+        uri: String,
+        /// Warehouse property, when the server needs one.
+        warehouse: Option<String>,
+        /// Extra properties (token, credential, S3 settings).
+        props: HashMap<String, String>,
+    },
+}
+
+/// Connects to the configured catalog.
+pub async fn connect(settings: &CatalogSettings) -> Result<Arc<dyn Catalog>> {
+    let storage = Arc::new(OpenDalResolvingStorageFactory::new());
+    match settings {
+        CatalogSettings::Sql { name, uri, warehouse, props } => {
+            let mut props = props.clone();
+            props.entry("pool.max-connections".into()).or_insert_with(|| "4".into());
+            let catalog = SqlCatalogBuilder::default()
+                .uri(uri.clone())
+                .warehouse_location(warehouse.clone())
+                .with_storage_factory(storage)
+                .load(name.clone(), props)
+                .await?;
+            Ok(Arc::new(catalog))
+        }
+        CatalogSettings::Rest { name, uri, warehouse, props } => {
+            let mut props = props.clone();
+            props.insert("uri".into(), uri.clone());
+            if let Some(warehouse) = warehouse {
+                props.insert("warehouse".into(), warehouse.clone());
+            }
+            let catalog = RestCatalogBuilder::default().with_storage_factory(storage).load(name.clone(), props).await?;
+            Ok(Arc::new(catalog))
+        }
+    }
+}
+
+/// The last position a pipeline committed to `table`: the newest snapshot (walking back from the current one)
+/// whose summary says it was written by `pipeline`.
+pub fn committed_position(table: &Table, pipeline: &str) -> Option<Position> {
+    let metadata = table.metadata();
+    let mut snapshot = metadata.current_snapshot().cloned();
+    while let Some(current) = snapshot {
+        let props = &current.summary().additional_properties;
+        if props.get(SUMMARY_PIPELINE).map(String::as_str) == Some(pipeline) {
+            let lsn: Option<Lsn> = props.get(SUMMARY_LAST_LSN).and_then(|v| v.parse().ok());
+            let seq: Option<u64> = props.get(SUMMARY_LAST_SEQ).and_then(|v| v.parse().ok());
+            if let (Some(lsn), Some(seq)) = (lsn, seq) {
+                return Some(Position::new(lsn, seq));
+            }
+        }
+        snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id).cloned());
+    }
+    None
+}
+
+/// A catalog whose commits of a guarded table only land on the snapshot the guard names.
+#[derive(Debug)]
+pub struct GuardedCatalog {
+    inner: Arc<dyn Catalog>,
+    /// Table → the snapshot id (None: no snapshot yet) a commit in flight was checked against.
+    guards: Mutex<HashMap<TableIdent, Option<i64>>>,
+}
+
+impl GuardedCatalog {
+    /// Wraps a catalog.
+    pub fn new(inner: Arc<dyn Catalog>) -> Self {
+        Self { inner, guards: Mutex::new(HashMap::new()) }
+    }
+
+    /// From now until [`GuardedCatalog::unguard`], loads of `table` fail with a conflict unless its current
+    /// snapshot is `expected`.
+    pub fn guard(&self, table: &TableIdent, expected: Option<i64>) {
+        if let Ok(mut guards) = self.guards.lock() {
+            guards.insert(table.clone(), expected);
+        }
+    }
+
+    /// Ends the guard of `table`.
+    pub fn unguard(&self, table: &TableIdent) {
+        if let Ok(mut guards) = self.guards.lock() {
+            guards.remove(table);
+        }
+    }
+
+    /// Loads a table without the guard (to read its current position).
+    pub async fn load_unguarded(&self, table: &TableIdent) -> Result<Table> {
+        self.inner.load_table(table).await
+    }
+
+    /// The wrapped catalog.
+    pub fn inner(&self) -> &Arc<dyn Catalog> {
+        &self.inner
+    }
+}
+
+/// Whether an iceberg error is a commit conflict (another commit landed first).
+pub fn is_conflict(error: &Error) -> bool {
+    error.kind() == ErrorKind::CatalogCommitConflicts
+        || error.to_string().contains("Requirement failed")
+        || error.to_string().contains("requirement")
+}
+
+#[async_trait]
+impl Catalog for GuardedCatalog {
+    async fn list_namespaces(&self, parent: Option<&NamespaceIdent>) -> Result<Vec<NamespaceIdent>> {
+        self.inner.list_namespaces(parent).await
+    }
+    async fn create_namespace(&self, namespace: &NamespaceIdent, properties: HashMap<String, String>) -> Result<Namespace> {
+        self.inner.create_namespace(namespace, properties).await
+    }
+    async fn get_namespace(&self, namespace: &NamespaceIdent) -> Result<Namespace> {
+        self.inner.get_namespace(namespace).await
+    }
+    async fn namespace_exists(&self, namespace: &NamespaceIdent) -> Result<bool> {
+        self.inner.namespace_exists(namespace).await
+    }
+    async fn update_namespace(&self, namespace: &NamespaceIdent, properties: HashMap<String, String>) -> Result<()> {
+        self.inner.update_namespace(namespace, properties).await
+    }
+    async fn drop_namespace(&self, namespace: &NamespaceIdent) -> Result<()> {
+        self.inner.drop_namespace(namespace).await
+    }
+    async fn list_tables(&self, namespace: &NamespaceIdent) -> Result<Vec<TableIdent>> {
+        self.inner.list_tables(namespace).await
+    }
+    async fn create_table(&self, namespace: &NamespaceIdent, creation: TableCreation) -> Result<Table> {
+        self.inner.create_table(namespace, creation).await
+    }
+    async fn load_table(&self, table: &TableIdent) -> Result<Table> {
+        let loaded = self.inner.load_table(table).await?;
+        let expected = self.guards.lock().ok().and_then(|g| g.get(table).copied());
+        if let Some(expected) = expected {
+            let current = loaded.metadata().current_snapshot_id();
+            if current != expected {
+                return Err(Error::new(
+                    ErrorKind::CatalogCommitConflicts,
+                    format!("table {table} moved from snapshot {expected:?} to {current:?} since its position was checked"),
+                )
+                .with_retryable(false));
+            }
+        }
+        Ok(loaded)
+    }
+    async fn drop_table(&self, table: &TableIdent) -> Result<()> {
+        self.inner.drop_table(table).await
+    }
+    async fn purge_table(&self, table: &TableIdent) -> Result<()> {
+        self.inner.purge_table(table).await
+    }
+    async fn table_exists(&self, table: &TableIdent) -> Result<bool> {
+        self.inner.table_exists(table).await
+    }
+    async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> Result<()> {
+        self.inner.rename_table(src, dest).await
+    }
+    async fn register_table(&self, table: &TableIdent, metadata_location: String) -> Result<Table> {
+        self.inner.register_table(table, metadata_location).await
+    }
+    async fn update_table(&self, commit: TableCommit) -> Result<Table> {
+        self.inner.update_table(commit).await
+    }
+}

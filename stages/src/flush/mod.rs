@@ -1,0 +1,229 @@
+//! The flusher role: Claim → ArrowBatch → IcebergCommit → Checkpoint, exactly once, any number of processes.
+//!
+//! - [`claim`]: the source. Takes one table's lease (`FOR UPDATE SKIP LOCKED` on its watermark row, in a
+//!   transaction on a pooled connection) and that table's oldest complete segments. The lease is held until the
+//!   checkpoint commits; a flusher that dies releases it by its connection ending.
+//! - [`batch`] (`arrow_batch`): loads or creates the Iceberg table, adds new columns, drops changes Iceberg
+//!   already has (the repair after a crash between the two commits), builds one Arrow RecordBatch. CPU-heavy,
+//!   its own pool.
+//! - [`commit`] (`iceberg_commit`): writes Parquet files and commits one snapshot carrying
+//!   `philotes.last-lsn`/`philotes.last-seq`, guarded so it lands only on the table state it checked; conflicts
+//!   and unreachable catalogs are retried with backoff.
+//! - [`checkpoint`]: in the lease's transaction, deletes the flushed segments, moves the watermark, stores dead
+//!   letters; commits.
+
+pub mod batch;
+pub mod catalog;
+pub mod checkpoint;
+pub mod claim;
+pub mod commit;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use philotes_engine::{Flow, FlowError, Mode, RetryPolicy, StageOptions};
+use tokio_postgres::Config;
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::connection_lost;
+use crate::position::Position;
+use crate::store::dead_letters::DeadLetter;
+use crate::store::watermarks::Lease;
+use catalog::{CatalogSettings, GuardedCatalog};
+
+/// Where a source table goes in Iceberg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableTarget {
+    /// Namespace (one level).
+    pub namespace: String,
+    /// Table name.
+    pub name: String,
+}
+
+/// Maps a source `(schema, table)` to its Iceberg table (YAML `sink.iceberg.namespace` / `tables`).
+pub type TargetFn = Arc<dyn Fn(&str, &str) -> TableTarget + Send + Sync>;
+
+/// Everything a flusher needs, from the pipeline file.
+#[derive(Clone)]
+pub struct FlushSettings {
+    /// The pipeline name.
+    pub pipeline: String,
+    /// The buffer database.
+    pub buffer: Config,
+    /// The catalog and warehouse.
+    pub catalog: CatalogSettings,
+    /// Source table → Iceberg table.
+    pub target: TargetFn,
+    /// Concurrent flushes (leases held at once) in this process.
+    pub workers: usize,
+    /// Arrow builders in this process.
+    pub arrow_workers: usize,
+    /// Changes per flush (at least one segment).
+    pub max_events: i64,
+    /// A table with fewer changes waiting is flushed once its last flush is this old.
+    pub interval: Duration,
+    /// Parquet target file size.
+    pub target_file_size: usize,
+    /// Backoff for catalog/warehouse errors and restarts.
+    pub retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for FlushSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlushSettings")
+            .field("pipeline", &self.pipeline)
+            .field("workers", &self.workers)
+            .field("max_events", &self.max_events)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A leased table: the pooled connection whose open transaction holds the lock, and what it locked. Dropping
+/// the last reference returns the connection to the pool, which rolls back whatever is still open.
+pub struct LeaseHandle {
+    /// The connection in the lease's transaction.
+    pub client: deadpool_postgres::Object,
+    /// The leased table.
+    pub lease: Lease,
+}
+
+impl std::fmt::Debug for LeaseHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{} (checkpoint {})", self.lease.source_schema, self.lease.source_table, self.lease.checkpoint)
+    }
+}
+
+/// What a flush carries from stage to stage after ArrowBatch.
+#[derive(Debug, Clone)]
+pub struct Flush {
+    /// The lease (and its transaction).
+    pub lease: Arc<LeaseHandle>,
+    /// The Iceberg table.
+    pub table: iceberg::TableIdent,
+    /// Queue ids of every claimed segment (all are deleted at checkpoint).
+    pub segment_ids: Vec<i64>,
+    /// The rows to write, `None` when Iceberg already has every claimed change.
+    pub batch: Option<arrow::array::RecordBatch>,
+    /// The position of the last claimed change: what the snapshot summary records.
+    pub last: Position,
+    /// Changes left out with their reasons.
+    pub rejected: Vec<DeadLetter>,
+    /// The table cannot take these changes (an incompatible schema change): it stops with this reason,
+    /// recorded on its lease row; nothing is written or deleted.
+    pub stopped: Option<String>,
+}
+
+/// What the Checkpoint stage needs.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The lease (and its transaction).
+    pub lease: Arc<LeaseHandle>,
+    /// Segments to delete.
+    pub segment_ids: Vec<i64>,
+    /// The table's position in Iceberg after the commit.
+    pub position: Position,
+    /// Dead letters to store.
+    pub rejected: Vec<DeadLetter>,
+    /// Stop the table with this reason instead (see [`Flush::stopped`]).
+    pub stopped: Option<String>,
+}
+
+/// Why the flusher stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// The buffer database failed while preparing.
+    #[error("buffer database: {0}")]
+    Buffer(#[from] tokio_postgres::Error),
+    /// The connection pool could not be built.
+    #[error("buffer connection pool: {0}")]
+    Pool(String),
+    /// The catalog could not be reached or used.
+    #[error("iceberg catalog: {0}")]
+    Catalog(#[from] iceberg::Error),
+    /// A stage stopped the flow.
+    #[error(transparent)]
+    Flow(#[from] FlowError),
+}
+
+impl FlushError {
+    /// Whether a restart may succeed (a lost buffer connection).
+    pub fn is_restartable(&self) -> bool {
+        match self {
+            FlushError::Buffer(e) => connection_lost(e),
+            FlushError::Pool(_) | FlushError::Catalog(_) => true,
+            FlushError::Flow(FlowError::Fatal { cause, .. } | FlowError::RetriesExhausted { cause, .. }) => {
+                cause.downcast_ref::<tokio_postgres::Error>().is_some_and(connection_lost)
+                    || cause.downcast_ref::<claim::ClaimError>().is_some_and(claim::ClaimError::is_connection)
+                    || cause.downcast_ref::<checkpoint::CheckpointError>().is_some_and(checkpoint::CheckpointError::is_connection)
+            }
+            FlushError::Flow(_) => false,
+        }
+    }
+}
+
+/// Runs the flusher until `cancel` fires (it drains the flushes in flight) or an error that a restart cannot
+/// mend.
+pub async fn run(settings: &FlushSettings, cancel: CancellationToken) -> Result<(), FlushError> {
+    let mut attempt = 0;
+    loop {
+        match run_once(settings, &cancel).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_restartable() && !cancel.is_cancelled() => {
+                attempt += 1;
+                let delay = settings.retry.delay(attempt.min(30));
+                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "flusher restarting");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = cancel.cancelled() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn run_once(settings: &FlushSettings, cancel: &CancellationToken) -> Result<(), FlushError> {
+    let pool = claim::pool(&settings.buffer, settings.workers)?;
+    let catalog = Arc::new(GuardedCatalog::new(catalog::connect(&settings.catalog).await?));
+    let retry = RetryPolicy { max_attempts: u32::MAX, ..settings.retry };
+    let source = claim::ClaimSource::new(settings, pool);
+    let flow = Flow::from_source(source)
+        .stage(
+            batch::NAME,
+            StageOptions::new(settings.arrow_workers, settings.workers).mode(Mode::Unordered).retry(retry),
+            {
+                let (catalog, settings) = (catalog.clone(), settings.clone());
+                move |_| batch::ArrowBatch::new(&settings, catalog.clone())
+            },
+        )
+        .stage(
+            commit::NAME,
+            StageOptions::new(settings.workers, settings.workers).mode(Mode::Unordered).retry(retry),
+            {
+                let (catalog, settings) = (catalog.clone(), settings.clone());
+                move |_| commit::IcebergCommit::new(&settings, catalog.clone())
+            },
+        )
+        .sink(
+            checkpoint::NAME,
+            StageOptions::new(settings.workers, settings.workers).mode(Mode::Unordered),
+            {
+                let pipeline = settings.pipeline.clone();
+                move |_| checkpoint::Checkpoint::new(&pipeline)
+            },
+        );
+    flow.run(cancel.clone()).await?;
+    Ok(())
+}
+
+/// Table properties of every table philotes creates.
+pub(crate) fn table_properties(pipeline: &str) -> HashMap<String, String> {
+    HashMap::from([
+        // Exactly once: the crate's own retry would re-apply an append on a newer table; we retry ourselves.
+        ("commit.retry.num-retries".to_string(), "0".to_string()),
+        ("write.parquet.compression-codec".to_string(), "zstd".to_string()),
+        ("philotes.pipeline".to_string(), pipeline.to_string()),
+    ])
+}

@@ -1,0 +1,196 @@
+//! `philotes.table_watermarks` and the flusher's side of `philotes.segments`: the per-table lease
+//! (`FOR UPDATE SKIP LOCKED`), the claimable segments, and the checkpoint that deletes them.
+//!
+//! Every function here runs on the lease's connection, inside the transaction the claim opened; the lease is
+//! the row lock, so a flusher that dies releases it by its connection ending.
+
+use std::time::Duration;
+
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::GenericClient;
+
+use super::{lsn, pg_lsn};
+use crate::position::{Lsn, Position};
+
+/// Creates the lease rows of tables that have segments but no row yet (first flush of a table). New rows sort
+/// first (`-infinity`), so a new table is flushed at once.
+pub async fn register_tables(client: &impl GenericClient, pipeline: &str) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO philotes.table_watermarks (pipeline, source_schema, source_table, updated_at)
+             SELECT DISTINCT pipeline, source_schema, source_table, '-infinity'::timestamptz
+             FROM philotes.segments WHERE pipeline = $1
+             ON CONFLICT DO NOTHING",
+            &[&pipeline],
+        )
+        .await
+}
+
+/// A table whose lease this transaction holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Source schema.
+    pub source_schema: String,
+    /// Source table.
+    pub source_table: String,
+    /// The pipeline's checkpoint when claimed: only segments at or below it are complete.
+    pub checkpoint: Lsn,
+    /// The last position this table's watermark records as committed to Iceberg.
+    pub watermark: Option<Position>,
+}
+
+/// Locks one table that is due: it has complete segments and either its last flush is `interval` old or
+/// `max_events` changes wait. Tables locked by other flushers are skipped. Call inside a transaction.
+pub async fn claim(
+    client: &impl GenericClient,
+    pipeline: &str,
+    interval: Duration,
+    max_events: i64,
+) -> Result<Option<Lease>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "WITH cp AS (SELECT commit_lsn FROM philotes.checkpoints WHERE pipeline = $1)
+             SELECT w.source_schema, w.source_table, cp.commit_lsn, w.last_lsn, w.last_seq
+             FROM philotes.table_watermarks w, cp
+             WHERE w.pipeline = $1 AND w.error IS NULL
+               AND EXISTS (SELECT 1 FROM philotes.segments s
+                           WHERE s.pipeline = w.pipeline AND s.source_schema = w.source_schema
+                             AND s.source_table = w.source_table AND s.last_lsn <= cp.commit_lsn)
+               AND (w.updated_at <= now() - make_interval(secs => $2)
+                    OR (SELECT coalesce(sum(s.events), 0) FROM philotes.segments s
+                        WHERE s.pipeline = w.pipeline AND s.source_schema = w.source_schema
+                          AND s.source_table = w.source_table AND s.last_lsn <= cp.commit_lsn) >= $3)
+             ORDER BY w.updated_at
+             LIMIT 1
+             FOR UPDATE OF w SKIP LOCKED",
+            &[&pipeline, &interval.as_secs_f64(), &max_events],
+        )
+        .await?;
+    Ok(row.map(|r| {
+        let last_lsn: Option<PgLsn> = r.get(3);
+        let last_seq: Option<i64> = r.get(4);
+        Lease {
+            source_schema: r.get(0),
+            source_table: r.get(1),
+            checkpoint: lsn(r.get(2)),
+            watermark: match (last_lsn, last_seq) {
+                (Some(l), Some(s)) => Some(Position::new(lsn(l), u64::try_from(s).unwrap_or(0))),
+                _ => None,
+            },
+        }
+    }))
+}
+
+/// One claimed segment, payload included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedSegment {
+    /// Queue id (deleted at checkpoint).
+    pub id: i64,
+    /// Schema version of its rows.
+    pub schema_version: i32,
+    /// First change.
+    pub first: Position,
+    /// Last change.
+    pub last: Position,
+    /// How many changes.
+    pub events: i32,
+    /// MessagePack payload.
+    pub payload: Vec<u8>,
+}
+
+/// The leased table's oldest complete segments, up to about `max_events` changes (at least one segment).
+pub async fn segments(
+    client: &impl GenericClient,
+    pipeline: &str,
+    lease: &Lease,
+    max_events: i64,
+) -> Result<Vec<ClaimedSegment>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id, schema_version, first_lsn, first_seq, last_lsn, last_seq, events, payload
+             FROM philotes.segments
+             WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND last_lsn <= $4
+             ORDER BY first_lsn, first_seq, id
+             LIMIT 10000",
+            &[&pipeline, &lease.source_schema, &lease.source_table, &pg_lsn(lease.checkpoint)],
+        )
+        .await?;
+    let mut taken = Vec::new();
+    let mut events = 0i64;
+    for r in rows {
+        if !taken.is_empty() && events >= max_events {
+            break;
+        }
+        let count: i32 = r.get(6);
+        events += i64::from(count);
+        taken.push(ClaimedSegment {
+            id: r.get(0),
+            schema_version: r.get(1),
+            first: Position::new(lsn(r.get(2)), u64::try_from(r.get::<_, i64>(3)).unwrap_or(0)),
+            last: Position::new(lsn(r.get(4)), u64::try_from(r.get::<_, i64>(5)).unwrap_or(0)),
+            events: count,
+            payload: r.get(7),
+        });
+    }
+    Ok(taken)
+}
+
+/// The checkpoint of a flush: deletes the flushed segments and moves the table's watermark. Call in the lease's
+/// transaction, after the Iceberg commit, then commit.
+pub async fn checkpoint(
+    client: &impl GenericClient,
+    pipeline: &str,
+    lease: &Lease,
+    segment_ids: &[i64],
+    committed: Option<Position>,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("DELETE FROM philotes.segments WHERE id = ANY($1)", &[&segment_ids])
+        .await?;
+    let (last_lsn, last_seq) = match committed.or(lease.watermark) {
+        Some(p) => (Some(pg_lsn(p.commit_lsn)), Some(i64::try_from(p.seq).unwrap_or(i64::MAX))),
+        None => (None, None),
+    };
+    client
+        .execute(
+            "UPDATE philotes.table_watermarks SET last_lsn = $4, last_seq = $5, updated_at = now()
+             WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3",
+            &[&pipeline, &lease.source_schema, &lease.source_table, &last_lsn, &last_seq],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Stops a table: it is not claimed again until someone clears `error` (after fixing the cause). Call in the
+/// lease's transaction, then commit.
+pub async fn stop(client: &impl GenericClient, pipeline: &str, lease: &Lease, reason: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE philotes.table_watermarks SET error = $4, updated_at = now()
+             WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3",
+            &[&pipeline, &lease.source_schema, &lease.source_table, &reason],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Every table's watermark, for `philotes status`.
+pub async fn all(client: &impl GenericClient, pipeline: &str) -> Result<Vec<(String, String, Option<Position>)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT source_schema, source_table, last_lsn, last_seq FROM philotes.table_watermarks
+             WHERE pipeline = $1 ORDER BY source_schema, source_table",
+            &[&pipeline],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let position = match (r.get::<_, Option<PgLsn>>(2), r.get::<_, Option<i64>>(3)) {
+                (Some(l), Some(s)) => Some(Position::new(lsn(l), u64::try_from(s).unwrap_or(0))),
+                _ => None,
+            };
+            (r.get(0), r.get(1), position)
+        })
+        .collect())
+}

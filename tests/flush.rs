@@ -1,0 +1,327 @@
+//! The whole pipeline into Iceberg: a real PostgreSQL, the real `philotes` binary, a real warehouse on disk
+//! and the SQL catalog in Postgres; the tables are read back with the `iceberg` crate and with pyiceberg.
+//!
+//! The reference is the source: a trigger (on tables the pipeline does not capture) records every change in
+//! `history` as the workload makes it; the Iceberg changelog must equal it row for row.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Decimal128Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType};
+use futures::TryStreamExt;
+use philotes_stages::flush::catalog::{self, CatalogSettings};
+use philotes_testkit::TestDatabase;
+
+/// One changelog row, every value rendered as text (the same rendering as tests/python/read_iceberg.py).
+type Row = BTreeMap<String, serde_json::Value>;
+
+/// A pipeline of the whole product (capture + flushers) on one test database, with its own warehouse.
+pub struct Pipeline {
+    pub file: PathBuf,
+    pub warehouse: PathBuf,
+    pub db_url: String,
+    pub name: String,
+}
+
+impl Pipeline {
+    pub fn new(db: &TestDatabase, tables: &[&str], flush: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("philotes-flush-{}", db.name()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let warehouse = dir.join("warehouse");
+        let yaml = format!(
+            "pipeline: {name}\n\
+             source:\n  postgres:\n    url: {url}\n    tables: [{tables}]\n    snapshot: never\n    status_interval: 1s\n\
+             buffer:\n  segment: {{ max_events: 500, max_bytes: 1MiB, max_age: 50ms }}\n\
+             sink:\n  iceberg:\n    warehouse: file://{warehouse}\n    namespace: lake\n\
+             flush: {flush}\n",
+            name = db.name(),
+            url = db.url(),
+            tables = tables.join(", "),
+            warehouse = warehouse.display(),
+        );
+        let file = dir.join("pipeline.yaml");
+        std::fs::write(&file, yaml).expect("pipeline file");
+        Self { file, warehouse, db_url: db.url(), name: db.name().to_string() }
+    }
+
+    /// Starts `philotes run FILE` with extra arguments and environment; stderr goes to a log file.
+    pub fn start(&self, args: &[&str], env: &[(&str, &str)], log: &str) -> Child {
+        let log = std::fs::File::create(self.file.with_file_name(log)).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_philotes"));
+        cmd.args(["run", self.file.to_str().expect("utf-8")]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.env("RUST_LOG", "info,tokio_postgres=warn").stdout(Stdio::null()).stderr(log).spawn().expect("philotes starts")
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.file.with_file_name(name)).unwrap_or_default()
+    }
+
+    pub fn catalog(&self) -> CatalogSettings {
+        CatalogSettings::Sql {
+            name: "philotes".into(),
+            uri: self.db_url.clone(),
+            warehouse: format!("file://{}", self.warehouse.display()),
+            props: Default::default(),
+        }
+    }
+}
+
+/// SIGTERM, then wait: the process drains and writes its last checkpoint.
+pub fn stop(child: &mut Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Polls `check` until it is true or `timeout` passes; panics with `what` on timeout.
+pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Whether everything the source committed up to now is in Iceberg: the capture checkpoint passed the
+/// source's current WAL position and the buffer is empty.
+pub fn drained(db: &TestDatabase, pipeline: &str, after: &str) -> bool {
+    let sql = format!(
+        "SELECT (SELECT coalesce(commit_lsn >= '{after}'::pg_lsn, false) FROM philotes.checkpoints WHERE pipeline = '{pipeline}')
+                AND NOT EXISTS (SELECT 1 FROM philotes.segments WHERE pipeline = '{pipeline}')"
+    );
+    db.psql(&sql).map(|v| v == "t").unwrap_or(false)
+}
+
+/// Renders one Arrow value as the test's canonical text (see tests/python/read_iceberg.py).
+fn render(column: &dyn Array, row: usize) -> serde_json::Value {
+    use serde_json::Value as J;
+    if column.is_null(row) {
+        return J::Null;
+    }
+    match column.data_type() {
+        DataType::Boolean => J::String(column.as_boolean().value(row).to_string()),
+        DataType::Int32 => J::String(column.as_primitive::<Int32Type>().value(row).to_string()),
+        DataType::Int64 => J::String(column.as_primitive::<Int64Type>().value(row).to_string()),
+        DataType::Utf8 => J::String(column.as_string::<i32>().value(row).to_string()),
+        DataType::LargeUtf8 => J::String(column.as_string::<i64>().value(row).to_string()),
+        DataType::Decimal128(_, scale) => {
+            let v = column.as_primitive::<Decimal128Type>().value(row);
+            J::String(decimal(v, *scale))
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, zone) => {
+            let micros = column.as_primitive::<TimestampMicrosecondType>().value(row);
+            let text = timestamp(micros);
+            J::String(if zone.is_some() { format!("{text}+00") } else { text })
+        }
+        DataType::List(_) => {
+            let list = column.as_list::<i32>().value(row);
+            J::Array((0..list.len()).map(|i| render(list.as_ref(), i)).collect())
+        }
+        other => J::String(format!("<{other}>")),
+    }
+}
+
+fn decimal(unscaled: i128, scale: i8) -> String {
+    let negative = unscaled < 0;
+    let digits = unscaled.unsigned_abs().to_string();
+    let scale = usize::try_from(scale).unwrap_or(0);
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    let sign = if negative { "-" } else { "" };
+    if scale == 0 { format!("{sign}{int}") } else { format!("{sign}{int}.{frac}") }
+}
+
+fn timestamp(micros: i64) -> String {
+    let days = micros.div_euclid(86_400_000_000);
+    let rem = micros.rem_euclid(86_400_000_000);
+    let (y, m, d) = philotes_schemas::civil_from_days(days);
+    let (h, mi, s, us) = (rem / 3_600_000_000, rem / 60_000_000 % 60, rem / 1_000_000 % 60, rem % 1_000_000);
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}")
+}
+
+/// Every row of an Iceberg table read with the `iceberg` crate, ordered by (_lsn, _seq).
+pub async fn read_with_iceberg_crate(pipeline: &Pipeline, table: &str) -> Vec<Row> {
+    let catalog = catalog::connect(&pipeline.catalog()).await.expect("catalog");
+    let ident = iceberg::TableIdent::from_strs(["lake", table]).expect("ident");
+    let table = catalog.load_table(&ident).await.expect("table exists");
+    let batches: Vec<RecordBatch> = table
+        .scan()
+        .select_all()
+        .build()
+        .expect("scan")
+        .to_arrow()
+        .await
+        .expect("arrow stream")
+        .try_collect()
+        .await
+        .expect("batches");
+    let mut rows = Vec::new();
+    for batch in &batches {
+        for i in 0..batch.num_rows() {
+            let mut row = Row::new();
+            for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+                row.insert(field.name().clone(), render(column.as_ref(), i));
+            }
+            rows.push(row);
+        }
+    }
+    let key = |r: &Row| {
+        let n = |k: &str| r.get(k).and_then(|v| v.as_str()).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+        (n("_lsn"), n("_seq"))
+    };
+    rows.sort_by_key(key);
+    rows
+}
+
+/// Every row of an Iceberg table read with pyiceberg (the venv .ci/run makes; `PHILOTES_PYTHON`).
+pub fn read_with_pyiceberg(pipeline: &Pipeline, table: &str) -> Vec<Row> {
+    let python = std::env::var("PHILOTES_PYTHON").unwrap_or_else(|_| "/var/tmp/philotes-venv/bin/python".into());
+    assert!(
+        Path::new(&python).exists(),
+        "pyiceberg is needed as the independent reader: run `bash .ci/run` once (it makes the venv) or set PHILOTES_PYTHON"
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/read_iceberg.py");
+    let out = Command::new(python)
+        .args([script, &pipeline.db_url, "philotes", &format!("lake.{table}")])
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "pyiceberg failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json row"))
+        .collect()
+}
+
+/// The rows of the `history` table for `table`, as the changelog must hold them.
+fn expected_history(db: &TestDatabase, table: &str) -> Vec<Row> {
+    let text = db
+        .psql(&format!(
+            "SELECT json_build_object('_op', op, 'id', id::text, 'name', name, 'amount', amount::text,
+                    'flag', flag::text, 'created', to_char(created AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00',
+                    'payload', payload::text, 'tags', to_json(tags), 'note', note)
+             FROM history WHERE tbl = '{table}' ORDER BY n"
+        ))
+        .expect("history");
+    text.lines()
+        .map(|l| {
+            let mut row: Row = serde_json::from_str(l).expect("json");
+            // `created` of a NULL timestamp renders as NULL through to_char || '+00'.
+            row.retain(|_, v| !v.is_null());
+            row
+        })
+        .collect()
+}
+
+/// Source columns and `_op` of a changelog row (the other bookkeeping columns are checked separately).
+fn comparable(row: &Row) -> Row {
+    row.iter()
+        .filter(|(k, v)| !v.is_null() && !matches!(k.as_str(), "_lsn" | "_seq" | "_xid" | "_commit_ts" | "_unchanged"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+const SCHEMA: &str = "
+CREATE TABLE history (n bigserial PRIMARY KEY, tbl text, op text, id bigint, name text, amount numeric(12,2),
+                      flag boolean, created timestamptz, payload jsonb, tags text[], note text);
+CREATE FUNCTION record_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'TRUNCATE' THEN
+    INSERT INTO history (tbl, op) VALUES (TG_TABLE_NAME, 'T');
+  ELSIF TG_OP = 'DELETE' THEN
+    INSERT INTO history (tbl, op, id, name, amount, flag, created, payload, tags, note)
+    VALUES (TG_TABLE_NAME, 'D', OLD.id, OLD.name, OLD.amount, OLD.flag, OLD.created, OLD.payload, OLD.tags, OLD.note);
+  ELSE
+    INSERT INTO history (tbl, op, id, name, amount, flag, created, payload, tags, note)
+    VALUES (TG_TABLE_NAME, left(TG_OP, 1), NEW.id, NEW.name, NEW.amount, NEW.flag, NEW.created, NEW.payload, NEW.tags, NEW.note);
+  END IF;
+  RETURN NULL;
+END $$;
+";
+
+fn create_table(db: &TestDatabase, name: &str) {
+    db.psql(&format!(
+        "CREATE TABLE {name} (id bigint PRIMARY KEY, name text, amount numeric(12,2), flag boolean, created timestamptz,
+                             payload jsonb, tags text[], note text);
+         ALTER TABLE {name} REPLICA IDENTITY FULL;
+         CREATE TRIGGER {name}_rows AFTER INSERT OR UPDATE OR DELETE ON {name} FOR EACH ROW EXECUTE FUNCTION record_change();
+         CREATE TRIGGER {name}_truncate AFTER TRUNCATE ON {name} FOR EACH STATEMENT EXECUTE FUNCTION record_change();"
+    ))
+    .expect("create table");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_iceberg_exactly_as_the_source_made_them_for_both_readers() {
+    let db = philotes_testkit::shared().database("flush_e2e").expect("database");
+    db.psql(SCHEMA).expect("schema");
+    create_table(&db, "orders");
+    create_table(&db, "customers");
+    let pipeline = Pipeline::new(&db, &["public.orders", "public.customers"], "{ workers: 2, max_events: 1000, interval: 200ms }");
+    let mut child = pipeline.start(&[], &[], "run.log");
+    // The slot exists once the capture is up; changes before that would not be streamed.
+    wait_for("the replication slot", Duration::from_secs(60), || {
+        db.psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'philotes_{}'", pipeline.name))
+            .map(|v| v == "1")
+            .unwrap_or(false)
+    });
+    db.psql(
+        "SET TIME ZONE 'America/New_York';
+         INSERT INTO orders SELECT g, 'order ' || g, g * 1.25, g % 2 = 0, '2024-03-10 01:59:59.123456-05'::timestamptz + g * interval '1 hour',
+                                   jsonb_build_object('g', g), ARRAY['a' || g, NULL], repeat('x', 10)
+                            FROM generate_series(1, 300) g;
+         INSERT INTO customers VALUES (1, 'ann', 0.01, true, '1969-12-31 23:59:59.999999+00', '{\"vip\": true}', '{}', repeat('long text ', 200000));
+         UPDATE orders SET amount = amount + 1, flag = NOT flag WHERE id % 7 = 0;
+         UPDATE customers SET name = 'ann b' WHERE id = 1;
+         DELETE FROM orders WHERE id > 290;
+         BEGIN; INSERT INTO orders VALUES (999, 'rolled back'); ROLLBACK;
+         INSERT INTO customers VALUES (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+         TRUNCATE customers;
+         INSERT INTO customers VALUES (3, 'after truncate', -5.50, false, now(), '[1, 2]', ARRAY['x'], 'y');",
+    )
+    .expect("workload");
+    let after = db.psql("SELECT pg_current_wal_lsn()").expect("lsn");
+    wait_for("every change in iceberg", Duration::from_secs(120), || drained(&db, &pipeline.name, &after));
+    stop(&mut child);
+    let log = pipeline.log("run.log");
+    assert!(!log.contains("ERROR"), "the run logged errors:\n{log}");
+
+    for table in ["orders", "customers"] {
+        let expected = expected_history(&db, table);
+        let crate_rows = read_with_iceberg_crate(&pipeline, table).await;
+        let py_rows = read_with_pyiceberg(&pipeline, table);
+        assert_eq!(crate_rows.len(), expected.len(), "{table}: iceberg crate row count");
+        assert_eq!(py_rows.len(), expected.len(), "{table}: pyiceberg row count");
+        for (i, want) in expected.iter().enumerate() {
+            assert_eq!(&comparable(&crate_rows[i]), want, "{table} row {i} (iceberg crate)");
+            assert_eq!(&comparable(&py_rows[i]), want, "{table} row {i} (pyiceberg)");
+        }
+        // Positions strictly increase, and both readers agree on the bookkeeping columns too.
+        for pair in crate_rows.windows(2) {
+            let pos = |r: &Row| {
+                let n = |k: &str| r[k].as_str().and_then(|s| s.parse::<i64>().ok()).expect("number");
+                (n("_lsn"), n("_seq"))
+            };
+            assert!(pos(&pair[0]) < pos(&pair[1]), "{table}: positions must increase");
+        }
+        for (a, b) in crate_rows.iter().zip(&py_rows) {
+            assert_eq!(a.get("_lsn"), b.get("_lsn"));
+            assert_eq!(a.get("_seq"), b.get("_seq"));
+        }
+    }
+}
