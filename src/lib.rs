@@ -8,3 +8,4 @@ pub mod migrate;
 pub mod postgres;
 pub mod pipeline;
 pub mod status;
+pub mod telemetry;

@@ -36,6 +36,9 @@ enum Command {
         /// Which part of the pipeline this process runs.
         #[arg(long, value_enum, default_value_t = Role::All)]
         role: Role,
+        /// Address of the /metrics endpoint; overrides `telemetry.metrics` (e.g. for a second process on a host).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Check pipeline files and print every problem with its line, column and key; exits 1 on any problem.
     Validate {
@@ -81,7 +84,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { files } => return validate(&files),
         Command::Migrate { file } => runtime.block_on(migrate(&file, cli.log_format)),
-        Command::Run { file, role } => runtime.block_on(run(&file, role, cli.log_format)),
+        Command::Run { file, role, metrics } => runtime.block_on(run(&file, role, metrics, cli.log_format)),
         Command::Status { file, json } => runtime.block_on(status(&file, json, cli.log_format)),
     };
     match result {
@@ -176,7 +179,12 @@ async fn status(file: &Path, json: bool, log_format: Option<LogFormatArg>) -> an
 
 /// `philotes run FILE`: migrates the buffer database, then runs the roles this process has until SIGINT or
 /// SIGTERM, on which it drains what is in flight and writes the last checkpoint.
-async fn run(file: &Path, role: Role, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
+async fn run(
+    file: &Path,
+    role: Role,
+    metrics: Option<std::net::SocketAddr>,
+    log_format: Option<LogFormatArg>,
+) -> anyhow::Result<()> {
     let config = load(file, log_format)?;
     tracing::info!(pipeline = %config.pipeline, ?role, "starting");
     let mut buffer = philotes::postgres::connect(&config.buffer.url)
@@ -192,6 +200,14 @@ async fn run(file: &Path, role: Role, log_format: Option<LogFormatArg>) -> anyho
     }
     let cancel = tokio_util::sync::CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
+    let metrics_addr = metrics.unwrap_or(config.telemetry.metrics);
+    match philotes::telemetry::serve_metrics(metrics_addr, cancel.clone()).await {
+        Ok(()) => {
+            tokio::spawn(philotes::telemetry::poll_status(config.clone(), std::time::Duration::from_secs(5), cancel.clone()));
+        }
+        // Several processes of one pipeline on one host share the file: the second cannot bind the same port.
+        Err(e) => tracing::warn!("{e}; this process runs without a metrics endpoint (pass --metrics ADDR to choose another)"),
+    }
     let capture = async {
         if role == Role::Flusher {
             return Ok(());

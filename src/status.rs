@@ -2,7 +2,7 @@
 //! slot lag, source checkpoint, buffer depth, dead letters.
 
 use philotes_stages::source::setup::{self, SlotStatus};
-use philotes_stages::store::{self, checkpoints, dead_letters, segments};
+use philotes_stages::store::{self, checkpoints, dead_letters, segments, watermarks};
 use serde::Serialize;
 
 use crate::config::PipelineConfig;
@@ -28,6 +28,8 @@ pub struct Status {
     pub replication_lag_bytes: Option<i64>,
     /// Commit LSN of the last transaction fully in the buffer.
     pub checkpoint_lsn: Option<String>,
+    /// Seconds since the checkpoint was last written (how stale the buffer's view of the source is).
+    pub checkpoint_age_seconds: Option<f64>,
     /// Segments waiting in the buffer.
     pub buffer_segments: i64,
     /// Changes waiting in the buffer.
@@ -36,6 +38,19 @@ pub struct Status {
     pub buffer_bytes: i64,
     /// Changes that could not be converted.
     pub dead_letters: i64,
+    /// Per table: the last position committed to Iceberg, and why it stopped if it did.
+    pub tables: Vec<TableStatus>,
+}
+
+/// One table's flush state.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableStatus {
+    /// `schema.table` at the source.
+    pub table: String,
+    /// Last position in Iceberg (`lsn#seq`), `None` before its first flush.
+    pub committed: Option<String>,
+    /// Set when the table stopped (an incompatible schema change): the reason.
+    pub error: Option<String>,
 }
 
 /// Why status could not be read.
@@ -60,14 +75,15 @@ pub async fn read(config: &PipelineConfig) -> Result<Status, StatusError> {
         .query_one("SELECT to_regclass('philotes.checkpoints') IS NOT NULL", &[])
         .await?
         .get(0);
-    let (checkpoint, depth, dead) = if migrated {
+    let (checkpoint, depth, dead, tables) = if migrated {
         (
             checkpoints::load(&buffer, &config.pipeline).await?,
             segments::depth(&buffer, &config.pipeline).await?,
             dead_letters::count(&buffer, &config.pipeline).await?,
+            watermarks::all(&buffer, &config.pipeline).await?,
         )
     } else {
-        (None, segments::Depth::default(), 0)
+        (None, segments::Depth::default(), 0, Vec::new())
     };
     Ok(Status {
         pipeline: config.pipeline.clone(),
@@ -79,10 +95,19 @@ pub async fn read(config: &PipelineConfig) -> Result<Status, StatusError> {
         source_current_lsn: slot.as_ref().map(|s| s.current.to_string()),
         replication_lag_bytes: slot.as_ref().and_then(|s| s.lag_bytes),
         checkpoint_lsn: checkpoint.map(|c| c.commit_lsn.to_string()),
+        checkpoint_age_seconds: if migrated { checkpoints::age_seconds(&buffer, &config.pipeline).await? } else { None },
         buffer_segments: depth.segments,
         buffer_events: depth.events,
         buffer_bytes: depth.bytes,
         dead_letters: dead,
+        tables: tables
+            .into_iter()
+            .map(|t| TableStatus {
+                table: format!("{}.{}", t.source_schema, t.source_table),
+                committed: t.committed.map(|p| p.to_string()),
+                error: t.error,
+            })
+            .collect(),
     })
 }
 
@@ -116,7 +141,16 @@ impl std::fmt::Display for Status {
             self.buffer_events,
             human_bytes(self.buffer_bytes)
         )?;
-        write!(f, "dead letters {}", self.dead_letters)
+        write!(f, "dead letters {}", self.dead_letters)?;
+        for table in &self.tables {
+            let state = match (&table.error, &table.committed) {
+                (Some(error), _) => format!("STOPPED: {error}"),
+                (None, Some(position)) => format!("in iceberg up to {position}"),
+                (None, None) => "not flushed yet".to_string(),
+            };
+            write!(f, "\ntable        {}  {state}", table.table)?;
+        }
+        Ok(())
     }
 }
 

@@ -10,5 +10,6 @@ pub mod resolve;
 pub mod segment;
 pub mod source;
 pub mod store;
+pub mod telemetry;
 pub mod fault;
 pub mod flush;

@@ -28,6 +28,7 @@ use super::{Committed, Flush, FlushSettings};
 use crate::arrow_batch::{LSN, SEQ};
 use crate::fault;
 use crate::position::Position;
+use crate::telemetry;
 
 /// The stage's name in metrics, spans and YAML (`stages.iceberg_commit`).
 pub const NAME: &str = "iceberg_commit";
@@ -73,7 +74,10 @@ impl IcebergCommit {
             None => batch.clone(),
         };
         if rows.num_rows() > 0 {
+            let started = std::time::Instant::now();
+            let row_count = rows.num_rows() as u64;
             let files = self.write(&table, rows).await?;
+            let file_count = files.len() as u64;
             fault::hit(fault::AFTER_PARQUET);
             let properties = HashMap::from([
                 (SUMMARY_PIPELINE.to_string(), self.pipeline.clone()),
@@ -87,6 +91,13 @@ impl IcebergCommit {
             self.catalog.unguard(&flush.table);
             result?;
             fault::hit(fault::AFTER_ICEBERG_COMMIT);
+            let lease = &flush.lease.lease;
+            let attributes = telemetry::table(&lease.source_schema, &lease.source_table);
+            let metrics = telemetry::metrics();
+            metrics.rows_written.add(row_count, &attributes);
+            metrics.files_written.add(file_count, &attributes);
+            metrics.snapshots.add(1, &attributes);
+            metrics.commit_seconds.record(started.elapsed().as_secs_f64(), &attributes);
         }
         Ok(flush.last)
     }

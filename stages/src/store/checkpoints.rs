@@ -35,3 +35,14 @@ pub async fn save(client: &impl GenericClient, pipeline: &str, checkpoint: Check
         .await?;
     Ok(())
 }
+
+/// Seconds since the pipeline's checkpoint was last written, `None` before the first one.
+pub async fn age_seconds(client: &impl GenericClient, pipeline: &str) -> Result<Option<f64>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT extract(epoch FROM now() - updated_at)::float8 FROM philotes.checkpoints WHERE pipeline = $1",
+            &[&pipeline],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}

@@ -174,23 +174,38 @@ pub async fn stop(client: &impl GenericClient, pipeline: &str, lease: &Lease, re
     Ok(())
 }
 
+/// One table's flush state, for `philotes status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableWatermark {
+    /// Source schema.
+    pub source_schema: String,
+    /// Source table.
+    pub source_table: String,
+    /// Last position committed to Iceberg.
+    pub committed: Option<Position>,
+    /// Why the table stopped, if it did.
+    pub error: Option<String>,
+}
+
 /// Every table's watermark, for `philotes status`.
-pub async fn all(client: &impl GenericClient, pipeline: &str) -> Result<Vec<(String, String, Option<Position>)>, tokio_postgres::Error> {
+pub async fn all(client: &impl GenericClient, pipeline: &str) -> Result<Vec<TableWatermark>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT source_schema, source_table, last_lsn, last_seq FROM philotes.table_watermarks
+            "SELECT source_schema, source_table, last_lsn, last_seq, error FROM philotes.table_watermarks
              WHERE pipeline = $1 ORDER BY source_schema, source_table",
             &[&pipeline],
         )
         .await?;
     Ok(rows
         .iter()
-        .map(|r| {
-            let position = match (r.get::<_, Option<PgLsn>>(2), r.get::<_, Option<i64>>(3)) {
+        .map(|r| TableWatermark {
+            source_schema: r.get(0),
+            source_table: r.get(1),
+            committed: match (r.get::<_, Option<PgLsn>>(2), r.get::<_, Option<i64>>(3)) {
                 (Some(l), Some(s)) => Some(Position::new(lsn(l), u64::try_from(s).unwrap_or(0))),
                 _ => None,
-            };
-            (r.get(0), r.get(1), position)
+            },
+            error: r.get(4),
         })
         .collect())
 }
