@@ -1,0 +1,380 @@
+//! Segment events → one `RecordBatch` in the table's current Iceberg schema (the changelog row rules of the
+//! module docs): projection of each schema version by column name, unchanged-TOAST filling, rejected rows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::Schema as ArrowSchema;
+use arrow::record_batch::RecordBatch;
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::spec::Schema;
+use philotes_schemas::{TableSchema, Value};
+
+use super::schema::{check_column, type_name};
+use super::values::{convert, Builder, Cell, Kind};
+use super::{
+    ArrowBatchError, BatchOutput, RejectedRow, CHANGELOG_COLUMNS, COMMIT_TS, LSN, OP, SEQ,
+    UNCHANGED, XID,
+};
+use crate::segment::SegmentEvent;
+
+/// Longest rendering of one value in a rejected row (a megabyte of JSON helps nobody in a dead letter).
+const RENDERED_VALUE_CHARS: usize = 80;
+
+/// One record batch in `target` (the table's current Iceberg schema; the Arrow schema is
+/// `iceberg::arrow::schema_to_arrow_schema(target)`, so field ids match), from consecutive segments of one
+/// table, each with the schema version its rows were written with, in position order.
+///
+/// Columns are matched by name: a target column the row's version lacks is NULL; a version column the target
+/// lacks is [`ArrowBatchError::ColumnNotInTarget`] (add it first with [`super::missing_columns`]); a version
+/// column whose type the target column cannot hold is the error [`super::missing_columns`] would give.
+pub fn build_batch(
+    target: &Schema,
+    segments: &[(Arc<TableSchema>, Vec<SegmentEvent>)],
+) -> Result<BatchOutput, ArrowBatchError> {
+    let arrow_schema = Arc::new(schema_to_arrow_schema(target)?);
+    let layout = Layout::new(target, &arrow_schema)?;
+    let rows = segments.iter().map(|(_, events)| events.len()).sum();
+    let mut builders = arrow_schema
+        .fields()
+        .iter()
+        .map(|f| Builder::new(f.data_type(), rows))
+        .collect::<Result<Vec<_>, _>>()?;
+    let needs_history = segments
+        .iter()
+        .flat_map(|(_, events)| events)
+        .any(has_unchanged);
+    let mut history = History {
+        enabled: needs_history,
+        images: HashMap::new(),
+    };
+    let mut rejected = Vec::new();
+    // Per-row scratch, reused: what is known of each column of the row's version, and the target's cells.
+    let mut slots = Vec::new();
+    let mut cells = vec![Cell::Null; layout.kinds.len()];
+    for (version, events) in segments {
+        let plan = Plan::new(version, target, &layout)?;
+        for event in events {
+            cells.fill(Cell::Null);
+            match fill_row(&layout, &plan, &mut history, event, &mut slots, &mut cells) {
+                Ok(()) => {
+                    for (builder, cell) in builders.iter_mut().zip(&cells) {
+                        builder.append(cell)?;
+                    }
+                }
+                Err(reason) => rejected.push(RejectedRow {
+                    position: event.position(),
+                    reason,
+                    rendering: render(version, event),
+                }),
+            }
+        }
+    }
+    let columns = builders
+        .into_iter()
+        .map(Builder::finish)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(BatchOutput {
+        batch: RecordBatch::try_new(arrow_schema, columns)?,
+        rejected,
+    })
+}
+
+/// The target's columns: what each holds, and where the changelog columns are.
+struct Layout {
+    kinds: Vec<Kind>,
+    /// Each column's Iceberg type, for rejection reasons.
+    type_names: Vec<String>,
+    op: usize,
+    lsn: usize,
+    commit_ts: usize,
+    xid: usize,
+    seq: usize,
+    unchanged: usize,
+}
+
+impl Layout {
+    fn new(target: &Schema, arrow_schema: &ArrowSchema) -> Result<Layout, ArrowBatchError> {
+        let kinds: Vec<Kind> = arrow_schema
+            .fields()
+            .iter()
+            .map(|f| Kind::of(f.data_type()))
+            .collect();
+        let find = |column: &'static str, kind: Kind, expected: &'static str| {
+            let found = arrow_schema.index_of(column).ok();
+            match found {
+                Some(i) if kinds[i] == kind => Ok(i),
+                _ => Err(ArrowBatchError::ChangelogColumn {
+                    column,
+                    expected,
+                    found: match target.as_struct().field_by_name(column) {
+                        Some(field) => type_name(&field.field_type),
+                        None => "no such column".into(),
+                    },
+                }),
+            }
+        };
+        Ok(Layout {
+            op: find(OP, Kind::String, "string")?,
+            lsn: find(LSN, Kind::Int64, "long")?,
+            commit_ts: find(COMMIT_TS, Kind::TimestampTz, "timestamptz")?,
+            xid: find(XID, Kind::Int64, "long")?,
+            seq: find(SEQ, Kind::Int64, "long")?,
+            unchanged: find(
+                UNCHANGED,
+                Kind::List(Box::new(Kind::String)),
+                "list<string>",
+            )?,
+            type_names: target
+                .as_struct()
+                .fields()
+                .iter()
+                .map(|f| type_name(&f.field_type))
+                .collect(),
+            kinds,
+        })
+    }
+}
+
+/// One schema version onto the target: the target column of each of its columns, and its key columns.
+struct Plan<'a> {
+    version: &'a TableSchema,
+    target_of: Vec<usize>,
+    key: Vec<usize>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(
+        version: &'a TableSchema,
+        target: &Schema,
+        layout: &Layout,
+    ) -> Result<Self, ArrowBatchError> {
+        let fields = target.as_struct().fields();
+        let mut target_of = Vec::with_capacity(version.columns.len());
+        for column in &version.columns {
+            let position = fields.iter().position(|f| f.name == column.name);
+            let reserved = CHANGELOG_COLUMNS.contains(&column.name.as_str());
+            let Some(i) = position.filter(|_| !reserved) else {
+                return Err(if reserved {
+                    ArrowBatchError::ReservedColumn {
+                        table: version.qualified_name(),
+                        column: column.name.clone(),
+                    }
+                } else {
+                    ArrowBatchError::ColumnNotInTarget {
+                        table: version.qualified_name(),
+                        column: column.name.clone(),
+                    }
+                });
+            };
+            check_column(version, column, &fields[i].field_type)?;
+            debug_assert!(i < layout.kinds.len());
+            target_of.push(i);
+        }
+        let key = (0..version.columns.len())
+            .filter(|&j| version.columns[j].part_of_key)
+            .collect();
+        Ok(Plan {
+            version,
+            target_of,
+            key,
+        })
+    }
+}
+
+/// What the batch knows of one column of one row.
+#[derive(Debug, Clone, Copy)]
+enum Slot<'a> {
+    /// This value (`None`: NULL).
+    Known(Option<&'a Value>),
+    /// Not known here (an unfilled unchanged TOAST value, or a column the change's version lacks).
+    Unknown,
+}
+
+/// The latest image of each primary key seen so far in the batch, by target column; kept only when some change
+/// of the batch has an unchanged TOAST value.
+struct History<'a> {
+    enabled: bool,
+    images: HashMap<Vec<u8>, Vec<Slot<'a>>>,
+}
+
+/// The key of a row: each key column's name and value, encoded; `None` when the version has no key or a key
+/// value is itself unknown.
+fn row_key<'a>(plan: &Plan<'_>, value: impl Fn(usize) -> Slot<'a>) -> Option<Vec<u8>> {
+    if plan.key.is_empty() {
+        return None;
+    }
+    let mut key = Vec::new();
+    for &j in &plan.key {
+        let value = match value(j) {
+            Slot::Known(Some(Value::Unchanged)) | Slot::Unknown => return None,
+            Slot::Known(v) => v.unwrap_or(&Value::Null),
+        };
+        rmp_serde::encode::write(&mut key, &(&plan.version.columns[j].name, value)).ok()?;
+    }
+    Some(key)
+}
+
+fn has_unchanged(event: &SegmentEvent) -> bool {
+    [&event.old, &event.new]
+        .into_iter()
+        .flatten()
+        .any(|row| row.iter().any(|v| matches!(v, Value::Unchanged)))
+}
+
+/// The cells of one change, or why it cannot be written (then it is rejected, and nothing is appended).
+fn fill_row<'a>(
+    layout: &Layout,
+    plan: &Plan<'a>,
+    history: &mut History<'a>,
+    event: &'a SegmentEvent,
+    slots: &mut Vec<Slot<'a>>,
+    cells: &mut [Cell<'a>],
+) -> Result<(), String> {
+    let columns = &plan.version.columns;
+    let (op, image) = match event.op {
+        'I' => ("I", event.new.as_deref()),
+        'U' => ("U", event.new.as_deref()),
+        'r' => ("r", event.new.as_deref()),
+        'D' => ("D", event.old.as_deref()),
+        'T' => ("T", Some(&[][..])),
+        other => return Err(format!("unknown change kind {other:?}")),
+    };
+    let image = image.ok_or_else(|| format!("a {op} change without its row image"))?;
+    let old = event
+        .old
+        .as_deref()
+        .filter(|old| old.len() == columns.len());
+    if op != "T" && image.len() != columns.len() {
+        return Err(format!(
+            "the row has {} values but its schema version of {} has {} columns",
+            image.len(),
+            plan.version.qualified_name(),
+            columns.len()
+        ));
+    }
+    let key_only = op == "D" && event.old_is_full != Some(true);
+    let own_old = old.filter(|_| op != "D" && event.old_is_full == Some(true));
+    // The previous image of this row: under the old key when the change carries one (the key may change).
+    let lookup_key = match (history.enabled, old) {
+        (false, _) => None,
+        (true, Some(old)) => row_key(plan, |j| Slot::Known(Some(&old[j]))),
+        (true, None) => row_key(plan, |j| Slot::Known(Some(&image[j]))),
+    };
+    let previous = lookup_key.as_ref().and_then(|key| history.images.get(key));
+
+    slots.clear();
+    let mut unchanged: Vec<Cell<'a>> = Vec::new();
+    for (j, value) in image.iter().enumerate() {
+        let slot = match value {
+            _ if key_only && !columns[j].part_of_key => Slot::Known(None),
+            Value::Null => Slot::Known(None),
+            Value::Unchanged => {
+                let from_old = own_old
+                    .map(|old| &old[j])
+                    .filter(|v| !matches!(v, Value::Unchanged));
+                match (from_old, previous.map(|image| image[plan.target_of[j]])) {
+                    (Some(v), _) => Slot::Known(Some(v).filter(|v| !v.is_null())),
+                    (None, Some(Slot::Known(v))) => Slot::Known(v),
+                    (None, _) => {
+                        unchanged.push(Cell::Str(&columns[j].name));
+                        Slot::Unknown
+                    }
+                }
+            }
+            v => Slot::Known(Some(v)),
+        };
+        slots.push(slot);
+    }
+
+    if history.enabled {
+        match op {
+            "T" => history.images.clear(),
+            "D" => {
+                if let Some(key) = &lookup_key {
+                    history.images.remove(key);
+                }
+            }
+            _ => {
+                let new_key = row_key(plan, |j| slots[j]);
+                if let Some(key) = lookup_key.filter(|key| Some(key) != new_key.as_ref()) {
+                    history.images.remove(&key);
+                }
+                if let Some(key) = new_key {
+                    let mut known = vec![Slot::Unknown; layout.kinds.len()];
+                    for (j, slot) in slots.iter().enumerate() {
+                        known[plan.target_of[j]] = *slot;
+                    }
+                    history.images.insert(key, known);
+                }
+            }
+        }
+    }
+
+    for (j, slot) in slots.iter().enumerate() {
+        let i = plan.target_of[j];
+        if let Slot::Known(Some(value)) = slot {
+            cells[i] = convert(value, &layout.kinds[i]).map_err(|reason| {
+                format!(
+                    "column \"{}\" (Iceberg {}): {reason}",
+                    columns[j].name, layout.type_names[i]
+                )
+            })?;
+        }
+    }
+    let long = |what: &str, n: u64| {
+        i64::try_from(n)
+            .map(Cell::I64)
+            .map_err(|_| format!("{what} {n} does not fit an Iceberg long"))
+    };
+    cells[layout.op] = Cell::Str(op);
+    cells[layout.lsn] = long("commit LSN", event.commit_lsn.as_u64())?;
+    cells[layout.commit_ts] = Cell::I64(event.commit_ts);
+    cells[layout.xid] = Cell::I64(i64::from(event.xid));
+    cells[layout.seq] = long("seq", event.seq)?;
+    cells[layout.unchanged] = if unchanged.is_empty() {
+        Cell::Null
+    } else {
+        Cell::List(unchanged)
+    };
+    Ok(())
+}
+
+/// A change for a person: kind, table, transaction, position, and its old and new rows, each value cut short.
+fn render(version: &TableSchema, event: &SegmentEvent) -> String {
+    let row = |values: &[Value]| {
+        let values: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(j, value)| {
+                let name = version.columns.get(j).map_or("?", |c| c.name.as_str());
+                let mut text = value.to_string();
+                if let Some((cut, _)) = text.char_indices().nth(RENDERED_VALUE_CHARS) {
+                    text.truncate(cut);
+                    text.push('…');
+                }
+                format!("{name}={text}")
+            })
+            .collect();
+        format!("({})", values.join(", "))
+    };
+    let mut out = format!(
+        "{} on {} (xid {}, position {})",
+        event.op,
+        version.qualified_name(),
+        event.xid,
+        event.position()
+    );
+    if let Some(old) = &event.old {
+        let kind = if event.old_is_full == Some(true) {
+            "old row"
+        } else {
+            "old key"
+        };
+        out.push_str(&format!(" {kind} {}", row(old)));
+    }
+    if let Some(new) = &event.new {
+        out.push_str(&format!(" new row {}", row(new)));
+    }
+    out
+}
