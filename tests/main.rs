@@ -1,7 +1,9 @@
 //! The integration test binary: every test here runs against a real PostgreSQL started by
 //! `philotes-testkit` (one cluster per test run, one fresh database per test), never a mock.
 
+mod capture;
 mod cli;
 mod cluster;
 mod flush;
 mod migrate;
+mod support;

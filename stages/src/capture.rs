@@ -134,7 +134,20 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Res
     }
     drop(source);
 
+    // The buffer session that resumes is the one Enqueue writes on, and it holds the pipeline's capture lock for
+    // as long as it lives. So no other capture (a second process, or this process's previous attempt whose last
+    // COMMIT the server may still be running) can write while this one reads the checkpoint and deletes the
+    // segments above it, and this one cannot delete a running capture's spilled segments.
     let buffer = store::connect(&settings.buffer).await?;
+    if !pipelines::try_lock_capture(&buffer, &settings.pipeline).await? {
+        tracing::warn!(pipeline = %settings.pipeline,
+            "another capture of this pipeline holds the buffer (a second process, or the last session of this one \
+             still ending): waiting for it to stop");
+        tokio::select! {
+            locked = pipelines::lock_capture(&buffer, &settings.pipeline) => locked?,
+            () = cancel.cancelled() => return Ok(()),
+        }
+    }
     pipelines::register(&buffer, &settings.pipeline).await?;
     let checkpoint = checkpoints::load(&buffer, &settings.pipeline).await?;
     let resume = checkpoint.map(|c| c.commit_lsn);
@@ -142,7 +155,7 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Res
     if deleted > 0 {
         tracing::info!(segments = deleted, "deleted segments of a transaction that was only partly enqueued");
     }
-    drop(buffer);
+    let mut buffer = Some(buffer);
     let start = checkpoint.map_or(Lsn::ZERO, |c| c.end_lsn);
     tracing::info!(pipeline = %settings.pipeline, checkpoint = ?resume.map(|l| l.to_string()), "capture starting");
 
@@ -174,11 +187,15 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Res
             move |_| SchemaResolve::new(&pipeline, source.clone(), buffer.clone(), filter.clone(), carry)
         })
         .sink(ENQUEUE, options, {
-            let (pipeline, buffer, limits) = (settings.pipeline.clone(), settings.buffer.clone(), settings.limits);
+            let (pipeline, buffer_config, limits) = (settings.pipeline.clone(), settings.buffer.clone(), settings.limits);
             move |_| {
                 // One worker, so the factory runs once; a second call would get a sender that confirms nothing.
                 let durable = durable_tx.take().unwrap_or_else(|| durable_channel(Lsn::ZERO).0);
-                Enqueue::new(&pipeline, buffer.clone(), limits, durable)
+                let enqueue = Enqueue::new(&pipeline, buffer_config.clone(), limits, durable);
+                match buffer.take() {
+                    Some(client) => enqueue.with_connection(client),
+                    None => enqueue,
+                }
             }
         });
     flow.run(cancel.clone()).await?;

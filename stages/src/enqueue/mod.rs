@@ -100,6 +100,13 @@ impl Enqueue {
         }
     }
 
+    /// Writes on `client`, an open buffer session (the capture's, which holds the pipeline's capture lock),
+    /// instead of connecting in `start`.
+    pub fn with_connection(mut self, client: Client) -> Self {
+        self.buffer = Some(client);
+        self
+    }
+
     fn cut(&mut self, key: &(String, String)) -> Result<(), EnqueueError> {
         if let Some(builder) = self.building.get_mut(key) {
             self.building_bytes -= builder.bytes;
@@ -176,7 +183,10 @@ impl Stage for Enqueue {
     type Out = ();
 
     async fn start(&mut self) -> Result<(), StageError> {
-        self.buffer = Some(crate::store::connect(&self.config).await.map_err(|e| StageError::fatal(EnqueueError::Sql(e)))?);
+        if self.buffer.is_none() {
+            self.buffer =
+                Some(crate::store::connect(&self.config).await.map_err(|e| StageError::fatal(EnqueueError::Sql(e)))?);
+        }
         Ok(())
     }
 

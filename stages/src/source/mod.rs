@@ -90,7 +90,8 @@ impl SourceError {
     /// Whether reconnecting may help (a dropped connection, a restarted server) rather than a person acting.
     pub fn is_retryable(&self) -> bool {
         match self {
-            SourceError::Sql(e) => e.as_db_error().is_none() || e.is_closed(),
+            // A lost connection, or the server shutting down, restarting or terminating the session (08…, 57…).
+            SourceError::Sql(e) => crate::capture::connection_lost(e),
             SourceError::Replication(_) => true,
             SourceError::WalLevel(_)
             | SourceError::SlotInvalidated { .. }
