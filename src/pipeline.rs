@@ -63,10 +63,10 @@ pub fn unsupported(config: &PipelineConfig) -> Vec<String> {
     }
     for (table, table_override) in &iceberg.tables {
         if table_override.mode == Some(TableMode::Mirror) {
-            problems.push(format!("sink.iceberg.tables.{table}.mode: mirror is not supported yet; use changelog"));
+            problems.push(format!("sink.iceberg.tables[{table}].mode: mirror is not supported yet; use changelog"));
         }
         if !table_override.partition.is_empty() {
-            problems.push(format!("sink.iceberg.tables.{table}.partition: partitioned tables are not supported yet"));
+            problems.push(format!("sink.iceberg.tables[{table}].partition: partitioned tables are not supported yet"));
         }
     }
     problems

@@ -84,13 +84,17 @@ fn migrate_applies_the_control_schema_and_a_second_run_changes_nothing() {
 }
 
 #[test]
-fn run_checks_the_source_and_says_plainly_that_streaming_is_not_built_yet() {
-    let db = philotes_testkit::shared().database("cli_run").expect("database");
-    let file = temp_file("run.yaml", "pipeline: cli_run\nsource:\n  postgres:\n    url: ${SOURCE_URL}\n    tables: all\nsink:\n  iceberg:\n    warehouse: file:///tmp/philotes-cli-warehouse\n");
-    let out = philotes(&["run", file.to_str().expect("utf-8 path")], &[("SOURCE_URL", &db.url())]);
-    assert!(!out.status.success(), "run must not pretend to stream: {}", text(&out));
-    assert!(text(&out).contains("no capture or flush stages yet"), "{}", text(&out));
-    assert_eq!(db.psql("SELECT count(*) > 0 FROM philotes.schema_migrations").expect("query"), "t");
+fn run_refuses_features_not_built_yet_naming_each_key_before_touching_anything() {
+    let file = temp_file(
+        "planned.yaml",
+        "pipeline: planned\nsource:\n  postgres:\n    url: postgres://postgres@127.0.0.1:1/none\n    tables: [orders]\n\
+         sink:\n  iceberg:\n    warehouse: file:///tmp/philotes-cli-warehouse\n    mode: mirror\n\
+         \x20   tables:\n      public.orders: { partition: [ \"day(created_at)\" ] }\n",
+    );
+    let validate = philotes(&["validate", file.to_str().expect("utf-8 path")], &[]);
+    assert!(!validate.status.success(), "{}", text(&validate));
+    assert!(text(&validate).contains("sink.iceberg.mode: mirror is not supported yet"), "{}", text(&validate));
+    assert!(text(&validate).contains("sink.iceberg.tables[public.orders].partition"), "{}", text(&validate));
 }
 
 #[test]

@@ -99,8 +99,15 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
-/// Whether everything the source committed up to now is in Iceberg: the capture checkpoint passed the
-/// source's current WAL position and the buffer is empty.
+/// Runs `sql` in a transaction and returns a WAL position taken inside it, before its commit: the commit LSN of
+/// that transaction is at or after it (later WAL of other databases does not matter).
+pub fn last_commit(db: &TestDatabase, sql: &str) -> String {
+    let out = db.psql(&format!("BEGIN; {sql}; SELECT pg_current_wal_insert_lsn(); COMMIT;")).expect("last transaction");
+    out.lines().find(|l| l.contains('/')).expect("an LSN").trim().to_string()
+}
+
+/// Whether everything up to the transaction marked by `after` (see [`last_commit`]) is in Iceberg: the
+/// capture checkpoint reached it and the buffer is empty.
 pub fn drained(db: &TestDatabase, pipeline: &str, after: &str) -> bool {
     let sql = format!(
         "SELECT (SELECT coalesce(commit_lsn >= '{after}'::pg_lsn, false) FROM philotes.checkpoints WHERE pipeline = '{pipeline}')
@@ -280,22 +287,24 @@ async fn changes_reach_iceberg_exactly_as_the_source_made_them_for_both_readers(
             .map(|v| v == "1")
             .unwrap_or(false)
     });
-    db.psql(
-        "SET TIME ZONE 'America/New_York';
-         INSERT INTO orders SELECT g, 'order ' || g, g * 1.25, g % 2 = 0, '2024-03-10 01:59:59.123456-05'::timestamptz + g * interval '1 hour',
-                                   jsonb_build_object('g', g), ARRAY['a' || g, NULL], repeat('x', 10)
-                            FROM generate_series(1, 300) g;
-         INSERT INTO customers VALUES (1, 'ann', 0.01, true, '1969-12-31 23:59:59.999999+00', '{\"vip\": true}', '{}', repeat('long text ', 200000));
-         UPDATE orders SET amount = amount + 1, flag = NOT flag WHERE id % 7 = 0;
-         UPDATE customers SET name = 'ann b' WHERE id = 1;
-         DELETE FROM orders WHERE id > 290;
-         BEGIN; INSERT INTO orders VALUES (999, 'rolled back'); ROLLBACK;
-         INSERT INTO customers VALUES (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
-         TRUNCATE customers;
-         INSERT INTO customers VALUES (3, 'after truncate', -5.50, false, now(), '[1, 2]', ARRAY['x'], 'y');",
-    )
-    .expect("workload");
-    let after = db.psql("SELECT pg_current_wal_lsn()").expect("lsn");
+    // One psql call per transaction: a multi-statement `psql -c` is one implicit transaction, so a ROLLBACK
+    // inside it would undo everything before it.
+    for sql in [
+        "INSERT INTO orders SELECT g, 'order ' || g, g * 1.25, g % 2 = 0,
+                '2024-03-10 01:59:59.123456-05'::timestamptz + g * interval '1 hour',
+                jsonb_build_object('g', g), ARRAY['a' || g, NULL], repeat('x', 10) FROM generate_series(1, 300) g",
+        "INSERT INTO customers VALUES (1, 'ann', 0.01, true, '1969-12-31 23:59:59.999999+00', '{\"vip\": true}', '{}',
+                repeat('long text ', 200000))",
+        "UPDATE orders SET amount = amount + 1, flag = NOT flag WHERE id % 7 = 0",
+        "UPDATE customers SET name = 'ann b' WHERE id = 1",
+        "DELETE FROM orders WHERE id > 290",
+        "BEGIN; INSERT INTO orders VALUES (999, 'rolled back'); ROLLBACK",
+        "INSERT INTO customers VALUES (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+        "TRUNCATE customers",
+    ] {
+        db.psql(sql).expect("workload");
+    }
+    let after = last_commit(&db, "INSERT INTO customers VALUES (3, 'after truncate', -5.50, false, now(), '[1, 2]', ARRAY['x'], 'y')");
     wait_for("every change in iceberg", Duration::from_secs(120), || drained(&db, &pipeline.name, &after));
     stop(&mut child);
     let log = pipeline.log("run.log");

@@ -257,7 +257,9 @@ fn fill_row<'a>(
     let own_old = old.filter(|_| op != "D" && event.old_is_full == Some(true));
     // The previous image of this row: under the old key when the change carries one (the key may change).
     let lookup_key = match (history.enabled, old) {
+        // A truncate has no row: nothing to look up (its image is empty).
         (false, _) => None,
+        _ if op == "T" => None,
         (true, Some(old)) => row_key(plan, |j| Slot::Known(Some(&old[j]))),
         (true, None) => row_key(plan, |j| Slot::Known(Some(&image[j]))),
     };

@@ -317,3 +317,24 @@ fn an_empty_flush_is_an_empty_batch() {
     assert_eq!(out.batch.num_rows(), 0);
     assert_eq!(out.batch.num_columns(), 3 + CHANGELOG_COLUMNS.len());
 }
+
+#[test]
+fn a_truncate_in_a_batch_that_fills_unchanged_values_forgets_the_rows_before_it() {
+    let t = simple();
+    let target = changelog_schema(&t).expect("schema");
+    let n = |s: &str| Value::Numeric(s.into());
+    let events = vec![
+        insert(0, vec![Value::Int32(1), text("body of 1"), n("1")]),
+        update(1, vec![Value::Int32(1), Value::Unchanged, n("2")]),
+        event('T', 2, None, None),
+        update(3, vec![Value::Int32(1), Value::Unchanged, n("3")]),
+    ];
+    let out = build(&target, vec![(t, events)]);
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    assert_eq!(strings(&out.batch, OP), ["I", "U", "T", "U"].map(|s| Some(s.to_owned())));
+    assert_eq!(
+        strings(&out.batch, "body"),
+        [Some("body of 1".to_owned()), Some("body of 1".to_owned()), None, None]
+    );
+    assert_eq!(unchanged_lists(&out.batch), [None, None, None, Some(vec!["body".to_owned()])]);
+}
