@@ -23,6 +23,7 @@ use crate::source::DurableSender;
 use crate::store::checkpoints::{self, Checkpoint};
 use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::segments::{self, SegmentRow};
+use crate::telemetry;
 use builder::SegmentBuilder;
 
 /// The stage's name in metrics, spans and YAML (`stages.enqueue`).
@@ -56,6 +57,15 @@ pub enum EnqueueError {
     /// Used before `start` connected it.
     #[error("enqueue: not started")]
     NotStarted,
+}
+
+/// Counts the changes of segments just written, per table.
+fn record_enqueued(rows: &[SegmentRow]) {
+    let metrics = telemetry::metrics();
+    for row in rows {
+        let events = u64::try_from(row.events).unwrap_or(0);
+        metrics.events_enqueued.add(events, &telemetry::table(&row.source_schema, &row.source_table));
+    }
 }
 
 /// The Enqueue stage: one instance per pipeline (order matters).
@@ -145,6 +155,7 @@ impl Enqueue {
         let tx = buffer.transaction().await?;
         segments::append(&tx, &self.pipeline, &self.full).await?;
         tx.commit().await?;
+        record_enqueued(&self.full);
         tracing::debug!(segments = self.full.len(), bytes = self.full_bytes, "spilled part of an open transaction");
         self.full.clear();
         self.full_bytes = 0;
@@ -168,6 +179,8 @@ impl Enqueue {
         }
         checkpoints::save(&tx, &self.pipeline, checkpoint).await?;
         tx.commit().await?;
+        record_enqueued(&self.full);
+        telemetry::metrics().checkpoint_lsn.record(checkpoint.commit_lsn.as_u64(), &[]);
         self.full.clear();
         self.full_bytes = 0;
         self.rejected.clear();
