@@ -36,6 +36,16 @@ impl ReplicaIdentity {
             _ => None,
         }
     }
+
+    /// The name used in `ALTER TABLE ... REPLICA IDENTITY`, for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Nothing => "nothing",
+            Self::Full => "full",
+            Self::Index => "index",
+        }
+    }
 }
 
 /// One column of a table schema version.

@@ -138,30 +138,9 @@ pub struct RelationColumn {
     pub type_modifier: i32,
 }
 
-/// `pg_class.relreplident`: what old values the server logs for updates and deletes of a table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ReplicaIdentity {
-    /// `d`: the primary key.
-    Default,
-    /// `n`: nothing (updates and deletes cannot be published).
-    Nothing,
-    /// `f`: the whole old row.
-    Full,
-    /// `i`: the columns of a chosen unique index.
-    Index,
-}
-
-impl ReplicaIdentity {
-    /// The name used in `ALTER TABLE ... REPLICA IDENTITY`, for messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReplicaIdentity::Default => "default",
-            ReplicaIdentity::Nothing => "nothing",
-            ReplicaIdentity::Full => "full",
-            ReplicaIdentity::Index => "index",
-        }
-    }
-}
+/// `pg_class.relreplident`: what old values the server logs for updates and deletes of a table (one type for
+/// the decoder and the schema versions).
+pub use philotes_schemas::ReplicaIdentity;
 
 /// A user-defined type named by a Type message, so column type OIDs above the built-in range can be resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -459,12 +438,9 @@ impl Reader {
         let namespace = self.string("namespace")?;
         let name = self.string("relation name")?;
         let offset = self.pos;
-        let replica_identity = match self.u8("replica identity")? {
-            b'd' => ReplicaIdentity::Default,
-            b'n' => ReplicaIdentity::Nothing,
-            b'f' => ReplicaIdentity::Full,
-            b'i' => ReplicaIdentity::Index,
-            other => return Err(self.invalid("replica identity (expected d, n, f or i)", byte_repr(other), offset)),
+        let byte = self.u8("replica identity")?;
+        let Some(replica_identity) = ReplicaIdentity::from_pgoutput(byte) else {
+            return Err(self.invalid("replica identity (expected d, n, f or i)", byte_repr(byte), offset));
         };
         let offset = self.pos;
         let n = i64::from(self.i16("column count")?);

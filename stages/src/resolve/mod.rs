@@ -11,10 +11,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use philotes_engine::{Emitter, Stage, StageError};
-use philotes_schemas::{CatalogType, ColumnSchema, ReplicaIdentity, TableSchema, TypeResolver, CATALOG_TYPES_SQL};
+use philotes_schemas::{CatalogType, ColumnSchema, TableSchema, TypeResolver, CATALOG_TYPES_SQL};
 use tokio_postgres::{Client, Config};
 
-use crate::decode::{ChangeEvent, Decoded, Relation, ReplicaIdentity as SourceIdentity};
+use crate::decode::{ChangeEvent, Decoded, Relation};
 use crate::position::Lsn;
 use crate::segment::SegmentEvent;
 use crate::store::dead_letters::DeadLetter;
@@ -176,12 +176,7 @@ impl SchemaResolve {
             schema: relation.namespace.clone(),
             table: relation.name.clone(),
             columns,
-            replica_identity: match relation.replica_identity {
-                SourceIdentity::Default => ReplicaIdentity::Default,
-                SourceIdentity::Nothing => ReplicaIdentity::Nothing,
-                SourceIdentity::Full => ReplicaIdentity::Full,
-                SourceIdentity::Index => ReplicaIdentity::Index,
-            },
+            replica_identity: relation.replica_identity,
         };
         let version = match self.latest.get(&key) {
             Some(current) if current.schema == schema => current.clone(),
