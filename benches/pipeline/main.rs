@@ -1,0 +1,308 @@
+//! Throughput benchmarks of philotes, each beside its baseline on the same data in the same run
+//! (benches/README.md): capture vs `pg_recvlogical`, a COPY into a buffer-like table, flush vs a plain Parquet
+//! `ArrowWriter`, and end to end vs `pg_recvlogical`.
+//!
+//! `cargo bench --bench pipeline` (or `scripts/bench`). It starts its own PostgreSQL (philotes-testkit, fsync
+//! off), runs the release `philotes` binary as child processes, prints every run, the medians and a Markdown
+//! summary. `BENCH_ROWS` (default 1,000,000), `BENCH_RUNS` (default 3), `BENCH_ONLY` (comma list of `capture`,
+//! `copy`, `flush`, `e2e`; default all) choose what runs.
+
+mod procs;
+mod report;
+mod scenarios;
+mod workload;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context};
+use philotes_testkit::{Cluster, ClusterOptions};
+
+use report::{human_rate, median, rate, ratios, Line, Series};
+use scenarios::{Db, Env};
+
+const SCENARIOS: [&str; 4] = ["capture", "copy", "flush", "e2e"];
+
+/// What to run, from the environment.
+struct Settings {
+    rows: u64,
+    runs: usize,
+    only: BTreeSet<String>,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Self> {
+        let number = |key: &str, default: u64| -> anyhow::Result<u64> {
+            match std::env::var(key) {
+                Ok(v) => v.replace(['_', ','], "").parse().with_context(|| format!("{key}={v} is not a number")),
+                Err(_) => Ok(default),
+            }
+        };
+        let rows = number("BENCH_ROWS", 1_000_000)?;
+        let runs = usize::try_from(number("BENCH_RUNS", 3)?)?;
+        if rows == 0 || runs == 0 {
+            bail!("BENCH_ROWS and BENCH_RUNS must be at least 1");
+        }
+        let only: BTreeSet<String> = match std::env::var("BENCH_ONLY") {
+            Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
+            _ => SCENARIOS.iter().map(|s| s.to_string()).collect(),
+        };
+        if let Some(bad) = only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+            bail!("BENCH_ONLY: unknown measurement {bad:?} (known: {})", SCENARIOS.join(", "));
+        }
+        Ok(Self { rows, runs, only })
+    }
+
+    fn wants(&self, scenario: &str) -> bool {
+        self.only.contains(scenario)
+    }
+}
+
+/// Every series, filled run by run.
+#[derive(Default)]
+struct Results {
+    workload: Series,
+    capture_recvlogical: Series,
+    capture_philotes: Series,
+    copy: Series,
+    flush_one: Series,
+    flush_two: Series,
+    arrow_writer: Series,
+    e2e_workload: Series,
+    e2e_philotes: Series,
+    e2e_recvlogical: Series,
+}
+
+fn main() -> ExitCode {
+    // `cargo bench` passes `--bench`; nothing else is understood.
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("cargo bench --bench pipeline   (env: BENCH_ROWS, BENCH_RUNS, BENCH_ONLY=capture,copy,flush,e2e); see benches/README.md");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let arrow_writer = if settings.wants("flush") { Some(procs::build_arrow_writer()?) } else { None };
+
+    let base = PathBuf::from(format!("/tmp/philotes-bench-{}", std::process::id()));
+    // The testkit's guardian stops the server and deletes `base` once this process exits, even after a panic.
+    let cluster = Cluster::start(&ClusterOptions {
+        base: base.clone(),
+        port: None,
+        owner_pid: Some(std::process::id()),
+        extra_settings: Vec::new(),
+    })?;
+    let work = base.join("work");
+    std::fs::create_dir_all(&work)?;
+    let env = Env { cluster: cluster.clone(), pg_bin: philotes_testkit::find_bin()?, work, rows: settings.rows, arrow_writer };
+    let result = measure(&env, &settings).await;
+    if let Err(e) = cluster.stop() {
+        eprintln!("warning: stopping the bench cluster: {e}");
+    }
+    result
+}
+
+async fn measure(env: &Env, settings: &Settings) -> anyhow::Result<()> {
+    header(env, settings)?;
+    let rows = settings.rows;
+    let mut r = Results::default();
+    for run in 1..=settings.runs {
+        println!("\nrun {run}/{} (load average {})", settings.runs, load_average());
+        if settings.wants("capture") || settings.wants("flush") || settings.wants("copy") {
+            let mut db = Db::create(env, "bench").await?;
+            if settings.wants("capture") || settings.wants("flush") {
+                let c = scenarios::capture(env, &mut db).await?;
+                r.workload.push(c.workload_seconds);
+                r.capture_recvlogical.push(c.recvlogical);
+                r.capture_philotes.push(c.philotes);
+                println!(
+                    "  workload    {rows} rows in {} transactions, {:.1} MB of WAL: {}",
+                    workload::TRANSACTIONS.min(rows),
+                    c.wal_bytes as f64 / 1e6,
+                    timing(rows, c.workload_seconds)
+                );
+                println!("  capture     pg_recvlogical (pgoutput, proto 1)            {}", timing(rows, c.recvlogical));
+                println!(
+                    "  capture     philotes run --role capture                   {}   {:.2}× pg_recvlogical",
+                    timing(rows, c.philotes),
+                    c.recvlogical / c.philotes
+                );
+            }
+            if settings.wants("flush") {
+                let helper = env.arrow_writer.as_deref().context("the ArrowWriter baseline was not built")?;
+                let f = scenarios::flush(env, &mut db, helper).await?;
+                r.flush_one.push(f.one_worker);
+                r.flush_two.push(f.two_workers);
+                r.arrow_writer.push(f.arrow_writer);
+                println!(
+                    "  flush       parquet ArrowWriter, zstd 1 ({:.1} MB)         {}",
+                    f.arrow_writer_bytes as f64 / 1e6,
+                    timing(rows, f.arrow_writer)
+                );
+                println!(
+                    "  flush       philotes --role flusher, workers: 1 ({:.1} MB) {}   {:.2}× ArrowWriter",
+                    f.philotes_bytes as f64 / 1e6,
+                    timing(rows, f.one_worker),
+                    f.arrow_writer / f.one_worker
+                );
+                println!(
+                    "  flush       philotes --role flusher, workers: 2            {}   {:.2}× ArrowWriter, {:.2}× workers: 1",
+                    timing(rows, f.two_workers),
+                    f.arrow_writer / f.two_workers,
+                    f.one_worker / f.two_workers
+                );
+            }
+            if settings.wants("copy") {
+                let seconds = scenarios::copy(env, &mut db).await?;
+                r.copy.push(seconds);
+                println!("  buffer      COPY binary, 200-byte rows, segments-like table {}", timing(rows, seconds));
+            }
+        }
+        if settings.wants("e2e") {
+            let mut db = Db::create(env, "bench_e2e").await?;
+            let e = scenarios::end_to_end(env, &mut db).await?;
+            r.e2e_workload.push(e.workload_seconds);
+            r.e2e_philotes.push(e.philotes);
+            r.e2e_recvlogical.push(e.recvlogical);
+            println!("  end to end  workload while philotes streams               {}", timing(rows, e.workload_seconds));
+            println!(
+                "  end to end  philotes run (all roles): insert → Iceberg     {}   {:.2}× pg_recvlogical (last row in Iceberg {:.2} s after the last commit)",
+                timing(rows, e.philotes),
+                e.recvlogical / e.philotes,
+                e.philotes - e.workload_seconds
+            );
+            println!("  end to end  pg_recvlogical, same WAL                      {}", timing(rows, e.recvlogical));
+        }
+    }
+    print_summary(&r, settings);
+    println!("\nload average at the end: {}", load_average());
+    Ok(())
+}
+
+fn timing(rows: u64, seconds: f64) -> String {
+    format!("{seconds:7.2} s {:>9} rows/s", human_rate(rate(rows, seconds)))
+}
+
+fn header(env: &Env, settings: &Settings) -> anyhow::Result<()> {
+    let show = |name: &str| env.cluster.psql("postgres", &format!("SHOW {name}")).unwrap_or_else(|e| format!("? ({e})"));
+    println!("# philotes throughput benchmark");
+    println!("commit        {}", git_commit());
+    println!("philotes      {} (bench profile = release)", procs::philotes_bin());
+    println!("rows          {} per measurement, {} run(s), median reported; measurements: {}", settings.rows, settings.runs,
+        settings.only.iter().cloned().collect::<Vec<_>>().join(", "));
+    println!("machine       {} CPU(s), load average {}", std::thread::available_parallelism().map_or(0, |n| n.get()), load_average());
+    println!("postgres      {} on 127.0.0.1:{} (philotes-testkit; the same server for philotes and every baseline)", show("server_version"), env.cluster.port());
+    println!(
+        "settings      fsync={} (OFF: the harness turns it off), full_page_writes={}, synchronous_commit={}, wal_level={}, shared_buffers={}, max_wal_size={}",
+        show("fsync"), show("full_page_writes"), show("synchronous_commit"), show("wal_level"), show("shared_buffers"), show("max_wal_size")
+    );
+    println!("pipeline      buffer and SQL catalog in the source database, local warehouse; segment/flush/stage settings at their defaults (flush.workers set where named)");
+    println!("timing        each timed step starts after CHECKPOINT; philotes steps include process start (the buffer is migrated before)");
+    Ok(())
+}
+
+fn print_summary(r: &Results, settings: &Settings) {
+    let rows = settings.rows;
+    let series: [(&str, &Series); 10] = [
+        ("workload (10 transactions)", &r.workload),
+        ("capture: pg_recvlogical", &r.capture_recvlogical),
+        ("capture: philotes", &r.capture_philotes),
+        ("buffer: COPY binary 200-byte rows", &r.copy),
+        ("flush: ArrowWriter zstd 1", &r.arrow_writer),
+        ("flush: philotes workers 1", &r.flush_one),
+        ("flush: philotes workers 2", &r.flush_two),
+        ("e2e: workload", &r.e2e_workload),
+        ("e2e: philotes", &r.e2e_philotes),
+        ("e2e: pg_recvlogical", &r.e2e_recvlogical),
+    ];
+    println!("\n## every run (rows/s) and the median");
+    for (name, s) in series {
+        if s.seconds.is_empty() {
+            continue;
+        }
+        let runs: Vec<String> = s.rates(rows).into_iter().map(human_rate).collect();
+        println!("{name:<36} {:<40} median {}", runs.join("  "), s.median_rate(rows).map_or("—".into(), human_rate));
+    }
+    for (name, p, b) in [
+        ("ratio capture / pg_recvlogical", &r.capture_philotes, &r.capture_recvlogical),
+        ("ratio flush w1 / ArrowWriter", &r.flush_one, &r.arrow_writer),
+        ("ratio flush w2 / ArrowWriter", &r.flush_two, &r.arrow_writer),
+        ("ratio e2e / pg_recvlogical", &r.e2e_philotes, &r.e2e_recvlogical),
+    ] {
+        let rs = ratios(p, b);
+        if rs.is_empty() {
+            continue;
+        }
+        let runs: Vec<String> = rs.iter().map(|x| format!("{x:.2}×")).collect();
+        println!("{name:<36} {:<40} median {}", runs.join("  "), median(rs).map_or("—".into(), |m| format!("{m:.2}×")));
+    }
+
+    let mut lines = Vec::new();
+    let line = |what: &str, philotes: Option<&Series>, baseline_name: &str, baseline: &Series, target: &str, target_ratio: Option<f64>| Line {
+        what: what.into(),
+        philotes: philotes.cloned(),
+        baseline_name: baseline_name.into(),
+        baseline: baseline.clone(),
+        target: target.into(),
+        target_ratio,
+    };
+    if !r.capture_philotes.seconds.is_empty() {
+        lines.push(line("capture: WAL → buffer (`--role capture`)", Some(&r.capture_philotes), "`pg_recvlogical`, same WAL", &r.capture_recvlogical, "≥ 0.8×", Some(0.8)));
+    }
+    if !r.copy.seconds.is_empty() {
+        lines.push(line("buffer ceiling: COPY binary, 200-byte rows", None, "COPY into a `philotes.segments`-like table", &r.copy, "(notes: ~420k)", None));
+    }
+    if !r.flush_one.seconds.is_empty() {
+        lines.push(line("flush: buffer → Iceberg, `flush.workers: 1`", Some(&r.flush_one), "parquet `ArrowWriter`, zstd 1, same rows", &r.arrow_writer, "≥ 0.5×", Some(0.5)));
+        lines.push(line("flush: buffer → Iceberg, `flush.workers: 2`", Some(&r.flush_two), "parquet `ArrowWriter`, zstd 1, same rows", &r.arrow_writer, "near-linear over 1 worker", None));
+    }
+    if !r.e2e_philotes.seconds.is_empty() {
+        lines.push(line("end to end: insert → Iceberg (`philotes run`)", Some(&r.e2e_philotes), "`pg_recvlogical`, same WAL", &r.e2e_recvlogical, "≥ 0.5×", Some(0.5)));
+    }
+    println!("\n## summary (Markdown)\n");
+    print!("{}", report::summary(&lines, rows, settings.runs));
+    println!(
+        "\nPostgreSQL with fsync=off (test harness), {} CPU(s); commit {}.",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        git_commit()
+    );
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The commit the bench was built from, `+dirty` when tracked files differ from it.
+fn git_commit() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let head = Command::new("git").args(["-C", dir, "rev-parse", "--short", "HEAD"]).output();
+    let dirty = Command::new("git").args(["-C", dir, "status", "--porcelain", "--untracked-files=no"]).output();
+    match (head, dirty) {
+        (Ok(h), Ok(d)) if h.status.success() => {
+            let mut s = String::from_utf8_lossy(&h.stdout).trim().to_string();
+            if !d.stdout.is_empty() {
+                s.push_str("+dirty");
+            }
+            s
+        }
+        _ => "unknown".into(),
+    }
+}

@@ -1,0 +1,239 @@
+//! The processes a measurement times: the release `philotes` binary (one role per process, as deployed),
+//! `pg_recvlogical` and the plain-Parquet baseline binary (benches/arrow-writer), plus the pipeline files.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio_postgres::Client;
+
+use crate::workload::{PUBLICATION, TABLE};
+
+/// One pipeline file of the bench: source and buffer are the same database (the default), the catalog is the
+/// SQL catalog in it (the default), the warehouse a local directory; every other key keeps its default.
+pub struct PipelineFile {
+    /// The file.
+    pub path: PathBuf,
+}
+
+impl PipelineFile {
+    /// Writes `<dir>/<file_name>.yaml`. `flush_workers: None` keeps the default `flush.workers`.
+    pub fn write(
+        dir: &Path,
+        file_name: &str,
+        pipeline: &str,
+        url: &str,
+        slot: &str,
+        namespace: &str,
+        flush_workers: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        let warehouse = dir.join("warehouse");
+        std::fs::create_dir_all(&warehouse)?;
+        let flush = flush_workers.map(|w| format!("flush: {{ workers: {w} }}\n")).unwrap_or_default();
+        let yaml = format!(
+            "pipeline: {pipeline}\n\
+             source:\n  postgres:\n    url: {url}\n    publication: {PUBLICATION}\n    slot: {slot}\n\
+             \x20   tables: [public.{TABLE}]\n    snapshot: never\n\
+             sink:\n  iceberg:\n    warehouse: file://{warehouse}\n    namespace: {namespace}\n\
+             {flush}\
+             telemetry: {{ metrics: 127.0.0.1:{port} }}\n",
+            warehouse = warehouse.display(),
+            port = free_port()?,
+        );
+        let path = dir.join(format!("{file_name}.yaml"));
+        std::fs::write(&path, yaml)?;
+        Ok(Self { path })
+    }
+}
+
+/// A port nobody listens on now, for the pipeline's `/metrics` (several bench processes, and other people's tests
+/// on this machine, must not collide on the default 9464).
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The `philotes` binary cargo built for this bench (release settings: the `bench` profile).
+pub fn philotes_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_philotes")
+}
+
+/// `philotes migrate FILE`, untimed, so that a timed start finds the buffer schema in place.
+pub fn migrate(file: &PipelineFile) -> anyhow::Result<()> {
+    let out = Command::new(philotes_bin()).arg("migrate").arg(&file.path).stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        bail!("philotes migrate failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// `philotes run FILE --role ROLE` as a child process, its log in a file next to the pipeline file.
+pub struct Philotes {
+    child: Child,
+    log: PathBuf,
+    what: String,
+}
+
+impl Philotes {
+    /// Starts the process.
+    pub fn start(file: &PipelineFile, role: &str, log_name: &str) -> anyhow::Result<Self> {
+        let log = file.path.with_file_name(format!("{log_name}.log"));
+        let stderr = File::create(&log)?;
+        let child = Command::new(philotes_bin())
+            .arg("run")
+            .arg(&file.path)
+            .args(["--role", role])
+            .env("RUST_LOG", "info,tokio_postgres=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("starting philotes")?;
+        Ok(Self { child, log, what: format!("philotes run --role {role}") })
+    }
+
+    /// Fails (with the end of its log) when the process has exited.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited early ({status}); its log ends with:\n{}", self.what, self.log_tail(40));
+        }
+        Ok(())
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// SIGTERM (drain, last checkpoint) and wait up to a minute; SIGKILL after that.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        bail!("{} did not stop within 60 s of SIGTERM; its log ends with:\n{}", self.what, self.log_tail(40))
+    }
+}
+
+impl Drop for Philotes {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `sql` (one boolean, no parameters) every 20 ms until it is true; the time since `started`. Fails when
+/// `process` exits or `timeout` passes.
+pub async fn wait_true(
+    client: &Client,
+    sql: &str,
+    process: &mut Philotes,
+    started: Instant,
+    timeout: Duration,
+) -> anyhow::Result<f64> {
+    loop {
+        let done: bool = client.query_one(sql, &[]).await.context("polling progress")?.get(0);
+        if done {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        process.ensure_running()?;
+        if started.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for `{sql}`; {} log ends with:\n{}", process.what, process.log_tail(40));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Drains `slot` with `pg_recvlogical` (pgoutput, proto 1, the bench publication) to /dev/null until `end_lsn`;
+/// the wall time from start to exit.
+pub async fn recvlogical(pg_bin: &Path, port: u16, database: &str, slot: &str, end_lsn: &str, timeout: Duration) -> anyhow::Result<f64> {
+    let program = pg_bin.join("pg_recvlogical");
+    let started = Instant::now();
+    let child = tokio::process::Command::new(&program)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", database])
+        .arg(format!("--slot={slot}"))
+        .args(["--start", "--no-loop", "--plugin=pgoutput", "-o", "proto_version=1"])
+        .arg("-o")
+        .arg(format!("publication_names={PUBLICATION}"))
+        .arg(format!("--endpos={end_lsn}"))
+        .args(["--fsync-interval=0", "-f", "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .with_context(|| format!("pg_recvlogical did not reach {end_lsn} within {timeout:?}"))??;
+    let seconds = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("pg_recvlogical failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(seconds)
+}
+
+/// Builds the plain-Parquet baseline (benches/arrow-writer, a workspace of its own) once, in a target directory
+/// of its own next to this bench's (cargo holds the outer target directory's lock while the bench runs).
+pub fn build_arrow_writer() -> anyhow::Result<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/arrow-writer/Cargo.toml");
+    let exe = std::env::current_exe()?;
+    // <target>/release/deps/pipeline-<hash>
+    let target = exe.ancestors().nth(3).context("locating the target directory")?.join("bench-arrow-writer");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("building the ArrowWriter baseline (benches/arrow-writer) into {}", target.display());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target)
+        .env_remove("CARGO_TARGET_DIR")
+        .stdin(Stdio::null())
+        .status()
+        .context("running cargo for benches/arrow-writer")?;
+    if !status.success() {
+        bail!("building benches/arrow-writer failed ({status})");
+    }
+    Ok(target.join("release/arrow-writer-baseline"))
+}
+
+/// What the ArrowWriter baseline reported.
+#[derive(Debug, Clone, Copy)]
+pub struct ArrowWriterRun {
+    /// Rows written (all rows of the input files).
+    pub rows: u64,
+    /// Seconds of `ArrowWriter` (create, write every batch, close).
+    pub seconds: f64,
+    /// Size of the file it wrote.
+    pub bytes: u64,
+}
+
+/// Runs the baseline on the Parquet files under `table_dir`.
+pub fn arrow_writer(helper: &Path, table_dir: &Path, scratch: &Path) -> anyhow::Result<ArrowWriterRun> {
+    let out = Command::new(helper).arg(table_dir).arg(scratch.join("arrow-writer-baseline.parquet")).stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        bail!("arrow-writer-baseline failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |key: &str| -> anyhow::Result<&str> {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            .with_context(|| format!("no {key}= in the baseline's output: {line}"))
+    };
+    Ok(ArrowWriterRun { rows: field("rows")?.parse()?, seconds: field("seconds")?.parse()?, bytes: field("bytes")?.parse()? })
+}

@@ -1,0 +1,354 @@
+//! The four measurements of one run, each beside its baseline on the same data in the same run:
+//! capture vs `pg_recvlogical` (same WAL), COPY into a buffer-like table, flush vs a plain `ArrowWriter` (same
+//! rows), and end to end vs `pg_recvlogical` (same WAL).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use philotes_testkit::{Cluster, TestDatabase};
+use tokio_postgres::Client;
+
+use crate::procs::{self, PipelineFile, Philotes};
+use crate::workload::{self, Workload, TABLE};
+
+/// What every scenario needs.
+pub struct Env {
+    /// The cluster (fsync off, see the header).
+    pub cluster: Cluster,
+    /// Server programs (pg_recvlogical).
+    pub pg_bin: PathBuf,
+    /// Scratch space for pipeline files, logs and warehouses; deleted with the cluster.
+    pub work: PathBuf,
+    /// Rows per workload.
+    pub rows: u64,
+    /// The ArrowWriter baseline binary, when the flush scenario runs.
+    pub arrow_writer: Option<PathBuf>,
+}
+
+impl Env {
+    /// A generous bound for any one timed step: a minute plus 5k rows/s.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(60 + self.rows / 5_000)
+    }
+}
+
+/// A fresh database with a connection to it.
+pub struct Db {
+    /// The database (dropped with its slots at the end).
+    pub db: TestDatabase,
+    /// A connection for setup, polling and checks.
+    pub client: Client,
+}
+
+impl Db {
+    /// Creates a database; its name is also the pipeline name (unique, `[a-z0-9_]`).
+    pub async fn create(env: &Env, hint: &str) -> anyhow::Result<Self> {
+        let db = env.cluster.database(hint)?;
+        let client = db.connect().await?;
+        Ok(Self { db, client })
+    }
+
+    /// Flushes dirty buffers before a timed step, so that no step pays for the one before it.
+    pub async fn checkpoint(&self) -> anyhow::Result<()> {
+        self.client.batch_execute("CHECKPOINT").await?;
+        Ok(())
+    }
+
+    fn dir(&self, env: &Env) -> anyhow::Result<PathBuf> {
+        let dir = env.work.join(self.db.name());
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+}
+
+/// Capture: `pg_recvlogical` and `philotes --role capture` each drain the same WAL from their own slot.
+#[derive(Debug, Clone, Copy)]
+pub struct Capture {
+    /// The workload that wrote the WAL (its own speed, for context).
+    pub workload_seconds: f64,
+    /// WAL bytes of the workload.
+    pub wal_bytes: i64,
+    /// `pg_recvlogical` seconds.
+    pub recvlogical: f64,
+    /// philotes capture seconds (start of the process → checkpoint holds the last transaction).
+    pub philotes: f64,
+}
+
+/// Runs the workload once and times both readers on it. Leaves the buffer holding every change (the flush
+/// scenario's input) and the capture stopped.
+pub async fn capture(env: &Env, db: &mut Db) -> anyhow::Result<Capture> {
+    let name = db.db.name().to_string();
+    let (recv_slot, philotes_slot) = (format!("{name}_recv"), format!("{name}_philotes"));
+    workload::prepare(&db.client, &[&recv_slot, &philotes_slot]).await?;
+    let file = PipelineFile::write(&db.dir(env)?, "capture", &name, &db.db.url(), &philotes_slot, "bench_capture", None)?;
+    procs::migrate(&file)?;
+    let work: Workload = workload::run(&mut db.client, env.rows).await?;
+
+    db.checkpoint().await?;
+    let recvlogical = procs::recvlogical(&env.pg_bin, env.cluster.port(), db.db.name(), &recv_slot, &work.end_lsn, env.timeout()).await?;
+    slot_passed(&db.client, &recv_slot, &work.last_commit_floor).await?;
+
+    db.checkpoint().await?;
+    let started = Instant::now();
+    let mut capture = Philotes::start(&file, "capture", "capture")?;
+    let done = format!(
+        "SELECT coalesce((SELECT commit_lsn >= '{floor}'::pg_lsn FROM philotes.checkpoints WHERE pipeline = '{name}'), false)",
+        floor = work.last_commit_floor
+    );
+    let philotes = procs::wait_true(&db.client, &done, &mut capture, started, env.timeout()).await?;
+    capture.stop()?;
+
+    let buffered: i64 = db
+        .client
+        .query_one("SELECT coalesce(sum(events), 0)::bigint FROM philotes.segments WHERE pipeline = $1", &[&name])
+        .await?
+        .get(0);
+    ensure!(buffered == i64::try_from(env.rows)?, "the buffer holds {buffered} changes after the capture, expected {}", env.rows);
+    Ok(Capture { workload_seconds: work.seconds, wal_bytes: work.wal_bytes, recvlogical, philotes })
+}
+
+/// Buffer baseline: one binary COPY of N rows with a 200-byte payload into a logged table shaped like
+/// `philotes.segments` (its columns, defaults and indexes: `LIKE … INCLUDING DEFAULTS INCLUDING INDEXES`).
+pub async fn copy(env: &Env, db: &mut Db) -> anyhow::Result<f64> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::{PgLsn, Type};
+
+    let migrated: bool = db.client.query_one("SELECT to_regclass('philotes.segments') IS NOT NULL", &[]).await?.get(0);
+    if !migrated {
+        let name = db.db.name().to_string();
+        let file = PipelineFile::write(&db.dir(env)?, "copy", &name, &db.db.url(), &format!("{name}_philotes"), "bench_copy", None)?;
+        procs::migrate(&file)?;
+    }
+    db.client
+        .batch_execute("CREATE TABLE public.bench_copy (LIKE philotes.segments INCLUDING DEFAULTS INCLUDING INDEXES)")
+        .await
+        .context("creating the COPY target")?;
+    db.checkpoint().await?;
+    let started = Instant::now();
+    let tx = db.client.transaction().await?;
+    let sink = tx
+        .copy_in(
+            "COPY public.bench_copy (pipeline, source_schema, source_table, schema_version, first_lsn, first_seq, \
+             last_lsn, last_seq, events, bytes, payload) FROM STDIN BINARY",
+        )
+        .await?;
+    let types = [
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT4,
+        Type::PG_LSN,
+        Type::INT8,
+        Type::PG_LSN,
+        Type::INT8,
+        Type::INT4,
+        Type::INT4,
+        Type::BYTEA,
+    ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    futures::pin_mut!(writer);
+    let mut payload = [0u8; 200];
+    for i in 0..env.rows {
+        // A payload that changes with every row (nothing for a compressor to find, like MessagePack of real rows).
+        let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for chunk in payload.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let lsn = PgLsn::from(0x1_0000_0000 + i * 256);
+        let seq = i64::try_from(i)?;
+        writer
+            .as_mut()
+            .write(&[&"bench", &"public", &TABLE, &1i32, &lsn, &seq, &lsn, &seq, &1i32, &200i32, &&payload[..]])
+            .await?;
+    }
+    let written = writer.finish().await?;
+    tx.commit().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    ensure!(written == env.rows, "COPY wrote {written} rows, expected {}", env.rows);
+    db.client.batch_execute("DROP TABLE public.bench_copy").await?;
+    Ok(seconds)
+}
+
+/// Flush: the buffer the capture filled, drained by `philotes --role flusher` with 1 worker and then (the same
+/// segments put back) with `flush.workers: 2`, beside the ArrowWriter baseline on the rows the first flush wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Flush {
+    /// `flush.workers: 1` seconds (process start → buffer empty).
+    pub one_worker: f64,
+    /// `flush.workers: 2` seconds.
+    pub two_workers: f64,
+    /// ArrowWriter seconds (write + close, data already in memory).
+    pub arrow_writer: f64,
+    /// Bytes of Parquet the flusher wrote (data files of the first flush).
+    pub philotes_bytes: u64,
+    /// Bytes of the ArrowWriter's file.
+    pub arrow_writer_bytes: u64,
+}
+
+/// Runs the flush scenario on a buffer filled by [`capture`].
+pub async fn flush(env: &Env, db: &mut Db, helper: &Path) -> anyhow::Result<Flush> {
+    let name = db.db.name().to_string();
+    db.client
+        .batch_execute(&format!("CREATE TABLE public.bench_saved_segments AS SELECT * FROM philotes.segments WHERE pipeline = '{name}'"))
+        .await
+        .context("saving the buffer for the second flush")?;
+    let mut seconds = [0.0; 2];
+    let mut first_table = None;
+    for (i, workers) in [1usize, 2].into_iter().enumerate() {
+        if i > 0 {
+            db.client
+                .batch_execute(&format!(
+                    "DELETE FROM philotes.table_watermarks WHERE pipeline = '{name}';
+                     INSERT INTO philotes.segments SELECT * FROM public.bench_saved_segments;"
+                ))
+                .await
+                .context("putting the buffer back")?;
+        }
+        let namespace = format!("bench_flush_w{workers}");
+        let file = PipelineFile::write(&db.dir(env)?, &format!("flush-w{workers}"), &name, &db.db.url(), &format!("{name}_philotes"), &namespace, Some(workers))?;
+        db.checkpoint().await?;
+        let started = Instant::now();
+        let mut flusher = Philotes::start(&file, "flusher", &format!("flusher-w{workers}"))?;
+        let done = format!("SELECT NOT EXISTS (SELECT 1 FROM philotes.segments WHERE pipeline = '{name}')");
+        seconds[i] = procs::wait_true(&db.client, &done, &mut flusher, started, env.timeout()).await?;
+        flusher.stop()?;
+        let table = iceberg_table(&db.client, &namespace).await?;
+        ensure!(table.records == env.rows, "Iceberg table {namespace}.{TABLE} holds {} rows, expected {}", table.records, env.rows);
+        if i == 0 {
+            first_table = Some(table);
+        }
+    }
+    let table = first_table.context("first flush")?;
+    let scratch = db.dir(env)?;
+    let baseline = procs::arrow_writer(helper, &table.location, &scratch)?;
+    ensure!(baseline.rows == env.rows, "the ArrowWriter baseline read {} rows from {}, expected {}", baseline.rows, table.location.display(), env.rows);
+    db.client.batch_execute("DROP TABLE public.bench_saved_segments").await?;
+    Ok(Flush {
+        one_worker: seconds[0],
+        two_workers: seconds[1],
+        arrow_writer: baseline.seconds,
+        philotes_bytes: parquet_bytes(&table.location)?,
+        arrow_writer_bytes: baseline.bytes,
+    })
+}
+
+/// End to end: `philotes run` (all roles) streams while the workload runs; the time from the workload's first
+/// statement until the last row is in Iceberg (capture checkpoint past the last commit, buffer empty). Then
+/// `pg_recvlogical` drains the same WAL from a slot created before the workload.
+#[derive(Debug, Clone, Copy)]
+pub struct EndToEnd {
+    /// The workload alone (it runs during the measurement; philotes cannot beat it).
+    pub workload_seconds: f64,
+    /// philotes seconds (workload start → in Iceberg).
+    pub philotes: f64,
+    /// `pg_recvlogical` seconds.
+    pub recvlogical: f64,
+}
+
+/// Runs the end-to-end scenario in its own database.
+pub async fn end_to_end(env: &Env, db: &mut Db) -> anyhow::Result<EndToEnd> {
+    let name = db.db.name().to_string();
+    let (recv_slot, philotes_slot) = (format!("{name}_recv"), format!("{name}_philotes"));
+    workload::prepare(&db.client, &[&recv_slot, &philotes_slot]).await?;
+    let namespace = "bench_e2e";
+    let file = PipelineFile::write(&db.dir(env)?, "e2e", &name, &db.db.url(), &philotes_slot, namespace, None)?;
+    procs::migrate(&file)?;
+    let mut philotes = Philotes::start(&file, "all", "e2e")?;
+    // Untimed: the process is up and streaming from its slot before the workload starts.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let active: bool = db
+            .client
+            .query_one("SELECT coalesce((SELECT active FROM pg_replication_slots WHERE slot_name = $1), false)", &[&philotes_slot])
+            .await?
+            .get(0);
+        if active {
+            break;
+        }
+        philotes.ensure_running()?;
+        if Instant::now() > deadline {
+            bail!("philotes did not start streaming within 60 s; its log ends with:\n{}", philotes.log_tail(40));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    db.checkpoint().await?;
+    let started = Instant::now();
+    let work = workload::run(&mut db.client, env.rows).await?;
+    let done = format!(
+        "SELECT coalesce((SELECT commit_lsn >= '{floor}'::pg_lsn FROM philotes.checkpoints WHERE pipeline = '{name}'), false)
+                AND NOT EXISTS (SELECT 1 FROM philotes.segments WHERE pipeline = '{name}')",
+        floor = work.last_commit_floor
+    );
+    let seconds = procs::wait_true(&db.client, &done, &mut philotes, started, env.timeout()).await?;
+    philotes.stop()?;
+    let table = iceberg_table(&db.client, namespace).await?;
+    ensure!(table.records == env.rows, "Iceberg table {namespace}.{TABLE} holds {} rows, expected {}", table.records, env.rows);
+
+    db.checkpoint().await?;
+    let recvlogical = procs::recvlogical(&env.pg_bin, env.cluster.port(), db.db.name(), &recv_slot, &work.end_lsn, env.timeout()).await?;
+    slot_passed(&db.client, &recv_slot, &work.last_commit_floor).await?;
+    Ok(EndToEnd { workload_seconds: work.seconds, philotes: seconds, recvlogical })
+}
+
+/// Checks that `pg_recvlogical` really read the whole workload: on reaching `--endpos` it confirms what it
+/// wrote, so its slot must have confirmed past the last transaction.
+async fn slot_passed(client: &Client, slot: &str, floor: &str) -> anyhow::Result<()> {
+    let passed: bool = client
+        .query_one(
+            "SELECT coalesce((SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1), false)",
+            &[&slot, &floor],
+        )
+        .await?
+        .get(0);
+    ensure!(passed, "pg_recvlogical exited but slot {slot} has not confirmed the workload's last transaction (past {floor})");
+    Ok(())
+}
+
+/// An Iceberg table as its current metadata file describes it.
+struct IcebergTable {
+    /// `total-records` of the current snapshot.
+    records: u64,
+    /// The table directory (data files under it).
+    location: PathBuf,
+}
+
+/// Reads the table's current metadata (SQL catalog `iceberg_tables` in the buffer database) without the
+/// iceberg crate: an independent check of what the flusher committed.
+async fn iceberg_table(client: &Client, namespace: &str) -> anyhow::Result<IcebergTable> {
+    let row = client
+        .query_opt(
+            "SELECT metadata_location FROM iceberg_tables WHERE table_namespace = $1 AND table_name = $2",
+            &[&namespace, &TABLE],
+        )
+        .await?
+        .with_context(|| format!("no Iceberg table {namespace}.{TABLE} in the catalog"))?;
+    let location: String = row.get(0);
+    let path = location.strip_prefix("file://").unwrap_or(&location);
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {path}"))?)?;
+    let current = meta["current-snapshot-id"].as_i64().context("no current snapshot")?;
+    let snapshot = meta["snapshots"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["snapshot-id"].as_i64() == Some(current)))
+        .context("current snapshot not in the metadata")?;
+    let records = snapshot["summary"]["total-records"].as_str().and_then(|s| s.parse().ok()).context("no total-records")?;
+    let dir = meta["location"].as_str().context("no table location")?;
+    Ok(IcebergTable { records, location: PathBuf::from(dir.strip_prefix("file://").unwrap_or(dir)) })
+}
+
+fn parquet_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            total += parquet_bytes(&path)?;
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            total += std::fs::metadata(&path)?.len();
+        }
+    }
+    Ok(total)
+}
