@@ -16,13 +16,14 @@ use philotes_stages::flush::catalog::{self, CatalogSettings};
 use philotes_testkit::TestDatabase;
 
 /// One changelog row, every value rendered as text (the same rendering as tests/python/read_iceberg.py).
-type Row = BTreeMap<String, serde_json::Value>;
+pub type Row = BTreeMap<String, serde_json::Value>;
 
 /// A pipeline of the whole product (capture + flushers) on one test database, with its own warehouse.
 pub struct Pipeline {
     pub file: PathBuf,
     pub warehouse: PathBuf,
-    pub db_url: String,
+    /// The SQL catalog's database (the buffer database unless a test points it elsewhere).
+    pub catalog_url: String,
     pub name: String,
 }
 
@@ -45,7 +46,20 @@ impl Pipeline {
         );
         let file = dir.join("pipeline.yaml");
         std::fs::write(&file, yaml).expect("pipeline file");
-        Self { file, warehouse, db_url: db.url(), name: db.name().to_string() }
+        Self { file, warehouse, catalog_url: db.url(), name: db.name().to_string() }
+    }
+
+    /// Replaces `from` (which must be there) with `to` in the pipeline file.
+    pub fn rewrite(&self, from: &str, to: &str) {
+        let yaml = std::fs::read_to_string(&self.file).expect("pipeline file");
+        assert!(yaml.contains(from), "the pipeline file has no {from:?}:\n{yaml}");
+        std::fs::write(&self.file, yaml.replace(from, to)).expect("pipeline file");
+    }
+
+    /// Puts the SQL catalog into another database.
+    pub fn use_catalog(&mut self, url: &str) {
+        self.rewrite("    namespace: lake\n", &format!("    namespace: lake\n    catalog: {{ type: sql, name: philotes, url: {url} }}\n"));
+        self.catalog_url = url.to_string();
     }
 
     /// Starts `philotes run FILE` with extra arguments and environment; stderr goes to a log file.
@@ -56,7 +70,7 @@ impl Pipeline {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.env("RUST_LOG", "info,tokio_postgres=warn").stdout(Stdio::null()).stderr(log).spawn().expect("philotes starts")
+        cmd.env("RUST_LOG", std::env::var("PHILOTES_TEST_RUST_LOG").unwrap_or_else(|_| "info,tokio_postgres=warn".into())).stdout(Stdio::null()).stderr(log).spawn().expect("philotes starts")
     }
 
     pub fn log(&self, name: &str) -> String {
@@ -66,7 +80,7 @@ impl Pipeline {
     pub fn catalog(&self) -> CatalogSettings {
         CatalogSettings::Sql {
             name: "philotes".into(),
-            uri: self.db_url.clone(),
+            uri: self.catalog_url.clone(),
             warehouse: format!("file://{}", self.warehouse.display()),
             props: Default::default(),
         }
@@ -206,7 +220,7 @@ pub fn read_with_pyiceberg(pipeline: &Pipeline, table: &str) -> Vec<Row> {
     );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/read_iceberg.py");
     let out = Command::new(python)
-        .args([script, &pipeline.db_url, "philotes", &format!("lake.{table}")])
+        .args([script, &pipeline.catalog_url, "philotes", &format!("lake.{table}")])
         .output()
         .expect("python runs");
     assert!(out.status.success(), "pyiceberg failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -217,13 +231,18 @@ pub fn read_with_pyiceberg(pipeline: &Pipeline, table: &str) -> Vec<Row> {
 }
 
 /// The rows of the `history` table for `table`, as the changelog must hold them.
-fn expected_history(db: &TestDatabase, table: &str) -> Vec<Row> {
+pub fn expected_history(db: &TestDatabase, table: &str) -> Vec<Row> {
+    expected_history_where(db, table, "true")
+}
+
+/// [`expected_history`] of the changes that also match the SQL condition `filter` (on `history`'s columns).
+pub fn expected_history_where(db: &TestDatabase, table: &str, filter: &str) -> Vec<Row> {
     let text = db
         .psql(&format!(
             "SELECT json_build_object('_op', op, 'id', id::text, 'name', name, 'amount', amount::text,
                     'flag', flag::text, 'created', to_char(created AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00',
                     'payload', payload::text, 'tags', to_json(tags), 'note', note)
-             FROM history WHERE tbl = '{table}' ORDER BY n"
+             FROM history WHERE tbl = '{table}' AND ({filter}) ORDER BY n"
         ))
         .expect("history");
     text.lines()
@@ -237,14 +256,14 @@ fn expected_history(db: &TestDatabase, table: &str) -> Vec<Row> {
 }
 
 /// Source columns and `_op` of a changelog row (the other bookkeeping columns are checked separately).
-fn comparable(row: &Row) -> Row {
+pub fn comparable(row: &Row) -> Row {
     row.iter()
         .filter(|(k, v)| !v.is_null() && !matches!(k.as_str(), "_lsn" | "_seq" | "_xid" | "_commit_ts" | "_unchanged"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 
-const SCHEMA: &str = "
+pub const SCHEMA: &str = "
 CREATE TABLE history (n bigserial PRIMARY KEY, tbl text, op text, id bigint, name text, amount numeric(12,2),
                       flag boolean, created timestamptz, payload jsonb, tags text[], note text);
 CREATE FUNCTION record_change() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -262,7 +281,7 @@ BEGIN
 END $$;
 ";
 
-fn create_table(db: &TestDatabase, name: &str) {
+pub fn create_table(db: &TestDatabase, name: &str) {
     db.psql(&format!(
         "CREATE TABLE {name} (id bigint PRIMARY KEY, name text, amount numeric(12,2), flag boolean, created timestamptz,
                              payload jsonb, tags text[], note text);

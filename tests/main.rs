@@ -5,5 +5,6 @@ mod capture;
 mod cli;
 mod cluster;
 mod flush;
+mod flush_faults;
 mod migrate;
 mod support;

@@ -1,5 +1,7 @@
 //! Fault points for crash tests: with the `fault-injection` feature (on in test builds only), setting
-//! `PHILOTES_FAULT=<point>` aborts the process at that point, the way a power cut or `kill -9` would.
+//! `PHILOTES_FAULT=<point>` aborts the process at that point, the way a power cut or `kill -9` would, and
+//! `PHILOTES_FAULT_DELAY_BEFORE_COMMIT_MS=<ms>` holds every Iceberg commit for that long after its position
+//! check, so a test can make two flushers race on one table's commit.
 
 /// After the Parquet files are written, before the Iceberg commit.
 pub const AFTER_PARQUET: &str = "after-parquet";
@@ -17,4 +19,16 @@ pub fn hit(point: &str) {
     }
     #[cfg(not(feature = "fault-injection"))]
     let _ = point;
+}
+
+/// Sleeps between a commit's position check and the commit itself when `PHILOTES_FAULT_DELAY_BEFORE_COMMIT_MS`
+/// is set (test builds only; a no-op otherwise): the window in which another flusher may commit to the table.
+pub async fn delay_before_commit(table: &str) {
+    #[cfg(feature = "fault-injection")]
+    if let Some(ms) = std::env::var("PHILOTES_FAULT_DELAY_BEFORE_COMMIT_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        tracing::warn!(table, delay_ms = ms, "fault injected: holding the iceberg commit after its position check");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = table;
 }

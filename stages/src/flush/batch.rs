@@ -141,38 +141,39 @@ impl ArrowBatch {
         let table = self.evolve(table, &used).await?;
         let committed = committed_position(&table, &self.pipeline);
 
+        // Changes Iceberg already has are not written again. Their dead letters, though, were never stored: a
+        // segment's dead letters are stored by the checkpoint that deletes it, and it is still here.
         let mut groups: Vec<(Arc<TableSchema>, Vec<SegmentEvent>)> = Vec::with_capacity(claim.segments.len());
+        let mut already: Vec<(Arc<TableSchema>, Vec<SegmentEvent>)> = Vec::new();
         for s in &claim.segments {
-            if committed.is_some_and(|c| s.last <= c) {
-                continue;
-            }
+            let version = &claim.versions[&s.schema_version];
             let mut events = segment::decode(&s.payload)?;
             if let Some(c) = committed {
-                events.retain(|e| e.position() > c);
+                let (old, new): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.position() <= c);
+                if !old.is_empty() {
+                    already.push((version.clone(), old));
+                }
+                events = new;
             }
             if !events.is_empty() {
-                groups.push((claim.versions[&s.schema_version].clone(), events));
+                groups.push((version.clone(), events));
             }
-        }
-        if groups.is_empty() {
-            if committed.is_some() {
-                tracing::info!(table = %ident, segments = segment_ids.len(),
-                    "claimed changes are already in iceberg (a flush crashed before its checkpoint): deleting them");
-            }
-            return Ok(Flush {
-                lease: claim.lease.clone(),
-                table: ident,
-                segment_ids,
-                batch: None,
-                last,
-                rejected: Vec::new(),
-                stopped: None,
-            });
         }
         let schema: &Schema = table.metadata().current_schema();
-        let output = arrow_batch::build_batch(schema, &groups)?;
-        let rejected = output
-            .rejected
+        let mut rejected_rows = Vec::new();
+        if !already.is_empty() {
+            tracing::info!(table = %ident, changes = already.iter().map(|(_, e)| e.len()).sum::<usize>(),
+                "claimed changes are already in iceberg (a flush crashed before its checkpoint): not writing them again");
+            rejected_rows.extend(arrow_batch::build_batch(schema, &already)?.rejected);
+        }
+        let batch = if groups.is_empty() {
+            None
+        } else {
+            let output = arrow_batch::build_batch(schema, &groups)?;
+            rejected_rows.extend(output.rejected);
+            (output.batch.num_rows() > 0).then_some(output.batch)
+        };
+        let rejected: Vec<DeadLetter> = rejected_rows
             .into_iter()
             .map(|r| DeadLetter {
                 stage: NAME.to_string(),
@@ -183,7 +184,6 @@ impl ArrowBatch {
                 payload: r.rendering,
             })
             .collect();
-        let batch = (output.batch.num_rows() > 0).then_some(output.batch);
         Ok(Flush { lease: claim.lease.clone(), table: ident, segment_ids, batch, last, rejected, stopped: None })
     }
 }

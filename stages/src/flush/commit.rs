@@ -87,6 +87,7 @@ impl IcebergCommit {
             let tx = Transaction::new(&table);
             let tx = tx.fast_append().add_data_files(files).set_snapshot_properties(properties).apply(tx)?;
             self.catalog.guard(&flush.table, table.metadata().current_snapshot_id());
+            fault::delay_before_commit(&flush.table.to_string()).await;
             let result = tx.commit(self.catalog.as_ref()).await;
             self.catalog.unguard(&flush.table);
             result?;

@@ -168,10 +168,13 @@ impl FlushError {
 pub async fn run(settings: &FlushSettings, cancel: CancellationToken) -> Result<(), FlushError> {
     let mut attempt = 0;
     loop {
+        let started = std::time::Instant::now();
         match run_once(settings, &cancel).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_restartable() && !cancel.is_cancelled() => {
-                attempt += 1;
+                // A session that ran for a while starts the backoff over (as the capture does): an outage next
+                // week does not inherit this week's waits.
+                attempt = if started.elapsed() > Duration::from_secs(60) { 1 } else { attempt + 1 };
                 let delay = settings.retry.delay(attempt.min(30));
                 tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "flusher restarting");
                 tokio::select! {
@@ -185,7 +188,12 @@ pub async fn run(settings: &FlushSettings, cancel: CancellationToken) -> Result<
 }
 
 async fn run_once(settings: &FlushSettings, cancel: &CancellationToken) -> Result<(), FlushError> {
-    let pool = claim::pool(&settings.buffer, settings.workers)?;
+    let mut buffer = settings.buffer.clone();
+    if buffer.get_application_name().is_none() {
+        // Who holds which lease shows in pg_stat_activity (an `idle in transaction` session per lease).
+        buffer.application_name(format!("philotes_{} flusher {}", settings.pipeline, std::process::id()));
+    }
+    let pool = claim::pool(&buffer, settings.workers)?;
     let catalog = Arc::new(GuardedCatalog::new(catalog::connect(&settings.catalog).await?));
     let retry = RetryPolicy { max_attempts: u32::MAX, ..settings.retry };
     let source = claim::ClaimSource::new(settings, pool);
