@@ -185,6 +185,9 @@ async fn run(
     metrics: Option<std::net::SocketAddr>,
     log_format: Option<LogFormatArg>,
 ) -> anyhow::Result<()> {
+    // Signals are taken over first, so a SIGTERM during start-up is a clean stop too, never the default kill.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    cancel_on_signal(cancel.clone())?;
     let config = load(file, log_format)?;
     tracing::info!(pipeline = %config.pipeline, ?role, "starting");
     let mut buffer = philotes::postgres::connect(&config.buffer.url)
@@ -198,8 +201,10 @@ async fn run(
     if role != Role::Flusher && config.source.postgres.snapshot == config::SnapshotMode::Initial {
         tracing::warn!("snapshot: initial is not implemented yet: only changes committed from now on are captured");
     }
-    let cancel = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(cancel_on_signal(cancel.clone()));
+    if cancel.is_cancelled() {
+        tracing::info!("stopped before starting");
+        return Ok(());
+    }
     let metrics_addr = metrics.unwrap_or(config.telemetry.metrics);
     match philotes::telemetry::serve_metrics(metrics_addr, cancel.clone()).await {
         Ok(()) => {
@@ -234,20 +239,19 @@ async fn run(
     Ok(())
 }
 
-/// Fires `cancel` on SIGINT or SIGTERM: the pipeline drains and writes its last checkpoint, then exits.
-async fn cancel_on_signal(cancel: tokio_util::sync::CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Fires `cancel` on SIGINT or SIGTERM: the pipeline drains and writes its last checkpoint, then exits. The
+/// handlers are registered before this returns.
+fn cancel_on_signal(cancel: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down: draining and writing the last checkpoint");
-    cancel.cancel();
+        tracing::info!("shutting down: draining and writing the last checkpoint");
+        cancel.cancel();
+    });
+    Ok(())
 }

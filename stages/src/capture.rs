@@ -179,7 +179,7 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Res
     };
     let options = StageOptions::new(1, settings.queue);
     let mut durable_tx = Some(durable_tx);
-    let flow = Flow::from_source(FrameSource(stream))
+    let flow = Flow::from_source(FrameSource::new(stream))
         .stage(DECODE, options.clone(), move |_| Decode::resume_after(resume))
         .stage(SCHEMA_RESOLVE, options.clone(), {
             let (pipeline, source, buffer, carry) =

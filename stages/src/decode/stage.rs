@@ -1,4 +1,5 @@
-//! The Decode stage: pgoutput frames from the replication source → [`Decoded`] items, in stream order.
+//! The Decode stage: batches of pgoutput frames from the replication source → batches of [`Decoded`] items, in
+//! stream order.
 
 use philotes_engine::{Emitter, Stage, StageError};
 
@@ -23,16 +24,19 @@ impl Decode {
 }
 
 impl Stage for Decode {
-    type In = Frame;
-    type Out = Decoded;
+    type In = Vec<Frame>;
+    type Out = Vec<Decoded>;
 
-    async fn process(&mut self, frame: &Frame, out: &mut Emitter<Decoded>) -> Result<(), StageError> {
-        let mut decoded = Vec::new();
-        // A frame that does not parse, or breaks transaction order, means the stream is not what pgoutput sends:
-        // nothing after it can be trusted, so the flow stops (and the capture restarts from its checkpoint).
-        self.decoder.push_bytes(frame.data.clone(), &mut decoded).map_err(StageError::fatal)?;
-        for item in decoded {
-            out.emit(item);
+    async fn process(&mut self, frames: &Vec<Frame>, out: &mut Emitter<Vec<Decoded>>) -> Result<(), StageError> {
+        let mut decoded = Vec::with_capacity(frames.len());
+        for frame in frames {
+            // A frame that does not parse, or breaks transaction order, means the stream is not what pgoutput
+            // sends: nothing after it can be trusted, so the flow stops (and the capture restarts from its
+            // checkpoint).
+            self.decoder.push_bytes(frame.data.clone(), &mut decoded).map_err(StageError::fatal)?;
+        }
+        if !decoded.is_empty() {
+            out.emit(decoded);
         }
         Ok(())
     }

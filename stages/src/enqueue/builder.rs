@@ -1,82 +1,112 @@
 //! Building segments: consecutive changes of one table under one schema version, cut by event count and bytes.
+//!
+//! Each change is encoded into MessagePack as it arrives (no copy of the change is kept), and the array header
+//! is put in front when the segment is cut: the bytes are exactly those of `segment::encode` of the same
+//! changes, which a unit test checks.
 
 use std::sync::Arc;
 
-use philotes_schemas::Value;
-
 use crate::position::Position;
 use crate::resolve::TableVersion;
-use crate::segment::{self, SegmentError, SegmentEvent};
+use crate::segment::{SegmentError, SegmentEvent};
 use crate::store::segments::SegmentRow;
 
 /// The changes of one table waiting to become a segment.
 #[derive(Debug)]
 pub(super) struct SegmentBuilder {
     pub(super) table: Arc<TableVersion>,
-    events: Vec<SegmentEvent>,
-    /// Estimated encoded size, to cut at `max_bytes` without encoding twice.
-    pub(super) bytes: usize,
+    /// The encoded changes, without the array header.
+    body: Vec<u8>,
+    count: usize,
+    first: Option<Position>,
+    last: Option<Position>,
 }
 
 impl SegmentBuilder {
     pub(super) fn new(table: Arc<TableVersion>) -> Self {
-        Self { table, events: Vec::new(), bytes: 0 }
+        Self { table, body: Vec::new(), count: 0, first: None, last: None }
     }
 
-    pub(super) fn push(&mut self, event: SegmentEvent) -> usize {
-        let size = estimate(&event);
-        self.bytes += size;
-        self.events.push(event);
-        size
+    /// Encodes one change; returns how many bytes it added.
+    pub(super) fn push(&mut self, event: &SegmentEvent) -> Result<usize, SegmentError> {
+        let before = self.body.len();
+        rmp_serde::encode::write(&mut self.body, event)?;
+        let position = event.position();
+        self.first.get_or_insert(position);
+        self.last = Some(position);
+        self.count += 1;
+        Ok(self.body.len() - before)
     }
 
     pub(super) fn len(&self) -> usize {
-        self.events.len()
+        self.count
     }
 
-    pub(super) fn is_empty(&self) -> bool {
-        self.events.is_empty()
+    /// Encoded bytes held.
+    pub(super) fn bytes(&self) -> usize {
+        self.body.len()
     }
 
-    /// Encodes what it holds into a segment row and empties itself.
+    /// Makes a segment row of what it holds and empties itself (`None` when empty).
     pub(super) fn finish(&mut self) -> Result<Option<SegmentRow>, SegmentError> {
-        let (Some(first), Some(last)) = (self.events.first(), self.events.last()) else {
+        let (Some(first), Some(last)) = (self.first.take(), self.last.take()) else {
             return Ok(None);
         };
-        let (first, last): (Position, Position) = (first.position(), last.position());
-        let payload = segment::encode(&self.events)?;
+        let count = u32::try_from(self.count).unwrap_or(u32::MAX);
+        let mut payload = Vec::with_capacity(self.body.len() + 5);
+        rmp::encode::write_array_len(&mut payload, count).map_err(|e| SegmentError::Encode(e.into()))?;
+        payload.extend_from_slice(&self.body);
         let row = SegmentRow {
             source_schema: self.table.schema.schema.clone(),
             source_table: self.table.schema.table.clone(),
             schema_version: self.table.version,
             first,
             last,
-            events: i32::try_from(self.events.len()).unwrap_or(i32::MAX),
+            events: i32::try_from(self.count).unwrap_or(i32::MAX),
             bytes: i32::try_from(payload.len()).unwrap_or(i32::MAX),
             payload,
             trace_context: None,
         };
-        self.events.clear();
-        self.bytes = 0;
+        self.body.clear();
+        self.count = 0;
         Ok(Some(row))
     }
 }
 
-/// A close upper estimate of an event's MessagePack size.
-fn estimate(event: &SegmentEvent) -> usize {
-    let row = |values: &Option<Vec<Value>>| values.as_ref().map_or(1, |v| v.iter().map(value_size).sum::<usize>() + 5);
-    40 + row(&event.old) + row(&event.new)
-}
+#[cfg(test)]
+mod tests {
+    use philotes_schemas::{ReplicaIdentity, TableSchema, Value};
 
-fn value_size(value: &Value) -> usize {
-    match value {
-        Value::Null | Value::Unchanged | Value::Bool(_) => 2,
-        Value::Int16(_) | Value::Int32(_) | Value::Float32(_) | Value::Date(_) => 6,
-        Value::Int64(_) | Value::Float64(_) | Value::Time(_) | Value::Timestamp(_) | Value::TimestampTz(_) => 10,
-        Value::Numeric(s) | Value::Text(s) => s.len() + 6,
-        Value::Bytes(b) => b.len() + 6,
-        Value::Interval(_) => 24,
-        Value::Uuid(_) => 20,
-        Value::Array(items) => items.iter().map(value_size).sum::<usize>() + 6,
+    use super::*;
+    use crate::position::Lsn;
+    use crate::segment;
+
+    #[test]
+    fn incremental_encoding_is_byte_for_byte_the_segment_format() {
+        let table = Arc::new(TableVersion {
+            schema: TableSchema { schema: "public".into(), table: "t".into(), columns: Vec::new(), replica_identity: ReplicaIdentity::Default },
+            version: 1,
+        });
+        let events: Vec<SegmentEvent> = (0..300)
+            .map(|i| SegmentEvent {
+                op: 'I',
+                commit_lsn: Lsn(0x16B_3748),
+                seq: i,
+                xid: 7,
+                commit_ts: 1_700_000_000_000_000,
+                old_is_full: None,
+                old: None,
+                new: Some(vec![Value::Int64(i as i64), Value::Text(format!("row {i}")), Value::Null, Value::Unchanged]),
+            })
+            .collect();
+        let mut builder = SegmentBuilder::new(table);
+        for event in &events {
+            builder.push(event).expect("encodes");
+        }
+        let row = builder.finish().expect("finishes").expect("not empty");
+        assert_eq!(row.payload, segment::encode(&events).expect("encodes"));
+        assert_eq!(segment::decode(&row.payload).expect("decodes"), events);
+        assert_eq!((row.first.seq, row.last.seq, row.events), (0, 299, 300));
+        assert!(builder.finish().expect("finishes").is_none(), "empty after finish");
     }
 }

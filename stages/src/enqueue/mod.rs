@@ -10,7 +10,6 @@
 
 mod builder;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +33,7 @@ pub const NAME: &str = "enqueue";
 pub struct EnqueueLimits {
     /// Changes per segment.
     pub max_events: usize,
-    /// Encoded bytes per segment (estimated while building).
+    /// Encoded bytes per segment.
     pub max_bytes: usize,
     /// How long a committed change may wait in memory before it is written.
     pub max_age: Duration,
@@ -77,7 +76,8 @@ pub struct Enqueue {
     limits: EnqueueLimits,
     durable: DurableSender,
     /// Open segments per table.
-    building: HashMap<(String, String), SegmentBuilder>,
+    /// One per table with changes not yet cut (a short list: a linear search beats hashing two strings).
+    building: Vec<SegmentBuilder>,
     /// Full segments not written yet.
     full: Vec<SegmentRow>,
     full_bytes: usize,
@@ -99,7 +99,7 @@ impl Enqueue {
             buffer: None,
             limits,
             durable,
-            building: HashMap::new(),
+            building: Vec::new(),
             full: Vec::new(),
             full_bytes: 0,
             rejected: Vec::new(),
@@ -117,28 +117,41 @@ impl Enqueue {
         self
     }
 
-    fn cut(&mut self, key: &(String, String)) -> Result<(), EnqueueError> {
-        if let Some(builder) = self.building.get_mut(key) {
-            self.building_bytes -= builder.bytes;
-            if let Some(row) = builder.finish()? {
-                self.full_bytes += row.payload.len();
-                self.full.push(row);
-            }
+    /// Turns the builder at `index` into a full segment (it stays, empty, for the table's next changes).
+    fn cut(&mut self, index: usize) -> Result<(), EnqueueError> {
+        let builder = &mut self.building[index];
+        self.building_bytes -= builder.bytes();
+        if let Some(row) = builder.finish()? {
+            self.full_bytes += row.payload.len();
+            self.full.push(row);
         }
         Ok(())
     }
 
-    fn add(&mut self, table: &Arc<crate::resolve::TableVersion>, event: crate::segment::SegmentEvent) -> Result<(), EnqueueError> {
-        let key = (table.schema.schema.clone(), table.schema.table.clone());
-        if self.building.get(&key).is_some_and(|b| b.table.version != table.version) {
-            self.cut(&key)?;
-        }
-        let builder = self.building.entry(key.clone()).or_insert_with(|| SegmentBuilder::new(table.clone()));
-        builder.table = table.clone();
-        self.building_bytes += builder.push(event);
+    fn add(&mut self, table: &Arc<crate::resolve::TableVersion>, event: &crate::segment::SegmentEvent) -> Result<(), EnqueueError> {
+        let found = self
+            .building
+            .iter()
+            .position(|b| b.table.schema.table == table.schema.table && b.table.schema.schema == table.schema.schema);
+        let index = match found {
+            Some(index) => {
+                if self.building[index].table.version != table.version {
+                    // A new schema version starts a new segment.
+                    self.cut(index)?;
+                    self.building[index].table = table.clone();
+                }
+                index
+            }
+            None => {
+                self.building.push(SegmentBuilder::new(table.clone()));
+                self.building.len() - 1
+            }
+        };
+        let builder = &mut self.building[index];
+        self.building_bytes += builder.push(event)?;
         self.oldest.get_or_insert_with(Instant::now);
-        if builder.len() >= self.limits.max_events || builder.bytes >= self.limits.max_bytes {
-            self.cut(&key)?;
+        if builder.len() >= self.limits.max_events || builder.bytes() >= self.limits.max_bytes {
+            self.cut(index)?;
         }
         Ok(())
     }
@@ -166,11 +179,10 @@ impl Enqueue {
     /// transaction, in one buffer transaction; then publishes its end LSN.
     async fn make_durable(&mut self) -> Result<(), EnqueueError> {
         let Some(checkpoint) = self.committed else { return Ok(()) };
-        let keys: Vec<(String, String)> = self.building.keys().cloned().collect();
-        for key in &keys {
-            self.cut(key)?;
+        for index in 0..self.building.len() {
+            self.cut(index)?;
         }
-        self.building.retain(|_, b| !b.is_empty());
+        self.building.clear();
         let buffer = self.buffer.as_mut().ok_or(EnqueueError::NotStarted)?;
         let tx = buffer.transaction().await?;
         segments::append(&tx, &self.pipeline, &self.full).await?;
@@ -191,8 +203,39 @@ impl Enqueue {
     }
 }
 
+impl Enqueue {
+    async fn item(&mut self, item: &Resolved) -> Result<(), EnqueueError> {
+        match item {
+            Resolved::Begin { commit_lsn } => self.open = Some(*commit_lsn),
+            Resolved::Change { table, event } => {
+                if self.open.is_none() {
+                    return Err(EnqueueError::OutsideTransaction(event.commit_lsn));
+                }
+                self.add(table, event)?;
+                if self.full_bytes >= self.limits.spill_bytes {
+                    self.spill().await?;
+                }
+            }
+            Resolved::Rejected(letter) => {
+                self.oldest.get_or_insert_with(Instant::now);
+                self.rejected.push(letter.clone());
+            }
+            Resolved::Commit { commit_lsn, end_lsn } => {
+                self.open = None;
+                self.committed = Some(Checkpoint { commit_lsn: *commit_lsn, end_lsn: *end_lsn });
+                // A transaction without changes for us still moves the checkpoint (so the slot advances).
+                self.oldest.get_or_insert_with(Instant::now);
+                if self.due() {
+                    self.make_durable().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Stage for Enqueue {
-    type In = Resolved;
+    type In = Vec<Resolved>;
     type Out = ();
 
     async fn start(&mut self) -> Result<(), StageError> {
@@ -203,39 +246,13 @@ impl Stage for Enqueue {
         Ok(())
     }
 
-    async fn process(&mut self, item: &Resolved, _out: &mut Emitter<()>) -> Result<(), StageError> {
-        let result = async {
-            match item {
-                Resolved::Begin { commit_lsn } => self.open = Some(*commit_lsn),
-                Resolved::Change { table, event } => {
-                    if self.open.is_none() {
-                        return Err(EnqueueError::OutsideTransaction(event.commit_lsn));
-                    }
-                    self.add(table, event.clone())?;
-                    if self.full_bytes >= self.limits.spill_bytes {
-                        self.spill().await?;
-                    }
-                }
-                Resolved::Rejected(letter) => {
-                    self.oldest.get_or_insert_with(Instant::now);
-                    self.rejected.push(letter.clone());
-                }
-                Resolved::Commit { commit_lsn, end_lsn } => {
-                    self.open = None;
-                    self.committed = Some(Checkpoint { commit_lsn: *commit_lsn, end_lsn: *end_lsn });
-                    // A transaction without changes for us still moves the checkpoint (so the slot advances).
-                    self.oldest.get_or_insert_with(Instant::now);
-                    if self.due() {
-                        self.make_durable().await?;
-                    }
-                }
-            }
-            Ok(())
-        }
-        .await;
+    async fn process(&mut self, items: &Vec<Resolved>, _out: &mut Emitter<()>) -> Result<(), StageError> {
         // Any failure here leaves the buffer as its last commit left it; the capture supervisor restarts from
         // the checkpoint (deleting spilled parts above it), which is the one recovery that is always right.
-        result.map_err(StageError::fatal)
+        for item in items {
+            self.item(item).await.map_err(StageError::fatal)?;
+        }
+        Ok(())
     }
 
     async fn flush(&mut self, _out: &mut Emitter<()>) -> Result<(), StageError> {

@@ -244,8 +244,8 @@ fn stage_error(error: ResolveError) -> StageError {
 }
 
 impl Stage for SchemaResolve {
-    type In = Decoded;
-    type Out = Resolved;
+    type In = Vec<Decoded>;
+    type Out = Vec<Resolved>;
 
     async fn start(&mut self) -> Result<(), StageError> {
         let source = crate::store::connect(&self.source_config).await.map_err(|e| stage_error(e.into()))?;
@@ -255,23 +255,29 @@ impl Stage for SchemaResolve {
         self.load_versions().await.map_err(stage_error)
     }
 
-    async fn process(&mut self, item: &Decoded, out: &mut Emitter<Resolved>) -> Result<(), StageError> {
-        match item {
-            Decoded::Begin { commit_lsn, .. } => {
-                self.open = Some(*commit_lsn);
-                out.emit(Resolved::Begin { commit_lsn: *commit_lsn });
-            }
-            Decoded::Relation(relation) => self.relation(relation).await.map_err(stage_error)?,
-            Decoded::Change(change) => {
-                if let Some(resolved) = self.change(change).map_err(stage_error)? {
-                    out.emit(resolved);
+    async fn process(&mut self, items: &Vec<Decoded>, out: &mut Emitter<Vec<Resolved>>) -> Result<(), StageError> {
+        let mut resolved = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Decoded::Begin { commit_lsn, .. } => {
+                    self.open = Some(*commit_lsn);
+                    resolved.push(Resolved::Begin { commit_lsn: *commit_lsn });
                 }
+                Decoded::Relation(relation) => self.relation(relation).await.map_err(stage_error)?,
+                Decoded::Change(change) => {
+                    if let Some(change) = self.change(change).map_err(stage_error)? {
+                        resolved.push(change);
+                    }
+                }
+                Decoded::Commit { commit_lsn, end_lsn, .. } => {
+                    self.open = None;
+                    resolved.push(Resolved::Commit { commit_lsn: *commit_lsn, end_lsn: *end_lsn });
+                }
+                Decoded::Origin { .. } | Decoded::Type(_) | Decoded::Message { .. } => {}
             }
-            Decoded::Commit { commit_lsn, end_lsn, .. } => {
-                self.open = None;
-                out.emit(Resolved::Commit { commit_lsn: *commit_lsn, end_lsn: *end_lsn });
-            }
-            Decoded::Origin { .. } | Decoded::Type(_) | Decoded::Message { .. } => {}
+        }
+        if !resolved.is_empty() {
+            out.emit(resolved);
         }
         Ok(())
     }

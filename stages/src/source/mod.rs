@@ -102,14 +102,57 @@ impl SourceError {
     }
 }
 
-/// Feeds a flow from a [`ReplicationStream`]. Every stream error ends the flow (`Fatal`): a replication session
-/// cannot be resumed mid-stream, so the capture supervisor reconnects and restarts from the checkpoint.
-pub struct FrameSource<S>(pub S);
+/// Most frames handed to the flow as one item: the engine's per-item work (queues, metrics, spans) is paid
+/// once per batch, not once per change.
+pub const MAX_FRAMES_PER_BATCH: usize = 1024;
+
+/// Feeds a flow from a [`ReplicationStream`], in batches: it waits for one frame, then takes whatever else has
+/// already arrived, up to [`MAX_FRAMES_PER_BATCH`]. Every stream error ends the flow (`Fatal`): a replication
+/// session cannot be resumed mid-stream, so the capture supervisor reconnects and restarts from the checkpoint.
+pub struct FrameSource<S> {
+    stream: S,
+    /// An error met while filling the last batch, reported on the next call (after that batch went out).
+    pending: Option<SourceError>,
+    ended: bool,
+}
+
+impl<S> FrameSource<S> {
+    /// A source over `stream`.
+    pub fn new(stream: S) -> Self {
+        Self { stream, pending: None, ended: false }
+    }
+}
 
 impl<S: ReplicationStream + 'static> philotes_engine::Source for FrameSource<S> {
-    type Item = Frame;
+    type Item = Vec<Frame>;
 
-    async fn next(&mut self) -> Result<Option<Frame>, philotes_engine::StageError> {
-        self.0.next_frame().await.map_err(philotes_engine::StageError::fatal)
+    async fn next(&mut self) -> Result<Option<Vec<Frame>>, philotes_engine::StageError> {
+        if let Some(error) = self.pending.take() {
+            return Err(philotes_engine::StageError::fatal(error));
+        }
+        if self.ended {
+            return Ok(None);
+        }
+        let Some(first) = self.stream.next_frame().await.map_err(philotes_engine::StageError::fatal)? else {
+            return Ok(None);
+        };
+        let mut batch = Vec::with_capacity(64);
+        batch.push(first);
+        // Only frames that are already there: `now_or_never` drops a pending call, which is cancel safe.
+        while batch.len() < MAX_FRAMES_PER_BATCH {
+            match futures::FutureExt::now_or_never(self.stream.next_frame()) {
+                Some(Ok(Some(frame))) => batch.push(frame),
+                Some(Ok(None)) => {
+                    self.ended = true;
+                    break;
+                }
+                Some(Err(error)) => {
+                    self.pending = Some(error);
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(Some(batch))
     }
 }

@@ -98,40 +98,39 @@ pub struct ClaimedSegment {
     pub payload: Vec<u8>,
 }
 
-/// The leased table's oldest complete segments, up to about `max_events` changes (at least one segment).
+/// The leased table's oldest complete segments: those that start before `max_events` changes are reached (so at
+/// least one, and at most one segment's worth past the limit).
 pub async fn segments(
     client: &impl GenericClient,
     pipeline: &str,
     lease: &Lease,
     max_events: i64,
 ) -> Result<Vec<ClaimedSegment>, tokio_postgres::Error> {
+    // The cut at `max_events` happens in SQL, so only the payloads of the segments taken are read.
     let rows = client
         .query(
-            "SELECT id, schema_version, first_lsn, first_seq, last_lsn, last_seq, events, payload
-             FROM philotes.segments
-             WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND last_lsn <= $4
-             ORDER BY first_lsn, first_seq, id
-             LIMIT 10000",
-            &[&pipeline, &lease.source_schema, &lease.source_table, &pg_lsn(lease.checkpoint)],
+            "WITH ordered AS (
+                 SELECT id, sum(events) OVER (ORDER BY first_lsn, first_seq, id) - events AS before
+                 FROM philotes.segments
+                 WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND last_lsn <= $4)
+             SELECT s.id, s.schema_version, s.first_lsn, s.first_seq, s.last_lsn, s.last_seq, s.events, s.payload
+             FROM ordered o JOIN philotes.segments s ON s.id = o.id
+             WHERE o.before < $5
+             ORDER BY s.first_lsn, s.first_seq, s.id",
+            &[&pipeline, &lease.source_schema, &lease.source_table, &pg_lsn(lease.checkpoint), &max_events],
         )
         .await?;
-    let mut taken = Vec::new();
-    let mut events = 0i64;
-    for r in rows {
-        if !taken.is_empty() && events >= max_events {
-            break;
-        }
-        let count: i32 = r.get(6);
-        events += i64::from(count);
-        taken.push(ClaimedSegment {
+    let taken = rows
+        .iter()
+        .map(|r| ClaimedSegment {
             id: r.get(0),
             schema_version: r.get(1),
             first: Position::new(lsn(r.get(2)), u64::try_from(r.get::<_, i64>(3)).unwrap_or(0)),
             last: Position::new(lsn(r.get(4)), u64::try_from(r.get::<_, i64>(5)).unwrap_or(0)),
-            events: count,
+            events: r.get(6),
             payload: r.get(7),
-        });
-    }
+        })
+        .collect();
     Ok(taken)
 }
 
