@@ -302,7 +302,7 @@ async fn changes_reach_iceberg_exactly_as_the_source_made_them_for_both_readers(
     let mut child = pipeline.start(&[], &[], "run.log");
     // The slot exists once the capture is up; changes before that would not be streamed.
     wait_for("the replication slot", Duration::from_secs(60), || {
-        db.psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'philotes_{}'", pipeline.name))
+        db.psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'philotes_{}' AND confirmed_flush_lsn IS NOT NULL", pipeline.name))
             .map(|v| v == "1")
             .unwrap_or(false)
     });
