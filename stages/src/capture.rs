@@ -100,25 +100,11 @@ pub fn connection_lost(error: &tokio_postgres::Error) -> bool {
 /// Runs the capture until `cancel` fires (then drains and writes the last checkpoint) or a non-restartable
 /// error occurs.
 pub async fn run(settings: &CaptureSettings, cancel: CancellationToken) -> Result<(), CaptureError> {
-    let mut attempt = 0;
-    loop {
-        let started = std::time::Instant::now();
-        match run_once(settings, &cancel).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_restartable() && !cancel.is_cancelled() => {
-                // A session that ran for a while starts the backoff over.
-                attempt = if started.elapsed() > Duration::from_secs(60) { 1 } else { attempt + 1 };
-                let delay = settings.restart.delay(attempt);
-                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64,
-                    "capture lost a connection; restarting from the checkpoint");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = cancel.cancelled() => return Ok(()),
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    // Each restart resumes from the checkpoint, exactly as a process restart would.
+    crate::supervise::restart_on_failure("capture lost a connection; restarting from the checkpoint", settings.restart, &cancel, CaptureError::is_restartable, || {
+        run_once(settings, &cancel)
+    })
+    .await
 }
 
 /// One capture session: prepare, resume from the checkpoint, stream until cancelled or broken.

@@ -10,6 +10,7 @@ pub mod resolve;
 pub mod segment;
 pub mod source;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;
 pub mod fault;
 pub mod flush;

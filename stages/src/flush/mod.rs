@@ -166,25 +166,10 @@ impl FlushError {
 /// Runs the flusher until `cancel` fires (it drains the flushes in flight) or an error that a restart cannot
 /// mend.
 pub async fn run(settings: &FlushSettings, cancel: CancellationToken) -> Result<(), FlushError> {
-    let mut attempt = 0;
-    loop {
-        let started = std::time::Instant::now();
-        match run_once(settings, &cancel).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_restartable() && !cancel.is_cancelled() => {
-                // A session that ran for a while starts the backoff over (as the capture does): an outage next
-                // week does not inherit this week's waits.
-                attempt = if started.elapsed() > Duration::from_secs(60) { 1 } else { attempt + 1 };
-                let delay = settings.retry.delay(attempt.min(30));
-                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "flusher restarting");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = cancel.cancelled() => return Ok(()),
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    crate::supervise::restart_on_failure("flusher restarting: its leases are released, the buffer keeps every change", settings.retry, &cancel, FlushError::is_restartable, || {
+        run_once(settings, &cancel)
+    })
+    .await
 }
 
 async fn run_once(settings: &FlushSettings, cancel: &CancellationToken) -> Result<(), FlushError> {
