@@ -22,6 +22,7 @@ use super::*;
 use crate::position::{Lsn, Position};
 use crate::segment::SegmentEvent;
 
+mod perf;
 mod rows;
 mod schema;
 mod types;
