@@ -35,15 +35,37 @@ pub fn build_batch(
     let arrow_schema = Arc::new(schema_to_arrow_schema(target)?);
     let layout = Layout::new(target, &arrow_schema)?;
     let rows = segments.iter().map(|(_, events)| events.len()).sum();
+    // The plans, in segment order; a segment whose plan fails stops the batch when the loop below reaches it.
+    let mut plans = segments
+        .iter()
+        .map(|(version, _)| Plan::new(version, target, &layout))
+        .collect::<Vec<_>>()
+        .into_iter();
+    // One pass over the values: whether any is an unchanged TOAST value, and the bytes of each string and
+    // binary column (so their builders never grow by copying).
+    let mut bytes = vec![0usize; layout.kinds.len()];
+    let mut needs_history = false;
+    for ((_, events), plan) in segments.iter().zip(plans.as_slice()) {
+        let Ok(plan) = plan else { break };
+        for event in events {
+            needs_history |= has_unchanged(event);
+            let image = event.new.as_deref().or(event.old.as_deref());
+            for (&i, value) in plan.target_of.iter().zip(image.unwrap_or_default()) {
+                bytes[i] += match value {
+                    Value::Text(v) | Value::Numeric(v) => v.len(),
+                    Value::Bytes(v) => v.len(),
+                    _ => 0,
+                };
+            }
+        }
+    }
+    bytes[layout.op] = rows;
     let mut builders = arrow_schema
         .fields()
         .iter()
-        .map(|f| Builder::new(f.data_type(), rows))
+        .zip(&bytes)
+        .map(|(f, &bytes)| Builder::new(f.data_type(), rows, bytes))
         .collect::<Result<Vec<_>, _>>()?;
-    let needs_history = segments
-        .iter()
-        .flat_map(|(_, events)| events)
-        .any(has_unchanged);
     let mut history = History {
         enabled: needs_history,
         images: HashMap::new(),
@@ -53,9 +75,9 @@ pub fn build_batch(
     let mut slots = Vec::new();
     let mut cells = vec![Cell::Null; layout.kinds.len()];
     for (version, events) in segments {
-        let plan = Plan::new(version, target, &layout)?;
+        let plan = plans.next().expect("one plan per segment")?;
+        cells.fill(Cell::Null);
         for event in events {
-            cells.fill(Cell::Null);
             match fill_row(&layout, &plan, &mut history, event, &mut slots, &mut cells) {
                 Ok(()) => {
                     for (builder, cell) in builders.iter_mut().zip(&cells) {
@@ -265,6 +287,44 @@ fn fill_row<'a>(
     };
     let previous = lookup_key.as_ref().and_then(|key| history.images.get(key));
 
+    let long = |what: &str, n: u64| {
+        i64::try_from(n)
+            .map(Cell::I64)
+            .map_err(|_| format!("{what} {n} does not fit an Iceberg long"))
+    };
+    let column_error = |j: usize, i: usize, reason: String| {
+        format!(
+            "column \"{}\" (Iceberg {}): {reason}",
+            columns[j].name, layout.type_names[i]
+        )
+    };
+    if !history.enabled {
+        // No change of the batch has an unchanged TOAST value: every value is known as it is. Every column of
+        // the version is written (the target columns it lacks stay NULL from the start of the segment).
+        if op == "T" {
+            for &i in &plan.target_of {
+                cells[i] = Cell::Null;
+            }
+        }
+        for (j, value) in image.iter().enumerate() {
+            let i = plan.target_of[j];
+            cells[i] = if key_only && !columns[j].part_of_key {
+                Cell::Null
+            } else {
+                convert(value, &layout.kinds[i]).map_err(|reason| column_error(j, i, reason))?
+            };
+        }
+        cells[layout.op] = Cell::Str(op);
+        cells[layout.lsn] = long("commit LSN", event.commit_lsn.as_u64())?;
+        cells[layout.commit_ts] = Cell::I64(event.commit_ts);
+        cells[layout.xid] = Cell::I64(i64::from(event.xid));
+        cells[layout.seq] = long("seq", event.seq)?;
+        cells[layout.unchanged] = Cell::Null;
+        return Ok(());
+    }
+    // Some value is unknown until filled: start the row from NULLs.
+    cells.fill(Cell::Null);
+
     slots.clear();
     let mut unchanged: Vec<Cell<'a>> = Vec::new();
     for (j, value) in image.iter().enumerate() {
@@ -316,19 +376,10 @@ fn fill_row<'a>(
     for (j, slot) in slots.iter().enumerate() {
         let i = plan.target_of[j];
         if let Slot::Known(Some(value)) = slot {
-            cells[i] = convert(value, &layout.kinds[i]).map_err(|reason| {
-                format!(
-                    "column \"{}\" (Iceberg {}): {reason}",
-                    columns[j].name, layout.type_names[i]
-                )
-            })?;
+            cells[i] =
+                convert(value, &layout.kinds[i]).map_err(|reason| column_error(j, i, reason))?;
         }
     }
-    let long = |what: &str, n: u64| {
-        i64::try_from(n)
-            .map(Cell::I64)
-            .map_err(|_| format!("{what} {n} does not fit an Iceberg long"))
-    };
     cells[layout.op] = Cell::Str(op);
     cells[layout.lsn] = long("commit LSN", event.commit_lsn.as_u64())?;
     cells[layout.commit_ts] = Cell::I64(event.commit_ts);

@@ -184,8 +184,13 @@ pub(super) enum Builder {
 }
 
 impl Builder {
-    /// A builder for a column of this Arrow type, with room for `capacity` rows.
-    pub(super) fn new(data_type: &DataType, capacity: usize) -> Result<Builder, ArrowError> {
+    /// A builder for a column of this Arrow type, with room for `capacity` rows and, for a string or binary
+    /// column, `bytes` bytes of values.
+    pub(super) fn new(
+        data_type: &DataType,
+        capacity: usize,
+        bytes: usize,
+    ) -> Result<Builder, ArrowError> {
         Ok(match (Kind::of(data_type), data_type) {
             (Kind::Bool, _) => Builder::Bool(BooleanBuilder::with_capacity(capacity)),
             (Kind::Int32, _) => Builder::Int32(Int32Builder::with_capacity(capacity)),
@@ -204,8 +209,10 @@ impl Builder {
                         .with_timezone_opt(zone.clone()),
                 )
             }
-            (Kind::String, _) => Builder::String(StringBuilder::with_capacity(capacity, 0)),
-            (Kind::Binary, _) => Builder::Binary(LargeBinaryBuilder::with_capacity(capacity, 0)),
+            (Kind::String, _) => Builder::String(StringBuilder::with_capacity(capacity, bytes)),
+            (Kind::Binary, _) => {
+                Builder::Binary(LargeBinaryBuilder::with_capacity(capacity, bytes))
+            }
             (Kind::Fixed(len), _) => {
                 Builder::Fixed(FixedSizeBinaryBuilder::with_capacity(capacity, len))
             }
@@ -216,7 +223,7 @@ impl Builder {
                     element: element.clone(),
                     offsets,
                     validity: NullBufferBuilder::new(capacity),
-                    values: Box::new(Builder::new(element.data_type(), capacity)?),
+                    values: Box::new(Builder::new(element.data_type(), capacity, 0)?),
                 }
             }
             (Kind::Interval, DataType::Struct(fields)) => {
