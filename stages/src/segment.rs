@@ -484,4 +484,91 @@ mod tests {
             rmp_serde::from_slice::<Vec<SegmentEvent>>(&trailing).ok()
         );
     }
+
+    fn any_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use philotes_schemas::Interval;
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            Just(Value::Unchanged),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i16>().prop_map(Value::Int16),
+            any::<i32>().prop_map(Value::Int32),
+            any::<i64>().prop_map(Value::Int64),
+            any::<f32>().prop_map(Value::Float32),
+            any::<f64>().prop_map(Value::Float64),
+            "-?[0-9]{1,20}(\\.[0-9]{0,6})?".prop_map(Value::Numeric),
+            ".{0,40}".prop_map(Value::Text),
+            prop::collection::vec(any::<u8>(), 0..300).prop_map(Value::Bytes),
+            any::<i32>().prop_map(Value::Date),
+            any::<i64>().prop_map(Value::Time),
+            any::<i64>().prop_map(Value::Timestamp),
+            any::<i64>().prop_map(Value::TimestampTz),
+            (any::<i32>(), any::<i32>(), any::<i64>()).prop_map(|(months, days, micros)| {
+                Value::Interval(Interval {
+                    months,
+                    days,
+                    micros,
+                })
+            }),
+            any::<[u8; 16]>().prop_map(Value::Uuid),
+        ];
+        leaf.prop_recursive(3, 40, 20, |inner| {
+            prop::collection::vec(inner, 0..20).prop_map(Value::Array)
+        })
+    }
+
+    fn any_event() -> impl proptest::strategy::Strategy<Value = SegmentEvent> {
+        use proptest::prelude::*;
+        let row = || prop::option::of(prop::collection::vec(any_value(), 0..10));
+        (
+            prop::sample::select(vec!['I', 'U', 'D', 'T', 'r', 'é']),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<i64>(),
+            prop::option::of(any::<bool>()),
+            row(),
+            row(),
+        )
+            .prop_map(|(op, lsn, seq, xid, commit_ts, old_is_full, old, new)| {
+                SegmentEvent {
+                    op,
+                    commit_lsn: Lsn(lsn),
+                    seq,
+                    xid,
+                    commit_ts,
+                    old_is_full,
+                    old,
+                    new,
+                }
+            })
+    }
+
+    proptest::proptest! {
+        /// Any segment takes the fast path and reads back as itself; any corruption of it decodes (or fails)
+        /// exactly as rmp-serde has it.
+        #[test]
+        fn the_fast_reader_agrees_with_rmp_serde(
+            events in proptest::collection::vec(any_event(), 0..20),
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..4),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let bytes = encode(&events).expect("encodes");
+            proptest::prop_assert_eq!(fast::decode(&bytes), Some(events.clone()));
+            let mut bad = bytes.clone();
+            for (at, byte) in flips {
+                let at = at % bad.len();
+                bad[at] = byte;
+            }
+            let cut = &bytes[..cut % (bytes.len() + 1)];
+            for bad in [&bad[..], cut] {
+                let expected = rmp_serde::from_slice::<Vec<SegmentEvent>>(bad).ok();
+                if let Some(fast) = fast::decode(bad) {
+                    proptest::prop_assert_eq!(Some(fast), expected.clone());
+                }
+                proptest::prop_assert_eq!(decode(bad).ok(), expected);
+            }
+        }
+    }
 }
