@@ -7,4 +7,5 @@ mod cluster;
 mod flush;
 mod flush_faults;
 mod migrate;
+mod slot;
 mod support;

@@ -1,0 +1,52 @@
+//! A replication slot invalidated by `max_slot_wal_keep_size`: the capture stops with an error that says what
+//! happened and how to recover. It needs a server of its own (the setting is cluster-wide and would invalidate
+//! the slots of every other test on the shared cluster).
+
+use std::time::Duration;
+
+use philotes_testkit::{Cluster, ClusterOptions};
+
+use crate::support::{pipeline_file, slot_name, CaptureProcess};
+
+#[test]
+fn an_invalidated_slot_stops_the_capture_with_what_happened_and_the_way_back() {
+    let base = std::env::temp_dir().join(format!("philotes-slot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let cluster = Cluster::start(&ClusterOptions {
+        base: base.clone(),
+        port: None,
+        owner_pid: Some(std::process::id()),
+        extra_settings: vec!["max_slot_wal_keep_size = '1MB'".into(), "wal_keep_size = 0".into()],
+    })
+    .expect("a cluster of its own");
+    let db = cluster.database("slot_lost").expect("database");
+    db.psql("CREATE TABLE t (id bigint PRIMARY KEY, payload text)").expect("table");
+    let file = pipeline_file(&db, &["public.t"], &[], "{ max_events: 1000, max_bytes: 1MiB, max_age: 50ms }");
+    let slot = slot_name(&db);
+    db.psql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")).expect("slot");
+    // Nobody reads the slot while WAL piles up past max_slot_wal_keep_size; checkpoints then remove that WAL.
+    let mut status = String::new();
+    for round in 0..20 {
+        db.psql(&format!("INSERT INTO t SELECT g, repeat('x', 500) FROM generate_series({0}, {0} + 19999) g", round * 20_000))
+            .expect("workload");
+        db.psql("SELECT pg_switch_wal()").expect("switch");
+        db.psql("CHECKPOINT").expect("checkpoint");
+        status = db
+            .psql(&format!("SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{slot}'"))
+            .expect("slot status");
+        if status == "lost" {
+            break;
+        }
+    }
+    assert_eq!(status, "lost", "the slot should have been invalidated");
+
+    let mut capture = CaptureProcess::start(&file, 0);
+    let exit = capture.wait_exit(Duration::from_secs(60));
+    let log = capture.log();
+    assert!(!exit.success(), "the capture must stop:\n{log}");
+    assert!(log.contains(&format!("replication slot {slot} has been invalidated")), "{log}");
+    assert!(log.contains("max_slot_wal_keep_size"), "{log}");
+    assert!(log.contains(&format!("pg_drop_replication_slot('{slot}')")), "{log}");
+    drop(db);
+    let _ = cluster.stop();
+}
