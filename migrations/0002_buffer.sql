@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS philotes.segments (
     trace_context  text,                        -- W3C traceparent of the span that enqueued it
     created_at     timestamptz NOT NULL DEFAULT now()
 );
+-- Payloads are MB-sized MessagePack: stored out of line but not pglz-compressed, which would cost CPU on both
+-- sides of the buffer (compressing at enqueue, decompressing at every claim) for little gain.
+ALTER TABLE philotes.segments ALTER COLUMN payload SET STORAGE EXTERNAL;
 CREATE INDEX IF NOT EXISTS segments_by_table_position
     ON philotes.segments (pipeline, source_schema, source_table, first_lsn, first_seq);
 CREATE INDEX IF NOT EXISTS segments_by_position ON philotes.segments (pipeline, last_lsn);

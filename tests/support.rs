@@ -98,6 +98,12 @@ impl CaptureProcess {
         if let Some(status) = self.exited() {
             return status;
         }
+        // Until its handler is installed (it logs "starting" right after), SIGTERM would simply kill it: a clean
+        // stop is only asked of a process that has started.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log().contains("starting") && self.exited().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let sent = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().expect("kill runs");
         assert!(sent.success(), "SIGTERM could not be sent");
         self.wait_exit(Duration::from_secs(30))
