@@ -35,6 +35,8 @@ pub async fn serve_metrics(addr: SocketAddr, cancel: CancellationToken) -> Resul
     let exporter = opentelemetry_prometheus::exporter()
         .with_registry(registry.clone())
         .without_target_info()
+        // Our instrument names already end in their unit (`…_seconds`): no second suffix.
+        .without_units()
         .build()
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
     opentelemetry::global::set_meter_provider(SdkMeterProvider::builder().with_reader(exporter).build());
