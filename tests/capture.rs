@@ -754,17 +754,21 @@ async fn terminated_walsender_and_buffer_sessions_are_reconnected_by_the_same_pr
             .get(0);
         assert!(old > 0, "round {round}: a walsender was terminated");
         if round == 2 {
-            // The capture's SQL sessions too (buffer writes, type catalog): every backend but the test's own.
-            let terminated: i64 = client
-                .query_one(
-                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
-                     WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> ALL($1)",
-                    &[&ours],
-                )
-                .await
-                .expect("terminate sessions")
-                .get(0);
-            assert!(terminated > 0, "the capture's sessions were terminated");
+            // The capture's SQL sessions too (buffer writes, type catalog): every backend but the test's own. The
+            // walsender was just terminated, so the capture may be between sessions: retry until some were there.
+            wait_for("the capture's SQL sessions to terminate", Duration::from_secs(60), || async {
+                let terminated: i64 = client
+                    .query_one(
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+                         WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> ALL($1)",
+                        &[&ours],
+                    )
+                    .await
+                    .expect("terminate sessions")
+                    .get(0);
+                (terminated > 0).then_some(())
+            })
+            .await;
         }
         wait_for("a new walsender", Duration::from_secs(60), || async {
             let row = client
