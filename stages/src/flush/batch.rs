@@ -1,8 +1,9 @@
-//! ArrowBatch: a claim → one Arrow RecordBatch in the Iceberg table's current schema.
+//! ArrowBatch: a part of a claim → one Arrow RecordBatch in the Iceberg table's current schema.
 //!
-//! Creates the table on first use and adds new columns before building, and drops every claimed change that
-//! Iceberg already has (its snapshot summary records the last committed position): the repair after a crash
-//! between the Iceberg commit and the buffer checkpoint.
+//! The first part of a claim creates the table on first use and adds new columns; every part reads its
+//! segments' payloads on the lease's connection and drops every change that Iceberg already has (its snapshot
+//! summary records the last committed position): the repair after a crash between the Iceberg commit and the
+//! buffer checkpoint.
 
 use std::sync::Arc;
 
@@ -13,12 +14,16 @@ use iceberg::{ErrorKind, NamespaceIdent, TableCreation, TableIdent};
 use philotes_engine::{Emitter, Stage, StageError};
 use philotes_schemas::TableSchema;
 
+use arrow::array::RecordBatch;
+
 use super::catalog::{committed_position, GuardedCatalog};
-use super::claim::Claim;
-use super::{table_properties, Flush, FlushSettings, TargetFn};
-use crate::arrow_batch::{self, ArrowBatchError};
+use super::claim::{Claim, Part, Prepared};
+use super::{table_properties, FlushPart, FlushSettings, TargetFn};
+use crate::arrow_batch::{self, ArrowBatchError, RejectedRow};
+use crate::position::Position;
 use crate::segment::{self, SegmentEvent};
 use crate::store::dead_letters::DeadLetter;
+use crate::store::watermarks;
 
 /// The stage's name in metrics, spans and YAML (`stages.arrow_batch`).
 pub const NAME: &str = arrow_batch::NAME;
@@ -45,6 +50,24 @@ pub enum BatchError {
     /// The rows cannot be written into the table (an incompatible schema change): the table stops.
     #[error("{0}")]
     Schema(#[from] ArrowBatchError),
+    /// The buffer database failed while reading payloads (the flusher restarts on a lost connection).
+    #[error("arrow_batch: buffer database: {0}")]
+    Sql(#[from] tokio_postgres::Error),
+    /// Claimed segments are no longer in the buffer: only someone deleting them by hand does that.
+    #[error("arrow_batch: {expected} claimed segments, but the buffer holds only {found} of them")]
+    SegmentsGone {
+        /// Segments claimed.
+        expected: usize,
+        /// Segments read.
+        found: usize,
+    },
+}
+
+impl BatchError {
+    /// Whether the buffer connection was lost (the flusher restarts).
+    pub fn is_connection(&self) -> bool {
+        matches!(self, BatchError::Sql(e) if crate::capture::connection_lost(e))
+    }
 }
 
 /// The ArrowBatch stage.
@@ -114,14 +137,11 @@ impl ArrowBatch {
         Ok(table)
     }
 
-    async fn build(&self, claim: &Claim) -> Result<Flush, BatchError> {
+    /// Makes the claim's Iceberg table ready (created, every used schema version's columns added) and reads its
+    /// committed position; once per claim, by the first part that gets here.
+    async fn prepare(&self, claim: &Claim, ident: &TableIdent) -> Result<Prepared, BatchError> {
         let lease = &claim.lease.lease;
         let source = format!("{}.{}", lease.source_schema, lease.source_table);
-        let target = (self.target)(&lease.source_schema, &lease.source_table);
-        let ident = TableIdent::new(NamespaceIdent::new(target.namespace.clone()), target.name.clone());
-        let segment_ids: Vec<i64> = claim.segments.iter().map(|s| s.id).collect();
-        let last = claim.segments.iter().map(|s| s.last).max().unwrap_or_default();
-
         let mut used = Vec::new();
         for s in &claim.segments {
             let version = claim.versions.get(&s.schema_version).ok_or_else(|| BatchError::MissingVersion {
@@ -135,20 +155,45 @@ impl ArrowBatch {
         }
         let latest = claim.versions.iter().max_by_key(|(v, _)| **v).map(|(_, s)| s.clone());
         let Some(latest) = latest else {
-            return Err(BatchError::MissingVersion { table: source, segment: segment_ids[0], version: 0 });
+            return Err(BatchError::MissingVersion { table: source, segment: claim.segments[0].id, version: 0 });
         };
-        let table = self.table(&ident, &latest).await?;
-        let table = self.evolve(table, &used).await?;
+        let stopped = |e: ArrowBatchError| {
+            let reason = format!("{source}: {e}");
+            tracing::error!(reason = %reason, "table stopped");
+            Ok(Prepared::Stopped(reason))
+        };
+        let table = match self.table(ident, &latest).await {
+            Err(BatchError::Schema(e)) => return stopped(e),
+            other => other?,
+        };
+        let table = match self.evolve(table, &used).await {
+            Err(BatchError::Schema(e)) => return stopped(e),
+            other => other?,
+        };
         let committed = committed_position(&table, &self.pipeline);
+        Ok(Prepared::Ready { schema: table.metadata().current_schema().clone(), committed })
+    }
 
+    /// Reads a part's segments and builds its batch in `schema`, leaving out what Iceberg already has.
+    async fn build(&self, part: &Part, schema: &Schema, committed: Option<Position>) -> Result<Built, BatchError> {
+        let claim = &part.claim;
+        let ids: Vec<i64> = part.segments().iter().map(|s| s.id).collect();
+        let payloads = watermarks::payloads(&**claim.lease.client, &ids).await?;
         // Changes Iceberg already has are not written again. Their dead letters, though, were never stored: a
         // segment's dead letters are stored by the checkpoint that deletes it, and it is still here.
-        let mut groups: Vec<(Arc<TableSchema>, Vec<SegmentEvent>)> = Vec::with_capacity(claim.segments.len());
+        let mut groups: Vec<(Arc<TableSchema>, Vec<SegmentEvent>)> = Vec::with_capacity(ids.len());
         let mut already: Vec<(Arc<TableSchema>, Vec<SegmentEvent>)> = Vec::new();
-        for s in &claim.segments {
-            let version = &claim.versions[&s.schema_version];
-            let mut events = segment::decode(&s.payload)?;
-            if let Some(c) = committed {
+        let mut read = 0;
+        for (id, payload) in payloads.iter() {
+            let Some(s) = part.segments().iter().find(|s| s.id == id) else { continue };
+            read += 1;
+            let version = claim.versions.get(&s.schema_version).ok_or_else(|| BatchError::MissingVersion {
+                table: format!("{}.{}", claim.lease.lease.source_schema, claim.lease.lease.source_table),
+                segment: s.id,
+                version: s.schema_version,
+            })?;
+            let mut events = segment::decode(payload)?;
+            if let Some(c) = committed.filter(|c| s.first <= *c) {
                 let (old, new): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.position() <= c);
                 if !old.is_empty() {
                     already.push((version.clone(), old));
@@ -159,43 +204,75 @@ impl ArrowBatch {
                 groups.push((version.clone(), events));
             }
         }
-        let schema: &Schema = table.metadata().current_schema();
-        let mut rejected_rows = Vec::new();
+        if read != ids.len() {
+            return Err(BatchError::SegmentsGone { expected: ids.len(), found: read });
+        }
+        let mut rejected = Vec::new();
         if !already.is_empty() {
-            tracing::info!(table = %ident, changes = already.iter().map(|(_, e)| e.len()).sum::<usize>(),
+            tracing::info!(table = %format!("{}.{}", claim.lease.lease.source_schema, claim.lease.lease.source_table),
+                changes = already.iter().map(|(_, e)| e.len()).sum::<usize>(),
                 "claimed changes are already in iceberg (a flush crashed before its checkpoint): not writing them again");
-            rejected_rows.extend(arrow_batch::build_batch(schema, &already)?.rejected);
+            rejected.extend(arrow_batch::build_batch(schema, &already)?.rejected);
         }
         let batch = if groups.is_empty() {
             None
         } else {
             let output = arrow_batch::build_batch(schema, &groups)?;
-            rejected_rows.extend(output.rejected);
+            rejected.extend(output.rejected);
             (output.batch.num_rows() > 0).then_some(output.batch)
         };
-        let rejected: Vec<DeadLetter> = rejected_rows
-            .into_iter()
-            .map(|r| DeadLetter {
-                stage: NAME.to_string(),
-                table: Some((lease.source_schema.clone(), lease.source_table.clone())),
-                commit_lsn: Some(r.position.commit_lsn),
-                seq: Some(r.position.seq),
-                reason: r.reason,
-                payload: r.rendering,
-            })
-            .collect();
-        Ok(Flush { lease: claim.lease.clone(), table: ident, segment_ids, batch, last, rejected, stopped: None })
+        Ok(Built { batch, rejected })
+    }
+
+    fn ident(&self, claim: &Claim) -> TableIdent {
+        let lease = &claim.lease.lease;
+        let target = (self.target)(&lease.source_schema, &lease.source_table);
+        TableIdent::new(NamespaceIdent::new(target.namespace), target.name)
     }
 }
 
-impl Stage for ArrowBatch {
-    type In = Claim;
-    type Out = Flush;
+/// A part's rows and the changes left out of them.
+struct Built {
+    batch: Option<RecordBatch>,
+    rejected: Vec<RejectedRow>,
+}
 
-    async fn process(&mut self, claim: &Claim, out: &mut Emitter<Flush>) -> Result<(), StageError> {
-        match self.build(claim).await {
-            Ok(flush) => {
-                out.emit(flush);
+impl Stage for ArrowBatch {
+    type In = Part;
+    type Out = FlushPart;
+
+    async fn process(&mut self, part: &Part, out: &mut Emitter<FlushPart>) -> Result<(), StageError> {
+        let claim = &part.claim;
+        let lease = &claim.lease.lease;
+        let table = self.ident(claim);
+        let mut flush_part =
+            FlushPart { claim: claim.clone(), index: part.index, last: part.is_last(), table, batch: None, rejected: Vec::new(), stopped: None };
+        let prepared = claim.prepared.get_or_try_init(|| self.prepare(claim, &flush_part.table)).await;
+        let built = match prepared {
+            Ok(Prepared::Ready { schema, committed }) => self.build(part, schema, *committed).await,
+            Ok(Prepared::Stopped(reason)) => {
+                flush_part.stopped = Some(reason.clone());
+                out.emit(flush_part);
+                return Ok(());
+            }
+            Err(e) => Err(e),
+        };
+        match built {
+            Ok(built) => {
+                flush_part.batch = built.batch;
+                flush_part.rejected = built
+                    .rejected
+                    .into_iter()
+                    .map(|r| DeadLetter {
+                        stage: NAME.to_string(),
+                        table: Some((lease.source_schema.clone(), lease.source_table.clone())),
+                        commit_lsn: Some(r.position.commit_lsn),
+                        seq: Some(r.position.seq),
+                        reason: r.reason,
+                        payload: r.rendering,
+                    })
+                    .collect();
+                out.emit(flush_part);
                 Ok(())
             }
             Err(BatchError::Catalog(e)) => {
@@ -204,19 +281,10 @@ impl Stage for ArrowBatch {
             }
             Err(BatchError::Schema(e)) => {
                 // Only this table stops: its lease row records why, the other tables flow on.
-                let lease = &claim.lease.lease;
                 let reason = format!("{}.{}: {e}", lease.source_schema, lease.source_table);
                 tracing::error!(reason = %reason, "table stopped");
-                let target = (self.target)(&lease.source_schema, &lease.source_table);
-                out.emit(Flush {
-                    lease: claim.lease.clone(),
-                    table: TableIdent::new(NamespaceIdent::new(target.namespace), target.name),
-                    segment_ids: Vec::new(),
-                    batch: None,
-                    last: lease.watermark.unwrap_or_default(),
-                    rejected: Vec::new(),
-                    stopped: Some(reason),
-                });
+                flush_part.stopped = Some(reason);
+                out.emit(flush_part);
                 Ok(())
             }
             Err(e) => Err(StageError::fatal(e)),

@@ -1,6 +1,7 @@
 //! Claim: the flusher's source. Takes one due table's lease and its oldest complete segments.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use tokio_postgres::{Config, NoTls};
 
 use super::{FlushError, FlushSettings, LeaseHandle};
 use crate::capture::connection_lost;
+use crate::position::Position;
 use crate::store::schemas as schema_store;
 use crate::store::watermarks::{self, ClaimedSegment};
 
@@ -28,16 +30,91 @@ pub fn pool(config: &Config, size: usize) -> Result<Pool, FlushError> {
     Pool::builder(manager).max_size(size.max(1)).build().map_err(|e| FlushError::Pool(e.to_string()))
 }
 
-/// One claimed flush: the lease, the segments and the schema versions their rows were written with.
-#[derive(Debug)]
+/// One claimed flush, shared by its [`Part`]s: the lease, the segments and the schema versions their rows were
+/// written with.
 pub struct Claim {
+    /// Names the flush in this process (the IcebergCommit workers are keyed by it).
+    pub id: u64,
     /// The lease.
     pub lease: Arc<LeaseHandle>,
-    /// The claimed segments, oldest first.
+    /// The claimed segments, oldest first (without payloads).
     pub segments: Vec<ClaimedSegment>,
     /// Every schema version of the table (the segments use some of them).
     pub versions: HashMap<i32, Arc<TableSchema>>,
+    /// The position of the last claimed change: what the snapshot summary records.
+    pub last: Position,
+    /// How many parts the flush is cut into.
+    pub parts: usize,
+    /// The Iceberg table, made ready once by the first part that reaches ArrowBatch.
+    pub(crate) prepared: tokio::sync::OnceCell<Prepared>,
 }
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "flush {} of {:?}: {} segments up to {}", self.id, self.lease, self.segments.len(), self.last)
+    }
+}
+
+/// What ArrowBatch learnt about a claim's Iceberg table before building its first part.
+#[derive(Debug, Clone)]
+pub(crate) enum Prepared {
+    /// The table exists with every column the claim's schema versions need.
+    Ready {
+        /// Its current schema: every part is built in it.
+        schema: iceberg::spec::SchemaRef,
+        /// The last position Iceberg has (older claimed changes are not written again).
+        committed: Option<Position>,
+    },
+    /// The table cannot take these changes: it stops with this reason.
+    Stopped(String),
+}
+
+/// A slice of consecutive segments of a claim: the unit that ArrowBatch reads and builds and IcebergCommit
+/// writes, so one table's flush keeps both cores busy (the next part is read and built while the previous one
+/// is written). The snapshot is committed once, with the last part.
+#[derive(Debug)]
+pub struct Part {
+    /// The flush it belongs to.
+    pub claim: Arc<Claim>,
+    /// Its place in the flush, from 0.
+    pub index: usize,
+    /// Which of the claim's segments.
+    pub segments: Range<usize>,
+}
+
+impl Part {
+    /// Whether this part ends its flush (IcebergCommit commits with it).
+    pub fn is_last(&self) -> bool {
+        self.index + 1 == self.claim.parts
+    }
+
+    /// The part's segments.
+    pub fn segments(&self) -> &[ClaimedSegment] {
+        &self.claim.segments[self.segments.clone()]
+    }
+}
+
+/// Cuts a claim's segments into parts of about [`PART_EVENTS`] changes (at least one segment each).
+fn cut_into_parts(segments: &[ClaimedSegment]) -> Vec<Range<usize>> {
+    let mut parts = Vec::new();
+    let (mut start, mut events) = (0, 0usize);
+    for (i, s) in segments.iter().enumerate() {
+        let n = usize::try_from(s.events).unwrap_or(0);
+        if i > start && events + n > PART_EVENTS {
+            parts.push(start..i);
+            (start, events) = (i, 0);
+        }
+        events += n;
+    }
+    if start < segments.len() {
+        parts.push(start..segments.len());
+    }
+    parts
+}
+
+/// Changes per part: big enough that a part's fixed costs (a query, a batch, a writer call) vanish, small enough
+/// that reading, building and writing overlap and a part's memory stays warm in the allocator.
+pub const PART_EVENTS: usize = 50_000;
 
 /// Why a claim failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +156,9 @@ pub struct ClaimSource {
     max_events: i64,
     poll: Duration,
     last_registration: Option<Instant>,
+    /// Parts of the current claim not yet handed out.
+    pending: VecDeque<Part>,
+    claims: u64,
 }
 
 impl ClaimSource {
@@ -91,11 +171,13 @@ impl ClaimSource {
             max_events: settings.max_events.max(1),
             poll: (settings.interval / 10).clamp(Duration::from_millis(20), Duration::from_millis(200)),
             last_registration: None,
+            pending: VecDeque::new(),
+            claims: 0,
         }
     }
 
-    /// One attempt: a lease and its segments, or `None` when no table is due.
-    async fn try_claim(&mut self) -> Result<Option<Claim>, ClaimError> {
+    /// One attempt: a lease and its segments cut into parts, or `None` when no table is due.
+    async fn try_claim(&mut self) -> Result<Option<VecDeque<Part>>, ClaimError> {
         let client = self.pool.get().await.map_err(|e| ClaimError::Pool(e.to_string()))?;
         // New tables get their lease row now and then (cheap, and only when nothing was due).
         if self.last_registration.is_none_or(|t| t.elapsed() >= self.interval) {
@@ -108,6 +190,10 @@ impl ClaimSource {
             return Ok(None);
         };
         let segments = watermarks::segments(&**client, &self.pipeline, &lease, self.max_events).await?;
+        if segments.is_empty() {
+            client.batch_execute("ROLLBACK").await?;
+            return Ok(None);
+        }
         let mut versions = HashMap::new();
         for row in schema_store::versions(&**client, &self.pipeline, &lease.source_schema, &lease.source_table).await? {
             let schema: TableSchema = rmp_serde::from_slice(&row.columns).map_err(|e| ClaimError::Version {
@@ -119,17 +205,32 @@ impl ClaimSource {
         }
         tracing::debug!(table = %format!("{}.{}", lease.source_schema, lease.source_table),
             segments = segments.len(), "claimed");
-        Ok(Some(Claim { lease: Arc::new(LeaseHandle { client, lease }), segments, versions }))
+        let ranges = cut_into_parts(&segments);
+        self.claims += 1;
+        let claim = Arc::new(Claim {
+            id: self.claims,
+            lease: Arc::new(LeaseHandle { client, lease }),
+            last: segments.iter().map(|s| s.last).max().unwrap_or_default(),
+            segments,
+            versions,
+            parts: ranges.len(),
+            prepared: tokio::sync::OnceCell::new(),
+        });
+        Ok(Some(ranges.into_iter().enumerate().map(|(index, segments)| Part { claim: claim.clone(), index, segments }).collect()))
     }
 }
 
 impl Source for ClaimSource {
-    type Item = Claim;
+    type Item = Part;
 
-    async fn next(&mut self) -> Result<Option<Claim>, StageError> {
+    async fn next(&mut self) -> Result<Option<Part>, StageError> {
         loop {
+            // The parts of a claim go out one by one (cancel safe: a part leaves the queue only when returned).
+            if let Some(part) = self.pending.pop_front() {
+                return Ok(Some(part));
+            }
             match self.try_claim().await {
-                Ok(Some(claim)) => return Ok(Some(claim)),
+                Ok(Some(parts)) => self.pending = parts,
                 Ok(None) => tokio::time::sleep(self.poll).await,
                 // Fatal either way: a lost connection restarts the flusher (FlushError::is_restartable).
                 Err(e) => return Err(StageError::fatal(e)),

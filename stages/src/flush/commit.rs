@@ -1,7 +1,9 @@
 //! IcebergCommit: writes a flush's rows as Parquet data files through the `iceberg` crate and commits one
 //! snapshot whose summary carries `philotes.pipeline`, `philotes.last-lsn` and `philotes.last-seq`.
 //!
-//! Every attempt reloads the table and compares its committed position with the flush first, and commits only
+//! A flush arrives as parts (keyed mode: all parts of one flush on one worker, in order); each part's rows are
+//! written into the flush's open writer as they come, and the last part closes it and commits. Every commit
+//! attempt reloads the table and compares its committed position with the flush first, and commits only
 //! on exactly that table state ([`super::catalog::GuardedCatalog`]); a conflict or an unreachable catalog is
 //! retried with backoff by the engine, each retry starting from that check again. Files written by an attempt
 //! that did not commit stay in the warehouse unreferenced (an orphan-file cleanup removes them).
@@ -21,10 +23,11 @@ use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use philotes_engine::{Emitter, Stage, StageError};
+use philotes_engine::{Emitter, Mode, Stage, StageError};
 
 use super::catalog::{committed_position, is_conflict, GuardedCatalog, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE};
-use super::{Committed, Flush, FlushSettings};
+use super::{Committed, FlushPart, FlushSettings};
+use crate::store::dead_letters::DeadLetter;
 use crate::arrow_batch::{LSN, SEQ};
 use crate::fault;
 use crate::position::Position;
@@ -51,59 +54,167 @@ pub enum CommitError {
 
 /// The IcebergCommit stage.
 pub struct IcebergCommit {
+    committer: Committer,
+    /// Flushes whose last part has not arrived yet, by claim id (keyed mode brings all parts of a flush here).
+    open: HashMap<u64, Pending>,
+}
+
+/// What writes and commits (apart from the open flushes, which hold writers that are not `Sync`).
+struct Committer {
     pipeline: String,
     catalog: Arc<GuardedCatalog>,
     target_file_size: usize,
 }
 
+/// A flush being written.
+#[derive(Default)]
+struct Pending {
+    /// Parts recorded so far (a retried part is not recorded twice).
+    received: usize,
+    /// Every part's rows, kept until the commit: a failed write, or a table that moved meanwhile, is redone
+    /// from them.
+    batches: Vec<RecordBatch>,
+    /// The parts' dead letters.
+    rejected: Vec<DeadLetter>,
+    /// Set by the first stopped part: the flush stops the table.
+    stopped: Option<String>,
+    /// The Parquet files being written as parts arrive.
+    writer: Writer,
+}
+
+/// The Parquet writing of a flush ahead of its commit.
+#[derive(Default)]
+enum Writer {
+    /// No part written yet.
+    #[default]
+    NotStarted,
+    /// Parts go into this writer.
+    Writing(Box<OpenWriter>),
+    /// Writing ahead failed or was pointless (Iceberg already had the flush): the commit decides from the kept
+    /// batches.
+    Unusable,
+}
+
+/// A writer opened on one table state, writing only the rows after that state's committed position.
+struct OpenWriter {
+    table: Table,
+    after: Option<Position>,
+    writer: Box<dyn IcebergWriter>,
+    rows: u64,
+}
+
 impl IcebergCommit {
     /// A stage for the flusher of `settings`.
     pub fn new(settings: &FlushSettings, catalog: Arc<GuardedCatalog>) -> Self {
-        Self { pipeline: settings.pipeline.clone(), catalog, target_file_size: settings.target_file_size }
+        let committer =
+            Committer { pipeline: settings.pipeline.clone(), catalog, target_file_size: settings.target_file_size };
+        Self { committer, open: HashMap::new() }
+    }
+}
+
+impl Committer {
+    /// Records a part; its rows are written at once, so the Parquet encoding of this part overlaps with
+    /// ArrowBatch building the next ones. A write that fails here is redone at the commit.
+    async fn record(&self, pending: &mut Pending, part: &FlushPart) {
+        if part.index < pending.received {
+            return; // a retry of a part already recorded
+        }
+        pending.received = part.index + 1;
+        pending.rejected.extend(part.rejected.iter().cloned());
+        if pending.stopped.is_none() {
+            pending.stopped.clone_from(&part.stopped);
+        }
+        let (None, Some(batch)) = (&pending.stopped, &part.batch) else { return };
+        pending.batches.push(batch.clone());
+        if let Err(e) = self.write_ahead(&mut pending.writer, part, batch).await {
+            tracing::warn!(table = %part.table, error = %e, "writing parquet ahead of the commit failed; the commit writes again");
+            pending.writer = Writer::Unusable;
+        }
     }
 
-    async fn commit(&self, flush: &Flush, batch: &RecordBatch) -> Result<Position, CommitError> {
-        let table = self.catalog.load_unguarded(&flush.table).await?;
+    async fn write_ahead(&self, state: &mut Writer, part: &FlushPart, batch: &RecordBatch) -> Result<(), CommitError> {
+        if let Writer::NotStarted = state {
+            let table = self.catalog.load_unguarded(&part.table).await?;
+            let after = committed_position(&table, &self.pipeline);
+            *state = if after.is_some_and(|c| c >= part.claim.last) {
+                Writer::Unusable
+            } else {
+                let writer = self.writer(&table).await?;
+                Writer::Writing(Box::new(OpenWriter { table, after, writer, rows: 0 }))
+            };
+        }
+        if let Writer::Writing(open) = state {
+            let rows = rows_after(batch, open.after)?;
+            if rows.num_rows() > 0 {
+                open.rows += rows.num_rows() as u64;
+                open.writer.write(rows).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the flush once its last part is recorded; returns the table's position afterwards.
+    async fn commit(&self, part: &FlushPart, pending: &mut Pending) -> Result<Position, CommitError> {
+        let last = part.claim.last;
+        let table = self.catalog.load_unguarded(&part.table).await?;
         let committed = committed_position(&table, &self.pipeline);
-        if committed.is_some_and(|c| c >= flush.last) {
+        if let Some(c) = committed.filter(|c| *c >= last) {
             // An earlier attempt (or a racing flusher) committed it: nothing more to write.
-            return Ok(committed.unwrap_or(flush.last));
+            pending.writer = Writer::Unusable;
+            return Ok(c);
         }
-        let rows = match committed {
-            Some(c) => after_position(batch, c)?,
-            None => batch.clone(),
+        let started = std::time::Instant::now();
+        // The files written ahead are used only if they were filtered against exactly this table state.
+        let (files, row_count) = match std::mem::replace(&mut pending.writer, Writer::Unusable) {
+            Writer::Writing(mut open)
+                if open.after == committed
+                    && open.table.metadata().current_snapshot_id() == table.metadata().current_snapshot_id() =>
+            {
+                (open.writer.close().await?, open.rows)
+            }
+            _ => {
+                let mut writer = self.writer(&table).await?;
+                let mut rows = 0u64;
+                for batch in &pending.batches {
+                    let batch = rows_after(batch, committed)?;
+                    if batch.num_rows() > 0 {
+                        rows += batch.num_rows() as u64;
+                        writer.write(batch).await?;
+                    }
+                }
+                (writer.close().await?, rows)
+            }
         };
-        if rows.num_rows() > 0 {
-            let started = std::time::Instant::now();
-            let row_count = rows.num_rows() as u64;
-            let files = self.write(&table, rows).await?;
-            let file_count = files.len() as u64;
-            fault::hit(fault::AFTER_PARQUET);
-            let properties = HashMap::from([
-                (SUMMARY_PIPELINE.to_string(), self.pipeline.clone()),
-                (SUMMARY_LAST_LSN.to_string(), flush.last.commit_lsn.to_string()),
-                (SUMMARY_LAST_SEQ.to_string(), flush.last.seq.to_string()),
-            ]);
-            let tx = Transaction::new(&table);
-            let tx = tx.fast_append().add_data_files(files).set_snapshot_properties(properties).apply(tx)?;
-            self.catalog.guard(&flush.table, table.metadata().current_snapshot_id());
-            fault::delay_before_commit(&flush.table.to_string()).await;
-            let result = tx.commit(self.catalog.as_ref()).await;
-            self.catalog.unguard(&flush.table);
-            result?;
-            fault::hit(fault::AFTER_ICEBERG_COMMIT);
-            let lease = &flush.lease.lease;
-            let attributes = telemetry::table(&lease.source_schema, &lease.source_table);
-            let metrics = telemetry::metrics();
-            metrics.rows_written.add(row_count, &attributes);
-            metrics.files_written.add(file_count, &attributes);
-            metrics.snapshots.add(1, &attributes);
-            metrics.commit_seconds.record(started.elapsed().as_secs_f64(), &attributes);
+        if row_count == 0 {
+            return Ok(last);
         }
-        Ok(flush.last)
+        let file_count = files.len() as u64;
+        fault::hit(fault::AFTER_PARQUET);
+        let properties = HashMap::from([
+            (SUMMARY_PIPELINE.to_string(), self.pipeline.clone()),
+            (SUMMARY_LAST_LSN.to_string(), last.commit_lsn.to_string()),
+            (SUMMARY_LAST_SEQ.to_string(), last.seq.to_string()),
+        ]);
+        let tx = Transaction::new(&table);
+        let tx = tx.fast_append().add_data_files(files).set_snapshot_properties(properties).apply(tx)?;
+        self.catalog.guard(&part.table, table.metadata().current_snapshot_id());
+        fault::delay_before_commit(&part.table.to_string()).await;
+        let result = tx.commit(self.catalog.as_ref()).await;
+        self.catalog.unguard(&part.table);
+        result?;
+        fault::hit(fault::AFTER_ICEBERG_COMMIT);
+        let lease = &part.claim.lease.lease;
+        let attributes = telemetry::table(&lease.source_schema, &lease.source_table);
+        let metrics = telemetry::metrics();
+        metrics.rows_written.add(row_count, &attributes);
+        metrics.files_written.add(file_count, &attributes);
+        metrics.snapshots.add(1, &attributes);
+        metrics.commit_seconds.record(started.elapsed().as_secs_f64(), &attributes);
+        Ok(last)
     }
 
-    async fn write(&self, table: &Table, rows: RecordBatch) -> Result<Vec<iceberg::spec::DataFile>, CommitError> {
+    /// A Parquet data-file writer for `table` (zstd, rolling at the target file size).
+    async fn writer(&self, table: &Table) -> Result<Box<dyn IcebergWriter>, CommitError> {
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
             .build();
@@ -116,56 +227,74 @@ impl IcebergCommit {
         );
         let rolling =
             RollingFileWriterBuilder::new(parquet, self.target_file_size, table.file_io().clone(), locations, names);
-        let mut writer = DataFileWriterBuilder::new(rolling).build(None).await?;
-        writer.write(rows).await?;
-        Ok(writer.close().await?)
+        Ok(Box::new(DataFileWriterBuilder::new(rolling).build(None).await?))
     }
 }
 
-/// The rows of `batch` after `position` (by the `_lsn`/`_seq` columns).
-fn after_position(batch: &RecordBatch, position: Position) -> Result<RecordBatch, CommitError> {
+/// The rows of `batch` after `position` (by the `_lsn`/`_seq` columns); all of them when `position` is `None`.
+fn rows_after(batch: &RecordBatch, position: Option<Position>) -> Result<RecordBatch, CommitError> {
+    let Some(position) = position else { return Ok(batch.clone()) };
     let column = |name: &'static str| -> Result<Int64Array, CommitError> {
         let index = batch.schema().index_of(name).map_err(|_| CommitError::MissingColumn(name))?;
         batch.column(index).as_any().downcast_ref::<Int64Array>().cloned().ok_or(CommitError::MissingColumn(name))
     };
     let (lsn, seq) = (column(LSN)?, column(SEQ)?);
-    let keep: BooleanArray = (0..batch.num_rows())
-        .map(|i| {
-            let p = Position::new(crate::position::Lsn(lsn.value(i) as u64), seq.value(i) as u64);
-            Some(p > position)
-        })
-        .collect();
+    let after = |i: usize| Position::new(crate::position::Lsn(lsn.value(i) as u64), seq.value(i) as u64) > position;
+    if (0..batch.num_rows()).all(after) {
+        return Ok(batch.clone()); // the usual case: a flush starts after the last one
+    }
+    let keep: BooleanArray = (0..batch.num_rows()).map(|i| Some(after(i))).collect();
     Ok(arrow::compute::filter_record_batch(batch, &keep)?)
 }
 
 impl Stage for IcebergCommit {
-    type In = Flush;
+    type In = FlushPart;
     type Out = Committed;
 
-    async fn process(&mut self, flush: &Flush, out: &mut Emitter<Committed>) -> Result<(), StageError> {
-        let position = match (&flush.stopped, &flush.batch) {
-            (Some(_), _) => flush.last,
-            (None, None) => flush.last,
-            (None, Some(batch)) => match self.commit(flush, batch).await {
-                Ok(position) => position,
-                Err(CommitError::Iceberg(e)) => {
-                    if is_conflict(&e) {
-                        tracing::info!(table = %flush.table, error = %e, "commit conflict; checking the table again");
-                    } else {
-                        tracing::warn!(table = %flush.table, error = %e,
-                            "iceberg catalog or warehouse unavailable; retrying with backoff (the buffer keeps the changes)");
+    fn mode(&self) -> Mode {
+        Mode::Keyed
+    }
+
+    fn key(part: &FlushPart) -> u64 {
+        part.claim.id
+    }
+
+    async fn process(&mut self, part: &FlushPart, out: &mut Emitter<Committed>) -> Result<(), StageError> {
+        let id = part.claim.id;
+        let mut pending = self.open.remove(&id).unwrap_or_default();
+        self.committer.record(&mut pending, part).await;
+        if !part.last {
+            self.open.insert(id, pending);
+            return Ok(());
+        }
+        let result = match &pending.stopped {
+            Some(_) => Ok(part.claim.last),
+            None => self.committer.commit(part, &mut pending).await,
+        };
+        let position = match result {
+            Ok(position) => position,
+            Err(e) => {
+                self.open.insert(id, pending);
+                return Err(match e {
+                    CommitError::Iceberg(e) => {
+                        if is_conflict(&e) {
+                            tracing::info!(table = %part.table, error = %e, "commit conflict; checking the table again");
+                        } else {
+                            tracing::warn!(table = %part.table, error = %e,
+                                "iceberg catalog or warehouse unavailable; retrying with backoff (the buffer keeps the changes)");
+                        }
+                        StageError::retryable(CommitError::Iceberg(e))
                     }
-                    return Err(StageError::retryable(CommitError::Iceberg(e)));
-                }
-                Err(e) => return Err(StageError::fatal(e)),
-            },
+                    e => StageError::fatal(e),
+                });
+            }
         };
         out.emit(Committed {
-            lease: flush.lease.clone(),
-            segment_ids: flush.segment_ids.clone(),
+            lease: part.claim.lease.clone(),
+            segment_ids: part.claim.segments.iter().map(|s| s.id).collect(),
             position,
-            rejected: flush.rejected.clone(),
-            stopped: flush.stopped.clone(),
+            rejected: pending.rejected,
+            stopped: pending.stopped,
         });
         Ok(())
     }

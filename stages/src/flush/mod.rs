@@ -1,14 +1,17 @@
 //! The flusher role: Claim → ArrowBatch → IcebergCommit → Checkpoint, exactly once, any number of processes.
 //!
 //! - [`claim`]: the source. Takes one table's lease (`FOR UPDATE SKIP LOCKED` on its watermark row, in a
-//!   transaction on a pooled connection) and that table's oldest complete segments. The lease is held until the
-//!   checkpoint commits; a flusher that dies releases it by its connection ending.
-//! - [`batch`] (`arrow_batch`): loads or creates the Iceberg table, adds new columns, drops changes Iceberg
-//!   already has (the repair after a crash between the two commits), builds one Arrow RecordBatch. CPU-heavy,
-//!   its own pool.
-//! - [`commit`] (`iceberg_commit`): writes Parquet files and commits one snapshot carrying
-//!   `philotes.last-lsn`/`philotes.last-seq`, guarded so it lands only on the table state it checked; conflicts
-//!   and unreachable catalogs are retried with backoff.
+//!   transaction on a pooled connection) and that table's oldest complete segments, and hands them out as
+//!   parts of about 50k changes. The lease is held until the checkpoint commits; a flusher that dies releases
+//!   it by its connection ending.
+//! - [`batch`] (`arrow_batch`): for the first part of a flush, loads or creates the Iceberg table and adds new
+//!   columns; for every part, reads its segments' payloads, drops changes Iceberg already has (the repair after
+//!   a crash between the two commits) and builds one Arrow RecordBatch. CPU-heavy, its own pool, ordered, so
+//!   the next parts are read and built while IcebergCommit writes the previous one.
+//! - [`commit`] (`iceberg_commit`): keyed by flush, writes each part into the flush's Parquet writer as it
+//!   arrives and, with the last part, commits one snapshot carrying `philotes.last-lsn`/`philotes.last-seq`,
+//!   guarded so it lands only on the table state it checked; conflicts and unreachable catalogs are retried
+//!   with backoff (from the parts' batches, which it keeps until the commit).
 //! - [`checkpoint`]: in the lease's transaction, deletes the flushed segments, moves the watermark, stores dead
 //!   letters; commits.
 
@@ -95,23 +98,23 @@ impl std::fmt::Debug for LeaseHandle {
     }
 }
 
-/// What a flush carries from stage to stage after ArrowBatch.
+/// One built part of a flush, from ArrowBatch to IcebergCommit.
 #[derive(Debug, Clone)]
-pub struct Flush {
-    /// The lease (and its transaction).
-    pub lease: Arc<LeaseHandle>,
+pub struct FlushPart {
+    /// The flush (lease, segments, last position).
+    pub claim: Arc<claim::Claim>,
+    /// The part's place in the flush.
+    pub index: usize,
+    /// Whether it is the flush's last part (the commit comes with it).
+    pub last: bool,
     /// The Iceberg table.
     pub table: iceberg::TableIdent,
-    /// Queue ids of every claimed segment (all are deleted at checkpoint).
-    pub segment_ids: Vec<i64>,
-    /// The rows to write, `None` when Iceberg already has every claimed change.
+    /// The part's rows, `None` when there are none to write (Iceberg already has them, or all were rejected).
     pub batch: Option<arrow::array::RecordBatch>,
-    /// The position of the last claimed change: what the snapshot summary records.
-    pub last: Position,
-    /// Changes left out with their reasons.
+    /// The part's changes left out, with their reasons.
     pub rejected: Vec<DeadLetter>,
-    /// The table cannot take these changes (an incompatible schema change): it stops with this reason,
-    /// recorded on its lease row; nothing is written or deleted.
+    /// The table cannot take these changes (an incompatible schema change): the whole flush stops the table
+    /// with this reason, recorded on its lease row; nothing is written or deleted.
     pub stopped: Option<String>,
 }
 
@@ -126,7 +129,7 @@ pub struct Committed {
     pub position: Position,
     /// Dead letters to store.
     pub rejected: Vec<DeadLetter>,
-    /// Stop the table with this reason instead (see [`Flush::stopped`]).
+    /// Stop the table with this reason instead (see [`FlushPart::stopped`]).
     pub stopped: Option<String>,
 }
 
@@ -156,6 +159,7 @@ impl FlushError {
             FlushError::Flow(FlowError::Fatal { cause, .. } | FlowError::RetriesExhausted { cause, .. }) => {
                 cause.downcast_ref::<tokio_postgres::Error>().is_some_and(connection_lost)
                     || cause.downcast_ref::<claim::ClaimError>().is_some_and(claim::ClaimError::is_connection)
+                    || cause.downcast_ref::<batch::BatchError>().is_some_and(batch::BatchError::is_connection)
                     || cause.downcast_ref::<checkpoint::CheckpointError>().is_some_and(checkpoint::CheckpointError::is_connection)
             }
             FlushError::Flow(_) => false,
@@ -182,10 +186,14 @@ async fn run_once(settings: &FlushSettings, cancel: &CancellationToken) -> Resul
     let catalog = Arc::new(GuardedCatalog::new(catalog::connect(&settings.catalog).await?));
     let retry = RetryPolicy { max_attempts: u32::MAX, ..settings.retry };
     let source = claim::ClaimSource::new(settings, pool);
+    // ArrowBatch is ordered so a flush's parts reach IcebergCommit in position order; IcebergCommit is keyed by
+    // flush so all parts of one flush meet in one writer. Queues of a few parts let the next parts be read and
+    // built while the previous one is written.
+    let parts_in_flight = 2 * settings.arrow_workers.max(settings.workers);
     let flow = Flow::from_source(source)
         .stage(
             batch::NAME,
-            StageOptions::new(settings.arrow_workers, settings.workers).mode(Mode::Unordered).retry(retry),
+            StageOptions::new(settings.arrow_workers, parts_in_flight).mode(Mode::Ordered).retry(retry),
             {
                 let (catalog, settings) = (catalog.clone(), settings.clone());
                 move |_| batch::ArrowBatch::new(&settings, catalog.clone())
@@ -193,7 +201,7 @@ async fn run_once(settings: &FlushSettings, cancel: &CancellationToken) -> Resul
         )
         .stage(
             commit::NAME,
-            StageOptions::new(settings.workers, settings.workers).mode(Mode::Unordered).retry(retry),
+            StageOptions::new(settings.workers, parts_in_flight).mode(Mode::Keyed).retry(retry),
             {
                 let (catalog, settings) = (catalog.clone(), settings.clone());
                 move |_| commit::IcebergCommit::new(&settings, catalog.clone())

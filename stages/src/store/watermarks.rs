@@ -81,7 +81,7 @@ pub async fn claim(
     }))
 }
 
-/// One claimed segment, payload included.
+/// One claimed segment (its payload is read later, part by part: [`payloads`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedSegment {
     /// Queue id (deleted at checkpoint).
@@ -94,8 +94,6 @@ pub struct ClaimedSegment {
     pub last: Position,
     /// How many changes.
     pub events: i32,
-    /// MessagePack payload.
-    pub payload: Vec<u8>,
 }
 
 /// The leased table's oldest complete segments: those that start before `max_events` changes are reached (so at
@@ -106,14 +104,15 @@ pub async fn segments(
     lease: &Lease,
     max_events: i64,
 ) -> Result<Vec<ClaimedSegment>, tokio_postgres::Error> {
-    // The cut at `max_events` happens in SQL, so only the payloads of the segments taken are read.
+    // The cut at `max_events` happens in SQL; payloads are not read here but by the ArrowBatch workers, part by
+    // part, so reading the next part overlaps with building and writing the previous one.
     let rows = client
         .query(
             "WITH ordered AS (
                  SELECT id, sum(events) OVER (ORDER BY first_lsn, first_seq, id) - events AS before
                  FROM philotes.segments
                  WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND last_lsn <= $4)
-             SELECT s.id, s.schema_version, s.first_lsn, s.first_seq, s.last_lsn, s.last_seq, s.events, s.payload
+             SELECT s.id, s.schema_version, s.first_lsn, s.first_seq, s.last_lsn, s.last_seq, s.events
              FROM ordered o JOIN philotes.segments s ON s.id = o.id
              WHERE o.before < $5
              ORDER BY s.first_lsn, s.first_seq, s.id",
@@ -128,10 +127,31 @@ pub async fn segments(
             first: Position::new(lsn(r.get(2)), u64::try_from(r.get::<_, i64>(3)).unwrap_or(0)),
             last: Position::new(lsn(r.get(4)), u64::try_from(r.get::<_, i64>(5)).unwrap_or(0)),
             events: r.get(6),
-            payload: r.get(7),
         })
         .collect();
     Ok(taken)
+}
+
+/// The MessagePack payloads of some claimed segments, kept in the rows they arrived in (no copy).
+#[derive(Debug)]
+pub struct Payloads(Vec<tokio_postgres::Row>);
+
+impl Payloads {
+    /// Each segment's id and payload, in position order.
+    pub fn iter(&self) -> impl Iterator<Item = (i64, &[u8])> {
+        self.0.iter().map(|r| (r.get(0), r.get(1)))
+    }
+}
+
+/// Reads the payloads of the segments `ids` (claimed by this lease), in position order.
+pub async fn payloads(client: &impl GenericClient, ids: &[i64]) -> Result<Payloads, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id, payload FROM philotes.segments WHERE id = ANY($1) ORDER BY first_lsn, first_seq, id",
+            &[&ids],
+        )
+        .await?;
+    Ok(Payloads(rows))
 }
 
 /// The checkpoint of a flush: deletes the flushed segments and moves the table's watermark. Call in the lease's
