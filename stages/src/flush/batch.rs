@@ -23,7 +23,7 @@ use crate::arrow_batch::{self, ArrowBatchError, RejectedRow};
 use crate::position::Position;
 use crate::segment::{self, SegmentEvent};
 use crate::store::dead_letters::DeadLetter;
-use crate::store::watermarks;
+use crate::store::watermarks::{self, ClaimedSegment};
 
 /// The stage's name in metrics, spans and YAML (`stages.arrow_batch`).
 pub const NAME: &str = arrow_batch::NAME;
@@ -174,56 +174,6 @@ impl ArrowBatch {
         Ok(Prepared::Ready { schema: table.metadata().current_schema().clone(), committed })
     }
 
-    /// Reads a part's segments and builds its batch in `schema`, leaving out what Iceberg already has.
-    async fn build(&self, part: &Part, schema: &Schema, committed: Option<Position>) -> Result<Built, BatchError> {
-        let claim = &part.claim;
-        let ids: Vec<i64> = part.segments().iter().map(|s| s.id).collect();
-        let payloads = watermarks::payloads(&**claim.lease.client, &ids).await?;
-        // Changes Iceberg already has are not written again. Their dead letters, though, were never stored: a
-        // segment's dead letters are stored by the checkpoint that deletes it, and it is still here.
-        let mut groups: Vec<(Arc<TableSchema>, Vec<SegmentEvent>)> = Vec::with_capacity(ids.len());
-        let mut already: Vec<(Arc<TableSchema>, Vec<SegmentEvent>)> = Vec::new();
-        let mut read = 0;
-        for (id, payload) in payloads.iter() {
-            let Some(s) = part.segments().iter().find(|s| s.id == id) else { continue };
-            read += 1;
-            let version = claim.versions.get(&s.schema_version).ok_or_else(|| BatchError::MissingVersion {
-                table: format!("{}.{}", claim.lease.lease.source_schema, claim.lease.lease.source_table),
-                segment: s.id,
-                version: s.schema_version,
-            })?;
-            let mut events = segment::decode(payload)?;
-            if let Some(c) = committed.filter(|c| s.first <= *c) {
-                let (old, new): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.position() <= c);
-                if !old.is_empty() {
-                    already.push((version.clone(), old));
-                }
-                events = new;
-            }
-            if !events.is_empty() {
-                groups.push((version.clone(), events));
-            }
-        }
-        if read != ids.len() {
-            return Err(BatchError::SegmentsGone { expected: ids.len(), found: read });
-        }
-        let mut rejected = Vec::new();
-        if !already.is_empty() {
-            tracing::info!(table = %format!("{}.{}", claim.lease.lease.source_schema, claim.lease.lease.source_table),
-                changes = already.iter().map(|(_, e)| e.len()).sum::<usize>(),
-                "claimed changes are already in iceberg (a flush crashed before its checkpoint): not writing them again");
-            rejected.extend(arrow_batch::build_batch(schema, &already)?.rejected);
-        }
-        let batch = if groups.is_empty() {
-            None
-        } else {
-            let output = arrow_batch::build_batch(schema, &groups)?;
-            rejected.extend(output.rejected);
-            (output.batch.num_rows() > 0).then_some(output.batch)
-        };
-        Ok(Built { batch, rejected })
-    }
-
     fn ident(&self, claim: &Claim) -> TableIdent {
         let lease = &claim.lease.lease;
         let target = (self.target)(&lease.source_schema, &lease.source_table);
@@ -232,10 +182,73 @@ impl ArrowBatch {
 }
 
 /// A part's rows and the changes left out of them.
-struct Built {
-    batch: Option<RecordBatch>,
-    rejected: Vec<RejectedRow>,
+pub(crate) struct Built {
+    /// The rows to write, if any.
+    pub batch: Option<RecordBatch>,
+    /// The changes left out.
+    pub rejected: Vec<RejectedRow>,
 }
+
+/// Reads the segments `segments` of `claim` (a part) and builds their batch in `schema`, leaving out what
+/// Iceberg already has (changes up to `committed`). IcebergCommit calls it too, to write a flush again.
+pub(crate) async fn build_part(
+    claim: &Claim,
+    segments: &[ClaimedSegment],
+    schema: &Schema,
+    committed: Option<Position>,
+) -> Result<Built, BatchError> {
+    let ids: Vec<i64> = segments.iter().map(|s| s.id).collect();
+    let started = std::time::Instant::now();
+    let payloads = watermarks::payloads(&**claim.lease.client, &ids).await?;
+    let read = started.elapsed();
+    // Changes Iceberg already has are not written again. Their dead letters, though, were never stored: a
+    // segment's dead letters are stored by the checkpoint that deletes it, and it is still here.
+    let mut groups: Vec<(Arc<TableSchema>, Vec<SegmentEvent>)> = Vec::with_capacity(ids.len());
+    let mut already: Vec<(Arc<TableSchema>, Vec<SegmentEvent>)> = Vec::new();
+    let mut found = 0;
+    for (id, payload) in payloads.iter() {
+        let Some(s) = segments.iter().find(|s| s.id == id) else { continue };
+        found += 1;
+        let version = claim.versions.get(&s.schema_version).ok_or_else(|| BatchError::MissingVersion {
+            table: format!("{}.{}", claim.lease.lease.source_schema, claim.lease.lease.source_table),
+            segment: s.id,
+            version: s.schema_version,
+        })?;
+        let mut events = segment::decode(payload)?;
+        if let Some(c) = committed.filter(|c| s.first <= *c) {
+            let (old, new): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.position() <= c);
+            if !old.is_empty() {
+                already.push((version.clone(), old));
+            }
+            events = new;
+        }
+        if !events.is_empty() {
+            groups.push((version.clone(), events));
+        }
+    }
+    if found != ids.len() {
+        return Err(BatchError::SegmentsGone { expected: ids.len(), found });
+    }
+    let decoded = started.elapsed();
+    let mut rejected = Vec::new();
+    if !already.is_empty() {
+        tracing::info!(table = %format!("{}.{}", claim.lease.lease.source_schema, claim.lease.lease.source_table),
+            changes = already.iter().map(|(_, e)| e.len()).sum::<usize>(),
+            "claimed changes are already in iceberg (a flush crashed before its checkpoint): not writing them again");
+        rejected.extend(arrow_batch::build_batch(schema, &already)?.rejected);
+    }
+    let batch = if groups.is_empty() {
+        None
+    } else {
+        let output = arrow_batch::build_batch(schema, &groups)?;
+        rejected.extend(output.rejected);
+        (output.batch.num_rows() > 0).then_some(output.batch)
+    };
+    tracing::debug!(flush = claim.id, first_segment = ids[0], segments = ids.len(), read_ms = read.as_millis() as u64,
+        decode_ms = (decoded - read).as_millis() as u64, build_ms = (started.elapsed() - decoded).as_millis() as u64, "part built");
+    Ok(Built { batch, rejected })
+}
+
 
 impl Stage for ArrowBatch {
     type In = Part;
@@ -249,7 +262,7 @@ impl Stage for ArrowBatch {
             FlushPart { claim: claim.clone(), index: part.index, last: part.is_last(), table, batch: None, rejected: Vec::new(), stopped: None };
         let prepared = claim.prepared.get_or_try_init(|| self.prepare(claim, &flush_part.table)).await;
         let built = match prepared {
-            Ok(Prepared::Ready { schema, committed }) => self.build(part, schema, *committed).await,
+            Ok(Prepared::Ready { schema, committed }) => build_part(claim, part.segments(), schema, *committed).await,
             Ok(Prepared::Stopped(reason)) => {
                 flush_part.stopped = Some(reason.clone());
                 out.emit(flush_part);

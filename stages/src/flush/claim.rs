@@ -43,8 +43,8 @@ pub struct Claim {
     pub versions: HashMap<i32, Arc<TableSchema>>,
     /// The position of the last claimed change: what the snapshot summary records.
     pub last: Position,
-    /// How many parts the flush is cut into.
-    pub parts: usize,
+    /// The segments of each part, in order.
+    pub parts: Vec<Range<usize>>,
     /// The Iceberg table, made ready once by the first part that reaches ArrowBatch.
     pub(crate) prepared: tokio::sync::OnceCell<Prepared>,
 }
@@ -85,7 +85,7 @@ pub struct Part {
 impl Part {
     /// Whether this part ends its flush (IcebergCommit commits with it).
     pub fn is_last(&self) -> bool {
-        self.index + 1 == self.claim.parts
+        self.index + 1 == self.claim.parts.len()
     }
 
     /// The part's segments.
@@ -213,7 +213,7 @@ impl ClaimSource {
             last: segments.iter().map(|s| s.last).max().unwrap_or_default(),
             segments,
             versions,
-            parts: ranges.len(),
+            parts: ranges.clone(),
             prepared: tokio::sync::OnceCell::new(),
         });
         Ok(Some(ranges.into_iter().enumerate().map(|(index, segments)| Part { claim: claim.clone(), index, segments }).collect()))

@@ -26,6 +26,7 @@ use parquet::file::properties::WriterProperties;
 use philotes_engine::{Emitter, Mode, Stage, StageError};
 
 use super::catalog::{committed_position, is_conflict, GuardedCatalog, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE};
+use super::batch::{build_part, BatchError};
 use super::{Committed, FlushPart, FlushSettings};
 use crate::store::dead_letters::DeadLetter;
 use crate::arrow_batch::{LSN, SEQ};
@@ -37,6 +38,9 @@ use crate::telemetry;
 pub const NAME: &str = "iceberg_commit";
 
 static FILE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Rows per Parquet row group (DuckDB writes 122,880; the parquet crate's default of 1M keeps ~100 MB in memory).
+const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// Why a commit attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,16 @@ pub enum CommitError {
     /// The batch lacks the position columns.
     #[error("iceberg_commit: the batch has no {0} column")]
     MissingColumn(&'static str),
+    /// Writing the flush again from the buffer failed.
+    #[error("iceberg_commit: {0}")]
+    Rebuild(#[from] BatchError),
+}
+
+impl CommitError {
+    /// Whether the buffer connection was lost (the flusher restarts).
+    pub fn is_connection(&self) -> bool {
+        matches!(self, CommitError::Rebuild(e) if e.is_connection())
+    }
 }
 
 /// The IcebergCommit stage.
@@ -71,9 +85,6 @@ struct Committer {
 struct Pending {
     /// Parts recorded so far (a retried part is not recorded twice).
     received: usize,
-    /// Every part's rows, kept until the commit: a failed write, or a table that moved meanwhile, is redone
-    /// from them.
-    batches: Vec<RecordBatch>,
     /// The parts' dead letters.
     rejected: Vec<DeadLetter>,
     /// Set by the first stopped part: the flush stops the table.
@@ -90,8 +101,8 @@ enum Writer {
     NotStarted,
     /// Parts go into this writer.
     Writing(Box<OpenWriter>),
-    /// Writing ahead failed or was pointless (Iceberg already had the flush): the commit decides from the kept
-    /// batches.
+    /// Writing ahead failed or was pointless (Iceberg already had the flush): the commit decides, and writes
+    /// the flush again from the buffer if it must (the lease still holds its segments).
     Unusable,
 }
 
@@ -125,8 +136,11 @@ impl Committer {
             pending.stopped.clone_from(&part.stopped);
         }
         let (None, Some(batch)) = (&pending.stopped, &part.batch) else { return };
-        pending.batches.push(batch.clone());
-        if let Err(e) = self.write_ahead(&mut pending.writer, part, batch).await {
+        let started = std::time::Instant::now();
+        let written = self.write_ahead(&mut pending.writer, part, batch).await;
+        tracing::debug!(flush = part.claim.id, part = part.index, rows = batch.num_rows(),
+            write_ms = started.elapsed().as_millis() as u64, "part written");
+        if let Err(e) = written {
             tracing::warn!(table = %part.table, error = %e, "writing parquet ahead of the commit failed; the commit writes again");
             pending.writer = Writer::Unusable;
         }
@@ -173,11 +187,14 @@ impl Committer {
                 (open.writer.close().await?, open.rows)
             }
             _ => {
+                // Written again from the buffer, part by part (rare: a failed write or a table that moved).
+                tracing::info!(table = %part.table, "writing the flush again from the buffer");
+                let schema = table.metadata().current_schema();
                 let mut writer = self.writer(&table).await?;
                 let mut rows = 0u64;
-                for batch in &pending.batches {
-                    let batch = rows_after(batch, committed)?;
-                    if batch.num_rows() > 0 {
+                for range in &part.claim.parts {
+                    let built = build_part(&part.claim, &part.claim.segments[range.clone()], schema, committed).await?;
+                    if let Some(batch) = built.batch {
                         rows += batch.num_rows() as u64;
                         writer.write(batch).await?;
                     }
@@ -203,6 +220,8 @@ impl Committer {
         self.catalog.unguard(&part.table);
         result?;
         fault::hit(fault::AFTER_ICEBERG_COMMIT);
+        tracing::debug!(flush = part.claim.id, rows = row_count, files = file_count,
+            close_and_commit_ms = started.elapsed().as_millis() as u64, "flush committed");
         let lease = &part.claim.lease.lease;
         let attributes = telemetry::table(&lease.source_schema, &lease.source_table);
         let metrics = telemetry::metrics();
@@ -217,6 +236,8 @@ impl Committer {
     async fn writer(&self, table: &Table) -> Result<Box<dyn IcebergWriter>, CommitError> {
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+            // The writer keeps a whole row group in memory: smaller groups leave for the file as parts arrive.
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .build();
         let parquet = ParquetWriterBuilder::new(properties, table.metadata().current_schema().clone());
         let locations = DefaultLocationGenerator::new(table.metadata())?;

@@ -11,7 +11,7 @@
 //! - [`commit`] (`iceberg_commit`): keyed by flush, writes each part into the flush's Parquet writer as it
 //!   arrives and, with the last part, commits one snapshot carrying `philotes.last-lsn`/`philotes.last-seq`,
 //!   guarded so it lands only on the table state it checked; conflicts and unreachable catalogs are retried
-//!   with backoff (from the parts' batches, which it keeps until the commit).
+//!   with backoff (a flush whose writing failed is written again from the buffer: the lease holds it).
 //! - [`checkpoint`]: in the lease's transaction, deletes the flushed segments, moves the watermark, stores dead
 //!   letters; commits.
 
@@ -160,6 +160,7 @@ impl FlushError {
                 cause.downcast_ref::<tokio_postgres::Error>().is_some_and(connection_lost)
                     || cause.downcast_ref::<claim::ClaimError>().is_some_and(claim::ClaimError::is_connection)
                     || cause.downcast_ref::<batch::BatchError>().is_some_and(batch::BatchError::is_connection)
+                    || cause.downcast_ref::<commit::CommitError>().is_some_and(commit::CommitError::is_connection)
                     || cause.downcast_ref::<checkpoint::CheckpointError>().is_some_and(checkpoint::CheckpointError::is_connection)
             }
             FlushError::Flow(_) => false,
@@ -189,7 +190,7 @@ async fn run_once(settings: &FlushSettings, cancel: &CancellationToken) -> Resul
     // ArrowBatch is ordered so a flush's parts reach IcebergCommit in position order; IcebergCommit is keyed by
     // flush so all parts of one flush meet in one writer. Queues of a few parts let the next parts be read and
     // built while the previous one is written.
-    let parts_in_flight = 2 * settings.arrow_workers.max(settings.workers);
+    let parts_in_flight = settings.arrow_workers.max(settings.workers);
     let flow = Flow::from_source(source)
         .stage(
             batch::NAME,
