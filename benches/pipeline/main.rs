@@ -184,17 +184,20 @@ async fn measure(env: &Env, settings: &Settings) -> anyhow::Result<()> {
             r.tables_two.push(f.two_workers);
             r.tables_processes.push(f.two_processes);
             let tables = workload::TABLES.len();
-            println!("  4 tables    philotes --role flusher, workers: 1            {}", timing(rows, f.one_worker));
+            println!(
+                "  4 tables    philotes --role flusher, workers: 1            {}   ({tables} tables, {} rows each)",
+                timing(rows, f.one_worker),
+                rows / tables as u64
+            );
             println!(
                 "  4 tables    philotes --role flusher, workers: 2            {}   {:.2}× workers: 1",
                 timing(rows, f.two_workers),
                 f.one_worker / f.two_workers
             );
             println!(
-                "  4 tables    2 × philotes --role flusher, workers: 1        {}   {:.2}× workers: 1   ({tables} tables, {} rows each)",
+                "  4 tables    2 × philotes --role flusher, workers: 1        {}   {:.2}× workers: 1",
                 timing(rows, f.two_processes),
-                f.one_worker / f.two_processes,
-                rows / tables as u64
+                f.one_worker / f.two_processes
             );
         }
         if settings.wants("e2e") {
