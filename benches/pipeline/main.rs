@@ -1,11 +1,11 @@
 //! Throughput benchmarks of philotes, each beside its baseline on the same data in the same run
 //! (benches/README.md): capture vs `pg_recvlogical`, a COPY into a buffer-like table, flush vs a plain Parquet
-//! `ArrowWriter`, and end to end vs `pg_recvlogical`.
+//! `ArrowWriter`, the flush of four tables with 1 and 2 flushers, and end to end vs `pg_recvlogical`.
 //!
 //! `cargo bench --bench pipeline` (or `scripts/bench`). It starts its own PostgreSQL (philotes-testkit, fsync
 //! off), runs the release `philotes` binary as child processes, prints every run, the medians and a Markdown
 //! summary. `BENCH_ROWS` (default 1,000,000), `BENCH_RUNS` (default 3), `BENCH_ONLY` (comma list of `capture`,
-//! `copy`, `flush`, `e2e`; default all) choose what runs.
+//! `copy`, `flush`, `flush-tables`, `e2e`; default all) choose what runs.
 
 mod procs;
 mod report;
@@ -22,7 +22,7 @@ use philotes_testkit::{Cluster, ClusterOptions};
 use report::{human_rate, median, rate, ratios, Line, Series};
 use scenarios::{Db, Env};
 
-const SCENARIOS: [&str; 4] = ["capture", "copy", "flush", "e2e"];
+const SCENARIOS: [&str; 5] = ["capture", "copy", "flush", "flush-tables", "e2e"];
 
 /// What to run, from the environment.
 struct Settings {
@@ -69,6 +69,9 @@ struct Results {
     flush_one: Series,
     flush_two: Series,
     arrow_writer: Series,
+    tables_one: Series,
+    tables_two: Series,
+    tables_processes: Series,
     e2e_workload: Series,
     e2e_philotes: Series,
     e2e_recvlogical: Series,
@@ -77,7 +80,7 @@ struct Results {
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; nothing else is understood.
     if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
-        println!("cargo bench --bench pipeline   (env: BENCH_ROWS, BENCH_RUNS, BENCH_ONLY=capture,copy,flush,e2e); see benches/README.md");
+        println!("cargo bench --bench pipeline   (env: BENCH_ROWS, BENCH_RUNS, BENCH_ONLY=capture,copy,flush,flush-tables,e2e); see benches/README.md");
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -174,6 +177,29 @@ async fn measure(env: &Env, settings: &Settings) -> anyhow::Result<()> {
                 println!("  buffer      COPY binary, 200-byte rows, segments-like table {}", timing(rows, seconds));
             }
         }
+        if settings.wants("flush-tables") {
+            let mut db = Db::create(env, "bench_tables").await?;
+            let f = scenarios::flush_tables(env, &mut db).await?;
+            r.tables_one.push(f.one_worker);
+            r.tables_two.push(f.two_workers);
+            r.tables_processes.push(f.two_processes);
+            let tables = workload::TABLES.len();
+            println!(
+                "  4 tables    philotes --role flusher, workers: 1            {}   ({tables} tables, {} rows each)",
+                timing(rows, f.one_worker),
+                rows / tables as u64
+            );
+            println!(
+                "  4 tables    philotes --role flusher, workers: 2            {}   {:.2}× workers: 1",
+                timing(rows, f.two_workers),
+                f.one_worker / f.two_workers
+            );
+            println!(
+                "  4 tables    2 × philotes --role flusher, workers: 1        {}   {:.2}× workers: 1",
+                timing(rows, f.two_processes),
+                f.one_worker / f.two_processes
+            );
+        }
         if settings.wants("e2e") {
             let mut db = Db::create(env, "bench_e2e").await?;
             let e = scenarios::end_to_end(env, &mut db).await?;
@@ -219,7 +245,7 @@ fn header(env: &Env, settings: &Settings) -> anyhow::Result<()> {
 
 fn print_summary(r: &Results, settings: &Settings) {
     let rows = settings.rows;
-    let series: [(&str, &Series); 10] = [
+    let series: [(&str, &Series); 13] = [
         ("workload (10 transactions)", &r.workload),
         ("capture: pg_recvlogical", &r.capture_recvlogical),
         ("capture: philotes", &r.capture_philotes),
@@ -227,6 +253,9 @@ fn print_summary(r: &Results, settings: &Settings) {
         ("flush: ArrowWriter zstd 1", &r.arrow_writer),
         ("flush: philotes workers 1", &r.flush_one),
         ("flush: philotes workers 2", &r.flush_two),
+        ("flush 4 tables: workers 1", &r.tables_one),
+        ("flush 4 tables: workers 2", &r.tables_two),
+        ("flush 4 tables: 2 processes", &r.tables_processes),
         ("e2e: workload", &r.e2e_workload),
         ("e2e: philotes", &r.e2e_philotes),
         ("e2e: pg_recvlogical", &r.e2e_recvlogical),
@@ -243,6 +272,8 @@ fn print_summary(r: &Results, settings: &Settings) {
         ("ratio capture / pg_recvlogical", &r.capture_philotes, &r.capture_recvlogical),
         ("ratio flush w1 / ArrowWriter", &r.flush_one, &r.arrow_writer),
         ("ratio flush w2 / ArrowWriter", &r.flush_two, &r.arrow_writer),
+        ("ratio 4 tables w2 / w1", &r.tables_two, &r.tables_one),
+        ("ratio 4 tables 2 processes / w1", &r.tables_processes, &r.tables_one),
         ("ratio e2e / pg_recvlogical", &r.e2e_philotes, &r.e2e_recvlogical),
     ] {
         let rs = ratios(p, b);
@@ -271,6 +302,12 @@ fn print_summary(r: &Results, settings: &Settings) {
     if !r.flush_one.seconds.is_empty() {
         lines.push(line("flush: buffer → Iceberg, `flush.workers: 1`", Some(&r.flush_one), "parquet `ArrowWriter`, zstd 1, same rows", &r.arrow_writer, "≥ 0.5×", Some(0.5)));
         lines.push(line("flush: buffer → Iceberg, `flush.workers: 2`", Some(&r.flush_two), "parquet `ArrowWriter`, zstd 1, same rows", &r.arrow_writer, "near-linear over 1 worker", None));
+    }
+    if !r.tables_one.seconds.is_empty() {
+        let none = Series::default();
+        lines.push(line("flush, 4 tables: `flush.workers: 1`", Some(&r.tables_one), "—", &none, "—", None));
+        lines.push(line("flush, 4 tables: `flush.workers: 2`", Some(&r.tables_two), "the same, `flush.workers: 1`", &r.tables_one, "near-linear (→ 2×)", None));
+        lines.push(line("flush, 4 tables: 2 flushers × `workers: 1`", Some(&r.tables_processes), "the same, `flush.workers: 1`", &r.tables_one, "near-linear (→ 2×)", None));
     }
     if !r.e2e_philotes.seconds.is_empty() {
         lines.push(line("end to end: insert → Iceberg (`philotes run`)", Some(&r.e2e_philotes), "`pg_recvlogical`, same WAL", &r.e2e_recvlogical, "≥ 0.5×", Some(0.5)));

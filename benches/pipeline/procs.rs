@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio_postgres::Client;
 
-use crate::workload::{PUBLICATION, TABLE};
+use crate::workload::PUBLICATION;
 
 /// One pipeline file of the bench: source and buffer are the same database (the default), the catalog is the
 /// SQL catalog in it (the default), the warehouse a local directory; every other key keeps its default.
@@ -19,26 +19,30 @@ pub struct PipelineFile {
 }
 
 impl PipelineFile {
-    /// Writes `<dir>/<file_name>.yaml`. `flush_workers: None` keeps the default `flush.workers`.
+    /// Writes `<dir>/<file_name>.yaml` for the source tables `public.<t>` of `tables`, reading from slot
+    /// [`slot`]`(pipeline)`. `flush_workers: None` keeps the default `flush.workers`. Every file gets a metrics
+    /// port of its own, so two processes of one pipeline each need a file of their own.
     pub fn write(
         dir: &Path,
         file_name: &str,
         pipeline: &str,
         url: &str,
-        slot: &str,
+        tables: &[&str],
         namespace: &str,
         flush_workers: Option<usize>,
     ) -> anyhow::Result<Self> {
         let warehouse = dir.join("warehouse");
         std::fs::create_dir_all(&warehouse)?;
         let flush = flush_workers.map(|w| format!("flush: {{ workers: {w} }}\n")).unwrap_or_default();
+        let tables = tables.iter().map(|t| format!("public.{t}")).collect::<Vec<_>>().join(", ");
         let yaml = format!(
             "pipeline: {pipeline}\n\
              source:\n  postgres:\n    url: {url}\n    publication: {PUBLICATION}\n    slot: {slot}\n\
-             \x20   tables: [public.{TABLE}]\n    snapshot: never\n\
+             \x20   tables: [{tables}]\n    snapshot: never\n\
              sink:\n  iceberg:\n    warehouse: file://{warehouse}\n    namespace: {namespace}\n\
              {flush}\
              telemetry: {{ metrics: 127.0.0.1:{port} }}\n",
+            slot = slot(pipeline),
             warehouse = warehouse.display(),
             port = free_port()?,
         );
@@ -46,6 +50,11 @@ impl PipelineFile {
         std::fs::write(&path, yaml)?;
         Ok(Self { path })
     }
+}
+
+/// philotes' replication slot of `pipeline` (the scenarios create it before the workload).
+pub fn slot(pipeline: &str) -> String {
+    format!("{pipeline}_philotes")
 }
 
 /// A port nobody listens on now, for the pipeline's `/metrics` (several bench processes, and other people's tests
@@ -138,11 +147,11 @@ impl Drop for Philotes {
 }
 
 /// Polls `sql` (one boolean, no parameters) every 20 ms until it is true; the time since `started`. Fails when
-/// `process` exits or `timeout` passes.
+/// one of `processes` exits or `timeout` passes.
 pub async fn wait_true(
     client: &Client,
     sql: &str,
-    process: &mut Philotes,
+    processes: &mut [Philotes],
     started: Instant,
     timeout: Duration,
 ) -> anyhow::Result<f64> {
@@ -151,9 +160,13 @@ pub async fn wait_true(
         if done {
             return Ok(started.elapsed().as_secs_f64());
         }
-        process.ensure_running()?;
+        for process in processes.iter_mut() {
+            process.ensure_running()?;
+        }
         if started.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for `{sql}`; {} log ends with:\n{}", process.what, process.log_tail(40));
+            let logs: Vec<String> =
+                processes.iter().map(|p| format!("{} ({}) log ends with:\n{}", p.what, p.log.display(), p.log_tail(40))).collect();
+            bail!("timed out after {timeout:?} waiting for `{sql}`; {}", logs.join("\n"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

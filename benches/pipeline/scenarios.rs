@@ -1,6 +1,7 @@
-//! The four measurements of one run, each beside its baseline on the same data in the same run:
+//! The measurements of one run, each beside its baseline on the same data in the same run:
 //! capture vs `pg_recvlogical` (same WAL), COPY into a buffer-like table, flush vs a plain `ArrowWriter` (same
-//! rows), and end to end vs `pg_recvlogical` (same WAL).
+//! rows), the flush of four tables with 1 and 2 flushers (vs itself with 1), and end to end vs `pg_recvlogical`
+//! (same WAL).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use philotes_testkit::{Cluster, TestDatabase};
 use tokio_postgres::Client;
 
 use crate::procs::{self, PipelineFile, Philotes};
-use crate::workload::{self, Workload, TABLE};
+use crate::workload::{self, Workload, TABLE, TABLES};
 
 /// What every scenario needs.
 pub struct Env {
@@ -79,25 +80,33 @@ pub struct Capture {
 /// scenario's input) and the capture stopped.
 pub async fn capture(env: &Env, db: &mut Db) -> anyhow::Result<Capture> {
     let name = db.db.name().to_string();
-    let (recv_slot, philotes_slot) = (format!("{name}_recv"), format!("{name}_philotes"));
-    workload::prepare(&db.client, &[&recv_slot, &philotes_slot]).await?;
-    let file = PipelineFile::write(&db.dir(env)?, "capture", &name, &db.db.url(), &philotes_slot, "bench_capture", None)?;
+    let (recv_slot, philotes_slot) = (format!("{name}_recv"), procs::slot(&name));
+    workload::prepare(&db.client, &[TABLE], &[&recv_slot, &philotes_slot]).await?;
+    let file = PipelineFile::write(&db.dir(env)?, "capture", &name, &db.db.url(), &[TABLE], "bench_capture", None)?;
     procs::migrate(&file)?;
-    let work: Workload = workload::run(&mut db.client, env.rows).await?;
+    let work: Workload = workload::run(&mut db.client, &[TABLE], env.rows).await?;
 
     db.checkpoint().await?;
     let recvlogical = procs::recvlogical(&env.pg_bin, env.cluster.port(), db.db.name(), &recv_slot, &work.end_lsn, env.timeout()).await?;
     slot_passed(&db.client, &recv_slot, &work.last_commit_floor).await?;
 
+    let philotes = fill_buffer(env, db, &file, &work).await?;
+    Ok(Capture { workload_seconds: work.seconds, wal_bytes: work.wal_bytes, recvlogical, philotes })
+}
+
+/// Runs `philotes --role capture` from its slot until its checkpoint holds the workload's last transaction, and
+/// stops it; the seconds from process start. The buffer must then hold exactly the workload's changes.
+async fn fill_buffer(env: &Env, db: &Db, file: &PipelineFile, work: &Workload) -> anyhow::Result<f64> {
+    let name = db.db.name();
     db.checkpoint().await?;
     let started = Instant::now();
-    let mut capture = Philotes::start(&file, "capture", "capture")?;
+    let mut capture = [Philotes::start(file, "capture", "capture")?];
     let done = format!(
         "SELECT coalesce((SELECT commit_lsn >= '{floor}'::pg_lsn FROM philotes.checkpoints WHERE pipeline = '{name}'), false)",
         floor = work.last_commit_floor
     );
-    let philotes = procs::wait_true(&db.client, &done, &mut capture, started, env.timeout()).await?;
-    capture.stop()?;
+    let seconds = procs::wait_true(&db.client, &done, &mut capture, started, env.timeout()).await?;
+    capture[0].stop()?;
 
     let buffered: i64 = db
         .client
@@ -105,7 +114,7 @@ pub async fn capture(env: &Env, db: &mut Db) -> anyhow::Result<Capture> {
         .await?
         .get(0);
     ensure!(buffered == i64::try_from(env.rows)?, "the buffer holds {buffered} changes after the capture, expected {}", env.rows);
-    Ok(Capture { workload_seconds: work.seconds, wal_bytes: work.wal_bytes, recvlogical, philotes })
+    Ok(seconds)
 }
 
 /// Buffer baseline: one binary COPY of N rows with a 200-byte payload into a logged table shaped like
@@ -117,7 +126,7 @@ pub async fn copy(env: &Env, db: &mut Db) -> anyhow::Result<f64> {
     let migrated: bool = db.client.query_one("SELECT to_regclass('philotes.segments') IS NOT NULL", &[]).await?.get(0);
     if !migrated {
         let name = db.db.name().to_string();
-        let file = PipelineFile::write(&db.dir(env)?, "copy", &name, &db.db.url(), &format!("{name}_philotes"), "bench_copy", None)?;
+        let file = PipelineFile::write(&db.dir(env)?, "copy", &name, &db.db.url(), &[TABLE], "bench_copy", None)?;
         procs::migrate(&file)?;
     }
     db.client
@@ -192,31 +201,17 @@ pub struct Flush {
 /// Runs the flush scenario on a buffer filled by [`capture`].
 pub async fn flush(env: &Env, db: &mut Db, helper: &Path) -> anyhow::Result<Flush> {
     let name = db.db.name().to_string();
-    db.client
-        .batch_execute(&format!("CREATE TABLE public.bench_saved_segments AS SELECT * FROM philotes.segments WHERE pipeline = '{name}'"))
-        .await
-        .context("saving the buffer for the second flush")?;
+    save_buffer(db).await?;
     let mut seconds = [0.0; 2];
     let mut first_table = None;
     for (i, workers) in [1usize, 2].into_iter().enumerate() {
         if i > 0 {
-            db.client
-                .batch_execute(&format!(
-                    "DELETE FROM philotes.table_watermarks WHERE pipeline = '{name}';
-                     INSERT INTO philotes.segments SELECT * FROM public.bench_saved_segments;"
-                ))
-                .await
-                .context("putting the buffer back")?;
+            restore_buffer(db).await?;
         }
         let namespace = format!("bench_flush_w{workers}");
-        let file = PipelineFile::write(&db.dir(env)?, &format!("flush-w{workers}"), &name, &db.db.url(), &format!("{name}_philotes"), &namespace, Some(workers))?;
-        db.checkpoint().await?;
-        let started = Instant::now();
-        let mut flusher = Philotes::start(&file, "flusher", &format!("flusher-w{workers}"))?;
-        let done = format!("SELECT NOT EXISTS (SELECT 1 FROM philotes.segments WHERE pipeline = '{name}')");
-        seconds[i] = procs::wait_true(&db.client, &done, &mut flusher, started, env.timeout()).await?;
-        flusher.stop()?;
-        let table = iceberg_table(&db.client, &namespace).await?;
+        let file = PipelineFile::write(&db.dir(env)?, &format!("flush-w{workers}"), &name, &db.db.url(), &[TABLE], &namespace, Some(workers))?;
+        seconds[i] = drain(env, db, &[file]).await?;
+        let table = iceberg_table(&db.client, &namespace, TABLE).await?;
         ensure!(table.records == env.rows, "Iceberg table {namespace}.{TABLE} holds {} rows, expected {}", table.records, env.rows);
         if i == 0 {
             first_table = Some(table);
@@ -226,7 +221,7 @@ pub async fn flush(env: &Env, db: &mut Db, helper: &Path) -> anyhow::Result<Flus
     let scratch = db.dir(env)?;
     let baseline = procs::arrow_writer(helper, &table.location, &scratch)?;
     ensure!(baseline.rows == env.rows, "the ArrowWriter baseline read {} rows from {}, expected {}", baseline.rows, table.location.display(), env.rows);
-    db.client.batch_execute("DROP TABLE public.bench_saved_segments").await?;
+    drop_saved_buffer(db).await?;
     Ok(Flush {
         one_worker: seconds[0],
         two_workers: seconds[1],
@@ -234,6 +229,103 @@ pub async fn flush(env: &Env, db: &mut Db, helper: &Path) -> anyhow::Result<Flus
         philotes_bytes: parquet_bytes(&table.location)?,
         arrow_writer_bytes: baseline.bytes,
     })
+}
+
+/// Flush of several tables: N changes over the four [`TABLES`] (N/4 each), so that flushers can hold several
+/// table leases at once, which one table (one lease) cannot show. The same buffer is drained three times, each
+/// into a namespace of its own: one process with `flush.workers: 1`, one with `flush.workers: 2`, and two
+/// processes with `flush.workers: 1` each (scale-out across processes, as deployed).
+#[derive(Debug, Clone, Copy)]
+pub struct FlushTables {
+    /// One process, `flush.workers: 1` (process start → buffer empty).
+    pub one_worker: f64,
+    /// One process, `flush.workers: 2`.
+    pub two_workers: f64,
+    /// Two processes, `flush.workers: 1` each (first start → buffer empty).
+    pub two_processes: f64,
+}
+
+/// Runs the multi-table flush scenario in its own database: the workload over [`TABLES`] and an untimed
+/// capture fill the buffer, which is then drained as [`FlushTables`] says.
+pub async fn flush_tables(env: &Env, db: &mut Db) -> anyhow::Result<FlushTables> {
+    let name = db.db.name().to_string();
+    workload::prepare(&db.client, &TABLES, &[&procs::slot(&name)]).await?;
+    let capture = PipelineFile::write(&db.dir(env)?, "capture", &name, &db.db.url(), &TABLES, "bench_tables_capture", None)?;
+    procs::migrate(&capture)?;
+    let work = workload::run(&mut db.client, &TABLES, env.rows).await?;
+    fill_buffer(env, db, &capture, &work).await?;
+    save_buffer(db).await?;
+
+    // (label, processes, flush.workers per process)
+    let setups = [("w1", 1, 1), ("w2", 1, 2), ("p2", 2, 1)];
+    let mut seconds = [0.0; 3];
+    for (i, (label, processes, workers)) in setups.into_iter().enumerate() {
+        if i > 0 {
+            restore_buffer(db).await?;
+        }
+        let namespace = format!("bench_tables_{label}");
+        let files = (1..=processes)
+            .map(|p| {
+                let file_name = format!("flush-tables-{label}-{p}");
+                PipelineFile::write(&db.dir(env)?, &file_name, &name, &db.db.url(), &TABLES, &namespace, Some(workers))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        seconds[i] = drain(env, db, &files).await?;
+        for (t, table) in TABLES.iter().enumerate() {
+            let expected = workload::table_rows(env.rows, TABLES.len(), t);
+            let records = iceberg_table(&db.client, &namespace, table).await?.records;
+            ensure!(records == expected, "Iceberg table {namespace}.{table} holds {records} rows, expected {expected}");
+        }
+    }
+    drop_saved_buffer(db).await?;
+    Ok(FlushTables { one_worker: seconds[0], two_workers: seconds[1], two_processes: seconds[2] })
+}
+
+/// Copies the pipeline's segments aside (`public.bench_saved_segments`), so the same buffer can be drained
+/// again by [`restore_buffer`].
+async fn save_buffer(db: &Db) -> anyhow::Result<()> {
+    let name = db.db.name();
+    db.client
+        .batch_execute(&format!("CREATE TABLE public.bench_saved_segments AS SELECT * FROM philotes.segments WHERE pipeline = '{name}'"))
+        .await
+        .context("saving the buffer for the next flush")
+}
+
+/// Puts the saved segments back into the drained buffer and clears the watermarks, so the next flusher starts
+/// as the first did (every table due, nothing flushed yet); it writes into a new namespace.
+async fn restore_buffer(db: &Db) -> anyhow::Result<()> {
+    let name = db.db.name();
+    db.client
+        .batch_execute(&format!(
+            "DELETE FROM philotes.table_watermarks WHERE pipeline = '{name}';
+             INSERT INTO philotes.segments SELECT * FROM public.bench_saved_segments;"
+        ))
+        .await
+        .context("putting the buffer back")
+}
+
+async fn drop_saved_buffer(db: &Db) -> anyhow::Result<()> {
+    db.client.batch_execute("DROP TABLE public.bench_saved_segments").await?;
+    Ok(())
+}
+
+/// Starts one `philotes --role flusher` per file (each file has its own metrics port; the log is named after
+/// the file) and times them from the first start until no segment of the pipeline is left (a flush deletes its
+/// segments only after its Iceberg commit); then stops them.
+async fn drain(env: &Env, db: &Db, files: &[PipelineFile]) -> anyhow::Result<f64> {
+    let name = db.db.name();
+    db.checkpoint().await?;
+    let started = Instant::now();
+    let mut flushers = files
+        .iter()
+        .map(|f| Philotes::start(f, "flusher", &f.path.file_stem().unwrap_or_default().to_string_lossy()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let done = format!("SELECT NOT EXISTS (SELECT 1 FROM philotes.segments WHERE pipeline = '{name}')");
+    let seconds = procs::wait_true(&db.client, &done, &mut flushers, started, env.timeout()).await?;
+    for flusher in &mut flushers {
+        flusher.stop()?;
+    }
+    Ok(seconds)
 }
 
 /// End to end: `philotes run` (all roles) streams while the workload runs; the time from the workload's first
@@ -252,12 +344,12 @@ pub struct EndToEnd {
 /// Runs the end-to-end scenario in its own database.
 pub async fn end_to_end(env: &Env, db: &mut Db) -> anyhow::Result<EndToEnd> {
     let name = db.db.name().to_string();
-    let (recv_slot, philotes_slot) = (format!("{name}_recv"), format!("{name}_philotes"));
-    workload::prepare(&db.client, &[&recv_slot, &philotes_slot]).await?;
+    let (recv_slot, philotes_slot) = (format!("{name}_recv"), procs::slot(&name));
+    workload::prepare(&db.client, &[TABLE], &[&recv_slot, &philotes_slot]).await?;
     let namespace = "bench_e2e";
-    let file = PipelineFile::write(&db.dir(env)?, "e2e", &name, &db.db.url(), &philotes_slot, namespace, None)?;
+    let file = PipelineFile::write(&db.dir(env)?, "e2e", &name, &db.db.url(), &[TABLE], namespace, None)?;
     procs::migrate(&file)?;
-    let mut philotes = Philotes::start(&file, "all", "e2e")?;
+    let mut philotes = [Philotes::start(&file, "all", "e2e")?];
     // Untimed: the process is up and streaming from its slot before the workload starts.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -269,24 +361,24 @@ pub async fn end_to_end(env: &Env, db: &mut Db) -> anyhow::Result<EndToEnd> {
         if active {
             break;
         }
-        philotes.ensure_running()?;
+        philotes[0].ensure_running()?;
         if Instant::now() > deadline {
-            bail!("philotes did not start streaming within 60 s; its log ends with:\n{}", philotes.log_tail(40));
+            bail!("philotes did not start streaming within 60 s; its log ends with:\n{}", philotes[0].log_tail(40));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     db.checkpoint().await?;
     let started = Instant::now();
-    let work = workload::run(&mut db.client, env.rows).await?;
+    let work = workload::run(&mut db.client, &[TABLE], env.rows).await?;
     let done = format!(
         "SELECT coalesce((SELECT commit_lsn >= '{floor}'::pg_lsn FROM philotes.checkpoints WHERE pipeline = '{name}'), false)
                 AND NOT EXISTS (SELECT 1 FROM philotes.segments WHERE pipeline = '{name}')",
         floor = work.last_commit_floor
     );
     let seconds = procs::wait_true(&db.client, &done, &mut philotes, started, env.timeout()).await?;
-    philotes.stop()?;
-    let table = iceberg_table(&db.client, namespace).await?;
+    philotes[0].stop()?;
+    let table = iceberg_table(&db.client, namespace, TABLE).await?;
     ensure!(table.records == env.rows, "Iceberg table {namespace}.{TABLE} holds {} rows, expected {}", table.records, env.rows);
 
     db.checkpoint().await?;
@@ -317,16 +409,16 @@ struct IcebergTable {
     location: PathBuf,
 }
 
-/// Reads the table's current metadata (SQL catalog `iceberg_tables` in the buffer database) without the
-/// iceberg crate: an independent check of what the flusher committed.
-async fn iceberg_table(client: &Client, namespace: &str) -> anyhow::Result<IcebergTable> {
+/// Reads the current metadata of `namespace.table` (SQL catalog `iceberg_tables` in the buffer database) without
+/// the iceberg crate: an independent check of what the flusher committed.
+async fn iceberg_table(client: &Client, namespace: &str, table: &str) -> anyhow::Result<IcebergTable> {
     let row = client
         .query_opt(
             "SELECT metadata_location FROM iceberg_tables WHERE table_namespace = $1 AND table_name = $2",
-            &[&namespace, &TABLE],
+            &[&namespace, &table],
         )
         .await?
-        .with_context(|| format!("no Iceberg table {namespace}.{TABLE} in the catalog"))?;
+        .with_context(|| format!("no Iceberg table {namespace}.{table} in the catalog"))?;
     let location: String = row.get(0);
     let path = location.strip_prefix("file://").unwrap_or(&location);
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {path}"))?)?;
