@@ -286,7 +286,13 @@ pub async fn flush_tables(env: &Env, db: &mut Db) -> anyhow::Result<FlushTables>
 async fn save_buffer(db: &Db) -> anyhow::Result<()> {
     let name = db.db.name();
     db.client
-        .batch_execute(&format!("CREATE TABLE public.bench_saved_segments AS SELECT * FROM philotes.segments WHERE pipeline = '{name}'"))
+        // `LIKE … INCLUDING STORAGE`: the payloads stay uncompressed out of line, as philotes stores them; a plain
+        // `CREATE TABLE AS` would pglz-compress them, and the segments put back would stay compressed, so every
+        // drain after the first would pay for decompression in Postgres.
+        .batch_execute(&format!(
+            "CREATE TABLE public.bench_saved_segments (LIKE philotes.segments INCLUDING STORAGE);
+             INSERT INTO public.bench_saved_segments SELECT * FROM philotes.segments WHERE pipeline = '{name}'"
+        ))
         .await
         .context("saving the buffer for the next flush")
 }
