@@ -67,6 +67,8 @@ impl Pipeline {
         let log = std::fs::File::create(self.file.with_file_name(log)).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_philotes"));
         cmd.args(["run", self.file.to_str().expect("utf-8")]).args(args);
+        // Flushes of many parts (a part per segment of up to 500 changes), as a flush of a busy table has.
+        cmd.env("PHILOTES_PART_EVENTS", "400");
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -1,7 +1,9 @@
 //! Fault points for crash tests: with the `fault-injection` feature (on in test builds only), setting
 //! `PHILOTES_FAULT=<point>` aborts the process at that point, the way a power cut or `kill -9` would, and
 //! `PHILOTES_FAULT_DELAY_BEFORE_COMMIT_MS=<ms>` holds every Iceberg commit for that long after its position
-//! check, so a test can make two flushers race on one table's commit.
+//! check, so a test can make two flushers race on one table's commit, and `PHILOTES_PART_EVENTS=<n>` cuts
+//! flushes into parts of `n` changes, so a test with a few thousand changes has flushes of many parts, as a
+//! million-change flush has.
 
 /// After the Parquet files are written, before the Iceberg commit.
 pub const AFTER_PARQUET: &str = "after-parquet";
@@ -31,4 +33,13 @@ pub async fn delay_before_commit(table: &str) {
     }
     #[cfg(not(feature = "fault-injection"))]
     let _ = table;
+}
+
+/// Changes per flush part: `default`, or `PHILOTES_PART_EVENTS` in test builds.
+pub fn part_events(default: usize) -> usize {
+    #[cfg(feature = "fault-injection")]
+    if let Some(n) = std::env::var("PHILOTES_PART_EVENTS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        return n.max(1);
+    }
+    default
 }

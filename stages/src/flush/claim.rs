@@ -96,11 +96,12 @@ impl Part {
 
 /// Cuts a claim's segments into parts of about [`PART_EVENTS`] changes (at least one segment each).
 fn cut_into_parts(segments: &[ClaimedSegment]) -> Vec<Range<usize>> {
+    let part_events = crate::fault::part_events(PART_EVENTS);
     let mut parts = Vec::new();
     let (mut start, mut events) = (0, 0usize);
     for (i, s) in segments.iter().enumerate() {
         let n = usize::try_from(s.events).unwrap_or(0);
-        if i > start && events + n > PART_EVENTS {
+        if i > start && events + n > part_events {
             parts.push(start..i);
             (start, events) = (i, 0);
         }
@@ -236,5 +237,24 @@ impl Source for ClaimSource {
                 Err(e) => return Err(StageError::fatal(e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(events: i32) -> ClaimedSegment {
+        ClaimedSegment { id: 0, schema_version: 1, first: Position::default(), last: Position::default(), events }
+    }
+
+    #[test]
+    fn parts_hold_whole_segments_up_to_the_part_size() {
+        let n = PART_EVENTS as i32;
+        let segments: Vec<_> = [n / 2, n / 2, 1, n * 2, n / 4].into_iter().map(segment).collect();
+        // A segment bigger than a part is a part of its own; every segment is in exactly one part, in order.
+        assert_eq!(cut_into_parts(&segments), vec![0..2, 2..3, 3..4, 4..5]);
+        assert_eq!(cut_into_parts(&segments[..1]), vec![0..1]);
+        assert!(cut_into_parts(&[]).is_empty());
     }
 }
