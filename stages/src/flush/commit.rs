@@ -39,8 +39,10 @@ pub const NAME: &str = "iceberg_commit";
 
 static FILE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Rows per Parquet row group (DuckDB writes 122,880; the parquet crate's default of 1M keeps ~100 MB in memory).
-const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Encoded bytes per Parquet row group at most (Java's `parquet.block.size` is 128 MiB too): the writer keeps
+/// the row group it is filling in memory, so this bounds its memory on wide tables; narrow tables still get
+/// the parquet crate's 1M-row groups (fewer, bigger groups: less dictionary work per row).
+const ROW_GROUP_BYTES: usize = 128 * 1024 * 1024;
 
 /// Why a commit attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -236,8 +238,7 @@ impl Committer {
     async fn writer(&self, table: &Table) -> Result<Box<dyn IcebergWriter>, CommitError> {
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
-            // The writer keeps a whole row group in memory: smaller groups leave for the file as parts arrive.
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
             .build();
         let parquet = ParquetWriterBuilder::new(properties, table.metadata().current_schema().clone());
         let locations = DefaultLocationGenerator::new(table.metadata())?;
