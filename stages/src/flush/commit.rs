@@ -43,6 +43,7 @@ static FILE_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// the row group it is filling in memory, so this bounds its memory on wide tables; narrow tables still get
 /// the parquet crate's 1M-row groups (fewer, bigger groups: less dictionary work per row).
 const ROW_GROUP_BYTES: usize = 128 * 1024 * 1024;
+const ROW_GROUP_ROWS: usize = 2 * super::claim::PART_EVENTS;
 
 /// Why a commit attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +187,9 @@ impl Committer {
                 if open.after == committed
                     && open.table.metadata().current_snapshot_id() == table.metadata().current_snapshot_id() =>
             {
-                (open.writer.close().await?, open.rows)
+                let files = open.writer.close().await?;
+                tracing::debug!(flush = part.claim.id, close_ms = started.elapsed().as_millis() as u64, "writer closed");
+                (files, open.rows)
             }
             _ => {
                 // Written again from the buffer, part by part (rare: a failed write or a table that moved).
@@ -239,6 +242,7 @@ impl Committer {
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
             .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .build();
         let parquet = ParquetWriterBuilder::new(properties, table.metadata().current_schema().clone());
         let locations = DefaultLocationGenerator::new(table.metadata())?;
