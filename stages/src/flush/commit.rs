@@ -23,10 +23,12 @@ use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use philotes_engine::{Emitter, Mode, Stage, StageError};
 
 use super::catalog::{committed_position, is_conflict, GuardedCatalog, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE};
 use super::batch::{build_part, BatchError};
+use super::dictionary;
 use super::{Committed, FlushPart, FlushSettings};
 use crate::store::dead_letters::DeadLetter;
 use crate::arrow_batch::{LSN, SEQ};
@@ -156,7 +158,7 @@ impl Committer {
             *state = if after.is_some_and(|c| c >= part.claim.last) {
                 Writer::Unusable
             } else {
-                let writer = self.writer(&table).await?;
+                let writer = self.writer(&table, batch).await?;
                 Writer::Writing(Box::new(OpenWriter { table, after, writer, rows: 0 }))
             };
         }
@@ -195,16 +197,23 @@ impl Committer {
                 // Written again from the buffer, part by part (rare: a failed write or a table that moved).
                 tracing::info!(table = %part.table, "writing the flush again from the buffer");
                 let schema = table.metadata().current_schema();
-                let mut writer = self.writer(&table).await?;
+                let mut writer = None;
                 let mut rows = 0u64;
                 for range in &part.claim.parts {
                     let built = build_part(&part.claim, &part.claim.segments[range.clone()], schema, committed).await?;
                     if let Some(batch) = built.batch {
                         rows += batch.num_rows() as u64;
+                        let writer = match &mut writer {
+                            Some(writer) => writer,
+                            None => writer.insert(self.writer(&table, &batch).await?),
+                        };
                         writer.write(batch).await?;
                     }
                 }
-                (writer.close().await?, rows)
+                match writer {
+                    Some(mut writer) => (writer.close().await?, rows),
+                    None => (Vec::new(), 0),
+                }
             }
         };
         if row_count == 0 {
@@ -237,13 +246,17 @@ impl Committer {
         Ok(last)
     }
 
-    /// A Parquet data-file writer for `table` (zstd, rolling at the target file size).
-    async fn writer(&self, table: &Table) -> Result<Box<dyn IcebergWriter>, CommitError> {
-        let properties = WriterProperties::builder()
+    /// A Parquet data-file writer for `table` (zstd, rolling at the target file size); `first` (the flush's
+    /// first rows) tells which columns are not worth a dictionary.
+    async fn writer(&self, table: &Table, first: &RecordBatch) -> Result<Box<dyn IcebergWriter>, CommitError> {
+        let mut properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
             .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .build();
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+        for column in dictionary::unique_columns(first) {
+            properties = properties.set_column_dictionary_enabled(ColumnPath::new(vec![column]), false);
+        }
+        let properties = properties.build();
         let parquet = ParquetWriterBuilder::new(properties, table.metadata().current_schema().clone());
         let locations = DefaultLocationGenerator::new(table.metadata())?;
         let names = DefaultFileNameGenerator::new(

@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod checkpoint;
 pub mod claim;
 pub mod commit;
+mod dictionary;
 
 use std::collections::HashMap;
 use std::sync::Arc;
