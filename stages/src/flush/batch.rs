@@ -171,7 +171,7 @@ impl ArrowBatch {
             other => other?,
         };
         let committed = committed_position(&table, &self.pipeline);
-        Ok(Prepared::Ready { schema: table.metadata().current_schema().clone(), committed })
+        Ok(Prepared::Ready { schema: table.metadata().current_schema().clone(), committed, table: Box::new(table) })
     }
 
     fn ident(&self, claim: &Claim) -> TableIdent {
@@ -262,7 +262,7 @@ impl Stage for ArrowBatch {
             FlushPart { claim: claim.clone(), index: part.index, last: part.is_last(), table, batch: None, rejected: Vec::new(), stopped: None };
         let prepared = claim.prepared.get_or_try_init(|| self.prepare(claim, &flush_part.table)).await;
         let built = match prepared {
-            Ok(Prepared::Ready { schema, committed }) => build_part(claim, part.segments(), schema, *committed).await,
+            Ok(Prepared::Ready { schema, committed, .. }) => build_part(claim, part.segments(), schema, *committed).await,
             Ok(Prepared::Stopped(reason)) => {
                 flush_part.stopped = Some(reason.clone());
                 out.emit(flush_part);

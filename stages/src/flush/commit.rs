@@ -28,6 +28,7 @@ use philotes_engine::{Emitter, Mode, Stage, StageError};
 
 use super::catalog::{committed_position, is_conflict, GuardedCatalog, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE};
 use super::batch::{build_part, BatchError};
+use super::claim::Prepared;
 use super::dictionary;
 use super::{Committed, FlushPart, FlushSettings};
 use crate::store::dead_letters::DeadLetter;
@@ -153,8 +154,16 @@ impl Committer {
 
     async fn write_ahead(&self, state: &mut Writer, part: &FlushPart, batch: &RecordBatch) -> Result<(), CommitError> {
         if let Writer::NotStarted = state {
-            let table = self.catalog.load_unguarded(&part.table).await?;
-            let after = committed_position(&table, &self.pipeline);
+            // The table as ArrowBatch loaded it for this flush (no second catalog round trip); the commit
+            // reloads and checks it anyway.
+            let (table, after) = match part.claim.prepared.get() {
+                Some(Prepared::Ready { table, committed, .. }) => ((**table).clone(), *committed),
+                _ => {
+                    let table = self.catalog.load_unguarded(&part.table).await?;
+                    let after = committed_position(&table, &self.pipeline);
+                    (table, after)
+                }
+            };
             *state = if after.is_some_and(|c| c >= part.claim.last) {
                 Writer::Unusable
             } else {
