@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_buffer.sql",
         sql: include_str!("../migrations/0002_buffer.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_segment_payload_lz4.sql",
+        sql: include_str!("../migrations/0003_segment_payload_lz4.sql"),
+    },
 ];
 
 /// The advisory lock that serialises concurrent migrators ("philotes" in ASCII).

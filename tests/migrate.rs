@@ -58,3 +58,18 @@ async fn a_failing_migration_leaves_the_database_as_it_was() {
     assert!(err.to_string().contains("0002_broken.sql"), "{err}");
     assert_eq!(db.psql("SELECT to_regclass('public.ok') IS NULL").expect("query"), "t", "rolled back whole");
 }
+
+#[tokio::test]
+async fn segment_payloads_are_lz4_compressed_where_the_server_has_lz4() {
+    let db = philotes_testkit::shared().database("migrate_lz4").expect("database");
+    let mut client = db.connect().await.expect("connect");
+    migrate::migrate(&mut client).await.expect("migrate");
+    // Debian's PostgreSQL is built with lz4 (the test servers are), so 0003 took effect here.
+    let (compression, storage) = (
+        db.psql("SELECT attcompression FROM pg_attribute WHERE attrelid = 'philotes.segments'::regclass AND attname = 'payload'")
+            .expect("query"),
+        db.psql("SELECT attstorage FROM pg_attribute WHERE attrelid = 'philotes.segments'::regclass AND attname = 'payload'")
+            .expect("query"),
+    );
+    assert_eq!((compression.as_str(), storage.as_str()), ("l", "x"), "payload: lz4, stored extended");
+}

@@ -286,11 +286,11 @@ pub async fn flush_tables(env: &Env, db: &mut Db) -> anyhow::Result<FlushTables>
 async fn save_buffer(db: &Db) -> anyhow::Result<()> {
     let name = db.db.name();
     db.client
-        // `LIKE … INCLUDING STORAGE`: the payloads stay uncompressed out of line, as philotes stores them; a plain
-        // `CREATE TABLE AS` would pglz-compress them, and the segments put back would stay compressed, so every
-        // drain after the first would pay for decompression in Postgres.
+        // `LIKE … INCLUDING STORAGE INCLUDING COMPRESSION`: the payloads stay stored as philotes stores them
+        // (lz4); a plain `CREATE TABLE AS` would store them pglz-compressed, and the segments put back would stay
+        // so, and every drain after the first would pay for pglz in Postgres.
         .batch_execute(&format!(
-            "CREATE TABLE public.bench_saved_segments (LIKE philotes.segments INCLUDING STORAGE);
+            "CREATE TABLE public.bench_saved_segments (LIKE philotes.segments INCLUDING STORAGE INCLUDING COMPRESSION);
              INSERT INTO public.bench_saved_segments SELECT * FROM philotes.segments WHERE pipeline = '{name}'"
         ))
         .await
