@@ -27,6 +27,17 @@ pub struct Pipeline {
     pub name: String,
 }
 
+/// A passing test leaves no warehouse behind (a failing one keeps it, with the logs, for a look).
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            if let Some(dir) = self.file.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
 impl Pipeline {
     pub fn new(db: &TestDatabase, tables: &[&str], flush: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("philotes-flush-{}", db.name()));
