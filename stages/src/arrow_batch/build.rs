@@ -32,74 +32,122 @@ pub fn build_batch(
     target: &Schema,
     segments: &[(Arc<TableSchema>, Vec<SegmentEvent>)],
 ) -> Result<BatchOutput, ArrowBatchError> {
-    let arrow_schema = Arc::new(schema_to_arrow_schema(target)?);
-    let layout = Layout::new(target, &arrow_schema)?;
     let rows = segments.iter().map(|(_, events)| events.len()).sum();
-    // The plans, in segment order; a segment whose plan fails stops the batch when the loop below reaches it.
-    let mut plans = segments
-        .iter()
-        .map(|(version, _)| Plan::new(version, target, &layout))
-        .collect::<Vec<_>>()
-        .into_iter();
-    // One pass over the values: whether any is an unchanged TOAST value, and the bytes of each string and
-    // binary column (so their builders never grow by copying).
-    let mut bytes = vec![0usize; layout.kinds.len()];
-    let mut needs_history = false;
-    for ((_, events), plan) in segments.iter().zip(plans.as_slice()) {
-        let Ok(plan) = plan else { break };
-        for event in events {
-            needs_history |= has_unchanged(event);
-            let image = event.new.as_deref().or(event.old.as_deref());
-            for (&i, value) in plan.target_of.iter().zip(image.unwrap_or_default()) {
-                bytes[i] += match value {
-                    Value::Text(v) | Value::Numeric(v) => v.len(),
-                    Value::Bytes(v) => v.len(),
-                    _ => 0,
-                };
-            }
-        }
-    }
-    bytes[layout.op] = rows;
-    let mut builders = arrow_schema
-        .fields()
-        .iter()
-        .zip(&bytes)
-        .map(|(f, &bytes)| Builder::new(f.data_type(), rows, bytes))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut history = History {
-        enabled: needs_history,
-        images: HashMap::new(),
-    };
-    let mut rejected = Vec::new();
-    // Per-row scratch, reused: what is known of each column of the row's version, and the target's cells.
-    let mut slots = Vec::new();
-    let mut cells = vec![Cell::Null; layout.kinds.len()];
-    for (version, events) in segments {
-        let plan = plans.next().expect("one plan per segment")?;
-        cells.fill(Cell::Null);
-        for event in events {
-            match fill_row(&layout, &plan, &mut history, event, &mut slots, &mut cells) {
-                Ok(()) => {
-                    for (builder, cell) in builders.iter_mut().zip(&cells) {
-                        builder.append(cell)?;
-                    }
-                }
-                Err(reason) => rejected.push(RejectedRow {
-                    position: event.position(),
-                    reason,
-                    rendering: render(version, event),
-                }),
-            }
-        }
-    }
-    let columns = builders
+    let mut builder = BatchBuilder::new(target, rows, segments)?;
+    builder.append(target, segments)?;
+    builder.finish()
+}
+
+/// Whether a change carries an unchanged TOAST value (which an earlier image in the batch may fill).
+pub fn has_unchanged(event: &SegmentEvent) -> bool {
+    [&event.old, &event.new]
         .into_iter()
-        .map(Builder::finish)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(BatchOutput {
-        batch: RecordBatch::try_new(arrow_schema, columns)?,
-        rejected,
-    })
+        .flatten()
+        .any(|row| row.iter().any(|v| matches!(v, Value::Unchanged)))
+}
+
+/// A record batch built from segments given a few at a time, so a caller can decode one segment, append it
+/// and drop it while its values are still in the CPU's cache. Unchanged TOAST values are filled from earlier
+/// images within one [`BatchBuilder::append`] call only: a caller with such values appends them all at once
+/// (as [`build_batch`] does).
+pub struct BatchBuilder {
+    arrow_schema: Arc<ArrowSchema>,
+    layout: Layout,
+    builders: Vec<Builder>,
+    rejected: Vec<RejectedRow>,
+}
+
+impl BatchBuilder {
+    /// Builders for `rows` rows in `target`; the bytes of string and binary values are estimated from
+    /// `sample` (some of the batch's segments), scaled to `rows`, so the builders rarely grow by copying.
+    pub fn new(
+        target: &Schema,
+        rows: usize,
+        sample: &[(Arc<TableSchema>, Vec<SegmentEvent>)],
+    ) -> Result<Self, ArrowBatchError> {
+        let arrow_schema = Arc::new(schema_to_arrow_schema(target)?);
+        let layout = Layout::new(target, &arrow_schema)?;
+        let mut bytes = vec![0usize; layout.kinds.len()];
+        let mut sampled = 0usize;
+        for (version, events) in sample {
+            // A version the target cannot take fails in `append`, with its error.
+            let Ok(plan) = Plan::new(version, target, &layout) else { break };
+            for event in events {
+                sampled += 1;
+                let image = event.new.as_deref().or(event.old.as_deref());
+                for (&i, value) in plan.target_of.iter().zip(image.unwrap_or_default()) {
+                    bytes[i] += match value {
+                        Value::Text(v) | Value::Numeric(v) => v.len(),
+                        Value::Bytes(v) => v.len(),
+                        _ => 0,
+                    };
+                }
+            }
+        }
+        if sampled > 0 && sampled < rows {
+            // A little room above the estimate: a builder that must grow copies what it holds.
+            for b in &mut bytes {
+                *b = (*b as f64 * rows as f64 / sampled as f64 * 1.05) as usize;
+            }
+        }
+        bytes[layout.op] = rows;
+        let builders = arrow_schema
+            .fields()
+            .iter()
+            .zip(&bytes)
+            .map(|(f, &bytes)| Builder::new(f.data_type(), rows, bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { arrow_schema, layout, builders, rejected: Vec::new() })
+    }
+
+    /// Appends the rows of `segments` (consecutive, in position order, after those appended before).
+    pub fn append(
+        &mut self,
+        target: &Schema,
+        segments: &[(Arc<TableSchema>, Vec<SegmentEvent>)],
+    ) -> Result<(), ArrowBatchError> {
+        let layout = &self.layout;
+        let needs_history = segments.iter().any(|(_, events)| events.iter().any(has_unchanged));
+        let mut history = History {
+            enabled: needs_history,
+            images: HashMap::new(),
+        };
+        // Per-row scratch, reused: what is known of each column of the row's version, and the target's cells.
+        let mut slots = Vec::new();
+        let mut cells = vec![Cell::Null; layout.kinds.len()];
+        for (version, events) in segments {
+            let plan = Plan::new(version, target, layout)?;
+            cells.fill(Cell::Null);
+            for event in events {
+                match fill_row(layout, &plan, &mut history, event, &mut slots, &mut cells) {
+                    Ok(()) => {
+                        for (builder, cell) in self.builders.iter_mut().zip(&cells) {
+                            builder.append(cell)?;
+                        }
+                    }
+                    Err(reason) => self.rejected.push(RejectedRow {
+                        position: event.position(),
+                        reason,
+                        rendering: render(version, event),
+                    }),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The batch and the changes left out of it.
+    pub fn finish(self) -> Result<BatchOutput, ArrowBatchError> {
+        let columns = self
+            .builders
+            .into_iter()
+            .map(Builder::finish)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(BatchOutput {
+            batch: RecordBatch::try_new(self.arrow_schema, columns)?,
+            rejected: self.rejected,
+        })
+    }
 }
 
 /// The target's columns: what each holds, and where the changelog columns are.
@@ -235,13 +283,6 @@ fn row_key<'a>(plan: &Plan<'_>, value: impl Fn(usize) -> Slot<'a>) -> Option<Vec
         rmp_serde::encode::write(&mut key, &(&plan.version.columns[j].name, value)).ok()?;
     }
     Some(key)
-}
-
-fn has_unchanged(event: &SegmentEvent) -> bool {
-    [&event.old, &event.new]
-        .into_iter()
-        .flatten()
-        .any(|row| row.iter().any(|v| matches!(v, Value::Unchanged)))
 }
 
 /// The cells of one change, or why it cannot be written (then it is rejected, and nothing is appended).

@@ -38,7 +38,7 @@ mod values;
 #[cfg(test)]
 mod tests;
 
-pub use build::build_batch;
+pub use build::{build_batch, has_unchanged, BatchBuilder};
 pub use schema::{changelog_schema, iceberg_spec_type, missing_columns, philotes_type};
 
 use arrow::error::ArrowError;

@@ -201,19 +201,61 @@ pub(crate) async fn build_part(
     let started = std::time::Instant::now();
     let payloads = watermarks::payloads(&**claim.lease.client, &ids).await?;
     let read = started.elapsed();
+    let table = || format!("{}.{}", claim.lease.lease.source_schema, claim.lease.lease.source_table);
+    let version_of = |s: &ClaimedSegment| {
+        claim.versions.get(&s.schema_version).ok_or_else(|| BatchError::MissingVersion {
+            table: table(),
+            segment: s.id,
+            version: s.schema_version,
+        })
+    };
+    let found = payloads.iter().filter(|(id, _)| segments.iter().any(|s| s.id == *id)).count();
+    if found != ids.len() {
+        return Err(BatchError::SegmentsGone { expected: ids.len(), found });
+    }
+    // The usual case: nothing here is in Iceberg yet. Each segment is decoded, appended and dropped while its
+    // values are still in the CPU's cache. A segment with unchanged TOAST values sends the part down the
+    // general path below, where earlier images of the whole part can fill them.
+    if committed.is_none_or(|c| segments.iter().all(|s| s.first > c)) {
+        let rows = segments.iter().map(|s| usize::try_from(s.events).unwrap_or(0)).sum();
+        let mut builder: Option<arrow_batch::BatchBuilder> = None;
+        let mut streamed = true;
+        for (id, payload) in payloads.iter() {
+            let Some(s) = segments.iter().find(|s| s.id == id) else { continue };
+            let group = [(version_of(s)?.clone(), segment::decode(payload)?)];
+            if group[0].1.iter().any(arrow_batch::has_unchanged) {
+                streamed = false;
+                break;
+            }
+            let builder = match &mut builder {
+                Some(builder) => builder,
+                None => builder.insert(arrow_batch::BatchBuilder::new(schema, rows, &group)?),
+            };
+            builder.append(schema, &group)?;
+        }
+        if streamed {
+            let output = match builder {
+                Some(builder) => Some(builder.finish()?),
+                None => None,
+            };
+            tracing::debug!(flush = claim.id, first_segment = ids[0], segments = ids.len(), read_ms = read.as_millis() as u64,
+                decode_and_build_ms = (started.elapsed() - read).as_millis() as u64, "part built");
+            return Ok(match output {
+                Some(output) => Built {
+                    batch: (output.batch.num_rows() > 0).then_some(output.batch),
+                    rejected: output.rejected,
+                },
+                None => Built { batch: None, rejected: Vec::new() },
+            });
+        }
+    }
     // Changes Iceberg already has are not written again. Their dead letters, though, were never stored: a
     // segment's dead letters are stored by the checkpoint that deletes it, and it is still here.
     let mut groups: Vec<(Arc<TableSchema>, Vec<SegmentEvent>)> = Vec::with_capacity(ids.len());
     let mut already: Vec<(Arc<TableSchema>, Vec<SegmentEvent>)> = Vec::new();
-    let mut found = 0;
     for (id, payload) in payloads.iter() {
         let Some(s) = segments.iter().find(|s| s.id == id) else { continue };
-        found += 1;
-        let version = claim.versions.get(&s.schema_version).ok_or_else(|| BatchError::MissingVersion {
-            table: format!("{}.{}", claim.lease.lease.source_schema, claim.lease.lease.source_table),
-            segment: s.id,
-            version: s.schema_version,
-        })?;
+        let version = version_of(s)?;
         let mut events = segment::decode(payload)?;
         if let Some(c) = committed.filter(|c| s.first <= *c) {
             let (old, new): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.position() <= c);
@@ -226,13 +268,10 @@ pub(crate) async fn build_part(
             groups.push((version.clone(), events));
         }
     }
-    if found != ids.len() {
-        return Err(BatchError::SegmentsGone { expected: ids.len(), found });
-    }
     let decoded = started.elapsed();
     let mut rejected = Vec::new();
     if !already.is_empty() {
-        tracing::info!(table = %format!("{}.{}", claim.lease.lease.source_schema, claim.lease.lease.source_table),
+        tracing::info!(table = %table(),
             changes = already.iter().map(|(_, e)| e.len()).sum::<usize>(),
             "claimed changes are already in iceberg (a flush crashed before its checkpoint): not writing them again");
         rejected.extend(arrow_batch::build_batch(schema, &already)?.rejected);

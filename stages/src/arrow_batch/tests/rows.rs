@@ -338,3 +338,27 @@ fn a_truncate_in_a_batch_that_fills_unchanged_values_forgets_the_rows_before_it(
     );
     assert_eq!(unchanged_lists(&out.batch), [None, None, None, Some(vec!["body".to_owned()])]);
 }
+
+#[test]
+fn segments_appended_one_at_a_time_make_the_batch_of_all_at_once() {
+    let t = simple();
+    let target = changelog_schema(&t).expect("schema");
+    let row = |id, body: &str, n: &str| vec![Value::Int32(id), text(body), Value::Numeric(n.into())];
+    let segments = vec![
+        (t.clone(), vec![insert(0, row(1, "a", "1.50")), update(1, row(1, "bb", "2.25"))]),
+        // NaN cannot go into numeric(10,2): rejected in both ways alike.
+        (t.clone(), vec![insert(2, row(2, "ccc", "NaN")), event('D', 3, Some((false, row(1, "", "0"))), None)]),
+        (t.clone(), vec![event('T', 4, None, None), insert(5, row(3, &"x".repeat(300), "7.00"))]),
+    ];
+    let whole = build(&target, segments.clone());
+    let rows = segments.iter().map(|(_, e)| e.len()).sum();
+    let mut builder = BatchBuilder::new(&target, rows, &segments[..1]).expect("builder");
+    for segment in &segments {
+        builder.append(&target, std::slice::from_ref(segment)).expect("append");
+    }
+    let parts = builder.finish().expect("finish");
+    assert_eq!(parts.batch, whole.batch);
+    assert_eq!(parts.rejected, whole.rejected);
+    assert_eq!(whole.rejected.len(), 1);
+    assert_eq!(whole.batch.num_rows(), 5);
+}
