@@ -22,6 +22,8 @@ pub type Row = BTreeMap<String, serde_json::Value>;
 pub struct Pipeline {
     pub file: PathBuf,
     pub warehouse: PathBuf,
+    /// The S3-compatible store holding the warehouse instead of `warehouse` (see [`Pipeline::use_s3`]).
+    pub s3: Option<S3Warehouse>,
     /// The SQL catalog's database (the buffer database unless a test points it elsewhere).
     pub catalog_url: String,
     pub name: String,
@@ -57,7 +59,7 @@ impl Pipeline {
         );
         let file = dir.join("pipeline.yaml");
         std::fs::write(&file, yaml).expect("pipeline file");
-        Self { file, warehouse, catalog_url: db.url(), name: db.name().to_string() }
+        Self { file, warehouse, s3: None, catalog_url: db.url(), name: db.name().to_string() }
     }
 
     /// Replaces `from` (which must be there) with `to` in the pipeline file.
@@ -90,14 +92,112 @@ impl Pipeline {
         std::fs::read_to_string(self.file.with_file_name(name)).unwrap_or_default()
     }
 
-    pub fn catalog(&self) -> CatalogSettings {
-        CatalogSettings::Sql {
-            name: "philotes".into(),
-            uri: self.catalog_url.clone(),
-            warehouse: format!("file://{}", self.warehouse.display()),
-            props: Default::default(),
-        }
+    /// Puts the warehouse into the S3-compatible store `s3` (the pipeline file's `s3:` block).
+    pub fn use_s3(&mut self, s3: &S3Warehouse) {
+        self.rewrite(
+            &format!("    warehouse: file://{}\n", self.warehouse.display()),
+            &format!(
+                "    warehouse: {}\n    s3: {{ region: us-east-1, endpoint: \"{}\", access_key_id: test, \
+                 secret_access_key: test, path_style: true }}\n",
+                s3.location(),
+                s3.endpoint
+            ),
+        );
+        self.s3 = Some(s3.clone());
     }
+
+    pub fn catalog(&self) -> CatalogSettings {
+        let (warehouse, props) = match &self.s3 {
+            Some(s3) => (s3.location(), s3.properties().into_iter().collect()),
+            None => (format!("file://{}", self.warehouse.display()), Default::default()),
+        };
+        CatalogSettings::Sql { name: "philotes".into(), uri: self.catalog_url.clone(), warehouse, props }
+    }
+}
+
+/// A bucket in an S3-compatible store.
+#[derive(Debug, Clone)]
+pub struct S3Warehouse {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// The bucket.
+    pub bucket: String,
+}
+
+impl S3Warehouse {
+    /// The warehouse location in the bucket.
+    pub fn location(&self) -> String {
+        format!("s3://{}/warehouse", self.bucket)
+    }
+
+    /// The FileIO properties of the `iceberg` crate and of pyiceberg (the same names).
+    pub fn properties(&self) -> Vec<(String, String)> {
+        [
+            ("s3.endpoint", self.endpoint.as_str()),
+            ("s3.region", "us-east-1"),
+            ("s3.access-key-id", "test"),
+            ("s3.secret-access-key", "test"),
+            ("s3.path-style-access", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+/// A local S3-compatible server: moto's, from the venv `.ci/run` makes (next to `PHILOTES_PYTHON`). Stopped on
+/// drop.
+pub struct S3Server {
+    child: Child,
+    /// Its endpoint.
+    pub endpoint: String,
+}
+
+impl S3Server {
+    /// Starts the server on a free port and waits until it answers.
+    pub fn start() -> Self {
+        let python = python();
+        let server = Path::new(&python).with_file_name("moto_server");
+        assert!(server.exists(), "{} is needed for the S3 test: run `bash .ci/run` once (it makes the venv)", server.display());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("port").port();
+        let child = Command::new(&server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let server = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
+        wait_for("the S3 server", Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        server
+    }
+
+    /// Creates `bucket` and returns it as a warehouse.
+    pub fn bucket(&self, bucket: &str) -> S3Warehouse {
+        let out = Command::new(python())
+            .args([
+                "-c",
+                "import sys, boto3; boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='test', \
+                 aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket=sys.argv[2])",
+                &self.endpoint,
+                bucket,
+            ])
+            .output()
+            .expect("python runs");
+        assert!(out.status.success(), "creating bucket {bucket}: {}", String::from_utf8_lossy(&out.stderr));
+        S3Warehouse { endpoint: self.endpoint.clone(), bucket: bucket.to_string() }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The venv's Python (`PHILOTES_PYTHON`, default the venv `.ci/run` makes).
+fn python() -> String {
+    std::env::var("PHILOTES_PYTHON").unwrap_or_else(|_| "/var/tmp/philotes-venv/bin/python".into())
 }
 
 /// SIGTERM, then wait: the process drains and writes its last checkpoint.
@@ -226,16 +326,18 @@ pub async fn read_with_iceberg_crate(pipeline: &Pipeline, table: &str) -> Vec<Ro
 
 /// Every row of an Iceberg table read with pyiceberg (the venv .ci/run makes; `PHILOTES_PYTHON`).
 pub fn read_with_pyiceberg(pipeline: &Pipeline, table: &str) -> Vec<Row> {
-    let python = std::env::var("PHILOTES_PYTHON").unwrap_or_else(|_| "/var/tmp/philotes-venv/bin/python".into());
+    let python = python();
     assert!(
         Path::new(&python).exists(),
         "pyiceberg is needed as the independent reader: run `bash .ci/run` once (it makes the venv) or set PHILOTES_PYTHON"
     );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/read_iceberg.py");
-    let out = Command::new(python)
-        .args([script, &pipeline.catalog_url, "philotes", &format!("lake.{table}")])
-        .output()
-        .expect("python runs");
+    let mut command = Command::new(python);
+    command.args([script, &pipeline.catalog_url, "philotes", &format!("lake.{table}")]);
+    if let Some(s3) = &pipeline.s3 {
+        command.args(s3.properties().into_iter().map(|(k, v)| format!("{k}={v}")));
+    }
+    let out = command.output().expect("python runs");
     assert!(out.status.success(), "pyiceberg failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -364,5 +466,45 @@ async fn changes_reach_iceberg_exactly_as_the_source_made_them_for_both_readers(
             assert_eq!(a.get("_lsn"), b.get("_lsn"));
             assert_eq!(a.get("_seq"), b.get("_seq"));
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warehouse_in_s3_compatible_storage_holds_exactly_the_source_changes_for_both_readers() {
+    let s3 = S3Server::start();
+    let db = philotes_testkit::shared().database("flush_s3").expect("database");
+    db.psql(SCHEMA).expect("schema");
+    create_table(&db, "orders");
+    let mut pipeline = Pipeline::new(&db, &["public.orders"], "{ workers: 1, max_events: 1000, interval: 200ms }");
+    pipeline.use_s3(&s3.bucket("lake"));
+    let mut child = pipeline.start(&[], &[], "run.log");
+    wait_for("the replication slot", Duration::from_secs(60), || {
+        db.psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'philotes_{}' AND confirmed_flush_lsn IS NOT NULL", pipeline.name))
+            .map(|v| v == "1")
+            .unwrap_or(false)
+    });
+    for sql in [
+        "INSERT INTO orders SELECT g, 'order ' || g, g * 1.25, g % 2 = 0, '2024-03-10 01:59:59.123456-05'::timestamptz,
+                jsonb_build_object('g', g), ARRAY['a' || g], repeat('x', 10) FROM generate_series(1, 1500) g",
+        "UPDATE orders SET amount = amount + 1 WHERE id % 7 = 0",
+        "DELETE FROM orders WHERE id > 1400",
+    ] {
+        db.psql(sql).expect("workload");
+    }
+    let after = last_commit(&db, "INSERT INTO orders VALUES (9999, 'last', 1.00)");
+    wait_for("every change in iceberg", Duration::from_secs(120), || drained(&db, &pipeline.name, &after));
+    stop(&mut child);
+    let log = pipeline.log("run.log");
+    assert!(!log.contains("ERROR"), "the run logged errors:\n{log}");
+    assert!(!pipeline.warehouse.exists(), "nothing went to the local warehouse directory");
+
+    let expected = expected_history(&db, "orders");
+    let crate_rows = read_with_iceberg_crate(&pipeline, "orders").await;
+    let py_rows = read_with_pyiceberg(&pipeline, "orders");
+    assert_eq!(crate_rows.len(), expected.len(), "iceberg crate row count");
+    assert_eq!(py_rows.len(), expected.len(), "pyiceberg row count");
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(&comparable(&crate_rows[i]), want, "row {i} (iceberg crate)");
+        assert_eq!(&comparable(&py_rows[i]), want, "row {i} (pyiceberg)");
     }
 }

@@ -1,7 +1,8 @@
 """Reads one Iceberg table with pyiceberg (an independent reader) and prints its rows as JSON lines.
 
-Usage: read_iceberg.py CATALOG_URI CATALOG_NAME NAMESPACE.TABLE
+Usage: read_iceberg.py CATALOG_URI CATALOG_NAME NAMESPACE.TABLE [KEY=VALUE ...]
   CATALOG_URI: the SQL catalog's Postgres URL (postgres://user@host:port/db).
+  KEY=VALUE: catalog properties, e.g. s3.endpoint=http://127.0.0.1:9000 for a warehouse in S3.
 Rows come out ordered by (_lsn, _seq); every value is rendered as text the way the Rust tests render
 Iceberg values, so the two readers can be compared line by line.
 """
@@ -44,9 +45,10 @@ def render(value):
 
 def main():
     uri, name, ident = sys.argv[1], sys.argv[2], sys.argv[3]
+    properties = dict(arg.split("=", 1) for arg in sys.argv[4:])
     if uri.startswith("postgres://"):
         uri = "postgresql+psycopg2://" + uri[len("postgres://"):]
-    catalog = SqlCatalog(name, uri=uri)
+    catalog = SqlCatalog(name, uri=uri, **properties)
     table = catalog.load_table(ident)
     rows = table.scan().to_arrow().to_pylist()
     rows.sort(key=lambda r: (r["_lsn"], r["_seq"]))
