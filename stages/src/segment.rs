@@ -72,6 +72,119 @@ pub fn decode(payload: &[u8]) -> Result<Vec<SegmentEvent>, SegmentError> {
     }
 }
 
+/// A scalar value borrowed from a segment payload: text and bytes are not copied. Intervals and arrays have
+/// no borrowed form (a reader that meets one takes the owned path, [`decode`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    /// See [`Value::Null`].
+    Null,
+    /// See [`Value::Unchanged`].
+    Unchanged,
+    /// See [`Value::Bool`].
+    Bool(bool),
+    /// See [`Value::Int16`].
+    Int16(i16),
+    /// See [`Value::Int32`].
+    Int32(i32),
+    /// See [`Value::Int64`].
+    Int64(i64),
+    /// See [`Value::Float32`].
+    Float32(f32),
+    /// See [`Value::Float64`].
+    Float64(f64),
+    /// See [`Value::Numeric`].
+    Numeric(&'a str),
+    /// See [`Value::Text`].
+    Text(&'a str),
+    /// See [`Value::Bytes`].
+    Bytes(&'a [u8]),
+    /// See [`Value::Date`].
+    Date(i32),
+    /// See [`Value::Time`].
+    Time(i64),
+    /// See [`Value::Timestamp`].
+    Timestamp(i64),
+    /// See [`Value::TimestampTz`].
+    TimestampTz(i64),
+    /// See [`Value::Uuid`].
+    Uuid(&'a [u8; 16]),
+}
+
+impl<'a> ValueRef<'a> {
+    /// The borrowed form of a scalar `value`; `None` for intervals and arrays.
+    pub fn of(value: &'a Value) -> Option<Self> {
+        Some(match value {
+            Value::Null => ValueRef::Null,
+            Value::Unchanged => ValueRef::Unchanged,
+            Value::Bool(v) => ValueRef::Bool(*v),
+            Value::Int16(v) => ValueRef::Int16(*v),
+            Value::Int32(v) => ValueRef::Int32(*v),
+            Value::Int64(v) => ValueRef::Int64(*v),
+            Value::Float32(v) => ValueRef::Float32(*v),
+            Value::Float64(v) => ValueRef::Float64(*v),
+            Value::Numeric(v) => ValueRef::Numeric(v),
+            Value::Text(v) => ValueRef::Text(v),
+            Value::Bytes(v) => ValueRef::Bytes(v),
+            Value::Date(v) => ValueRef::Date(*v),
+            Value::Time(v) => ValueRef::Time(*v),
+            Value::Timestamp(v) => ValueRef::Timestamp(*v),
+            Value::TimestampTz(v) => ValueRef::TimestampTz(*v),
+            Value::Uuid(v) => ValueRef::Uuid(v),
+            Value::Interval(_) | Value::Array(_) => return None,
+        })
+    }
+
+    /// The owned value.
+    pub fn to_value(self) -> Value {
+        match self {
+            ValueRef::Null => Value::Null,
+            ValueRef::Unchanged => Value::Unchanged,
+            ValueRef::Bool(v) => Value::Bool(v),
+            ValueRef::Int16(v) => Value::Int16(v),
+            ValueRef::Int32(v) => Value::Int32(v),
+            ValueRef::Int64(v) => Value::Int64(v),
+            ValueRef::Float32(v) => Value::Float32(v),
+            ValueRef::Float64(v) => Value::Float64(v),
+            ValueRef::Numeric(v) => Value::Numeric(v.to_owned()),
+            ValueRef::Text(v) => Value::Text(v.to_owned()),
+            ValueRef::Bytes(v) => Value::Bytes(v.to_vec()),
+            ValueRef::Date(v) => Value::Date(v),
+            ValueRef::Time(v) => Value::Time(v),
+            ValueRef::Timestamp(v) => Value::Timestamp(v),
+            ValueRef::TimestampTz(v) => Value::TimestampTz(v),
+            ValueRef::Uuid(v) => Value::Uuid(*v),
+        }
+    }
+}
+
+/// One change of a payload, its rows borrowed ([`read_events`]).
+#[derive(Debug)]
+pub struct EventRef<'a, 'r> {
+    /// See [`SegmentEvent::op`].
+    pub op: char,
+    /// See [`SegmentEvent::commit_lsn`].
+    pub commit_lsn: Lsn,
+    /// See [`SegmentEvent::seq`].
+    pub seq: u64,
+    /// See [`SegmentEvent::xid`].
+    pub xid: u32,
+    /// See [`SegmentEvent::commit_ts`].
+    pub commit_ts: i64,
+    /// See [`SegmentEvent::old_is_full`].
+    pub old_is_full: Option<bool>,
+    /// See [`SegmentEvent::old`].
+    pub old: Option<&'r [ValueRef<'a>]>,
+    /// See [`SegmentEvent::new`].
+    pub new: Option<&'r [ValueRef<'a>]>,
+}
+
+/// Calls `each` with every change of `payload`, its values borrowed, in order, without building owned
+/// events; `each` returns `false` to stop. `None` when the payload is not in the form [`encode`] writes or holds
+/// an interval or an array (then [`decode`] reads it; what `each` saw so far is to be thrown away).
+pub fn read_events<'a>(payload: &'a [u8], each: impl FnMut(&EventRef<'a, '_>) -> bool) -> Option<()> {
+    fast::read_events(payload, each)
+}
+
 /// A strict MessagePack reader for the form `rmp_serde::to_vec` gives a `Vec<SegmentEvent>`: structs as arrays,
 /// a newtype variant as a one-entry map `{tag: value}`, a unit variant as its tag string, `Option` as nil or the
 /// value. Every function returns `None` on anything else, and the caller falls back to `rmp-serde`; so whenever
@@ -79,7 +192,7 @@ pub fn decode(payload: &[u8]) -> Result<Vec<SegmentEvent>, SegmentError> {
 mod fast {
     use philotes_schemas::{Interval, Value};
 
-    use super::SegmentEvent;
+    use super::{EventRef, SegmentEvent, ValueRef};
     use crate::position::Lsn;
 
     /// Nesting of arrays this reader follows before it leaves the payload to `rmp-serde` (which has its own
@@ -100,9 +213,50 @@ mod fast {
         (r.pos == payload.len()).then_some(events)
     }
 
+    pub(super) fn read_events<'a>(
+        payload: &'a [u8],
+        mut each: impl FnMut(&EventRef<'a, '_>) -> bool,
+    ) -> Option<()> {
+        let mut r = Reader {
+            buf: payload,
+            pos: 0,
+        };
+        let n = r.array_len()?;
+        let (mut old, mut new) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            if r.array_len()? != 8 {
+                return None;
+            }
+            let (op, commit_lsn, seq, xid, commit_ts, old_is_full) = r.header()?;
+            let has_old = r.row_ref(&mut old)?;
+            let has_new = r.row_ref(&mut new)?;
+            let event = EventRef {
+                op,
+                commit_lsn,
+                seq,
+                xid,
+                commit_ts,
+                old_is_full,
+                old: has_old.then_some(&old[..]),
+                new: has_new.then_some(&new[..]),
+            };
+            if !each(&event) {
+                return Some(());
+            }
+        }
+        (r.pos == payload.len()).then_some(())
+    }
+
     struct Reader<'a> {
         buf: &'a [u8],
         pos: usize,
+    }
+
+    /// A value's tag and, for a scalar, the value; an interval's or array's body is still to be read.
+    enum Head<'a> {
+        Scalar(ValueRef<'a>),
+        Interval,
+        Array,
     }
 
     impl<'a> Reader<'a> {
@@ -216,6 +370,24 @@ mod fast {
             if self.array_len()? != 8 {
                 return None;
             }
+            let (op, commit_lsn, seq, xid, commit_ts, old_is_full) = self.header()?;
+            let old = self.row()?;
+            let new = self.row()?;
+            Some(SegmentEvent {
+                op,
+                commit_lsn,
+                seq,
+                xid,
+                commit_ts,
+                old_is_full,
+                old,
+                new,
+            })
+        }
+
+        /// The six fields of an event before its rows.
+        #[allow(clippy::type_complexity)]
+        fn header(&mut self) -> Option<(char, Lsn, u64, u32, i64, Option<bool>)> {
             let op = {
                 let s = self.str()?;
                 let mut chars = s.chars();
@@ -235,18 +407,23 @@ mod fast {
                 0xc3 => Some(true),
                 _ => return None,
             };
-            let old = self.row()?;
-            let new = self.row()?;
-            Some(SegmentEvent {
-                op,
-                commit_lsn,
-                seq,
-                xid,
-                commit_ts,
-                old_is_full,
-                old,
-                new,
-            })
+            Some((op, commit_lsn, seq, xid, commit_ts, old_is_full))
+        }
+
+        /// A row of scalars into `values` (cleared first); `Some(false)` for nil.
+        fn row_ref(&mut self, values: &mut Vec<ValueRef<'a>>) -> Option<bool> {
+            values.clear();
+            if self.nil()? {
+                return Some(false);
+            }
+            let n = self.array_len()?;
+            for _ in 0..n {
+                match self.head()? {
+                    Head::Scalar(v) => values.push(v),
+                    Head::Interval | Head::Array => return None,
+                }
+            }
+            Some(true)
         }
 
         /// `Option<Vec<Value>>`; the outer `None` is "not the canonical form".
@@ -269,63 +446,74 @@ mod fast {
 
         #[inline]
         fn value(&mut self, depth: u32) -> Option<Value> {
-            match self.byte()? {
+            Some(match self.head()? {
+                Head::Scalar(v) => v.to_value(),
+                Head::Interval => {
+                    if self.array_len()? != 3 {
+                        return None;
+                    }
+                    Value::Interval(Interval {
+                        months: self.int_as()?,
+                        days: self.int_as()?,
+                        micros: self.int_as()?,
+                    })
+                }
+                Head::Array if depth < MAX_DEPTH => Value::Array(self.values(depth + 1)?),
+                Head::Array => return None,
+            })
+        }
+
+        /// A value's tag, and the value itself when it is a scalar.
+        #[inline]
+        fn head(&mut self) -> Option<Head<'a>> {
+            Some(Head::Scalar(match self.byte()? {
                 // A unit variant: its one-letter tag as a string.
                 0xa1 => match self.byte()? {
-                    b'n' => Some(Value::Null),
-                    b'u' => Some(Value::Unchanged),
-                    _ => None,
+                    b'n' => ValueRef::Null,
+                    b'u' => ValueRef::Unchanged,
+                    _ => return None,
                 },
                 // A newtype variant: `{tag: value}`.
                 0x81 => {
                     if self.byte()? != 0xa1 {
                         return None;
                     }
-                    Some(match self.byte()? {
-                        b'b' => Value::Bool(match self.byte()? {
+                    match self.byte()? {
+                        b'b' => ValueRef::Bool(match self.byte()? {
                             0xc2 => false,
                             0xc3 => true,
                             _ => return None,
                         }),
-                        b'h' => Value::Int16(self.int_as()?),
-                        b'i' => Value::Int32(self.int_as()?),
-                        b'l' => Value::Int64(self.int_as()?),
+                        b'h' => ValueRef::Int16(self.int_as()?),
+                        b'i' => ValueRef::Int32(self.int_as()?),
+                        b'l' => ValueRef::Int64(self.int_as()?),
                         b'f' => {
                             if self.byte()? != 0xca {
                                 return None;
                             }
-                            Value::Float32(f32::from_be_bytes(self.be()?))
+                            ValueRef::Float32(f32::from_be_bytes(self.be()?))
                         }
                         b'd' => {
                             if self.byte()? != 0xcb {
                                 return None;
                             }
-                            Value::Float64(f64::from_be_bytes(self.be()?))
+                            ValueRef::Float64(f64::from_be_bytes(self.be()?))
                         }
-                        b'N' => Value::Numeric(self.str()?.to_owned()),
-                        b's' => Value::Text(self.str()?.to_owned()),
-                        b'x' => Value::Bytes(self.bin()?.to_vec()),
-                        b'D' => Value::Date(self.int_as()?),
-                        b't' => Value::Time(self.int_as()?),
-                        b'T' => Value::Timestamp(self.int_as()?),
-                        b'Z' => Value::TimestampTz(self.int_as()?),
-                        b'I' => {
-                            if self.array_len()? != 3 {
-                                return None;
-                            }
-                            Value::Interval(Interval {
-                                months: self.int_as()?,
-                                days: self.int_as()?,
-                                micros: self.int_as()?,
-                            })
-                        }
-                        b'U' => Value::Uuid(self.bin()?.try_into().ok()?),
-                        b'a' if depth < MAX_DEPTH => Value::Array(self.values(depth + 1)?),
+                        b'N' => ValueRef::Numeric(self.str()?),
+                        b's' => ValueRef::Text(self.str()?),
+                        b'x' => ValueRef::Bytes(self.bin()?),
+                        b'D' => ValueRef::Date(self.int_as()?),
+                        b't' => ValueRef::Time(self.int_as()?),
+                        b'T' => ValueRef::Timestamp(self.int_as()?),
+                        b'Z' => ValueRef::TimestampTz(self.int_as()?),
+                        b'U' => ValueRef::Uuid(self.bin()?.try_into().ok()?),
+                        b'I' => return Some(Head::Interval),
+                        b'a' => return Some(Head::Array),
                         _ => return None,
-                    })
+                    }
                 }
-                _ => None,
-            }
+                _ => return None,
+            }))
         }
     }
 }

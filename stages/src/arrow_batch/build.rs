@@ -11,12 +11,12 @@ use iceberg::spec::Schema;
 use philotes_schemas::{TableSchema, Value};
 
 use super::schema::{check_column, type_name};
-use super::values::{convert, Builder, Cell, Kind};
+use super::values::{convert, convert_ref, Builder, Cell, Kind};
 use super::{
     ArrowBatchError, BatchOutput, RejectedRow, CHANGELOG_COLUMNS, COMMIT_TS, LSN, OP, SEQ,
     UNCHANGED, XID,
 };
-use crate::segment::SegmentEvent;
+use crate::segment::{self, SegmentEvent, ValueRef};
 
 /// Longest rendering of one value in a rejected row (a megabyte of JSON helps nobody in a dead letter).
 const RENDERED_VALUE_CHARS: usize = 80;
@@ -74,16 +74,42 @@ impl BatchBuilder {
             let Ok(plan) = Plan::new(version, target, &layout) else { break };
             for event in events {
                 sampled += 1;
-                let image = event.new.as_deref().or(event.old.as_deref());
-                for (&i, value) in plan.target_of.iter().zip(image.unwrap_or_default()) {
-                    bytes[i] += match value {
-                        Value::Text(v) | Value::Numeric(v) => v.len(),
-                        Value::Bytes(v) => v.len(),
-                        _ => 0,
-                    };
-                }
+                let image = event.new.as_deref().or(event.old.as_deref()).unwrap_or_default();
+                add_bytes(&mut bytes, &plan, image.iter().filter_map(ValueRef::of));
             }
         }
+        Self::sized(arrow_schema, layout, rows, bytes, sampled)
+    }
+
+    /// As [`BatchBuilder::new`], the bytes estimated from one segment's payload (written with `version`).
+    pub fn from_payload(
+        target: &Schema,
+        rows: usize,
+        version: &TableSchema,
+        payload: &[u8],
+    ) -> Result<Self, ArrowBatchError> {
+        let arrow_schema = Arc::new(schema_to_arrow_schema(target)?);
+        let layout = Layout::new(target, &arrow_schema)?;
+        let mut bytes = vec![0usize; layout.kinds.len()];
+        let mut sampled = 0usize;
+        if let Ok(plan) = Plan::new(version, target, &layout) {
+            // A payload this cannot read leaves the estimate at what was read (a guess either way).
+            let _ = segment::read_events(payload, |event| {
+                sampled += 1;
+                add_bytes(&mut bytes, &plan, event.new.or(event.old).unwrap_or_default().iter().copied());
+                true
+            });
+        }
+        Self::sized(arrow_schema, layout, rows, bytes, sampled)
+    }
+
+    fn sized(
+        arrow_schema: Arc<ArrowSchema>,
+        layout: Layout,
+        rows: usize,
+        mut bytes: Vec<usize>,
+        sampled: usize,
+    ) -> Result<Self, ArrowBatchError> {
         if sampled > 0 && sampled < rows {
             // A little room above the estimate: a builder that must grow copies what it holds.
             for b in &mut bytes {
@@ -98,6 +124,65 @@ impl BatchBuilder {
             .map(|(f, &bytes)| Builder::new(f.data_type(), rows, bytes))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { arrow_schema, layout, builders, rejected: Vec::new() })
+    }
+
+    /// Appends the changes of one segment straight from its payload, without owned values. `Ok(false)` when
+    /// this path cannot take the segment: an unchanged TOAST value (an earlier image may fill it), an interval
+    /// or array, a change that is to be rejected, a payload in another form. Rows may then be half appended:
+    /// the caller throws this builder away and builds the part with [`build_batch`], which gives the same
+    /// rows for every segment this path takes.
+    pub fn append_payload(
+        &mut self,
+        target: &Schema,
+        version: &TableSchema,
+        payload: &[u8],
+    ) -> Result<bool, ArrowBatchError> {
+        let plan = Plan::new(version, target, &self.layout)?;
+        let (layout, builders) = (&self.layout, &mut self.builders);
+        let columns = version.columns.len();
+        let mut cells = vec![Cell::Null; layout.kinds.len()];
+        let mut usable = true;
+        let mut failure = None;
+        let read = segment::read_events(payload, |event| {
+            let taken = match event.op {
+                'I' => event.new.map(|image| ("I", image)),
+                'U' => event.new.map(|image| ("U", image)),
+                'r' => event.new.map(|image| ("r", image)),
+                'D' => event.old.map(|image| ("D", image)),
+                'T' => Some(("T", &[][..])),
+                _ => None,
+            };
+            let unchanged = [event.old, event.new].into_iter().flatten().flatten().any(|v| *v == ValueRef::Unchanged);
+            let (Some((op, image)), false) = (taken, unchanged) else {
+                usable = false;
+                return false;
+            };
+            if op != "T" && image.len() != columns {
+                usable = false;
+                return false;
+            }
+            let key_only = op == "D" && event.old_is_full != Some(true);
+            let known = known_cells(&plan, op, key_only, image, &mut cells, |value, _, i| {
+                convert_ref(*value, &layout.kinds[i])
+            });
+            let position = (event.commit_lsn.as_u64(), event.seq);
+            if known.is_err() || changelog_cells(layout, &mut cells, op, position, event.commit_ts, event.xid).is_err() {
+                usable = false;
+                return false;
+            }
+            cells[layout.unchanged] = Cell::Null;
+            for (builder, cell) in builders.iter_mut().zip(&cells) {
+                if let Err(e) = builder.append(cell) {
+                    failure = Some(e);
+                    return false;
+                }
+            }
+            true
+        });
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        Ok(read.is_some() && usable)
     }
 
     /// Appends the rows of `segments` (consecutive, in position order, after those appended before).
@@ -147,6 +232,18 @@ impl BatchBuilder {
             batch: RecordBatch::try_new(self.arrow_schema, columns)?,
             rejected: self.rejected,
         })
+    }
+}
+
+/// Adds the bytes of each string and binary value of one row (in the version's column order) to its target
+/// column's count.
+fn add_bytes<'v>(bytes: &mut [usize], plan: &Plan<'_>, row: impl Iterator<Item = ValueRef<'v>>) {
+    for (&i, value) in plan.target_of.iter().zip(row) {
+        bytes[i] += match value {
+            ValueRef::Text(v) | ValueRef::Numeric(v) => v.len(),
+            ValueRef::Bytes(v) => v.len(),
+            _ => 0,
+        };
     }
 }
 
@@ -328,11 +425,6 @@ fn fill_row<'a>(
     };
     let previous = lookup_key.as_ref().and_then(|key| history.images.get(key));
 
-    let long = |what: &str, n: u64| {
-        i64::try_from(n)
-            .map(Cell::I64)
-            .map_err(|_| format!("{what} {n} does not fit an Iceberg long"))
-    };
     let column_error = |j: usize, i: usize, reason: String| {
         format!(
             "column \"{}\" (Iceberg {}): {reason}",
@@ -342,24 +434,10 @@ fn fill_row<'a>(
     if !history.enabled {
         // No change of the batch has an unchanged TOAST value: every value is known as it is. Every column of
         // the version is written (the target columns it lacks stay NULL from the start of the segment).
-        if op == "T" {
-            for &i in &plan.target_of {
-                cells[i] = Cell::Null;
-            }
-        }
-        for (j, value) in image.iter().enumerate() {
-            let i = plan.target_of[j];
-            cells[i] = if key_only && !columns[j].part_of_key {
-                Cell::Null
-            } else {
-                convert(value, &layout.kinds[i]).map_err(|reason| column_error(j, i, reason))?
-            };
-        }
-        cells[layout.op] = Cell::Str(op);
-        cells[layout.lsn] = long("commit LSN", event.commit_lsn.as_u64())?;
-        cells[layout.commit_ts] = Cell::I64(event.commit_ts);
-        cells[layout.xid] = Cell::I64(i64::from(event.xid));
-        cells[layout.seq] = long("seq", event.seq)?;
+        known_cells(plan, op, key_only, image, cells, |value, j, i| {
+            convert(value, &layout.kinds[i]).map_err(|reason| column_error(j, i, reason))
+        })?;
+        changelog_cells(layout, cells, op, (event.commit_lsn.as_u64(), event.seq), event.commit_ts, event.xid)?;
         cells[layout.unchanged] = Cell::Null;
         return Ok(());
     }
@@ -421,16 +499,57 @@ fn fill_row<'a>(
                 convert(value, &layout.kinds[i]).map_err(|reason| column_error(j, i, reason))?;
         }
     }
-    cells[layout.op] = Cell::Str(op);
-    cells[layout.lsn] = long("commit LSN", event.commit_lsn.as_u64())?;
-    cells[layout.commit_ts] = Cell::I64(event.commit_ts);
-    cells[layout.xid] = Cell::I64(i64::from(event.xid));
-    cells[layout.seq] = long("seq", event.seq)?;
+    changelog_cells(layout, cells, op, (event.commit_lsn.as_u64(), event.seq), event.commit_ts, event.xid)?;
     cells[layout.unchanged] = if unchanged.is_empty() {
         Cell::Null
     } else {
         Cell::List(unchanged)
     };
+    Ok(())
+}
+
+/// The source columns' cells of a row whose every value is known as it is (no unchanged TOAST value): NULL
+/// where a key-only image has no value and everywhere for a truncate; `convert(value, j, i)` makes the cell of
+/// version column `j` in target column `i`.
+fn known_cells<'s, 'a, V, E>(
+    plan: &Plan<'_>,
+    op: &str,
+    key_only: bool,
+    image: &'s [V],
+    cells: &mut [Cell<'a>],
+    mut convert: impl FnMut(&'s V, usize, usize) -> Result<Cell<'a>, E>,
+) -> Result<(), E> {
+    if op == "T" {
+        for &i in &plan.target_of {
+            cells[i] = Cell::Null;
+        }
+    }
+    for (j, value) in image.iter().enumerate() {
+        let i = plan.target_of[j];
+        cells[i] = if key_only && !plan.version.columns[j].part_of_key { Cell::Null } else { convert(value, j, i)? };
+    }
+    Ok(())
+}
+
+/// The changelog cells but `_unchanged`: op, position (commit LSN, seq), commit time, transaction id.
+fn changelog_cells(
+    layout: &Layout,
+    cells: &mut [Cell<'_>],
+    op: &'static str,
+    (lsn, seq): (u64, u64),
+    commit_ts: i64,
+    xid: u32,
+) -> Result<(), String> {
+    let long = |what: &str, n: u64| {
+        i64::try_from(n)
+            .map(Cell::I64)
+            .map_err(|_| format!("{what} {n} does not fit an Iceberg long"))
+    };
+    cells[layout.op] = Cell::Str(op);
+    cells[layout.lsn] = long("commit LSN", lsn)?;
+    cells[layout.commit_ts] = Cell::I64(commit_ts);
+    cells[layout.xid] = Cell::I64(i64::from(xid));
+    cells[layout.seq] = long("seq", seq)?;
     Ok(())
 }
 

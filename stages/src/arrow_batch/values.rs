@@ -18,6 +18,8 @@ use arrow::datatypes::{DataType, FieldRef, Fields, TimeUnit};
 use arrow::error::ArrowError;
 use philotes_schemas::{decimal128_unscaled, iceberg_time_micros, Interval, Value};
 
+use crate::segment::ValueRef;
+
 /// What a target column holds, read off its Arrow type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -108,38 +110,50 @@ pub(super) enum Cell<'a> {
 /// `integer` into a `long` column, `real` into `double`) are accepted; an [`Value::Unchanged`] must have been
 /// resolved before.
 pub(super) fn convert<'a>(value: &'a Value, kind: &Kind) -> Result<Cell<'a>, String> {
-    Ok(match (value, kind) {
-        (Value::Null, _) => Cell::Null,
-        (Value::Bool(v), Kind::Bool) => Cell::Bool(*v),
-        (Value::Int16(v), Kind::Int32) => Cell::I32(i32::from(*v)),
-        (Value::Int32(v), Kind::Int32) => Cell::I32(*v),
-        (Value::Int16(v), Kind::Int64) => Cell::I64(i64::from(*v)),
-        (Value::Int32(v), Kind::Int64) => Cell::I64(i64::from(*v)),
-        (Value::Int64(v), Kind::Int64) => Cell::I64(*v),
-        (Value::Float32(v), Kind::Float32) => Cell::F32(*v),
-        (Value::Float32(v), Kind::Float64) => Cell::F64(f64::from(*v)),
-        (Value::Float64(v), Kind::Float64) => Cell::F64(*v),
-        (Value::Numeric(text), Kind::Decimal { precision, scale }) => {
-            Cell::I128(decimal128_unscaled(text, *precision, *scale).map_err(|e| e.to_string())?)
-        }
-        (Value::Numeric(text) | Value::Text(text), Kind::String) => Cell::Str(text),
-        (Value::Bytes(bytes), Kind::Binary) => Cell::Bytes(bytes),
-        (Value::Date(days), Kind::Date) => Cell::I32(*days),
-        (Value::Time(micros), Kind::Time) => {
-            Cell::I64(iceberg_time_micros(*micros).map_err(|e| e.to_string())?)
-        }
-        (Value::Timestamp(micros), Kind::Timestamp) => Cell::I64(*micros),
-        (Value::TimestampTz(micros), Kind::TimestampTz) => Cell::I64(*micros),
-        (Value::Interval(interval), Kind::Interval) => Cell::Interval(*interval),
-        (Value::Uuid(bytes), Kind::Fixed(16)) => Cell::Bytes(bytes),
-        (Value::Array(elements), Kind::List(element)) => Cell::List(
+    let mismatch = || format!("{value} is not a value of the column's type");
+    match (value, kind) {
+        (Value::Interval(interval), Kind::Interval) => Ok(Cell::Interval(*interval)),
+        (Value::Array(elements), Kind::List(element)) => Ok(Cell::List(
             elements
                 .iter()
                 .map(|e| convert(e, element))
                 .collect::<Result<_, _>>()?,
-        ),
-        (Value::Unchanged, _) => return Err("an unchanged TOAST value was not resolved".into()),
-        (value, _) => return Err(format!("{value} is not a value of the column's type")),
+        )),
+        _ => match ValueRef::of(value) {
+            Some(scalar) => convert_ref(scalar, kind).map_err(|e| e.unwrap_or_else(mismatch)),
+            None => Err(mismatch()),
+        },
+    }
+}
+
+/// A scalar `value` for a column of `kind` (see [`convert`]); the error is `None` when the value is not of the
+/// column's type at all (the caller names the value).
+pub(super) fn convert_ref<'a>(value: ValueRef<'a>, kind: &Kind) -> Result<Cell<'a>, Option<String>> {
+    Ok(match (value, kind) {
+        (ValueRef::Null, _) => Cell::Null,
+        (ValueRef::Bool(v), Kind::Bool) => Cell::Bool(v),
+        (ValueRef::Int16(v), Kind::Int32) => Cell::I32(i32::from(v)),
+        (ValueRef::Int32(v), Kind::Int32) => Cell::I32(v),
+        (ValueRef::Int16(v), Kind::Int64) => Cell::I64(i64::from(v)),
+        (ValueRef::Int32(v), Kind::Int64) => Cell::I64(i64::from(v)),
+        (ValueRef::Int64(v), Kind::Int64) => Cell::I64(v),
+        (ValueRef::Float32(v), Kind::Float32) => Cell::F32(v),
+        (ValueRef::Float32(v), Kind::Float64) => Cell::F64(f64::from(v)),
+        (ValueRef::Float64(v), Kind::Float64) => Cell::F64(v),
+        (ValueRef::Numeric(text), Kind::Decimal { precision, scale }) => {
+            Cell::I128(decimal128_unscaled(text, *precision, *scale).map_err(|e| Some(e.to_string()))?)
+        }
+        (ValueRef::Numeric(text) | ValueRef::Text(text), Kind::String) => Cell::Str(text),
+        (ValueRef::Bytes(bytes), Kind::Binary) => Cell::Bytes(bytes),
+        (ValueRef::Date(days), Kind::Date) => Cell::I32(days),
+        (ValueRef::Time(micros), Kind::Time) => {
+            Cell::I64(iceberg_time_micros(micros).map_err(|e| Some(e.to_string()))?)
+        }
+        (ValueRef::Timestamp(micros), Kind::Timestamp) => Cell::I64(micros),
+        (ValueRef::TimestampTz(micros), Kind::TimestampTz) => Cell::I64(micros),
+        (ValueRef::Uuid(bytes), Kind::Fixed(16)) => Cell::Bytes(bytes),
+        (ValueRef::Unchanged, _) => return Err(Some("an unchanged TOAST value was not resolved".into())),
+        _ => return Err(None),
     })
 }
 

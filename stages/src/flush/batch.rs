@@ -213,25 +213,25 @@ pub(crate) async fn build_part(
     if found != ids.len() {
         return Err(BatchError::SegmentsGone { expected: ids.len(), found });
     }
-    // The usual case: nothing here is in Iceberg yet. Each segment is decoded, appended and dropped while its
-    // values are still in the CPU's cache. A segment with unchanged TOAST values sends the part down the
-    // general path below, where earlier images of the whole part can fill them.
+    // The usual case: nothing here is in Iceberg yet. Each segment's changes go from its payload straight into
+    // the Arrow builders (no owned values). A segment this path cannot take (unchanged TOAST values, which
+    // earlier images of the whole part may fill; a change to reject; an interval or array) sends the part down
+    // the general path below.
     if committed.is_none_or(|c| segments.iter().all(|s| s.first > c)) {
         let rows = segments.iter().map(|s| usize::try_from(s.events).unwrap_or(0)).sum();
         let mut builder: Option<arrow_batch::BatchBuilder> = None;
         let mut streamed = true;
         for (id, payload) in payloads.iter() {
             let Some(s) = segments.iter().find(|s| s.id == id) else { continue };
-            let group = [(version_of(s)?.clone(), segment::decode(payload)?)];
-            if group[0].1.iter().any(arrow_batch::has_unchanged) {
+            let version = version_of(s)?;
+            let builder = match &mut builder {
+                Some(builder) => builder,
+                None => builder.insert(arrow_batch::BatchBuilder::from_payload(schema, rows, version, payload)?),
+            };
+            if !builder.append_payload(schema, version, payload)? {
                 streamed = false;
                 break;
             }
-            let builder = match &mut builder {
-                Some(builder) => builder,
-                None => builder.insert(arrow_batch::BatchBuilder::new(schema, rows, &group)?),
-            };
-            builder.append(schema, &group)?;
         }
         if streamed {
             let output = match builder {

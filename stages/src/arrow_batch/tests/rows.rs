@@ -362,3 +362,37 @@ fn segments_appended_one_at_a_time_make_the_batch_of_all_at_once() {
     assert_eq!(whole.rejected.len(), 1);
     assert_eq!(whole.batch.num_rows(), 5);
 }
+
+#[test]
+fn a_payload_appended_without_owned_values_makes_the_batch_of_the_decoded_events() {
+    let t = simple();
+    let target = changelog_schema(&t).expect("schema");
+    let row = |id, body: &str, n: &str| vec![Value::Int32(id), text(body), Value::Numeric(n.into())];
+    let first = vec![
+        insert(0, row(1, "a", "1.50")),
+        update(1, row(1, &"b".repeat(500), "2.25")),
+        event('D', 2, Some((false, vec![Value::Int32(1), Value::Null, Value::Null])), None),
+        event('D', 3, Some((true, row(2, "full", "3.00"))), None),
+    ];
+    let second = vec![event('T', 4, None, None), event('r', 5, None, Some(row(3, "snap", "-4.75")))];
+    let segments = vec![(t.clone(), first), (t.clone(), second)];
+    let whole = build(&target, segments.clone());
+    let payloads: Vec<Vec<u8>> = segments.iter().map(|(_, e)| crate::segment::encode(e).expect("encodes")).collect();
+    let mut builder = BatchBuilder::from_payload(&target, 6, &t, &payloads[0]).expect("builder");
+    for payload in &payloads {
+        assert!(builder.append_payload(&target, &t, payload).expect("append"), "this path takes the segment");
+    }
+    let direct = builder.finish().expect("finish");
+    assert_eq!(direct.batch, whole.batch);
+    assert!(direct.rejected.is_empty() && whole.rejected.is_empty());
+
+    // What this path leaves to the general one: an unchanged TOAST value, a value to reject.
+    for events in [
+        vec![insert(0, row(1, "a", "1.50")), update(1, vec![Value::Int32(1), Value::Unchanged, Value::Null])],
+        vec![insert(0, row(1, "a", "NaN"))],
+    ] {
+        let payload = crate::segment::encode(&events).expect("encodes");
+        let mut builder = BatchBuilder::from_payload(&target, events.len(), &t, &payload).expect("builder");
+        assert!(!builder.append_payload(&target, &t, &payload).expect("append"));
+    }
+}
