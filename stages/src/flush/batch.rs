@@ -140,15 +140,10 @@ impl ArrowBatch {
     /// Makes the claim's Iceberg table ready (created, every used schema version's columns added) and reads its
     /// committed position; once per claim, by the first part that gets here.
     async fn prepare(&self, claim: &Claim, ident: &TableIdent) -> Result<Prepared, BatchError> {
-        let lease = &claim.lease.lease;
-        let source = format!("{}.{}", lease.source_schema, lease.source_table);
+        let source = source_table(claim);
         let mut used = Vec::new();
         for s in &claim.segments {
-            let version = claim.versions.get(&s.schema_version).ok_or_else(|| BatchError::MissingVersion {
-                table: source.clone(),
-                segment: s.id,
-                version: s.schema_version,
-            })?;
+            let version = version_of(claim, s)?;
             if !used.iter().any(|v: &&Arc<TableSchema>| Arc::ptr_eq(v, version)) {
                 used.push(version);
             }
@@ -171,7 +166,7 @@ impl ArrowBatch {
             other => other?,
         };
         let committed = committed_position(&table, &self.pipeline);
-        Ok(Prepared::Ready { schema: table.metadata().current_schema().clone(), committed, table: Box::new(table) })
+        Ok(Prepared::Ready { committed, table: Box::new(table) })
     }
 
     fn ident(&self, claim: &Claim) -> TableIdent {
@@ -179,6 +174,20 @@ impl ArrowBatch {
         let target = (self.target)(&lease.source_schema, &lease.source_table);
         TableIdent::new(NamespaceIdent::new(target.namespace), target.name)
     }
+}
+
+/// `schema.table` of the claimed source table.
+fn source_table(claim: &Claim) -> String {
+    format!("{}.{}", claim.lease.lease.source_schema, claim.lease.lease.source_table)
+}
+
+/// The schema version a claimed segment was written with.
+fn version_of<'c>(claim: &'c Claim, segment: &ClaimedSegment) -> Result<&'c Arc<TableSchema>, BatchError> {
+    claim.versions.get(&segment.schema_version).ok_or_else(|| BatchError::MissingVersion {
+        table: source_table(claim),
+        segment: segment.id,
+        version: segment.schema_version,
+    })
 }
 
 /// A part's rows and the changes left out of them.
@@ -201,14 +210,6 @@ pub(crate) async fn build_part(
     let started = std::time::Instant::now();
     let payloads = watermarks::payloads(&**claim.lease.client, &ids).await?;
     let read = started.elapsed();
-    let table = || format!("{}.{}", claim.lease.lease.source_schema, claim.lease.lease.source_table);
-    let version_of = |s: &ClaimedSegment| {
-        claim.versions.get(&s.schema_version).ok_or_else(|| BatchError::MissingVersion {
-            table: table(),
-            segment: s.id,
-            version: s.schema_version,
-        })
-    };
     let found = payloads.iter().filter(|(id, _)| segments.iter().any(|s| s.id == *id)).count();
     if found != ids.len() {
         return Err(BatchError::SegmentsGone { expected: ids.len(), found });
@@ -223,7 +224,7 @@ pub(crate) async fn build_part(
         let mut streamed = true;
         for (id, payload) in payloads.iter() {
             let Some(s) = segments.iter().find(|s| s.id == id) else { continue };
-            let version = version_of(s)?;
+            let version = version_of(claim, s)?;
             let builder = match &mut builder {
                 Some(builder) => builder,
                 None => builder.insert(arrow_batch::BatchBuilder::from_payload(schema, rows, version, payload)?),
@@ -255,7 +256,7 @@ pub(crate) async fn build_part(
     let mut already: Vec<(Arc<TableSchema>, Vec<SegmentEvent>)> = Vec::new();
     for (id, payload) in payloads.iter() {
         let Some(s) = segments.iter().find(|s| s.id == id) else { continue };
-        let version = version_of(s)?;
+        let version = version_of(claim, s)?;
         let mut events = segment::decode(payload)?;
         if let Some(c) = committed.filter(|c| s.first <= *c) {
             let (old, new): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.position() <= c);
@@ -271,7 +272,7 @@ pub(crate) async fn build_part(
     let decoded = started.elapsed();
     let mut rejected = Vec::new();
     if !already.is_empty() {
-        tracing::info!(table = %table(),
+        tracing::info!(table = %source_table(claim),
             changes = already.iter().map(|(_, e)| e.len()).sum::<usize>(),
             "claimed changes are already in iceberg (a flush crashed before its checkpoint): not writing them again");
         rejected.extend(arrow_batch::build_batch(schema, &already)?.rejected);
@@ -301,7 +302,9 @@ impl Stage for ArrowBatch {
             FlushPart { claim: claim.clone(), index: part.index, last: part.is_last(), table, batch: None, rejected: Vec::new(), stopped: None };
         let prepared = claim.prepared.get_or_try_init(|| self.prepare(claim, &flush_part.table)).await;
         let built = match prepared {
-            Ok(Prepared::Ready { schema, committed, .. }) => build_part(claim, part.segments(), schema, *committed).await,
+            Ok(Prepared::Ready { table, committed }) => {
+                build_part(claim, part.segments(), table.metadata().current_schema(), *committed).await
+            }
             Ok(Prepared::Stopped(reason)) => {
                 flush_part.stopped = Some(reason.clone());
                 out.emit(flush_part);

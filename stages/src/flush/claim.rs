@@ -60,10 +60,9 @@ impl std::fmt::Debug for Claim {
 pub(crate) enum Prepared {
     /// The table exists with every column the claim's schema versions need.
     Ready {
-        /// The table as loaded (IcebergCommit opens the flush's writer on it; it reloads before committing).
+        /// The table as loaded: every part is built in its current schema, and IcebergCommit opens the flush's
+        /// writer on it (it reloads before committing).
         table: Box<iceberg::table::Table>,
-        /// Its current schema: every part is built in it.
-        schema: iceberg::spec::SchemaRef,
         /// The last position Iceberg has (older claimed changes are not written again).
         committed: Option<Position>,
     },

@@ -155,15 +155,12 @@ impl Committer {
     async fn write_ahead(&self, state: &mut Writer, part: &FlushPart, batch: &RecordBatch) -> Result<(), CommitError> {
         if let Writer::NotStarted = state {
             // The table as ArrowBatch loaded it for this flush (no second catalog round trip); the commit
-            // reloads and checks it anyway.
-            let (table, after) = match part.claim.prepared.get() {
-                Some(Prepared::Ready { table, committed, .. }) => ((**table).clone(), *committed),
-                _ => {
-                    let table = self.catalog.load_unguarded(&part.table).await?;
-                    let after = committed_position(&table, &self.pipeline);
-                    (table, after)
-                }
+            // reloads and checks it anyway. A part has rows only once its table is ready, so it is there.
+            let Some(Prepared::Ready { table, committed }) = part.claim.prepared.get() else {
+                *state = Writer::Unusable;
+                return Ok(());
             };
+            let (table, after) = ((**table).clone(), *committed);
             *state = if after.is_some_and(|c| c >= part.claim.last) {
                 Writer::Unusable
             } else {
