@@ -407,6 +407,30 @@ pub fn create_table(db: &TestDatabase, name: &str) {
     .expect("create table");
 }
 
+/// Waits until the pipeline's slot has a consistent point: changes committed before it are never streamed.
+pub fn wait_for_slot(db: &TestDatabase, pipeline: &Pipeline) {
+    wait_for("the replication slot", Duration::from_secs(60), || {
+        db.psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'philotes_{}' AND confirmed_flush_lsn IS NOT NULL", pipeline.name))
+            .map(|v| v == "1")
+            .unwrap_or(false)
+    });
+}
+
+/// Reads `table` with the iceberg crate and with pyiceberg and asserts that each equals the source's recorded
+/// history row for row; returns both readings (crate, pyiceberg).
+pub async fn assert_both_readers_see_the_source(db: &TestDatabase, pipeline: &Pipeline, table: &str) -> (Vec<Row>, Vec<Row>) {
+    let expected = expected_history(db, table);
+    let crate_rows = read_with_iceberg_crate(pipeline, table).await;
+    let py_rows = read_with_pyiceberg(pipeline, table);
+    assert_eq!(crate_rows.len(), expected.len(), "{table}: iceberg crate row count");
+    assert_eq!(py_rows.len(), expected.len(), "{table}: pyiceberg row count");
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(&comparable(&crate_rows[i]), want, "{table} row {i} (iceberg crate)");
+        assert_eq!(&comparable(&py_rows[i]), want, "{table} row {i} (pyiceberg)");
+    }
+    (crate_rows, py_rows)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_reach_iceberg_exactly_as_the_source_made_them_for_both_readers() {
     let db = philotes_testkit::shared().database("flush_e2e").expect("database");
@@ -416,11 +440,7 @@ async fn changes_reach_iceberg_exactly_as_the_source_made_them_for_both_readers(
     let pipeline = Pipeline::new(&db, &["public.orders", "public.customers"], "{ workers: 2, max_events: 1000, interval: 200ms }");
     let mut child = pipeline.start(&[], &[], "run.log");
     // The slot exists once the capture is up; changes before that would not be streamed.
-    wait_for("the replication slot", Duration::from_secs(60), || {
-        db.psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'philotes_{}' AND confirmed_flush_lsn IS NOT NULL", pipeline.name))
-            .map(|v| v == "1")
-            .unwrap_or(false)
-    });
+    wait_for_slot(&db, &pipeline);
     // One psql call per transaction: a multi-statement `psql -c` is one implicit transaction, so a ROLLBACK
     // inside it would undo everything before it.
     for sql in [
@@ -445,15 +465,7 @@ async fn changes_reach_iceberg_exactly_as_the_source_made_them_for_both_readers(
     assert!(!log.contains("ERROR"), "the run logged errors:\n{log}");
 
     for table in ["orders", "customers"] {
-        let expected = expected_history(&db, table);
-        let crate_rows = read_with_iceberg_crate(&pipeline, table).await;
-        let py_rows = read_with_pyiceberg(&pipeline, table);
-        assert_eq!(crate_rows.len(), expected.len(), "{table}: iceberg crate row count");
-        assert_eq!(py_rows.len(), expected.len(), "{table}: pyiceberg row count");
-        for (i, want) in expected.iter().enumerate() {
-            assert_eq!(&comparable(&crate_rows[i]), want, "{table} row {i} (iceberg crate)");
-            assert_eq!(&comparable(&py_rows[i]), want, "{table} row {i} (pyiceberg)");
-        }
+        let (crate_rows, py_rows) = assert_both_readers_see_the_source(&db, &pipeline, table).await;
         // Positions strictly increase, and both readers agree on the bookkeeping columns too.
         for pair in crate_rows.windows(2) {
             let pos = |r: &Row| {
@@ -478,11 +490,7 @@ async fn a_warehouse_in_s3_compatible_storage_holds_exactly_the_source_changes_f
     let mut pipeline = Pipeline::new(&db, &["public.orders"], "{ workers: 1, max_events: 1000, interval: 200ms }");
     pipeline.use_s3(&s3.bucket("lake"));
     let mut child = pipeline.start(&[], &[], "run.log");
-    wait_for("the replication slot", Duration::from_secs(60), || {
-        db.psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'philotes_{}' AND confirmed_flush_lsn IS NOT NULL", pipeline.name))
-            .map(|v| v == "1")
-            .unwrap_or(false)
-    });
+    wait_for_slot(&db, &pipeline);
     for sql in [
         "INSERT INTO orders SELECT g, 'order ' || g, g * 1.25, g % 2 = 0, '2024-03-10 01:59:59.123456-05'::timestamptz,
                 jsonb_build_object('g', g), ARRAY['a' || g], repeat('x', 10) FROM generate_series(1, 1500) g",
@@ -498,13 +506,5 @@ async fn a_warehouse_in_s3_compatible_storage_holds_exactly_the_source_changes_f
     assert!(!log.contains("ERROR"), "the run logged errors:\n{log}");
     assert!(!pipeline.warehouse.exists(), "nothing went to the local warehouse directory");
 
-    let expected = expected_history(&db, "orders");
-    let crate_rows = read_with_iceberg_crate(&pipeline, "orders").await;
-    let py_rows = read_with_pyiceberg(&pipeline, "orders");
-    assert_eq!(crate_rows.len(), expected.len(), "iceberg crate row count");
-    assert_eq!(py_rows.len(), expected.len(), "pyiceberg row count");
-    for (i, want) in expected.iter().enumerate() {
-        assert_eq!(&comparable(&crate_rows[i]), want, "row {i} (iceberg crate)");
-        assert_eq!(&comparable(&py_rows[i]), want, "row {i} (pyiceberg)");
-    }
+    assert_both_readers_see_the_source(&db, &pipeline, "orders").await;
 }
