@@ -41,6 +41,13 @@ pub fn capture_settings(config: &PipelineConfig) -> CaptureSettings {
                 PublishedTables::Listed(list.iter().map(|t| (t.schema.clone(), t.name.clone())).collect())
             }
         },
+        iceberg_name: {
+            let targets = config.clone();
+            Arc::new(move |schema: &str, table: &str| {
+                let target = targets.iceberg_target(&TableName { schema: schema.to_string(), name: table.to_string() });
+                format!("{}.{}", target.namespace, target.name)
+            })
+        },
         carry_unmapped_as_text: source.unmapped_types == UnmappedTypes::Text,
         status_interval: source.status_interval,
         limits: EnqueueLimits {

@@ -2,7 +2,7 @@
 //! slot lag, source checkpoint, buffer depth, dead letters.
 
 use philotes_stages::source::setup::{self, SlotStatus};
-use philotes_stages::store::{self, checkpoints, dead_letters, segments, watermarks};
+use philotes_stages::store::{self, checkpoints, dead_letters, segments, source_tables, watermarks};
 use serde::Serialize;
 
 use crate::config::PipelineConfig;
@@ -49,8 +49,28 @@ pub struct TableStatus {
     pub table: String,
     /// Last position in Iceberg (`lsn#seq`), `None` before its first flush.
     pub committed: Option<String>,
-    /// Set when the table stopped (an incompatible schema change): the reason.
+    /// Set when the table stopped (an incompatible schema change, an unmappable column): the reason.
     pub error: Option<String>,
+    /// The table's name on the source now, when it was renamed (it keeps flowing under its first name).
+    pub renamed_to: Option<String>,
+    /// Why the capture does not follow the table (a keyless table it refused to publish).
+    pub problem: Option<String>,
+}
+
+/// Adds what the capture knows of each table (renames, refusals) to the flush states; a refused table that
+/// never flowed gets a line of its own.
+fn add_source_tables(tables: &mut Vec<TableStatus>, followed: Vec<source_tables::SourceTable>) {
+    for row in followed {
+        let name = format!("{}.{}", row.source_schema, row.source_table);
+        let renamed_to = row.renamed().then(|| format!("{}.{}", row.schema_now, row.table_now));
+        match tables.iter_mut().find(|t| t.table == name) {
+            Some(table) => {
+                table.renamed_to = renamed_to;
+                table.problem = row.problem;
+            }
+            None => tables.push(TableStatus { table: name, committed: None, error: None, renamed_to, problem: row.problem }),
+        }
+    }
 }
 
 /// Why status could not be read.
@@ -75,15 +95,16 @@ pub async fn read(config: &PipelineConfig) -> Result<Status, StatusError> {
         .query_one("SELECT to_regclass('philotes.checkpoints') IS NOT NULL", &[])
         .await?
         .get(0);
-    let (checkpoint, depth, dead, tables) = if migrated {
+    let (checkpoint, depth, dead, tables, followed) = if migrated {
         (
             checkpoints::load(&buffer, &config.pipeline).await?,
             segments::depth(&buffer, &config.pipeline).await?,
             dead_letters::count(&buffer, &config.pipeline).await?,
             watermarks::all(&buffer, &config.pipeline).await?,
+            source_tables::list(&buffer, &config.pipeline).await?,
         )
     } else {
-        (None, segments::Depth::default(), 0, Vec::new())
+        (None, segments::Depth::default(), 0, Vec::new(), Vec::new())
     };
     Ok(Status {
         pipeline: config.pipeline.clone(),
@@ -100,14 +121,20 @@ pub async fn read(config: &PipelineConfig) -> Result<Status, StatusError> {
         buffer_events: depth.events,
         buffer_bytes: depth.bytes,
         dead_letters: dead,
-        tables: tables
-            .into_iter()
-            .map(|t| TableStatus {
-                table: format!("{}.{}", t.source_schema, t.source_table),
-                committed: t.committed.map(|p| p.to_string()),
-                error: t.error,
-            })
-            .collect(),
+        tables: {
+            let mut tables = tables
+                .into_iter()
+                .map(|t| TableStatus {
+                    table: format!("{}.{}", t.source_schema, t.source_table),
+                    committed: t.committed.map(|p| p.to_string()),
+                    error: t.error,
+                    renamed_to: None,
+                    problem: None,
+                })
+                .collect();
+            add_source_tables(&mut tables, followed);
+            tables
+        },
     })
 }
 
@@ -143,12 +170,16 @@ impl std::fmt::Display for Status {
         )?;
         write!(f, "dead letters {}", self.dead_letters)?;
         for table in &self.tables {
-            let state = match (&table.error, &table.committed) {
-                (Some(error), _) => format!("STOPPED: {error}"),
-                (None, Some(position)) => format!("in iceberg up to {position}"),
-                (None, None) => "not flushed yet".to_string(),
+            let state = match (&table.problem, &table.error, &table.committed) {
+                (Some(problem), _, _) => format!("NOT CAPTURED: {problem}"),
+                (None, Some(error), _) => format!("STOPPED: {error}"),
+                (None, None, Some(position)) => format!("in iceberg up to {position}"),
+                (None, None, None) => "not flushed yet".to_string(),
             };
             write!(f, "\ntable        {}  {state}", table.table)?;
+            if let Some(now) = &table.renamed_to {
+                write!(f, "\n  renamed    on the source to {now} (its changes keep flowing into the same Iceberg table)")?;
+            }
         }
         Ok(())
     }

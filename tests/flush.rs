@@ -352,12 +352,23 @@ pub fn expected_history(db: &TestDatabase, table: &str) -> Vec<Row> {
 
 /// [`expected_history`] of the changes that also match the SQL condition `filter` (on `history`'s columns).
 pub fn expected_history_where(db: &TestDatabase, table: &str, filter: &str) -> Vec<Row> {
+    expected_history_matching(db, &format!("tbl = '{table}' AND ({filter})"))
+}
+
+/// The history rows of every table in `tables` (a renamed table, a partitioned table's partitions), in order.
+pub fn expected_history_of(db: &TestDatabase, tables: &[&str]) -> Vec<Row> {
+    let list = tables.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
+    expected_history_matching(db, &format!("tbl IN ({list})"))
+}
+
+/// The history rows that match the SQL condition `condition` (on `history`'s columns), in order.
+fn expected_history_matching(db: &TestDatabase, condition: &str) -> Vec<Row> {
     let text = db
         .psql(&format!(
             "SELECT json_build_object('_op', op, 'id', id::text, 'name', name, 'amount', amount::text,
                     'flag', flag::text, 'created', to_char(created AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00',
                     'payload', payload::text, 'tags', to_json(tags), 'note', note)
-             FROM history WHERE tbl = '{table}' AND ({filter}) ORDER BY n"
+             FROM history WHERE {condition} ORDER BY n"
         ))
         .expect("history");
     text.lines()
@@ -419,7 +430,12 @@ pub fn wait_for_slot(db: &TestDatabase, pipeline: &Pipeline) {
 /// Reads `table` with the iceberg crate and with pyiceberg and asserts that each equals the source's recorded
 /// history row for row; returns both readings (crate, pyiceberg).
 pub async fn assert_both_readers_see_the_source(db: &TestDatabase, pipeline: &Pipeline, table: &str) -> (Vec<Row>, Vec<Row>) {
-    let expected = expected_history(db, table);
+    assert_both_readers_hold(pipeline, table, &expected_history(db, table)).await
+}
+
+/// Reads the Iceberg table `table` with the iceberg crate and with pyiceberg and asserts that each holds
+/// `expected` row for row; returns both readings (crate, pyiceberg).
+pub async fn assert_both_readers_hold(pipeline: &Pipeline, table: &str, expected: &[Row]) -> (Vec<Row>, Vec<Row>) {
     let crate_rows = read_with_iceberg_crate(pipeline, table).await;
     let py_rows = read_with_pyiceberg(pipeline, table);
     assert_eq!(crate_rows.len(), expected.len(), "{table}: iceberg crate row count");

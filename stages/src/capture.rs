@@ -15,14 +15,15 @@ use tokio_util::sync::CancellationToken;
 use crate::decode::stage::{Decode, NAME as DECODE};
 use crate::enqueue::{Enqueue, EnqueueError, EnqueueLimits, NAME as ENQUEUE};
 use crate::position::Lsn;
-use crate::resolve::{ResolveError, SchemaResolve, TableFilter, NAME as SCHEMA_RESOLVE};
+use crate::resolve::{ResolveError, SchemaResolve, NAME as SCHEMA_RESOLVE};
+use crate::source::follow::{self, IcebergName};
 use crate::source::pgwire::{PgwireStream, StreamSettings};
 use crate::source::setup::{self, PublishedTables};
 use crate::source::{durable_channel, FrameSource, SourceError};
 use crate::store::{self, checkpoints, pipelines, segments};
 
 /// Everything the capture needs, from the pipeline file.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CaptureSettings {
     /// The pipeline name (checkpoint key, application name).
     pub pipeline: String,
@@ -36,6 +37,8 @@ pub struct CaptureSettings {
     pub slot: String,
     /// The tables to capture.
     pub tables: PublishedTables,
+    /// The Iceberg identifier (`namespace.table`) of a source table: two followed tables must never share one.
+    pub iceberg_name: IcebergName,
     /// Carry columns of unmapped types as text instead of stopping.
     pub carry_unmapped_as_text: bool,
     /// Standby status update period.
@@ -46,6 +49,17 @@ pub struct CaptureSettings {
     pub queue: usize,
     /// Backoff between restarts after a lost connection.
     pub restart: RetryPolicy,
+}
+
+impl std::fmt::Debug for CaptureSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureSettings")
+            .field("pipeline", &self.pipeline)
+            .field("publication", &self.publication)
+            .field("slot", &self.slot)
+            .field("tables", &self.tables)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the capture stopped for good.
@@ -111,14 +125,37 @@ pub async fn run(settings: &CaptureSettings, cancel: CancellationToken) -> Resul
 async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Result<(), CaptureError> {
     let source = store::connect(&settings.source).await.map_err(SourceError::Sql)?;
     setup::check_wal_level(&source).await?;
-    if setup::ensure_publication(&source, &settings.publication, &settings.tables).await? {
-        tracing::info!(publication = %settings.publication, "publication created or extended");
-    }
+    let followed = {
+        let buffer = store::connect(&settings.buffer).await?;
+        follow::prepare(&source, &buffer, &settings.pipeline, &settings.publication, &settings.tables, &settings.iceberg_name)
+            .await?
+    };
     let slot = setup::ensure_slot(&source, &settings.slot, &settings.pipeline).await?;
     if slot.created {
         tracing::info!(slot = %settings.slot, lsn = %slot.confirmed_flush, "replication slot created");
     }
-    drop(source);
+    // `tables: all` with a publication philotes lists itself: tables created from now on join it while the
+    // capture runs (the session that prepared the source keeps doing so).
+    let joiner = matches!(settings.tables, PublishedTables::All).then(|| {
+        let (pipeline, publication, buffer_config) =
+            (settings.pipeline.clone(), settings.publication.clone(), settings.buffer.clone());
+        let mut seen: std::collections::HashSet<u32> =
+            followed.tables.keys().chain(followed.refused.iter()).copied().collect();
+        let (period, cancel) = (settings.status_interval, cancel.clone());
+        tokio::spawn(async move {
+            let Ok(buffer) = store::connect(&buffer_config).await else { return };
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(period) => {}
+                    () = cancel.cancelled() => return,
+                }
+                if let Err(error) = follow::add_new_tables(&source, &buffer, &pipeline, &publication, &mut seen).await {
+                    tracing::warn!(%error, "could not add new tables to the publication; trying again");
+                }
+            }
+        })
+    });
+    let _joiner = AbortOnDrop(joiner);
 
     // The buffer session that resumes is the one Enqueue writes on, and it holds the pipeline's capture lock for
     // as long as it lives. So no other capture (a second process, or this process's previous attempt whose last
@@ -159,10 +196,6 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Res
     )
     .await?;
 
-    let filter: TableFilter = match &settings.tables {
-        PublishedTables::All => None,
-        PublishedTables::Listed(list) => Some(list.iter().cloned().collect()),
-    };
     let options = StageOptions::new(1, settings.queue);
     let mut durable_tx = Some(durable_tx);
     let flow = Flow::from_source(FrameSource::new(stream))
@@ -170,7 +203,10 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Res
         .stage(SCHEMA_RESOLVE, options.clone(), {
             let (pipeline, source, buffer, carry) =
                 (settings.pipeline.clone(), settings.source.clone(), settings.buffer.clone(), settings.carry_unmapped_as_text);
-            move |_| SchemaResolve::new(&pipeline, source.clone(), buffer.clone(), filter.clone(), carry)
+            let iceberg_name = settings.iceberg_name.clone();
+            move |_| {
+                SchemaResolve::new(&pipeline, source.clone(), buffer.clone(), followed.clone(), iceberg_name.clone(), carry)
+            }
         })
         .sink(ENQUEUE, options, {
             let (pipeline, buffer_config, limits) = (settings.pipeline.clone(), settings.buffer.clone(), settings.limits);
@@ -186,4 +222,15 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Res
         });
     flow.run(cancel.clone()).await?;
     Ok(())
+}
+
+/// Ends the table-joining task with the capture session that started it.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
 }

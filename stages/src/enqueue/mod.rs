@@ -83,6 +83,8 @@ pub struct Enqueue {
     full_bytes: usize,
     rejected: Vec<DeadLetter>,
     open: Option<Lsn>,
+    /// Whether the open transaction had a change or a dead letter for us.
+    open_changed: bool,
     /// The last transaction seen complete, not yet durable.
     committed: Option<Checkpoint>,
     /// When the oldest change not yet durable arrived.
@@ -104,6 +106,7 @@ impl Enqueue {
             full_bytes: 0,
             rejected: Vec::new(),
             open: None,
+            open_changed: false,
             committed: None,
             oldest: None,
             building_bytes: 0,
@@ -206,8 +209,12 @@ impl Enqueue {
 impl Enqueue {
     async fn item(&mut self, item: &Resolved) -> Result<(), EnqueueError> {
         match item {
-            Resolved::Begin { commit_lsn } => self.open = Some(*commit_lsn),
+            Resolved::Begin { commit_lsn } => {
+                self.open = Some(*commit_lsn);
+                self.open_changed = false;
+            }
             Resolved::Change { table, event } => {
+                self.open_changed = true;
                 if self.open.is_none() {
                     return Err(EnqueueError::OutsideTransaction(event.commit_lsn));
                 }
@@ -217,11 +224,20 @@ impl Enqueue {
                 }
             }
             Resolved::Rejected(letter) => {
+                self.open_changed = true;
                 self.oldest.get_or_insert_with(Instant::now);
                 self.rejected.push(letter.clone());
             }
             Resolved::Commit { commit_lsn, end_lsn } => {
                 self.open = None;
+                // `committed` is set at every other commit, so `None` means everything before this transaction is
+                // durable; and this one had no change (none held, none spilled).
+                if self.committed.is_none() && !std::mem::take(&mut self.open_changed) {
+                    // Nothing of ours in it and nothing waiting: the slot may pass it without a checkpoint write.
+                    // A write here would itself be WAL that a `FOR ALL TABLES` publication sends back to us.
+                    self.durable.send_replace(*end_lsn);
+                    return Ok(());
+                }
                 self.committed = Some(Checkpoint { commit_lsn: *commit_lsn, end_lsn: *end_lsn });
                 // A transaction without changes for us still moves the checkpoint (so the slot advances).
                 self.oldest.get_or_insert_with(Instant::now);

@@ -11,14 +11,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use philotes_engine::{Emitter, Stage, StageError};
-use philotes_schemas::{CatalogType, ColumnSchema, TableSchema, TypeResolver, CATALOG_TYPES_SQL};
+use philotes_schemas::{CatalogType, ColumnSchema, PgType, TableSchema, TypeResolver, CATALOG_TYPES_SQL};
 use tokio_postgres::{Client, Config};
 
 use crate::decode::{ChangeEvent, Decoded, Relation};
 use crate::position::Lsn;
 use crate::segment::SegmentEvent;
+use crate::source::follow::{self, Followed, IcebergName, Identity};
+use crate::source::setup;
 use crate::store::dead_letters::DeadLetter;
 use crate::store::schemas::{self as schema_store, SchemaVersionRow};
+use crate::store::source_tables::{self, SourceTable};
+use crate::store::watermarks;
 
 /// The stage's name in metrics, spans and YAML (`stages.schema_resolve`).
 pub const NAME: &str = "schema_resolve";
@@ -70,6 +74,9 @@ pub enum ResolveError {
     /// A change names a relation the stream never described: the stream is broken.
     #[error("a change of relation {0} arrived before its Relation message")]
     UnknownRelation(u32),
+    /// The stream sends a table the pipeline cannot place; the capture stops before its position is confirmed.
+    #[error("{0}")]
+    Unplaced(String),
     /// Used before `start` connected it.
     #[error("schema_resolve: not started")]
     NotStarted,
@@ -86,9 +93,6 @@ pub enum ResolveError {
     },
 }
 
-/// Which tables to keep: `None` = all the publication sends.
-pub type TableFilter = Option<HashSet<(String, String)>>;
-
 /// SchemaResolve's settings and connections.
 pub struct SchemaResolve {
     pipeline: String,
@@ -96,7 +100,14 @@ pub struct SchemaResolve {
     buffer_config: Config,
     /// Connected in `start`: the source for its type catalog, the buffer for schema versions.
     clients: Option<(Client, Client)>,
-    filter: TableFilter,
+    /// The tables followed, by relation OID, with the identity they keep across renames.
+    followed: Followed,
+    /// Where each identity goes in Iceberg (a table joining `tables: all` must not share another's).
+    iceberg_name: IcebergName,
+    /// Relation OID → the name its last Relation message carried (a change of it is a rename).
+    current: HashMap<u32, Identity>,
+    /// Relations sent but not listed, already warned about.
+    ignored: HashSet<u32>,
     resolver: TypeResolver,
     carry_unmapped_as_text: bool,
     /// Relation id → the table version of its last Relation message (`None`: a table not captured).
@@ -108,13 +119,23 @@ pub struct SchemaResolve {
 
 impl SchemaResolve {
     /// A stage for `pipeline` that will connect to the source (type catalog) and the buffer (schema versions).
-    pub fn new(pipeline: &str, source: Config, buffer: Config, filter: TableFilter, carry_unmapped_as_text: bool) -> Self {
+    pub fn new(
+        pipeline: &str,
+        source: Config,
+        buffer: Config,
+        followed: Followed,
+        iceberg_name: IcebergName,
+        carry_unmapped_as_text: bool,
+    ) -> Self {
         Self {
             pipeline: pipeline.to_string(),
             source_config: source,
             buffer_config: buffer,
             clients: None,
-            filter,
+            followed,
+            iceberg_name,
+            current: HashMap::new(),
+            ignored: HashSet::new(),
             resolver: TypeResolver::new(carry_unmapped_as_text),
             carry_unmapped_as_text,
             relations: HashMap::new(),
@@ -151,30 +172,145 @@ impl SchemaResolve {
         Ok(())
     }
 
+    /// The identity a relation's changes are recorded under, `None` for a relation the pipeline does not
+    /// capture. A relation it cannot place stops the capture (before its transaction is confirmed).
+    async fn place(&mut self, relation: &Relation) -> Result<Option<Identity>, ResolveError> {
+        let now: Identity = (relation.namespace.clone(), relation.name.clone());
+        if let Some(identity) = self.followed.tables.get(&relation.id).cloned() {
+            if self.current.get(&relation.id) != Some(&now) {
+                if now != identity {
+                    tracing::warn!(table = %format!("{}.{}", identity.0, identity.1), now = %format!("{}.{}", now.0, now.1),
+                        "the table was renamed; its changes keep flowing into the same Iceberg table");
+                    self.record(relation.id, &identity, &now).await?;
+                }
+                self.current.insert(relation.id, now);
+            }
+            return Ok(Some(identity));
+        }
+        if self.followed.refused.contains(&relation.id) {
+            return Ok(None);
+        }
+        let qualified = format!("{}.{}", now.0, now.1);
+        if !self.followed.all {
+            if self.followed.tables.values().any(|identity| *identity == now) {
+                return Err(ResolveError::Unplaced(format!(
+                    "the stream sends a table named {qualified} (oid {}), but the pipeline follows another table of \
+                     that name: it was dropped or renamed and a new one took its name. Restart the pipeline to follow \
+                     the table listed now",
+                    relation.id
+                )));
+            }
+            if self.ignored.insert(relation.id) {
+                tracing::warn!(table = %qualified, "the publication sends a table the pipeline does not list: its changes are ignored");
+            }
+            return Ok(None);
+        }
+        if setup::excluded_from_all(&now.0, &now.1) {
+            return Ok(None);
+        }
+        // A table that joined `tables: all` after start: its identity may already be recorded (by the capture
+        // that added it to the publication, under the name it had then).
+        let (_, buffer) = self.clients.as_ref().ok_or(ResolveError::NotStarted)?;
+        let identity = source_tables::list(buffer, &self.pipeline)
+            .await?
+            .into_iter()
+            .find(|t| t.relid == relation.id)
+            .map_or_else(|| now.clone(), |t| (t.source_schema, t.source_table));
+        if self.followed.tables.values().any(|taken| *taken == identity) {
+            return Err(ResolveError::Unplaced(format!(
+                "the stream sends a new table {qualified} (oid {}), but another followed table keeps that name since a \
+                 rename; rename the new table, or capture it with its own pipeline",
+                relation.id
+            )));
+        }
+        follow::check_clashes(self.followed.tables.values().chain(std::iter::once(&identity)), &self.iceberg_name)
+            .map_err(|e| ResolveError::Unplaced(e.to_string()))?;
+        tracing::info!(table = %qualified, "new table followed");
+        self.record(relation.id, &identity, &now).await?;
+        self.followed.tables.insert(relation.id, identity.clone());
+        self.current.insert(relation.id, now);
+        Ok(Some(identity))
+    }
+
+    /// Records a followed table's identity and current name (for restarts and `philotes status`).
+    async fn record(&self, relid: u32, identity: &Identity, now: &Identity) -> Result<(), ResolveError> {
+        let (_, buffer) = self.clients.as_ref().ok_or(ResolveError::NotStarted)?;
+        let row = SourceTable {
+            relid,
+            source_schema: identity.0.clone(),
+            source_table: identity.1.clone(),
+            schema_now: now.0.clone(),
+            table_now: now.1.clone(),
+            problem: None,
+        };
+        source_tables::upsert(buffer, &self.pipeline, &row).await?;
+        Ok(())
+    }
+
+    /// A column type philotes cannot map stops its table only: the values are carried as text into the buffer,
+    /// where they wait (flushers skip a stopped table) until the operator chooses.
+    async fn stop_table(&self, key: &Identity, unmappable: &mut [philotes_schemas::UnsupportedType]) -> Result<(), ResolveError> {
+        let (source, buffer) = self.clients.as_ref().ok_or(ResolveError::NotStarted)?;
+        for column in unmappable.iter_mut() {
+            if column.type_name.starts_with("oid ") {
+                // A type the catalog query does not load (a composite, a range): ask the source for its name.
+                let row = source.query_one("SELECT format_type($1, NULL)", &[&column.oid]).await?;
+                if let Some(name) = row.get::<_, Option<String>>(0) {
+                    column.type_name = name;
+                }
+            }
+        }
+        let columns = unmappable
+            .iter()
+            .map(|c| format!("\"{}\" ({})", c.column, c.type_name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let reason = format!(
+            "column {columns} has a type philotes cannot map to an Iceberg type. The table is stopped; its changes \
+             wait in the buffer. Set source.postgres.unmapped_types: text (to write such columns as strings) or \
+             change the column's type, then resume the table: philotes resume FILE --table {}.{}",
+            key.0, key.1
+        );
+        tracing::error!(table = %format!("{}.{}", key.0, key.1), "{reason}");
+        watermarks::stop_table(buffer, &self.pipeline, &key.0, &key.1, &reason).await?;
+        Ok(())
+    }
+
     async fn relation(&mut self, relation: &Relation) -> Result<(), ResolveError> {
-        let key = (relation.namespace.clone(), relation.name.clone());
-        if self.filter.as_ref().is_some_and(|f| !f.contains(&key)) {
+        let Some(key) = self.place(relation).await? else {
             self.relations.insert(relation.id, None);
             return Ok(());
-        }
+        };
         if relation.columns.iter().any(|c| !self.resolver.knows(c.type_oid)) {
             // A type created after start (a new enum, a domain): read the catalog again.
             self.load_catalog().await?;
         }
-        let qualified = format!("{}.{}", relation.namespace, relation.name);
+        let qualified = format!("{}.{}", key.0, key.1);
         let mut columns = Vec::with_capacity(relation.columns.len());
+        let mut unmappable = Vec::new();
         for c in &relation.columns {
+            let pg_type = match self.resolver.resolve(&qualified, &c.name, c.type_oid, c.type_modifier) {
+                Ok(pg_type) => pg_type,
+                Err(unsupported) => {
+                    let type_name = unsupported.type_name.clone();
+                    unmappable.push(unsupported);
+                    PgType::Unmapped { type_name }
+                }
+            };
             columns.push(ColumnSchema {
                 name: c.name.clone(),
-                pg_type: self.resolver.resolve(&qualified, &c.name, c.type_oid, c.type_modifier)?,
+                pg_type,
                 type_oid: c.type_oid,
                 type_modifier: c.type_modifier,
                 part_of_key: c.is_key,
             });
         }
+        if !unmappable.is_empty() {
+            self.stop_table(&key, &mut unmappable).await?;
+        }
         let schema = TableSchema {
-            schema: relation.namespace.clone(),
-            table: relation.name.clone(),
+            schema: key.0.clone(),
+            table: key.1.clone(),
             columns,
             replica_identity: relation.replica_identity,
         };

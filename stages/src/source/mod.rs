@@ -4,6 +4,7 @@
 //! [`pgwire`], so it can be swapped (e.g. for a client of our own that speaks proto v2 streaming) without
 //! touching the stages. [`setup`] prepares the source (wal_level, publication, slot) over a plain SQL session.
 
+pub mod follow;
 pub mod pgwire;
 pub mod setup;
 
@@ -81,6 +82,33 @@ pub enum SourceError {
     /// A configured table does not exist on the source.
     #[error("table {0} does not exist on the source")]
     NoSuchTable(String),
+    /// A listed table is a partition: its changes arrive under its partitioned root.
+    #[error("table {table} is a partition of {root}: list {root} instead (the changes of every partition, attached now or later, arrive under it)")]
+    PartitionListed {
+        /// The listed partition.
+        table: String,
+        /// Its partitioned root.
+        root: String,
+    },
+    /// A listed relation is not a table (a view, a sequence, a foreign table, …).
+    #[error("{0} is not a table (logical replication publishes ordinary and partitioned tables only)")]
+    NotATable(String),
+    /// Two followed source tables would be written to one Iceberg table.
+    #[error("source tables {first} and {second} would both be written to the Iceberg table {target}: give one of them its own name with sink.iceberg.tables.<table>.name (or .namespace)")]
+    IcebergClash {
+        /// One source table.
+        first: String,
+        /// The other.
+        second: String,
+        /// The Iceberg identifier both resolve to.
+        target: String,
+    },
+    /// The source refused a setup step (e.g. a missing privilege), with what was being done.
+    #[error("source database: {0}")]
+    Setup(String),
+    /// The buffer database failed while recording the followed tables.
+    #[error("buffer database: {0}")]
+    Buffer(tokio_postgres::Error),
     /// The connection settings cannot be used for replication (e.g. a Unix socket path we cannot reach).
     #[error("source connection settings: {0}")]
     Settings(String),
@@ -97,7 +125,12 @@ impl SourceError {
             | SourceError::SlotInvalidated { .. }
             | SourceError::WrongPlugin { .. }
             | SourceError::NoSuchTable(_)
+            | SourceError::PartitionListed { .. }
+            | SourceError::NotATable(_)
+            | SourceError::IcebergClash { .. }
+            | SourceError::Setup(_)
             | SourceError::Settings(_) => false,
+            SourceError::Buffer(e) => crate::capture::connection_lost(e),
         }
     }
 }

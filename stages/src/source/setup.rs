@@ -9,10 +9,12 @@ use tokio_postgres::Client;
 use super::SourceError;
 use crate::position::Lsn;
 
-/// Which tables the publication covers.
+/// Which tables the pipeline captures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishedTables {
-    /// `FOR ALL TABLES` (needs a superuser on the source).
+    /// Every user table ([`user_tables`]), now and created later: philotes lists them in the publication
+    /// itself (never `FOR ALL TABLES`, which would publish keyless tables and philotes' own), and adds new ones
+    /// while it runs. An existing `FOR ALL TABLES` publication is used as it is.
     All,
     /// These `(schema, table)` pairs.
     Listed(Vec<(String, String)>),
@@ -42,57 +44,193 @@ pub async fn check_wal_level(client: &Client) -> Result<(), SourceError> {
     }
 }
 
-/// Creates the publication when missing; when it exists for listed tables, adds the configured tables it lacks
-/// (never removes any: another pipeline may share it). Returns whether anything changed.
-pub async fn ensure_publication(client: &Client, name: &str, tables: &PublishedTables) -> Result<bool, SourceError> {
-    if let PublishedTables::Listed(list) = tables {
-        for (schema, table) in list {
-            let qualified = format!("{}.{}", quote_ident(schema), quote_ident(table));
-            let exists: Option<String> =
-                client.query_one("SELECT to_regclass($1)::text", &[&qualified]).await?.get(0);
-            if exists.is_none() {
-                return Err(SourceError::NoSuchTable(format!("{schema}.{table}")));
-            }
-        }
-    }
-    let row = client
-        .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&name])
-        .await?;
-    match (row, tables) {
-        (None, PublishedTables::All) => {
-            client.batch_execute(&format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(name))).await?;
-            Ok(true)
-        }
-        (None, PublishedTables::Listed(list)) => {
-            client
-                .batch_execute(&format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(name), table_list(list)))
-                .await?;
-            Ok(true)
-        }
-        (Some(row), PublishedTables::Listed(list)) if !row.get::<_, bool>(0) => {
-            let rows = client
-                .query("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1", &[&name])
-                .await?;
-            let missing: Vec<(String, String)> = list
-                .iter()
-                .filter(|(s, t)| !rows.iter().any(|r| r.get::<_, &str>(0) == s && r.get::<_, &str>(1) == t))
-                .cloned()
-                .collect();
-            if missing.is_empty() {
-                return Ok(false);
-            }
-            client
-                .batch_execute(&format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(name), table_list(&missing)))
-                .await?;
-            Ok(true)
-        }
-        (Some(_), _) => Ok(false),
+/// Names of the SQL catalog's own tables (iceberg-rust and pyiceberg): never user data, never captured by `all`.
+pub const CATALOG_TABLES: [&str; 2] = ["iceberg_tables", "iceberg_namespace_properties"];
+
+/// Whether `tables: all` leaves this table out: philotes' own schema (every pipeline's buffer and control
+/// tables) and the SQL catalog's tables, which live in the source database when the buffer and catalog do.
+pub fn excluded_from_all(schema: &str, table: &str) -> bool {
+    schema == "philotes" || CATALOG_TABLES.contains(&table)
+}
+
+/// A source table as the catalog describes it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogTable {
+    /// `pg_class.oid`.
+    pub relid: u32,
+    /// Its schema now.
+    pub schema: String,
+    /// Its name now.
+    pub name: String,
+    /// `r` table, `p` partitioned table, anything else is not a table.
+    pub kind: char,
+    /// The root of the partition tree it belongs to, when it is a partition.
+    pub partition_of: Option<String>,
+    /// Why the application's UPDATE and DELETE would fail once the table is published (`None`: it has a usable
+    /// replica identity).
+    pub keyless: Option<String>,
+    /// Columns PostgreSQL computes (`GENERATED ALWAYS AS … STORED`): pgoutput in PostgreSQL 15 does not send them.
+    pub generated: Vec<String>,
+}
+
+impl CatalogTable {
+    /// `schema.table` as a person reads it.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
     }
 }
 
-fn table_list(list: &[(String, String)]) -> String {
+const DESCRIBE_TABLES: &str = "
+SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text,
+       CASE WHEN c.relispartition THEN (SELECT rn.nspname || '.' || r.relname FROM pg_class r
+            JOIN pg_namespace rn ON rn.oid = r.relnamespace WHERE r.oid = pg_partition_root(c.oid)) END,
+       c.relreplident::text,
+       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+       ARRAY(SELECT a.attname::text FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = 's'
+             ORDER BY a.attnum)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace";
+
+fn catalog_table(row: &tokio_postgres::Row) -> CatalogTable {
+    let (schema, name): (String, String) = (row.get(1), row.get(2));
+    let identity: String = row.get(5);
+    let has_key: bool = row.get(6);
+    let fix = format!(
+        "give it a primary key, or run ALTER TABLE {}.{} REPLICA IDENTITY FULL",
+        quote_ident(&schema),
+        quote_ident(&name)
+    );
+    let keyless = match identity.as_str() {
+        "d" if !has_key => Some(format!(
+            "it has no primary key and REPLICA IDENTITY DEFAULT: once published, the application's UPDATE and DELETE \
+             on it would fail; {fix}"
+        )),
+        "n" => Some(format!(
+            "it has REPLICA IDENTITY NOTHING: once published, the application's UPDATE and DELETE on it would fail; {fix}"
+        )),
+        _ => None,
+    };
+    CatalogTable {
+        relid: row.get(0),
+        schema,
+        name,
+        kind: row.get::<_, String>(3).chars().next().unwrap_or(' '),
+        partition_of: row.get(4),
+        keyless,
+        generated: row.get(7),
+    }
+}
+
+/// The table with this OID, `None` when it no longer exists.
+pub async fn table_by_oid(client: &Client, relid: u32) -> Result<Option<CatalogTable>, SourceError> {
+    let row = client.query_opt(&format!("{DESCRIBE_TABLES} WHERE c.oid = $1"), &[&relid]).await?;
+    Ok(row.as_ref().map(catalog_table))
+}
+
+/// The table with this name, `None` when there is none.
+pub async fn table_by_name(client: &Client, schema: &str, table: &str) -> Result<Option<CatalogTable>, SourceError> {
+    let qualified = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let row = client
+        .query_opt(&format!("{DESCRIBE_TABLES} WHERE c.oid = to_regclass($1)"), &[&qualified])
+        .await?;
+    Ok(row.as_ref().map(catalog_table))
+}
+
+/// Every user table `tables: all` means: ordinary and partitioned tables (partitions arrive under their root)
+/// outside the system schemas, philotes' schema and the SQL catalog's tables.
+pub async fn user_tables(client: &Client) -> Result<Vec<CatalogTable>, SourceError> {
+    let rows = client
+        .query(
+            &format!(
+                "{DESCRIBE_TABLES} WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+                   AND c.relpersistence = 'p'
+                 ORDER BY n.nspname, c.relname"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(catalog_table).filter(|t| !excluded_from_all(&t.schema, &t.name)).collect())
+}
+
+/// The publication as found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicationState {
+    /// `FOR ALL TABLES`: it sends every table (philotes' own included, which SchemaResolve leaves out).
+    pub all_tables: bool,
+    /// `publish_via_partition_root`.
+    pub via_root: bool,
+    /// The OIDs it sends (listed, or through `FOR TABLES IN SCHEMA`).
+    pub members: Vec<u32>,
+}
+
+/// The publication, `None` when it does not exist.
+pub async fn publication(client: &Client, name: &str) -> Result<Option<PublicationState>, SourceError> {
+    let Some(row) = client
+        .query_opt("SELECT oid, puballtables, pubviaroot FROM pg_publication WHERE pubname = $1", &[&name])
+        .await?
+    else {
+        return Ok(None);
+    };
+    let oid: u32 = row.get(0);
+    // pg_publication_tables would list partitions instead of a root when pubviaroot is off (and the root would
+    // look missing): membership is read from the catalog itself.
+    let members = client
+        .query(
+            "SELECT prrelid FROM pg_publication_rel WHERE prpubid = $1
+             UNION SELECT c.oid FROM pg_publication_namespace pn JOIN pg_class c ON c.relnamespace = pn.pnnspid
+             WHERE pn.pnpubid = $1 AND c.relkind IN ('r', 'p')",
+            &[&oid],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(Some(PublicationState { all_tables: row.get(1), via_root: row.get(2), members }))
+}
+
+/// Creates the publication for `tables`, sending partitions' changes under their root's name.
+pub async fn create_publication(client: &Client, name: &str, tables: &[CatalogTable]) -> Result<(), SourceError> {
+    let list = if tables.is_empty() { String::new() } else { format!(" FOR TABLE {}", table_list(tables)) };
+    client
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {}{list} WITH (publish_via_partition_root = true)",
+            quote_ident(name)
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Adds tables to an existing publication (never removes any: another pipeline may share it).
+pub async fn add_to_publication(client: &Client, name: &str, tables: &[CatalogTable]) -> Result<(), SourceError> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    client
+        .batch_execute(&format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(name), table_list(tables)))
+        .await?;
+    Ok(())
+}
+
+/// Turns on `publish_via_partition_root`: without it a partitioned table's changes arrive under each
+/// partition's name (or, for a listed root, not at all).
+pub async fn publish_via_root(client: &Client, name: &str) -> Result<(), SourceError> {
+    client
+        .batch_execute(&format!("ALTER PUBLICATION {} SET (publish_via_partition_root = true)", quote_ident(name)))
+        .await?;
+    Ok(())
+}
+
+/// Whether the table holds any row (a table that joins a publication late had rows the stream never sent).
+pub async fn has_rows(client: &Client, table: &CatalogTable) -> Result<bool, SourceError> {
+    let sql = format!("SELECT EXISTS (SELECT 1 FROM {}.{})", quote_ident(&table.schema), quote_ident(&table.name));
+    Ok(client.query_one(&sql, &[]).await?.get(0))
+}
+
+fn table_list(list: &[CatalogTable]) -> String {
     list.iter()
-        .map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t)))
+        .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name)))
         .collect::<Vec<_>>()
         .join(", ")
 }

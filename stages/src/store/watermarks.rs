@@ -228,3 +228,24 @@ pub async fn all(client: &impl GenericClient, pipeline: &str) -> Result<Vec<Tabl
         })
         .collect())
 }
+
+/// Stops a table before any of its segments is claimed (the capture found a column it cannot map): the row is
+/// created when missing; a reason already there is kept. Its changes wait in the buffer until the stop is cleared.
+pub async fn stop_table(
+    client: &impl GenericClient,
+    pipeline: &str,
+    source_schema: &str,
+    source_table: &str,
+    reason: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO philotes.table_watermarks (pipeline, source_schema, source_table, error, updated_at)
+             VALUES ($1, $2, $3, $4, '-infinity')
+             ON CONFLICT (pipeline, source_schema, source_table)
+             DO UPDATE SET error = coalesce(philotes.table_watermarks.error, excluded.error)",
+            &[&pipeline, &source_schema, &source_table, &reason],
+        )
+        .await?;
+    Ok(())
+}
