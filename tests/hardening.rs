@@ -80,7 +80,7 @@ async fn a_partitioned_table_arrives_under_its_root_with_partitions_attached_lat
                          payload jsonb, tags text[], note text) PARTITION BY RANGE (id);
          CREATE TABLE m_low PARTITION OF m FOR VALUES FROM (0) TO (100);
          CREATE TABLE m_high PARTITION OF m FOR VALUES FROM (100) TO (200);
-         ALTER TABLE m_low REPLICA IDENTITY FULL; ALTER TABLE m_high REPLICA IDENTITY FULL;
+         ALTER TABLE m REPLICA IDENTITY FULL; ALTER TABLE m_low REPLICA IDENTITY FULL; ALTER TABLE m_high REPLICA IDENTITY FULL;
          CREATE TRIGGER m_rows AFTER INSERT OR UPDATE OR DELETE ON m FOR EACH ROW EXECUTE FUNCTION record_change();",
     )
     .expect("partitioned table");
