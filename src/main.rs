@@ -57,6 +57,15 @@ enum Command {
         /// The pipeline file.
         file: PathBuf,
     },
+    /// Resume tables that stopped (an unmappable column, a schema change Iceberg cannot follow) once the cause
+    /// is fixed: their changes, kept in the buffer, flow again.
+    Resume {
+        /// The pipeline file.
+        file: PathBuf,
+        /// A stopped source table (`schema.table`, as `philotes status` names it); repeat for several.
+        #[arg(long = "table", required = true)]
+        tables: Vec<String>,
+    },
     /// Show the pipeline's state: slot and replication lag, source checkpoint, buffer depth, dead letters.
     Status {
         /// The pipeline file.
@@ -92,6 +101,7 @@ fn main() -> ExitCode {
         Command::Migrate { file } => runtime.block_on(migrate(&file, cli.log_format)),
         Command::Run { file, role, metrics } => runtime.block_on(run(&file, role, metrics, cli.log_format)),
         Command::Status { file, json } => runtime.block_on(status(&file, json, cli.log_format)),
+        Command::Resume { file, tables } => runtime.block_on(resume(&file, &tables, cli.log_format)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -167,6 +177,22 @@ async fn migrate(file: &Path, log_format: Option<LogFormatArg>) -> anyhow::Resul
             println!("applied {name}");
         }
         println!("buffer database is up to date ({} migrations)", report.total);
+    }
+    Ok(())
+}
+
+/// `philotes resume FILE --table T…`: clears each table's stop; a table that is not stopped is an error.
+async fn resume(file: &Path, tables: &[String], log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
+    let config = load(file, log_format)?;
+    let client = philotes::postgres::connect(&config.buffer.url)
+        .await
+        .with_context(|| format!("connecting to the buffer database {}", config.buffer.url))?;
+    for table in tables {
+        let name = philotes::config::TableName::parse(table).map_err(|e| anyhow::anyhow!("--table {table}: {e}"))?;
+        match philotes_stages::store::watermarks::resume(&client, &config.pipeline, &name.schema, &name.name).await? {
+            Some(reason) => println!("{name}: resumed (it had stopped: {reason})"),
+            None => anyhow::bail!("{name} is not stopped (see `philotes status {}`)", file.display()),
+        }
     }
     Ok(())
 }

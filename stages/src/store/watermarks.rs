@@ -249,3 +249,24 @@ pub async fn stop_table(
         .await?;
     Ok(())
 }
+
+/// Clears a stopped table's reason (`philotes resume`): flushers claim it again and write what waited in the
+/// buffer. Returns the reason it had, `None` when the table was not stopped (or is unknown).
+pub async fn resume(
+    client: &impl GenericClient,
+    pipeline: &str,
+    source_schema: &str,
+    source_table: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "UPDATE philotes.table_watermarks w SET error = NULL, updated_at = '-infinity'
+             FROM (SELECT error FROM philotes.table_watermarks
+                   WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND error IS NOT NULL FOR UPDATE) old
+             WHERE w.pipeline = $1 AND w.source_schema = $2 AND w.source_table = $3
+             RETURNING old.error",
+            &[&pipeline, &source_schema, &source_table],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
