@@ -67,6 +67,13 @@ async fn a_renamed_table_keeps_flowing_into_the_same_iceberg_table_also_after_a_
     let table = table.unwrap_or_else(|| panic!("status lists public.orders: {status}"));
     assert_eq!(table["renamed_to"], "public.orders_v2", "status shows the rename: {status}");
 
+    // The file follows the rename: the table keeps its first name, and its Iceberg table.
+    pipeline.rewrite("tables: [public.orders]", "tables: [public.orders_v2]");
+    let mut child = pipeline.start(&[], &[], "run-3.log");
+    let after = last_commit(&db, "INSERT INTO orders_v2 (id, name) VALUES (6, 'listed under its new name')");
+    wait_for("the change after the file changed in iceberg", Duration::from_secs(60), || drained(&db, &pipeline.name, &after));
+    stop(&mut child);
+
     assert_both_readers_hold(&pipeline, "orders", &expected_history_of(&db, &["orders", "orders_v2"])).await;
     assert_eq!(iceberg_tables(&db), vec!["lake.orders"], "no second Iceberg table for the new name");
 }

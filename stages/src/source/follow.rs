@@ -53,12 +53,21 @@ pub async fn prepare(
     match tables {
         PublishedTables::Listed(list) => {
             for (schema, table) in list {
-                let identity = (schema.clone(), table.clone());
+                let mut identity = (schema.clone(), table.clone());
                 let row = known.iter().find(|k| k.source_schema == *schema && k.source_table == *table);
                 let by_oid = match row {
                     Some(k) => setup::table_by_oid(source, k.relid).await?,
                     None => None,
                 };
+                if let Some(now) = &by_oid {
+                    if (now.schema.as_str(), now.name.as_str()) != (schema.as_str(), table.as_str()) {
+                        if let Some(other) = setup::table_by_name(source, schema, table).await? {
+                            tracing::warn!(listed = %format!("{schema}.{table}"), other_oid = other.relid, followed = %now.qualified(),
+                                "the listed name now belongs to another table, which is not captured; the pipeline follows \
+                                 the table first seen under that name (renamed since)");
+                        }
+                    }
+                }
                 let now = match by_oid {
                     Some(now) => now,
                     None => {
@@ -71,6 +80,10 @@ pub async fn prepare(
                             source_tables::replace_relid(buffer, pipeline, k.relid, now.relid)
                                 .await
                                 .map_err(SourceError::Buffer)?;
+                        }
+                        // The file names a followed table by its new name: it keeps its first name (and Iceberg table).
+                        if let Some(k) = known.iter().find(|k| k.relid == now.relid) {
+                            identity = (k.source_schema.clone(), k.source_table.clone());
                         }
                         now
                     }
