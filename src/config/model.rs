@@ -60,21 +60,7 @@ impl PipelineConfig {
     /// namespace = per-table `namespace`, else `sink.iceberg.namespace`, else the source schema;
     /// name = per-table `name`, else the source table name; mode = per-table, else the sink's.
     pub fn iceberg_target(&self, table: &TableName) -> IcebergTarget {
-        let iceberg = &self.sink.iceberg;
-        let table_override = iceberg.tables.get(table);
-        IcebergTarget {
-            namespace: table_override
-                .and_then(|t| t.namespace.clone())
-                .or_else(|| iceberg.namespace.clone())
-                .unwrap_or_else(|| table.schema.clone()),
-            name: table_override
-                .and_then(|t| t.name.clone())
-                .unwrap_or_else(|| table.name.clone()),
-            mode: table_override.and_then(|t| t.mode).unwrap_or(iceberg.mode),
-            partition: table_override
-                .map(|t| t.partition.clone())
-                .unwrap_or_default(),
-        }
+        self.sink.iceberg.target(table)
     }
 }
 
@@ -221,6 +207,37 @@ pub struct IcebergSinkConfig {
     pub target_file_size: u64,
     /// Per-source-table overrides, keyed by source table.
     pub tables: BTreeMap<TableName, TableOverride>,
+}
+
+impl IcebergSinkConfig {
+    /// See [`PipelineConfig::iceberg_target`].
+    pub fn target(&self, table: &TableName) -> IcebergTarget {
+        resolve_target(self.namespace.as_deref(), self.mode, &self.tables, table)
+    }
+}
+
+/// The Iceberg target of `table` from the keys that decide it (the file is checked with these before the whole
+/// sink section is known to be valid).
+pub(crate) fn resolve_target(
+    namespace: Option<&str>,
+    mode: TableMode,
+    overrides: &BTreeMap<TableName, TableOverride>,
+    table: &TableName,
+) -> IcebergTarget {
+    let table_override = overrides.get(table);
+    IcebergTarget {
+        namespace: table_override
+            .and_then(|t| t.namespace.clone())
+            .or_else(|| namespace.map(str::to_owned))
+            .unwrap_or_else(|| table.schema.clone()),
+        name: table_override
+            .and_then(|t| t.name.clone())
+            .unwrap_or_else(|| table.name.clone()),
+        mode: table_override.and_then(|t| t.mode).unwrap_or(mode),
+        partition: table_override
+            .map(|t| t.partition.clone())
+            .unwrap_or_default(),
+    }
 }
 
 /// `sink.iceberg.catalog:`.

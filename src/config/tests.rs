@@ -379,3 +379,165 @@ fn loading_a_missing_file_is_an_io_error() {
     assert!(matches!(err, ConfigError::Io { .. }));
     assert!(err.to_string().contains("/nonexistent/pipeline.yaml"));
 }
+
+/// A file capturing `tables` into namespace `cdc`, with `overrides` (YAML lines under `sink.iceberg.tables`).
+fn two_schemas(tables: &str, overrides: &[&str]) -> String {
+    let mut text = format!(
+        "pipeline: orders\nsource:\n  postgres:\n    url: postgres://db/shop\n    tables: {tables}\n\
+         sink:\n  iceberg:\n    warehouse: file:///w\n    namespace: cdc\n"
+    );
+    if !overrides.is_empty() {
+        text.push_str("    tables:\n");
+        for line in overrides {
+            text.push_str(&format!("      {line}\n"));
+        }
+    }
+    text
+}
+
+#[test]
+fn two_source_tables_on_one_iceberg_table_are_refused_naming_both_and_the_way_out() {
+    let found = problems(&two_schemas("[public.orders, s2.orders]", &[]));
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+    let p = problem_at(&found, "source.postgres.tables[1]");
+    assert_eq!(p.line, 5);
+    for part in [
+        "s2.orders",
+        "public.orders",
+        "cdc.orders",
+        "sink.iceberg.tables.<table>.name",
+        ".namespace",
+    ] {
+        assert!(p.message.contains(part), "{part} not in {}", p.message);
+    }
+
+    // The way out, either way, is accepted.
+    parse_ok(&two_schemas(
+        "[public.orders, s2.orders]",
+        &["s2.orders: { name: s2_orders }"],
+    ));
+    parse_ok(&two_schemas(
+        "[public.orders, s2.orders]",
+        &["s2.orders: { namespace: cdc_s2 }"],
+    ));
+    // Without a common namespace each schema is its own namespace: no clash.
+    parse_ok(&two_schemas("[public.orders, s2.orders]", &[]).replace("    namespace: cdc\n", ""));
+}
+
+#[test]
+fn an_override_onto_another_tables_default_identifier_is_refused() {
+    let found = problems(&two_schemas(
+        "[public.orders, public.archive]",
+        &["public.archive: { name: orders }"],
+    ));
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+    let p = problem_at(&found, "source.postgres.tables[1]");
+    assert!(
+        p.message.contains("public.archive and public.orders") && p.message.contains("cdc.orders"),
+        "{}",
+        p.message
+    );
+
+    let found = problems(&two_schemas(
+        "[public.orders, s2.orders]",
+        &[
+            "public.orders: { namespace: sales }",
+            "s2.orders: { namespace: sales }",
+        ],
+    ));
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+    assert!(problem_at(&found, "source.postgres.tables[1]")
+        .message
+        .contains("sales.orders"));
+}
+
+#[test]
+fn two_overrides_onto_one_identifier_are_refused_even_with_tables_all() {
+    let overrides = ["public.a: { name: same }", "public.b: { name: same }"];
+    let found = problems(&two_schemas("[public.a, public.b]", &overrides));
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+    problem_at(&found, "source.postgres.tables[1]");
+
+    // With `all` the overrides are the tables known before run time; the later key is blamed.
+    let found = problems(&two_schemas("all", &overrides));
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+    let p = problem_at(&found, "sink.iceberg.tables[public.b]");
+    assert_eq!(p.line, 12);
+    assert!(p.message.contains("cdc.same"), "{}", p.message);
+}
+
+#[test]
+fn identifiers_differing_only_in_case_are_one_iceberg_table() {
+    let found = problems(&two_schemas("[public.Orders, s2.orders]", &[]));
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+    let p = problem_at(&found, "source.postgres.tables[1]");
+    assert!(
+        p.message.contains("cdc.Orders") && p.message.contains("case-insensitively"),
+        "{}",
+        p.message
+    );
+    let found = problems(&two_schemas(
+        "[public.a, public.b]",
+        &[
+            "public.a: { namespace: CDC, name: T }",
+            "public.b: { name: t }",
+        ],
+    ));
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+}
+
+#[test]
+fn every_later_table_on_a_taken_identifier_is_reported() {
+    let found = problems(&two_schemas("[a.t, b.t, c.t, d.u]", &[]));
+    let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["source.postgres.tables[1]", "source.postgres.tables[2]"],
+        "{}",
+        ProblemList(&found)
+    );
+    assert!(
+        found[1].message.contains("c.t and a.t"),
+        "{}",
+        found[1].message
+    );
+}
+
+#[test]
+fn clashes_of_a_table_list_known_only_at_run_time_are_found_by_the_public_check() {
+    let config = parse_ok(&two_schemas("all", &["s3.orders: { name: orders_s3 }"]));
+    let tables = [
+        "public.orders",
+        "s2.orders",
+        "s3.orders",
+        "public.items",
+        "s2.ITEMS",
+    ]
+    .map(|t| TableName::parse(t).unwrap());
+    let clashes = iceberg_clashes(&config, &tables);
+    let pairs: Vec<(String, String)> = clashes
+        .iter()
+        .map(|c| (c.first.to_string(), c.second.to_string()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("public.orders".to_owned(), "s2.orders".to_owned()),
+            ("public.items".to_owned(), "s2.ITEMS".to_owned())
+        ]
+    );
+    assert_eq!(
+        clashes[1].first_target,
+        ("cdc".to_owned(), "items".to_owned())
+    );
+    assert_eq!(
+        clashes[1].second_target,
+        ("cdc".to_owned(), "ITEMS".to_owned())
+    );
+    assert!(clashes[0]
+        .to_string()
+        .contains("s2.orders and public.orders"));
+    assert!(iceberg_clashes(&config, &tables[..1]).is_empty());
+    // A table given twice is one table, not a clash.
+    assert!(iceberg_clashes(&config, &[tables[0].clone(), tables[0].clone()]).is_empty());
+}
