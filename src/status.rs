@@ -5,7 +5,7 @@ use philotes_stages::source::setup::{self, SlotStatus};
 use philotes_stages::store::{self, checkpoints, dead_letters, segments, watermarks};
 use serde::Serialize;
 
-use crate::config::PipelineConfig;
+use crate::config::{PipelineConfig, TableName};
 
 /// A snapshot of a pipeline's state.
 #[derive(Debug, Clone, Serialize)]
@@ -103,7 +103,8 @@ pub async fn read(config: &PipelineConfig) -> Result<Status, StatusError> {
         tables: tables
             .into_iter()
             .map(|t| TableStatus {
-                table: format!("{}.{}", t.source_schema, t.source_table),
+                // As the pipeline file writes it (`public."t.dot"`), so it can be pasted back.
+                table: TableName { schema: t.source_schema, name: t.source_table }.to_string(),
                 committed: t.committed.map(|p| p.to_string()),
                 error: t.error,
             })

@@ -125,3 +125,27 @@ fn two_source_tables_on_one_iceberg_table_are_refused_by_validate_and_by_run() {
         assert!(!printed.contains("connecting"), "{args:?}: {printed}");
     }
 }
+
+#[test]
+fn quoted_table_names_validate_and_an_unbalanced_quote_is_named_with_its_key_and_line() {
+    let file = temp_file(
+        "quoted.yaml",
+        "pipeline: quoted\nsource:\n  postgres:\n    url: postgres://postgres@127.0.0.1:1/none\n\
+         \x20   tables: ['\"public\".\"t.dot\"', 'public.\"T\"', '\"my schema\".orders']\n\
+         sink:\n  iceberg:\n    warehouse: file:///tmp/philotes-cli-warehouse\n",
+    );
+    let out = philotes(&["validate", file.to_str().expect("utf-8 path")], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let file = temp_file(
+        "unbalanced.yaml",
+        "pipeline: quoted\nsource:\n  postgres:\n    url: postgres://postgres@127.0.0.1:1/none\n\
+         \x20   tables: ['\"public.t']\n\
+         sink:\n  iceberg:\n    warehouse: file:///tmp/philotes-cli-warehouse\n",
+    );
+    let out = philotes(&["validate", file.to_str().expect("utf-8 path")], &[]);
+    let printed = text(&out);
+    assert!(!out.status.success(), "{printed}");
+    assert!(printed.contains("unbalanced.yaml:5:"), "{printed}");
+    assert!(printed.contains("source.postgres.tables[0]: unbalanced quote"), "{printed}");
+}

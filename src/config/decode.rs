@@ -173,8 +173,8 @@ fn table_selection(
         if text.trim() == "all" {
             return Some((TableSelection::All, Vec::new()));
         }
-        let parts = text
-            .split(',')
+        let parts = split_outside_quotes(&text, ',')
+            .into_iter()
             .map(|name| (field.clone(), name.trim().to_owned()));
         names.extend(parts.filter(|(_, name)| !name.is_empty()));
     } else {
@@ -213,6 +213,22 @@ fn table_selection(
         }
     }
     ok.then_some((TableSelection::Listed(tables), places))
+}
+
+/// `text` split at each `separator` that is not inside a double-quoted name (`"a,b".t, c`).
+fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in text.char_indices() {
+        if c == '"' {
+            quoted = !quoted;
+        } else if c == separator && !quoted {
+            parts.push(&text[start..i]);
+            start = i + c.len_utf8();
+        }
+    }
+    parts.push(&text[start..]);
+    parts
 }
 
 /// `buffer`.

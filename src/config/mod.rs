@@ -12,6 +12,7 @@
 
 mod clash;
 mod decode;
+mod ident;
 mod interpolate;
 mod model;
 mod secret;

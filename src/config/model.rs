@@ -80,7 +80,8 @@ pub struct PostgresSourceConfig {
     pub publication: String,
     /// Logical replication slot (created when missing); default `philotes_<pipeline>`.
     pub slot: String,
-    /// Tables to capture: `all`, or a list of `schema.table` (unqualified means `public`). Required.
+    /// Tables to capture: `all`, or a list of `schema.table` (unqualified means `public`; a part may be an
+    /// SQL-style quoted identifier, `public."t.dot"`). Required.
     pub tables: TableSelection,
     /// Whether existing rows are copied before streaming starts; default `initial`.
     pub snapshot: SnapshotMode,
@@ -121,13 +122,19 @@ pub struct TableName {
 }
 
 impl TableName {
-    /// Parses `schema.table` or `table` (meaning `public.table`).
+    /// Parses `schema.table` or `table` (meaning `public.table`). A part may be an SQL-style quoted identifier
+    /// (`"my schema"."t.dot"`, `public."T"`; `""` inside quotes is a quote), so names holding dots, quotes or
+    /// spaces can be written; unquoted parts are taken exactly as written (no lowercasing).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = text.split('.').collect();
+        let parts = super::ident::split(text)?;
         let (schema, name) = match parts.as_slice() {
-            [name] => ("public", *name),
-            [schema, name] => (*schema, *name),
-            _ => return Err(format!("expected schema.table, found {text:?}")),
+            [name] => ("public", name.as_str()),
+            [schema, name] => (schema.as_str(), name.as_str()),
+            _ => {
+                return Err(format!(
+                "expected schema.table, found {text:?} (quote a name that holds a dot: \"t.dot\")"
+            ))
+            }
         };
         if schema.trim().is_empty() || name.trim().is_empty() {
             return Err(format!("expected schema.table, found {text:?}"));
@@ -139,9 +146,12 @@ impl TableName {
     }
 }
 
+/// `schema.table`, each part quoted only when it must be to read back as itself (`public."t.dot"`), so what
+/// philotes prints can be pasted into the pipeline file.
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
+        use super::ident::quoted;
+        write!(f, "{}.{}", quoted(&self.schema), quoted(&self.name))
     }
 }
 

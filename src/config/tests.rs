@@ -541,3 +541,78 @@ fn clashes_of_a_table_list_known_only_at_run_time_are_found_by_the_public_check(
     // A table given twice is one table, not a clash.
     assert!(iceberg_clashes(&config, &[tables[0].clone(), tables[0].clone()]).is_empty());
 }
+
+#[test]
+fn quoted_identifiers_name_tables_with_dots_quotes_spaces_and_capitals() {
+    let text = MINIMAL.replace(
+        "[orders, sales.invoices]",
+        r#"['"public"."t.dot"', '"my schema"."T"', 'public."a""b"', Sales.Orders]"#,
+    ) + "    tables:\n      public.\"t.dot\": { name: t_dot }\n      '\"my schema\".\"T\"': { namespace: spaced }\n";
+    let config = parse_ok(&text);
+    let TableSelection::Listed(tables) = &config.source.postgres.tables else {
+        panic!("listed")
+    };
+    let parts: Vec<(&str, &str)> = tables
+        .iter()
+        .map(|t| (t.schema.as_str(), t.name.as_str()))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            ("public", "t.dot"),
+            ("my schema", "T"),
+            ("public", "a\"b"),
+            ("Sales", "Orders")
+        ],
+        "quoted keeps everything; unquoted is taken as written"
+    );
+    let shown: Vec<String> = tables.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            r#"public."t.dot""#,
+            "my schema.T",
+            r#"public."a""b""#,
+            "Sales.Orders"
+        ]
+    );
+    for (table, text) in tables.iter().zip(&shown) {
+        assert_eq!(&TableName::parse(text).unwrap(), table, "{text} reads back");
+    }
+    assert_eq!(config.iceberg_target(&tables[0]).name, "t_dot");
+    assert_eq!(config.iceberg_target(&tables[1]).namespace, "spaced");
+    assert_eq!(config.iceberg_target(&tables[2]).name, "a\"b");
+}
+
+#[test]
+fn unbalanced_quotes_are_refused_naming_the_key_and_line() {
+    let text = MINIMAL.replace("[orders, sales.invoices]", r#"[orders, '"public.t']"#)
+        + "    tables:\n      public.\"x: { name: y }\n";
+    let found = problems(&text);
+    assert_eq!(found.len(), 2, "{}", ProblemList(&found));
+    let item = problem_at(&found, "source.postgres.tables[1]");
+    assert_eq!(item.line, 5);
+    assert!(
+        item.message.contains("unbalanced quote"),
+        "{}",
+        item.message
+    );
+    let key = problem_at(&found, "sink.iceberg.tables[public.\"x]");
+    assert_eq!(key.line, 10);
+    assert!(key.message.contains("unbalanced quote"), "{}", key.message);
+}
+
+#[test]
+fn a_comma_separated_table_list_keeps_commas_inside_quotes() {
+    let text = MINIMAL.replace("[orders, sales.invoices]", "${TABLES}");
+    let env = |name: &str| (name == "TABLES").then(|| r#"public."a,b", "x.y".z"#.to_owned());
+    let config = parse(&text, "p.yaml", &env).unwrap();
+    let expected = [("public", "a,b"), ("x.y", "z")].map(|(schema, name)| TableName {
+        schema: schema.into(),
+        name: name.into(),
+    });
+    assert_eq!(
+        config.source.postgres.tables,
+        TableSelection::Listed(expected.to_vec())
+    );
+}

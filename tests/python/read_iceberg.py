@@ -49,7 +49,8 @@ def main():
     if uri.startswith("postgres://"):
         uri = "postgresql+psycopg2://" + uri[len("postgres://"):]
     catalog = SqlCatalog(name, uri=uri, **properties)
-    table = catalog.load_table(ident)
+    # The namespace is one level: split at the first dot only, so a table name may hold dots ("lake.t.dot").
+    table = catalog.load_table(tuple(ident.split(".", 1)))
     rows = table.scan().to_arrow().to_pylist()
     rows.sort(key=lambda r: (r["_lsn"], r["_seq"]))
     for row in rows:
