@@ -328,8 +328,19 @@ pub async fn read_with_iceberg_crate(pipeline: &Pipeline, table: &str) -> Vec<Ro
     rows
 }
 
-/// Every row of an Iceberg table read with pyiceberg (the venv .ci/run makes; `PHILOTES_PYTHON`).
+/// Every row of an Iceberg table read with pyiceberg and pyarrow's `to_pylist()` (the venv .ci/run makes;
+/// `PHILOTES_PYTHON`).
 pub fn read_with_pyiceberg(pipeline: &Pipeline, table: &str) -> Vec<Row> {
+    read_with_python(pipeline, table, &[])
+}
+
+/// Every row of an Iceberg table read with DuckDB's `iceberg_scan` (local warehouses; the pinned extensions of
+/// the venv .ci/run makes). A missing DuckDB fails the test.
+pub fn read_with_duckdb(pipeline: &Pipeline, table: &str) -> Vec<Row> {
+    read_with_python(pipeline, table, &["--duckdb"])
+}
+
+fn read_with_python(pipeline: &Pipeline, table: &str, flags: &[&str]) -> Vec<Row> {
     let python = python();
     assert!(
         Path::new(&python).exists(),
@@ -337,12 +348,12 @@ pub fn read_with_pyiceberg(pipeline: &Pipeline, table: &str) -> Vec<Row> {
     );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/read_iceberg.py");
     let mut command = Command::new(python);
-    command.args([script, &pipeline.catalog_url, "philotes", &format!("lake.{table}")]);
+    command.arg(script).args(flags).args([&pipeline.catalog_url, "philotes", &format!("lake.{table}")]);
     if let Some(s3) = &pipeline.s3 {
         command.args(s3.properties().into_iter().map(|(k, v)| format!("{k}={v}")));
     }
     let out = command.output().expect("python runs");
-    assert!(out.status.success(), "pyiceberg failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{} {flags:?} failed: {}", "read_iceberg.py", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("json row"))

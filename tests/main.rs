@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod flush;
 mod flush_faults;
+mod infinity;
 mod migrate;
 mod names;
 mod slot;
