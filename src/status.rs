@@ -5,7 +5,7 @@ use philotes_stages::source::setup::{self, SlotStatus};
 use philotes_stages::store::{self, checkpoints, dead_letters, segments, source_tables, watermarks};
 use serde::Serialize;
 
-use crate::config::PipelineConfig;
+use crate::config::{PipelineConfig, TableName};
 
 /// A snapshot of a pipeline's state.
 #[derive(Debug, Clone, Serialize)]
@@ -61,8 +61,8 @@ pub struct TableStatus {
 /// never flowed gets a line of its own.
 fn add_source_tables(tables: &mut Vec<TableStatus>, followed: Vec<source_tables::SourceTable>) {
     for row in followed {
-        let name = format!("{}.{}", row.source_schema, row.source_table);
-        let renamed_to = row.renamed().then(|| format!("{}.{}", row.schema_now, row.table_now));
+        let renamed_to = row.renamed().then(|| TableName { schema: row.schema_now, name: row.table_now }.to_string());
+        let name = TableName { schema: row.source_schema, name: row.source_table }.to_string();
         match tables.iter_mut().find(|t| t.table == name) {
             Some(table) => {
                 table.renamed_to = renamed_to;
@@ -125,7 +125,8 @@ pub async fn read(config: &PipelineConfig) -> Result<Status, StatusError> {
             let mut tables = tables
                 .into_iter()
                 .map(|t| TableStatus {
-                    table: format!("{}.{}", t.source_schema, t.source_table),
+                    // As the pipeline file writes it (`public."t.dot"`), so it can be pasted back.
+                    table: TableName { schema: t.source_schema, name: t.source_table }.to_string(),
                     committed: t.committed.map(|p| p.to_string()),
                     error: t.error,
                     renamed_to: None,

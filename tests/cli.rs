@@ -104,3 +104,48 @@ fn a_password_in_the_url_never_reaches_the_output() {
     assert!(!out.status.success(), "nothing listens on port 1");
     assert!(!text(&out).contains("hunter2secret"), "{}", text(&out));
 }
+
+#[test]
+fn two_source_tables_on_one_iceberg_table_are_refused_by_validate_and_by_run() {
+    let file = temp_file(
+        "clash.yaml",
+        "pipeline: clash\nsource:\n  postgres:\n    url: postgres://postgres@127.0.0.1:1/none\n\
+         \x20   tables: [public.orders, s2.orders]\n\
+         sink:\n  iceberg:\n    warehouse: file:///tmp/philotes-cli-warehouse\n    namespace: cdc\n",
+    );
+    let path = file.to_str().expect("utf-8 path");
+    for args in [vec!["validate", path], vec!["run", path]] {
+        let out = philotes(&args, &[]);
+        let printed = text(&out);
+        assert!(!out.status.success(), "{args:?}: {printed}");
+        assert!(printed.contains("clash.yaml:5:"), "{args:?} names the line: {printed}");
+        assert!(printed.contains("s2.orders and public.orders both resolve to Iceberg table cdc.orders"), "{args:?}: {printed}");
+        assert!(printed.contains("sink.iceberg.tables.<table>.name"), "{args:?}: {printed}");
+        // Refused from the file alone: nothing listens on port 1, and no connection was tried.
+        assert!(!printed.contains("connecting"), "{args:?}: {printed}");
+    }
+}
+
+#[test]
+fn quoted_table_names_validate_and_an_unbalanced_quote_is_named_with_its_key_and_line() {
+    let file = temp_file(
+        "quoted.yaml",
+        "pipeline: quoted\nsource:\n  postgres:\n    url: postgres://postgres@127.0.0.1:1/none\n\
+         \x20   tables: ['\"public\".\"t.dot\"', 'public.\"T\"', '\"my schema\".orders']\n\
+         sink:\n  iceberg:\n    warehouse: file:///tmp/philotes-cli-warehouse\n",
+    );
+    let out = philotes(&["validate", file.to_str().expect("utf-8 path")], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let file = temp_file(
+        "unbalanced.yaml",
+        "pipeline: quoted\nsource:\n  postgres:\n    url: postgres://postgres@127.0.0.1:1/none\n\
+         \x20   tables: ['\"public.t']\n\
+         sink:\n  iceberg:\n    warehouse: file:///tmp/philotes-cli-warehouse\n",
+    );
+    let out = philotes(&["validate", file.to_str().expect("utf-8 path")], &[]);
+    let printed = text(&out);
+    assert!(!out.status.success(), "{printed}");
+    assert!(printed.contains("unbalanced.yaml:5:"), "{printed}");
+    assert!(printed.contains("source.postgres.tables[0]: unbalanced quote"), "{printed}");
+}

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Decimal128Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType};
 use futures::TryStreamExt;
 use philotes_stages::flush::catalog::{self, CatalogSettings};
 use philotes_testkit::TestDatabase;
@@ -259,6 +259,10 @@ fn render(column: &dyn Array, row: usize) -> serde_json::Value {
             let v = column.as_primitive::<Decimal128Type>().value(row);
             J::String(decimal(v, *scale))
         }
+        DataType::Date32 => {
+            let (y, m, d) = philotes_schemas::civil_from_days(i64::from(column.as_primitive::<Date32Type>().value(row)));
+            J::String(format!("{y:04}-{m:02}-{d:02}"))
+        }
         DataType::Timestamp(TimeUnit::Microsecond, zone) => {
             let micros = column.as_primitive::<TimestampMicrosecondType>().value(row);
             let text = timestamp(micros);
@@ -324,8 +328,19 @@ pub async fn read_with_iceberg_crate(pipeline: &Pipeline, table: &str) -> Vec<Ro
     rows
 }
 
-/// Every row of an Iceberg table read with pyiceberg (the venv .ci/run makes; `PHILOTES_PYTHON`).
+/// Every row of an Iceberg table read with pyiceberg and pyarrow's `to_pylist()` (the venv .ci/run makes;
+/// `PHILOTES_PYTHON`).
 pub fn read_with_pyiceberg(pipeline: &Pipeline, table: &str) -> Vec<Row> {
+    read_with_python(pipeline, table, &[])
+}
+
+/// Every row of an Iceberg table read with DuckDB's `iceberg_scan` (local warehouses; the pinned extensions of
+/// the venv .ci/run makes). A missing DuckDB fails the test.
+pub fn read_with_duckdb(pipeline: &Pipeline, table: &str) -> Vec<Row> {
+    read_with_python(pipeline, table, &["--duckdb"])
+}
+
+fn read_with_python(pipeline: &Pipeline, table: &str, flags: &[&str]) -> Vec<Row> {
     let python = python();
     assert!(
         Path::new(&python).exists(),
@@ -333,12 +348,12 @@ pub fn read_with_pyiceberg(pipeline: &Pipeline, table: &str) -> Vec<Row> {
     );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/read_iceberg.py");
     let mut command = Command::new(python);
-    command.args([script, &pipeline.catalog_url, "philotes", &format!("lake.{table}")]);
+    command.arg(script).args(flags).args([&pipeline.catalog_url, "philotes", &format!("lake.{table}")]);
     if let Some(s3) = &pipeline.s3 {
         command.args(s3.properties().into_iter().map(|(k, v)| format!("{k}={v}")));
     }
     let out = command.output().expect("python runs");
-    assert!(out.status.success(), "pyiceberg failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{} {flags:?} failed: {}", "read_iceberg.py", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("json row"))
@@ -407,13 +422,16 @@ BEGIN
 END $$;
 ";
 
+/// Creates table `name` of schema `public` (taken literally: `t.dot` is one name) with its history triggers.
 pub fn create_table(db: &TestDatabase, name: &str) {
+    let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    let (table, rows, truncate) = (quoted(name), quoted(&format!("{name}_rows")), quoted(&format!("{name}_truncate")));
     db.psql(&format!(
-        "CREATE TABLE {name} (id bigint PRIMARY KEY, name text, amount numeric(12,2), flag boolean, created timestamptz,
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, amount numeric(12,2), flag boolean, created timestamptz,
                              payload jsonb, tags text[], note text);
-         ALTER TABLE {name} REPLICA IDENTITY FULL;
-         CREATE TRIGGER {name}_rows AFTER INSERT OR UPDATE OR DELETE ON {name} FOR EACH ROW EXECUTE FUNCTION record_change();
-         CREATE TRIGGER {name}_truncate AFTER TRUNCATE ON {name} FOR EACH STATEMENT EXECUTE FUNCTION record_change();"
+         ALTER TABLE {table} REPLICA IDENTITY FULL;
+         CREATE TRIGGER {rows} AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION record_change();
+         CREATE TRIGGER {truncate} AFTER TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION record_change();"
     ))
     .expect("create table");
 }

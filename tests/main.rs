@@ -7,6 +7,8 @@ mod cluster;
 mod flush;
 mod flush_faults;
 mod hardening;
+mod infinity;
 mod migrate;
+mod names;
 mod slot;
 mod support;

@@ -19,9 +19,9 @@
 //! | `numeric` unconstrained, or > 38 digits | `Numeric` (exact text) | `Utf8` | `string` | exact digits; `NaN`, `Infinity`, `-Infinity` as those words |
 //! | `text`, `varchar(n)`, `char(n)`, `name`, `citext` | `Text` | `Utf8` | `string` | `char(n)` keeps its blank padding |
 //! | `bytea` | `Bytes` | `LargeBinary` | `binary` | hex and escape output both parsed |
-//! | `date` | `Date` (days since 1970) | `Date32` | `date` | `±infinity` → `i32::MAX`/`i32::MIN`; BC dates exact (proleptic Gregorian) |
+//! | `date` | `Date` (days since 1970) | `Date32` | `date` | `infinity` → 9999-12-31, `-infinity` → 0001-01-01; BC dates exact (proleptic Gregorian) |
 //! | `time` | `Time` (µs) | `Time64(µs)` | `time` | `24:00:00` → dead letter (Iceberg times end at 23:59:59.999999) |
-//! | `timestamp` | `Timestamp` (µs since 1970, wall clock) | `Timestamp(µs, None)` | `timestamp` | `±infinity` → `i64::MAX`/`i64::MIN`; BC exact |
+//! | `timestamp` | `Timestamp` (µs since 1970, wall clock) | `Timestamp(µs, None)` | `timestamp` | `infinity` → 9999-12-31 23:59:59.999999, `-infinity` → 0001-01-01 00:00:00; BC exact |
 //! | `timestamptz` | `TimestampTz` (µs since 1970 UTC) | `Timestamp(µs, "+00:00")` | `timestamptz` | any session offset (`-08`, `+05:30`, `+05:53:28`) normalised to UTC; `±infinity` as `timestamp` |
 //! | `interval` | `Interval { months, days, micros }` | `Struct(Int32, Int32, Int64)` | `struct<months: int, days: int, microseconds: long>` | fields kept apart (a month is not 30 days); PG 17 `±infinity` → all fields at max/min |
 //! | `uuid` | `Uuid` (16 bytes) | `FixedSizeBinary(16)` | `uuid` | |
@@ -49,9 +49,11 @@
 //!   text). `decimal(38, s)` would have to pick one scale for all rows and send every value that does not fit to
 //!   the dead-letter table. Readers cast the string to the decimal they need. Declare `numeric(p,s)` to get a
 //!   decimal column.
-//! - **Infinities are sentinels, as Debezium does:** the largest/smallest representable value. They are out of
-//!   the range of finite Postgres dates, and the parser refuses the one finite timestamp that would collide, so a
-//!   reader can tell them apart (`ts = 9223372036854775807` is `infinity`).
+//! - **Infinities are sentinels at the ends of what every common reader holds:** `infinity` is 9999-12-31
+//!   (23:59:59.999999 for timestamps), `-infinity` is 0001-01-01 (00:00:00), the range of Python's `datetime`,
+//!   DuckDB, Spark and Trino. The type's own extremes (Debezium's choice, and philotes' before) made pyarrow's
+//!   `to_pylist()` fail with "date value out of range". A real value equal to a sentinel is indistinguishable
+//!   from infinity. Interval infinities keep every field at its max/min (plain integers, readable anywhere).
 //! - **Arrow types follow the Iceberg types** exactly as the `iceberg` crate converts them, so `int2` is `Int32`,
 //!   `bytea` is `LargeBinary` and `timestamptz` carries the zone `+00:00`.
 //!
@@ -90,6 +92,6 @@ pub use crate::schema::{
 };
 pub use crate::text::parse_text;
 pub use crate::value::{
-    Interval, Value, DATE_NEG_INFINITY, DATE_POS_INFINITY, TIMESTAMP_NEG_INFINITY,
-    TIMESTAMP_POS_INFINITY,
+    current_date_sentinel, current_timestamp_sentinel, Interval, Value, DATE_NEG_INFINITY,
+    DATE_POS_INFINITY, TIMESTAMP_NEG_INFINITY, TIMESTAMP_POS_INFINITY,
 };

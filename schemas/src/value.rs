@@ -8,25 +8,49 @@
 //! | unchanged TOAST (`'u'`) | [`Value::Unchanged`] (not NULL: the flusher fills it from an older image) |
 //! | float `NaN`, `±Infinity` | the IEEE value in `Float32`/`Float64` |
 //! | numeric `NaN`, `±Infinity` | `Numeric("NaN")`, `Numeric("Infinity")`, `Numeric("-Infinity")` |
-//! | date `±infinity` | `Date(i32::MAX)` / `Date(i32::MIN)` ([`DATE_POS_INFINITY`], [`DATE_NEG_INFINITY`]) |
-//! | timestamp(tz) `±infinity` | `i64::MAX` / `i64::MIN` µs ([`TIMESTAMP_POS_INFINITY`], [`TIMESTAMP_NEG_INFINITY`]) |
+//! | date `±infinity` | 9999-12-31 / 0001-01-01 ([`DATE_POS_INFINITY`], [`DATE_NEG_INFINITY`]) |
+//! | timestamp(tz) `±infinity` | 9999-12-31 23:59:59.999999 / 0001-01-01 00:00:00 ([`TIMESTAMP_POS_INFINITY`], [`TIMESTAMP_NEG_INFINITY`]) |
 //! | interval `±infinity` (PG 17) | every field at its max / min ([`Interval::POS_INFINITY`]) |
 //!
-//! The sentinels are the values Debezium uses and they lie outside the range of finite Postgres values, which the
-//! parser enforces, so they cannot be confused with a real date or instant.
+//! Why those dates: they are the ends of the range every common reader holds (Python's `datetime`, hence
+//! pyarrow's `to_pylist()` and pyiceberg; DuckDB; Spark; Trino; Java's `LocalDate` formatters). The type's own
+//! extremes (`i32::MAX` days, `i64::MAX` µs), which philotes wrote before, made those readers fail with "date
+//! value out of range" on the whole column. The price: a real value equal to a sentinel (`9999-12-31`) is
+//! indistinguishable from infinity. Interval sentinels stay at the field extremes: they are plain integers in a
+//! struct, which every reader holds.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// `Date` of Postgres' `infinity`: later than every finite date.
-pub const DATE_POS_INFINITY: i32 = i32::MAX;
-/// `Date` of Postgres' `-infinity`: earlier than every finite date.
-pub const DATE_NEG_INFINITY: i32 = i32::MIN;
-/// `Timestamp`/`TimestampTz` of Postgres' `infinity`.
-pub const TIMESTAMP_POS_INFINITY: i64 = i64::MAX;
-/// `Timestamp`/`TimestampTz` of Postgres' `-infinity`.
-pub const TIMESTAMP_NEG_INFINITY: i64 = i64::MIN;
+/// `Date` of Postgres' `infinity`: 9999-12-31, the last day every common reader can hold.
+pub const DATE_POS_INFINITY: i32 = 2_932_896;
+/// `Date` of Postgres' `-infinity`: 0001-01-01, the first day every common reader can hold.
+pub const DATE_NEG_INFINITY: i32 = -719_162;
+/// `Timestamp`/`TimestampTz` of Postgres' `infinity`: 9999-12-31 23:59:59.999999 (UTC for `timestamptz`).
+pub const TIMESTAMP_POS_INFINITY: i64 = 253_402_300_799_999_999;
+/// `Timestamp`/`TimestampTz` of Postgres' `-infinity`: 0001-01-01 00:00:00 (UTC for `timestamptz`).
+pub const TIMESTAMP_NEG_INFINITY: i64 = -62_135_596_800_000_000;
+
+/// The date sentinels of builds before these ones (`i32::MAX`/`i32::MIN` days, past any finite Postgres date) →
+/// today's. Segments such a build left in the buffer are written readable; every other value is returned as it is.
+pub fn current_date_sentinel(days: i32) -> i32 {
+    match days {
+        i32::MAX => DATE_POS_INFINITY,
+        i32::MIN => DATE_NEG_INFINITY,
+        days => days,
+    }
+}
+
+/// The timestamp sentinels of builds before these ones (`i64::MAX`/`i64::MIN` µs, which their parser refused
+/// as finite values) → today's; every other value as it is.
+pub fn current_timestamp_sentinel(micros: i64) -> i64 {
+    match micros {
+        i64::MAX => TIMESTAMP_POS_INFINITY,
+        i64::MIN => TIMESTAMP_NEG_INFINITY,
+        micros => micros,
+    }
+}
 
 /// A Postgres interval, field by field as Postgres stores it: months and days are not fixed lengths of time, so
 /// they are not folded into microseconds.

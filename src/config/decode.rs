@@ -6,11 +6,12 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
+use super::clash;
 use super::model::*;
 use super::secret::{PostgresUrl, RedactedUrl, Secret};
 use super::validate;
 use super::walk::{Field, Section, Walker};
-use super::yaml::{Node, Value};
+use super::yaml::{Node, Pos, Value};
 
 const ROOT_KEYS: &[&str] = &[
     "pipeline",
@@ -90,13 +91,32 @@ fn postgres_url(w: &mut Walker<'_, '_>, field: &Field<'_>) -> Option<PostgresUrl
     w.check(field, PostgresUrl::parse(&text))
 }
 
+/// A table named in the file, with where it is named (a `source.postgres.tables` item or a
+/// `sink.iceberg.tables` key).
+type Place = (TableName, Pos, String);
+
 /// What `source.postgres` gives the rest of the file: the whole section, and the url and tables
-/// alone (other sections are checked against those even when the section as a whole failed).
+/// alone (other sections are checked against those even when the section as a whole failed), the
+/// listed tables with their places.
 type Source = (
     Option<PostgresSourceConfig>,
     Option<PostgresUrl>,
-    Option<TableSelection>,
+    Option<(TableSelection, Vec<Place>)>,
 );
+
+/// Refuses two tables that would write one Iceberg table, at the later one's place.
+fn report_clashes(
+    w: &mut Walker<'_, '_>,
+    resolve: impl Fn(&TableName) -> IcebergTarget,
+    places: &[Place],
+) {
+    let tables: Vec<TableName> = places.iter().map(|(t, _, _)| t.clone()).collect();
+    for clash in clash::clashes(resolve, &tables) {
+        if let Some((_, pos, path)) = places.iter().find(|(t, _, _)| *t == clash.second) {
+            w.problem(*pos, path, clash.to_string());
+        }
+    }
+}
 
 /// `source.postgres`.
 fn source(w: &mut Walker<'_, '_>, top: &Section<'_>, pipeline: Option<&str>) -> Source {
@@ -125,31 +145,36 @@ fn source(w: &mut Walker<'_, '_>, top: &Section<'_>, pipeline: Option<&str>) -> 
     let unmapped_types = w.opt_keyword(&pg, "unmapped_types", UnmappedTypes::Error);
     let status_interval = w.duration(&pg, "status_interval", DEFAULT_STATUS_INTERVAL);
     let config = match (&url, publication, slot, &tables) {
-        (Some(url), Some(publication), Some(slot), Some(tables)) => Some(PostgresSourceConfig {
-            url: url.clone(),
-            publication,
-            slot,
-            tables: tables.clone(),
-            snapshot,
-            unmapped_types,
-            status_interval,
-        }),
+        (Some(url), Some(publication), Some(slot), Some((tables, _))) => {
+            Some(PostgresSourceConfig {
+                url: url.clone(),
+                publication,
+                slot,
+                tables: tables.clone(),
+                snapshot,
+                unmapped_types,
+                status_interval,
+            })
+        }
         _ => None,
     };
     (config, url, tables)
 }
 
 /// `source.postgres.tables`: `all`, a list of `schema.table`, or (handy from an environment
-/// variable) one string of comma-separated names.
-fn table_selection(w: &mut Walker<'_, '_>, field: &Field<'_>) -> Option<TableSelection> {
+/// variable) one string of comma-separated names; with the places of the listed tables.
+fn table_selection(
+    w: &mut Walker<'_, '_>,
+    field: &Field<'_>,
+) -> Option<(TableSelection, Vec<Place>)> {
     let mut names: Vec<(Field<'_>, String)> = Vec::new();
     if matches!(field.node.value, Value::Scalar(_)) {
         let text = w.text(field)?;
         if text.trim() == "all" {
-            return Some(TableSelection::All);
+            return Some((TableSelection::All, Vec::new()));
         }
-        let parts = text
-            .split(',')
+        let parts = split_outside_quotes(&text, ',')
+            .into_iter()
             .map(|name| (field.clone(), name.trim().to_owned()));
         names.extend(parts.filter(|(_, name)| !name.is_empty()));
     } else {
@@ -168,6 +193,7 @@ fn table_selection(w: &mut Walker<'_, '_>, field: &Field<'_>) -> Option<TableSel
         return None;
     }
     let mut tables: Vec<TableName> = Vec::with_capacity(names.len());
+    let mut places = Vec::with_capacity(names.len());
     let mut ok = true;
     for (item, text) in &names {
         let parsed = if text == "all" {
@@ -179,11 +205,30 @@ fn table_selection(w: &mut Walker<'_, '_>, field: &Field<'_>) -> Option<TableSel
             Some(table) if tables.contains(&table) => {
                 w.problem(item.pos, &item.path, format!("{table} is listed twice"));
             }
-            Some(table) => tables.push(table),
+            Some(table) => {
+                places.push((table.clone(), item.pos, item.path.clone()));
+                tables.push(table);
+            }
             None => ok = false,
         }
     }
-    ok.then_some(TableSelection::Listed(tables))
+    ok.then_some((TableSelection::Listed(tables), places))
+}
+
+/// `text` split at each `separator` that is not inside a double-quoted name (`"a,b".t, c`).
+fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in text.char_indices() {
+        if c == '"' {
+            quoted = !quoted;
+        } else if c == separator && !quoted {
+            parts.push(&text[start..i]);
+            start = i + c.len_utf8();
+        }
+    }
+    parts.push(&text[start..]);
+    parts
 }
 
 /// `buffer`.
@@ -206,13 +251,14 @@ fn buffer(
     Some(BufferConfig { url: url?, segment })
 }
 
-/// `sink.iceberg`.
+/// `sink.iceberg`; refuses source tables that would share an Iceberg table.
 fn sink(
     w: &mut Walker<'_, '_>,
     top: &Section<'_>,
     buffer_url: Option<&PostgresUrl>,
-    source_tables: Option<&TableSelection>,
+    source: Option<&(TableSelection, Vec<Place>)>,
 ) -> Option<IcebergSinkConfig> {
+    let source_tables = source.map(|(selection, _)| selection);
     let sink_field = w.required(top, "sink")?;
     let sink = w.open(&sink_field, &["iceberg"]);
     let iceberg_field = w.required(&sink, "iceberg")?;
@@ -248,7 +294,16 @@ fn sink(
     let namespace = w.opt_checked(&iceberg, "namespace", validate::iceberg_namespace);
     let mode = w.opt_keyword(&iceberg, "mode", TableMode::Changelog);
     let target_file_size = w.bytes(&iceberg, "target_file_size", DEFAULT_TARGET_FILE_SIZE);
-    let tables = table_overrides(w, &iceberg, source_tables);
+    let (tables, overridden) = table_overrides(w, &iceberg, source_tables);
+    if let Some((selection, listed)) = source {
+        // With `all` the tables are only known at run time (checked there); the overridden ones are known now.
+        let places = match selection {
+            TableSelection::Listed(_) => listed,
+            TableSelection::All => &overridden,
+        };
+        let resolve = |t: &TableName| resolve_target(namespace.as_deref(), mode, &tables, t);
+        report_clashes(w, resolve, places);
+    }
     let warehouse = warehouse?;
     let s3 = match warehouse {
         Warehouse::S3 { .. } => Some(s3?),
@@ -401,14 +456,15 @@ fn s3_config(w: &mut Walker<'_, '_>, field: &Field<'_>) -> Option<S3Config> {
     })
 }
 
-/// `sink.iceberg.tables`: per-source-table overrides.
+/// `sink.iceberg.tables`: per-source-table overrides, and where each is written.
 fn table_overrides(
     w: &mut Walker<'_, '_>,
     iceberg: &Section<'_>,
     source_tables: Option<&TableSelection>,
-) -> BTreeMap<TableName, TableOverride> {
+) -> (BTreeMap<TableName, TableOverride>, Vec<Place>) {
     let tables = w.section(iceberg, "tables", &[]);
     let mut out = BTreeMap::new();
+    let mut places = Vec::new();
     for (key, field) in tables.entries() {
         let Some(table) = w.check(&field, TableName::parse(key)) else {
             continue;
@@ -445,9 +501,10 @@ fn table_overrides(
             partition,
             mode,
         };
+        places.push((table.clone(), field.pos, field.path.clone()));
         out.insert(table, table_override);
     }
-    out
+    (out, places)
 }
 
 /// `flush`.

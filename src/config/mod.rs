@@ -6,10 +6,13 @@
 //!
 //! How: `yaml` reads the text into a positioned node tree (no serde, so nothing stops at the first
 //! error), `decode` walks it into the typed `model`, expanding `${VAR}` (`interpolate`) and human
-//! units (`units`) on the way, and `validate` holds the value checks. Secrets are wrapped in
+//! units (`units`) on the way, and `validate` holds the value checks; `clash` refuses two source tables that
+//! would write one Iceberg table. Secrets are wrapped in
 //! redacting types (`secret`) so a `{:?}` of the config is safe to log.
 
+mod clash;
 mod decode;
+mod ident;
 mod interpolate;
 mod model;
 mod secret;
@@ -24,6 +27,7 @@ mod tests;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use clash::{iceberg_clashes, IcebergClash};
 pub use model::*;
 pub use secret::{redact_connection_string, PostgresUrl, RedactedUrl, Secret, REDACTED};
 

@@ -60,21 +60,7 @@ impl PipelineConfig {
     /// namespace = per-table `namespace`, else `sink.iceberg.namespace`, else the source schema;
     /// name = per-table `name`, else the source table name; mode = per-table, else the sink's.
     pub fn iceberg_target(&self, table: &TableName) -> IcebergTarget {
-        let iceberg = &self.sink.iceberg;
-        let table_override = iceberg.tables.get(table);
-        IcebergTarget {
-            namespace: table_override
-                .and_then(|t| t.namespace.clone())
-                .or_else(|| iceberg.namespace.clone())
-                .unwrap_or_else(|| table.schema.clone()),
-            name: table_override
-                .and_then(|t| t.name.clone())
-                .unwrap_or_else(|| table.name.clone()),
-            mode: table_override.and_then(|t| t.mode).unwrap_or(iceberg.mode),
-            partition: table_override
-                .map(|t| t.partition.clone())
-                .unwrap_or_default(),
-        }
+        self.sink.iceberg.target(table)
     }
 }
 
@@ -94,7 +80,8 @@ pub struct PostgresSourceConfig {
     pub publication: String,
     /// Logical replication slot (created when missing); default `philotes_<pipeline>`.
     pub slot: String,
-    /// Tables to capture: `all`, or a list of `schema.table` (unqualified means `public`). Required.
+    /// Tables to capture: `all`, or a list of `schema.table` (unqualified means `public`; a part may be an
+    /// SQL-style quoted identifier, `public."t.dot"`). Required.
     pub tables: TableSelection,
     /// Whether existing rows are copied before streaming starts; default `initial`.
     pub snapshot: SnapshotMode,
@@ -135,13 +122,19 @@ pub struct TableName {
 }
 
 impl TableName {
-    /// Parses `schema.table` or `table` (meaning `public.table`).
+    /// Parses `schema.table` or `table` (meaning `public.table`). A part may be an SQL-style quoted identifier
+    /// (`"my schema"."t.dot"`, `public."T"`; `""` inside quotes is a quote), so names holding dots, quotes or
+    /// spaces can be written; unquoted parts are taken exactly as written (no lowercasing).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = text.split('.').collect();
+        let parts = super::ident::split(text)?;
         let (schema, name) = match parts.as_slice() {
-            [name] => ("public", *name),
-            [schema, name] => (*schema, *name),
-            _ => return Err(format!("expected schema.table, found {text:?}")),
+            [name] => ("public", name.as_str()),
+            [schema, name] => (schema.as_str(), name.as_str()),
+            _ => {
+                return Err(format!(
+                "expected schema.table, found {text:?} (quote a name that holds a dot: \"t.dot\")"
+            ))
+            }
         };
         if schema.trim().is_empty() || name.trim().is_empty() {
             return Err(format!("expected schema.table, found {text:?}"));
@@ -153,9 +146,12 @@ impl TableName {
     }
 }
 
+/// `schema.table`, each part quoted only when it must be to read back as itself (`public."t.dot"`), so what
+/// philotes prints can be pasted into the pipeline file.
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
+        use super::ident::quoted;
+        write!(f, "{}.{}", quoted(&self.schema), quoted(&self.name))
     }
 }
 
@@ -221,6 +217,37 @@ pub struct IcebergSinkConfig {
     pub target_file_size: u64,
     /// Per-source-table overrides, keyed by source table.
     pub tables: BTreeMap<TableName, TableOverride>,
+}
+
+impl IcebergSinkConfig {
+    /// See [`PipelineConfig::iceberg_target`].
+    pub fn target(&self, table: &TableName) -> IcebergTarget {
+        resolve_target(self.namespace.as_deref(), self.mode, &self.tables, table)
+    }
+}
+
+/// The Iceberg target of `table` from the keys that decide it (the file is checked with these before the whole
+/// sink section is known to be valid).
+pub(crate) fn resolve_target(
+    namespace: Option<&str>,
+    mode: TableMode,
+    overrides: &BTreeMap<TableName, TableOverride>,
+    table: &TableName,
+) -> IcebergTarget {
+    let table_override = overrides.get(table);
+    IcebergTarget {
+        namespace: table_override
+            .and_then(|t| t.namespace.clone())
+            .or_else(|| namespace.map(str::to_owned))
+            .unwrap_or_else(|| table.schema.clone()),
+        name: table_override
+            .and_then(|t| t.name.clone())
+            .unwrap_or_else(|| table.name.clone()),
+        mode: table_override.and_then(|t| t.mode).unwrap_or(mode),
+        partition: table_override
+            .map(|t| t.partition.clone())
+            .unwrap_or_default(),
+    }
 }
 
 /// `sink.iceberg.catalog:`.

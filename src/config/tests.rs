@@ -379,3 +379,240 @@ fn loading_a_missing_file_is_an_io_error() {
     assert!(matches!(err, ConfigError::Io { .. }));
     assert!(err.to_string().contains("/nonexistent/pipeline.yaml"));
 }
+
+/// A file capturing `tables` into namespace `cdc`, with `overrides` (YAML lines under `sink.iceberg.tables`).
+fn two_schemas(tables: &str, overrides: &[&str]) -> String {
+    let mut text = format!(
+        "pipeline: orders\nsource:\n  postgres:\n    url: postgres://db/shop\n    tables: {tables}\n\
+         sink:\n  iceberg:\n    warehouse: file:///w\n    namespace: cdc\n"
+    );
+    if !overrides.is_empty() {
+        text.push_str("    tables:\n");
+        for line in overrides {
+            text.push_str(&format!("      {line}\n"));
+        }
+    }
+    text
+}
+
+#[test]
+fn two_source_tables_on_one_iceberg_table_are_refused_naming_both_and_the_way_out() {
+    let found = problems(&two_schemas("[public.orders, s2.orders]", &[]));
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+    let p = problem_at(&found, "source.postgres.tables[1]");
+    assert_eq!(p.line, 5);
+    for part in [
+        "s2.orders",
+        "public.orders",
+        "cdc.orders",
+        "sink.iceberg.tables.<table>.name",
+        ".namespace",
+    ] {
+        assert!(p.message.contains(part), "{part} not in {}", p.message);
+    }
+
+    // The way out, either way, is accepted.
+    parse_ok(&two_schemas(
+        "[public.orders, s2.orders]",
+        &["s2.orders: { name: s2_orders }"],
+    ));
+    parse_ok(&two_schemas(
+        "[public.orders, s2.orders]",
+        &["s2.orders: { namespace: cdc_s2 }"],
+    ));
+    // Without a common namespace each schema is its own namespace: no clash.
+    parse_ok(&two_schemas("[public.orders, s2.orders]", &[]).replace("    namespace: cdc\n", ""));
+}
+
+#[test]
+fn an_override_onto_another_tables_default_identifier_is_refused() {
+    let found = problems(&two_schemas(
+        "[public.orders, public.archive]",
+        &["public.archive: { name: orders }"],
+    ));
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+    let p = problem_at(&found, "source.postgres.tables[1]");
+    assert!(
+        p.message.contains("public.archive and public.orders") && p.message.contains("cdc.orders"),
+        "{}",
+        p.message
+    );
+
+    let found = problems(&two_schemas(
+        "[public.orders, s2.orders]",
+        &[
+            "public.orders: { namespace: sales }",
+            "s2.orders: { namespace: sales }",
+        ],
+    ));
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+    assert!(problem_at(&found, "source.postgres.tables[1]")
+        .message
+        .contains("sales.orders"));
+}
+
+#[test]
+fn two_overrides_onto_one_identifier_are_refused_even_with_tables_all() {
+    let overrides = ["public.a: { name: same }", "public.b: { name: same }"];
+    let found = problems(&two_schemas("[public.a, public.b]", &overrides));
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+    problem_at(&found, "source.postgres.tables[1]");
+
+    // With `all` the overrides are the tables known before run time; the later key is blamed.
+    let found = problems(&two_schemas("all", &overrides));
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+    let p = problem_at(&found, "sink.iceberg.tables[public.b]");
+    assert_eq!(p.line, 12);
+    assert!(p.message.contains("cdc.same"), "{}", p.message);
+}
+
+#[test]
+fn identifiers_differing_only_in_case_are_one_iceberg_table() {
+    let found = problems(&two_schemas("[public.Orders, s2.orders]", &[]));
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+    let p = problem_at(&found, "source.postgres.tables[1]");
+    assert!(
+        p.message.contains("cdc.Orders") && p.message.contains("case-insensitively"),
+        "{}",
+        p.message
+    );
+    let found = problems(&two_schemas(
+        "[public.a, public.b]",
+        &[
+            "public.a: { namespace: CDC, name: T }",
+            "public.b: { name: t }",
+        ],
+    ));
+    assert_eq!(found.len(), 1, "{}", ProblemList(&found));
+}
+
+#[test]
+fn every_later_table_on_a_taken_identifier_is_reported() {
+    let found = problems(&two_schemas("[a.t, b.t, c.t, d.u]", &[]));
+    let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["source.postgres.tables[1]", "source.postgres.tables[2]"],
+        "{}",
+        ProblemList(&found)
+    );
+    assert!(
+        found[1].message.contains("c.t and a.t"),
+        "{}",
+        found[1].message
+    );
+}
+
+#[test]
+fn clashes_of_a_table_list_known_only_at_run_time_are_found_by_the_public_check() {
+    let config = parse_ok(&two_schemas("all", &["s3.orders: { name: orders_s3 }"]));
+    let tables = [
+        "public.orders",
+        "s2.orders",
+        "s3.orders",
+        "public.items",
+        "s2.ITEMS",
+    ]
+    .map(|t| TableName::parse(t).unwrap());
+    let clashes = iceberg_clashes(&config, &tables);
+    let pairs: Vec<(String, String)> = clashes
+        .iter()
+        .map(|c| (c.first.to_string(), c.second.to_string()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("public.orders".to_owned(), "s2.orders".to_owned()),
+            ("public.items".to_owned(), "s2.ITEMS".to_owned())
+        ]
+    );
+    assert_eq!(
+        clashes[1].first_target,
+        ("cdc".to_owned(), "items".to_owned())
+    );
+    assert_eq!(
+        clashes[1].second_target,
+        ("cdc".to_owned(), "ITEMS".to_owned())
+    );
+    assert!(clashes[0]
+        .to_string()
+        .contains("s2.orders and public.orders"));
+    assert!(iceberg_clashes(&config, &tables[..1]).is_empty());
+    // A table given twice is one table, not a clash.
+    assert!(iceberg_clashes(&config, &[tables[0].clone(), tables[0].clone()]).is_empty());
+}
+
+#[test]
+fn quoted_identifiers_name_tables_with_dots_quotes_spaces_and_capitals() {
+    let text = MINIMAL.replace(
+        "[orders, sales.invoices]",
+        r#"['"public"."t.dot"', '"my schema"."T"', 'public."a""b"', Sales.Orders]"#,
+    ) + "    tables:\n      public.\"t.dot\": { name: t_dot }\n      '\"my schema\".\"T\"': { namespace: spaced }\n";
+    let config = parse_ok(&text);
+    let TableSelection::Listed(tables) = &config.source.postgres.tables else {
+        panic!("listed")
+    };
+    let parts: Vec<(&str, &str)> = tables
+        .iter()
+        .map(|t| (t.schema.as_str(), t.name.as_str()))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            ("public", "t.dot"),
+            ("my schema", "T"),
+            ("public", "a\"b"),
+            ("Sales", "Orders")
+        ],
+        "quoted keeps everything; unquoted is taken as written"
+    );
+    let shown: Vec<String> = tables.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            r#"public."t.dot""#,
+            "my schema.T",
+            r#"public."a""b""#,
+            "Sales.Orders"
+        ]
+    );
+    for (table, text) in tables.iter().zip(&shown) {
+        assert_eq!(&TableName::parse(text).unwrap(), table, "{text} reads back");
+    }
+    assert_eq!(config.iceberg_target(&tables[0]).name, "t_dot");
+    assert_eq!(config.iceberg_target(&tables[1]).namespace, "spaced");
+    assert_eq!(config.iceberg_target(&tables[2]).name, "a\"b");
+}
+
+#[test]
+fn unbalanced_quotes_are_refused_naming_the_key_and_line() {
+    let text = MINIMAL.replace("[orders, sales.invoices]", r#"[orders, '"public.t']"#)
+        + "    tables:\n      public.\"x: { name: y }\n";
+    let found = problems(&text);
+    assert_eq!(found.len(), 2, "{}", ProblemList(&found));
+    let item = problem_at(&found, "source.postgres.tables[1]");
+    assert_eq!(item.line, 5);
+    assert!(
+        item.message.contains("unbalanced quote"),
+        "{}",
+        item.message
+    );
+    let key = problem_at(&found, "sink.iceberg.tables[public.\"x]");
+    assert_eq!(key.line, 10);
+    assert!(key.message.contains("unbalanced quote"), "{}", key.message);
+}
+
+#[test]
+fn a_comma_separated_table_list_keeps_commas_inside_quotes() {
+    let text = MINIMAL.replace("[orders, sales.invoices]", "${TABLES}");
+    let env = |name: &str| (name == "TABLES").then(|| r#"public."a,b", "x.y".z"#.to_owned());
+    let config = parse(&text, "p.yaml", &env).unwrap();
+    let expected = [("public", "a,b"), ("x.y", "z")].map(|(schema, name)| TableName {
+        schema: schema.into(),
+        name: name.into(),
+    });
+    assert_eq!(
+        config.source.postgres.tables,
+        TableSelection::Listed(expected.to_vec())
+    );
+}

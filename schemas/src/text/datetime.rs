@@ -19,10 +19,8 @@ pub(super) fn parse_date(text: &str) -> Result<i32, String> {
     }
     let (date, bc) = strip_bc(text);
     let days = parse_ymd(date, bc)?;
-    i32::try_from(days)
-        .ok()
-        .filter(|d| *d != DATE_POS_INFINITY && *d != DATE_NEG_INFINITY)
-        .ok_or_else(|| "date out of range".to_owned())
+    // 9999-12-31 and 0001-01-01 are accepted although they equal the infinity sentinels (see `value`).
+    i32::try_from(days).map_err(|_| "date out of range".to_owned())
 }
 
 /// `time` → microseconds since midnight, `24:00:00` included.
@@ -225,13 +223,9 @@ fn local_micros(date: &str, time: &str, bc: bool) -> Result<i64, String> {
     checked_instant(i128::from(days) * i128::from(MICROS_PER_DAY) + time)
 }
 
-/// Keeps finite timestamps strictly inside the `i64` range, away from the infinity sentinels (Postgres accepts
-/// years up to 294276, a few thousand years more than `i64` microseconds since 1970 hold).
+/// Keeps finite timestamps inside the `i64` range (Postgres accepts years up to 294276, a few thousand years more
+/// than `i64` microseconds since 1970 hold). Values equal to the infinity sentinels are accepted (see `value`).
 fn checked_instant(micros: i128) -> Result<i64, String> {
     i64::try_from(micros)
-        .ok()
-        .filter(|m| *m != TIMESTAMP_POS_INFINITY && *m != TIMESTAMP_NEG_INFINITY)
-        .ok_or_else(|| {
-            "timestamp out of the range of microseconds since 1970 in 64 bits".to_owned()
-        })
+        .map_err(|_| "timestamp out of the range of microseconds since 1970 in 64 bits".to_owned())
 }

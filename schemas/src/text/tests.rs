@@ -8,8 +8,8 @@ use super::parse_text;
 use crate::civil::{civil_from_days, days_from_civil};
 use crate::pg_type::PgType;
 use crate::value::{
-    Interval, Value, DATE_NEG_INFINITY, DATE_POS_INFINITY, TIMESTAMP_NEG_INFINITY,
-    TIMESTAMP_POS_INFINITY,
+    current_date_sentinel, current_timestamp_sentinel, Interval, Value, DATE_NEG_INFINITY,
+    DATE_POS_INFINITY, TIMESTAMP_NEG_INFINITY, TIMESTAMP_POS_INFINITY,
 };
 
 const DAY: i64 = 86_400_000_000;
@@ -199,6 +199,62 @@ fn dates_parse_with_bc_years_and_infinities() {
 }
 
 #[test]
+fn infinities_are_the_first_and_last_instants_every_reader_can_hold() {
+    assert_eq!(
+        i64::from(DATE_POS_INFINITY),
+        days_from_civil(9999, 12, 31),
+        "infinity is 9999-12-31"
+    );
+    assert_eq!(
+        i64::from(DATE_NEG_INFINITY),
+        days_from_civil(1, 1, 1),
+        "-infinity is 0001-01-01"
+    );
+    assert_eq!(
+        TIMESTAMP_POS_INFINITY,
+        utc(9999, 12, 31, 23, 59, 59, 999_999),
+        "infinity is 9999-12-31 23:59:59.999999"
+    );
+    assert_eq!(
+        TIMESTAMP_NEG_INFINITY,
+        utc(1, 1, 1, 0, 0, 0, 0),
+        "-infinity is 0001-01-01 00:00:00"
+    );
+    // The price of readable sentinels: the real values at the ends read as infinity.
+    assert_eq!(
+        parse(&PgType::Date, "9999-12-31"),
+        parse(&PgType::Date, "infinity")
+    );
+    assert_eq!(
+        parse(&PgType::Timestamp, "0001-01-01 00:00:00"),
+        parse(&PgType::Timestamp, "-infinity")
+    );
+    assert_eq!(
+        parse(&PgType::TimestampTz, "9999-12-31 23:59:59.999999+00"),
+        parse(&PgType::TimestampTz, "infinity")
+    );
+    // Values past them are kept exactly (Postgres allows dates to 5874897 AD).
+    assert_eq!(
+        parse(&PgType::Date, "10000-01-01"),
+        Value::Date(days_from_civil(10_000, 1, 1) as i32)
+    );
+}
+
+#[test]
+fn sentinels_of_older_builds_left_in_the_buffer_become_todays() {
+    assert_eq!(current_date_sentinel(i32::MAX), DATE_POS_INFINITY);
+    assert_eq!(current_date_sentinel(i32::MIN), DATE_NEG_INFINITY);
+    assert_eq!(current_timestamp_sentinel(i64::MAX), TIMESTAMP_POS_INFINITY);
+    assert_eq!(current_timestamp_sentinel(i64::MIN), TIMESTAMP_NEG_INFINITY);
+    for days in [0, -1, 2_932_897, i32::MAX - 1, i32::MIN + 1] {
+        assert_eq!(current_date_sentinel(days), days);
+    }
+    for micros in [0, -1, 253_402_300_800_000_000, i64::MAX - 1] {
+        assert_eq!(current_timestamp_sentinel(micros), micros);
+    }
+}
+
+#[test]
 fn times_parse_up_to_the_end_of_the_day() {
     assert_eq!(parse(&PgType::Time, "00:00:00"), Value::Time(0));
     assert_eq!(
@@ -245,9 +301,10 @@ fn timestamps_parse_before_1970_in_bc_and_at_infinity() {
         parse(&ts, "-infinity"),
         Value::Timestamp(TIMESTAMP_NEG_INFINITY)
     );
-    assert!(
-        parse_text(&ts, "294247-01-10 04:00:54.775807").is_err(),
-        "collides with the infinity sentinel"
+    assert_eq!(
+        parse(&ts, "294247-01-10 04:00:54.775807"),
+        Value::Timestamp(i64::MAX),
+        "the last instant 64 bits hold is a finite value, not infinity"
     );
     assert!(
         parse_text(&ts, "294276-12-31 23:59:59").is_err(),

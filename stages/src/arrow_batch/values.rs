@@ -16,7 +16,9 @@ use arrow::array::{
 use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, FieldRef, Fields, TimeUnit};
 use arrow::error::ArrowError;
-use philotes_schemas::{decimal128_unscaled, iceberg_time_micros, Interval, Value};
+use philotes_schemas::{
+    current_date_sentinel, current_timestamp_sentinel, decimal128_unscaled, iceberg_time_micros, Interval, Value,
+};
 
 use crate::segment::ValueRef;
 
@@ -145,12 +147,14 @@ pub(super) fn convert_ref<'a>(value: ValueRef<'a>, kind: &Kind) -> Result<Cell<'
         }
         (ValueRef::Numeric(text) | ValueRef::Text(text), Kind::String) => Cell::Str(text),
         (ValueRef::Bytes(bytes), Kind::Binary) => Cell::Bytes(bytes),
-        (ValueRef::Date(days), Kind::Date) => Cell::I32(days),
+        // Older builds wrote infinities as the type's extremes, which readers cannot hold: a segment such a build
+        // left in the buffer is written with today's sentinels.
+        (ValueRef::Date(days), Kind::Date) => Cell::I32(current_date_sentinel(days)),
         (ValueRef::Time(micros), Kind::Time) => {
             Cell::I64(iceberg_time_micros(micros).map_err(|e| Some(e.to_string()))?)
         }
-        (ValueRef::Timestamp(micros), Kind::Timestamp) => Cell::I64(micros),
-        (ValueRef::TimestampTz(micros), Kind::TimestampTz) => Cell::I64(micros),
+        (ValueRef::Timestamp(micros), Kind::Timestamp) => Cell::I64(current_timestamp_sentinel(micros)),
+        (ValueRef::TimestampTz(micros), Kind::TimestampTz) => Cell::I64(current_timestamp_sentinel(micros)),
         (ValueRef::Uuid(bytes), Kind::Fixed(16)) => Cell::Bytes(bytes),
         (ValueRef::Unchanged, _) => return Err(Some("an unchanged TOAST value was not resolved".into())),
         _ => return Err(None),

@@ -110,15 +110,21 @@ fn every_type_of_the_mapping_table_round_trips_into_its_arrow_array() {
         [0, 255, 128]
     );
     let date = array::<Date32Array>(b, "date");
-    assert_eq!((date.value(0), date.value(2)), (i32::MAX, i32::MIN));
+    assert_eq!(
+        (date.value(0), date.value(2)),
+        (DATE_POS_INFINITY, DATE_NEG_INFINITY)
+    );
     assert_eq!(
         array::<Time64MicrosecondArray>(b, "time").value(0),
         86_399_999_999
     );
     let ts = array::<TimestampMicrosecondArray>(b, "ts");
-    assert_eq!((ts.value(0), ts.timezone()), (i64::MIN, None));
+    assert_eq!((ts.value(0), ts.timezone()), (TIMESTAMP_NEG_INFINITY, None));
     let tstz = array::<TimestampMicrosecondArray>(b, "tstz");
-    assert_eq!((tstz.value(0), tstz.timezone()), (i64::MAX, Some("+00:00")));
+    assert_eq!(
+        (tstz.value(0), tstz.timezone()),
+        (TIMESTAMP_POS_INFINITY, Some("+00:00"))
+    );
     let iv = array::<StructArray>(b, "interval");
     let field = |name: &str| iv.column_by_name(name).expect("interval field").clone();
     assert_eq!(
@@ -180,5 +186,39 @@ fn every_type_of_the_mapping_table_round_trips_into_its_arrow_array() {
             .expect("int")
             .value(0),
         i32::MIN
+    );
+}
+
+#[test]
+fn infinity_sentinels_an_older_build_left_in_the_buffer_are_written_as_todays() {
+    let t = every_type();
+    let target = changelog_schema(&t).expect("schema");
+    let mut row = vec![Value::Null; t.columns.len()];
+    row[0] = Value::Int64(1);
+    row[16] = Value::Date(i32::MAX);
+    row[18] = Value::Timestamp(i64::MIN);
+    row[19] = Value::TimestampTz(i64::MAX);
+    let mut minus = vec![Value::Null; t.columns.len()];
+    minus[0] = Value::Int64(2);
+    minus[16] = Value::Date(i32::MIN);
+    minus[18] = Value::Timestamp(i64::MAX);
+    minus[19] = Value::TimestampTz(i64::MIN);
+    let out = build(&target, vec![(t, vec![insert(0, row), insert(1, minus)])]);
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    let b = &out.batch;
+    let date = array::<Date32Array>(b, "date");
+    assert_eq!(
+        (date.value(0), date.value(1)),
+        (DATE_POS_INFINITY, DATE_NEG_INFINITY)
+    );
+    let ts = array::<TimestampMicrosecondArray>(b, "ts");
+    assert_eq!(
+        (ts.value(0), ts.value(1)),
+        (TIMESTAMP_NEG_INFINITY, TIMESTAMP_POS_INFINITY)
+    );
+    let tstz = array::<TimestampMicrosecondArray>(b, "tstz");
+    assert_eq!(
+        (tstz.value(0), tstz.value(1)),
+        (TIMESTAMP_POS_INFINITY, TIMESTAMP_NEG_INFINITY)
     );
 }
