@@ -7,5 +7,6 @@ mod cluster;
 mod flush;
 mod flush_faults;
 mod migrate;
+mod session;
 mod slot;
 mod support;
