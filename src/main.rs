@@ -96,7 +96,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("philotes: {e:#}");
+            // Every cause once: anyhow's `{:#}` would repeat what wrappers already printed of their source.
+            eprintln!("philotes: {}", philotes_stages::report::join(e.chain().map(ToString::to_string)));
             ExitCode::FAILURE
         }
     }

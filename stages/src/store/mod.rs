@@ -53,6 +53,18 @@ pub fn session_options(existing: Option<&str>) -> String {
     }
 }
 
+/// `host:port/database` of a connection config, for messages (never the password or the other options).
+pub fn describe(config: &Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(name)) => name.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let database = config.get_dbname().or(config.get_user()).unwrap_or("postgres");
+    format!("{host}:{port}/{database}")
+}
+
 /// Connects with `config` (plus the pinned [`SESSION_SETTINGS`]) and drives the connection on the current
 /// runtime; a connection that breaks later surfaces as an error on the client's next call. The one place that
 /// spawns tokio-postgres connection tasks.
@@ -64,7 +76,7 @@ pub async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "postgres connection ended");
+            tracing::warn!(error = %crate::report::chain(&e), "postgres connection ended");
         }
     });
     Ok(client)
