@@ -109,12 +109,17 @@ pub async fn run(settings: &CaptureSettings, cancel: CancellationToken) -> Resul
 
 /// One capture session: prepare, resume from the checkpoint, stream until cancelled or broken.
 async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Result<(), CaptureError> {
-    let source = store::connect(&settings.source).await.map_err(SourceError::Sql)?;
-    setup::check_wal_level(&source).await?;
-    if setup::ensure_publication(&source, &settings.publication, &settings.tables).await? {
+    let source = store::connect(&settings.source)
+        .await
+        .map_err(|e| SourceError::Sql(e).context(format!("connecting to {}", store::describe(&settings.source))))?;
+    setup::check_wal_level(&source).await.map_err(|e| e.context("reading wal_level"))?;
+    let publication = format!("creating or extending the publication {}", setup::quote_ident(&settings.publication));
+    if setup::ensure_publication(&source, &settings.publication, &settings.tables).await.map_err(|e| e.context(publication))? {
         tracing::info!(publication = %settings.publication, "publication created or extended");
     }
-    let slot = setup::ensure_slot(&source, &settings.slot, &settings.pipeline).await?;
+    let slot = setup::ensure_slot(&source, &settings.slot, &settings.pipeline)
+        .await
+        .map_err(|e| e.context(format!("finding or creating the replication slot {}", setup::quote_ident(&settings.slot))))?;
     if slot.created {
         tracing::info!(slot = %settings.slot, lsn = %slot.confirmed_flush, "replication slot created");
     }
