@@ -91,7 +91,10 @@ fn main() -> ExitCode {
         Command::Validate { files } => return validate(&files),
         Command::Migrate { file } => runtime.block_on(migrate(&file, cli.log_format)),
         Command::Run { file, role, metrics } => runtime.block_on(run(&file, role, metrics, cli.log_format)),
-        Command::Status { file, json } => runtime.block_on(status(&file, json, cli.log_format)),
+        Command::Status { file, json } => match runtime.block_on(status(&file, json, cli.log_format)) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -172,16 +175,18 @@ async fn migrate(file: &Path, log_format: Option<LogFormatArg>) -> anyhow::Resul
     Ok(())
 }
 
-/// `philotes status FILE`.
-async fn status(file: &Path, json: bool, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
+/// `philotes status FILE`: prints everything it can read; exits 0 when the status is complete, 2 when a part could
+/// not be read (the output then marks it and lists it under errors / `errors`), 1 when nothing could be tried
+/// (the file is invalid).
+async fn status(file: &Path, json: bool, log_format: Option<LogFormatArg>) -> anyhow::Result<ExitCode> {
     let config = load(file, log_format)?;
-    let status = philotes::status::read(&config).await?;
+    let status = philotes::status::read(&config).await;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         println!("{status}");
     }
-    Ok(())
+    Ok(if status.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 
 /// `philotes run FILE`: migrates the buffer database, then runs the roles this process has until SIGINT or
