@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_segment_payload_lz4.sql",
         sql: include_str!("../migrations/0003_segment_payload_lz4.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_table_failures.sql",
+        sql: include_str!("../migrations/0004_table_failures.sql"),
+    },
 ];
 
 /// The advisory lock that serialises concurrent migrators ("philotes" in ASCII).

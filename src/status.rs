@@ -69,6 +69,11 @@ pub struct TableStatus {
     pub committed: Option<String>,
     /// Set when the table stopped (an incompatible schema change): the reason.
     pub error: Option<String>,
+    /// Set while the table's flush keeps failing and is retried (catalog or warehouse unusable): the last cause.
+    /// Cleared by its next successful flush.
+    pub failing: Option<String>,
+    /// When the current run of failures began (RFC 3339, UTC).
+    pub failing_since: Option<String>,
 }
 
 /// How long status waits for a server that does not answer (a connection URL without `connect_timeout`).
@@ -159,6 +164,8 @@ async fn read_buffer(config: &Config, pipeline: &str, status: &mut Status) -> Re
             table: format!("{}.{}", t.source_schema, t.source_table),
             committed: t.committed.map(|p| p.to_string()),
             error: t.error,
+            failing_since: t.failing.as_ref().map(|(_, since)| since.clone()),
+            failing: t.failing.map(|(error, _)| error),
         })
         .collect();
     Ok(())
@@ -204,11 +211,15 @@ impl std::fmt::Display for Status {
             None => write!(f, "dead letters {}", unreadable("buffer"))?,
         }
         for table in &self.tables {
-            let state = match (&table.error, &table.committed) {
+            let mut state = match (&table.error, &table.committed) {
                 (Some(error), _) => format!("STOPPED: {error}"),
                 (None, Some(position)) => format!("in iceberg up to {position}"),
                 (None, None) => "not flushed yet".to_string(),
             };
+            if let (None, Some(failing)) = (&table.error, &table.failing) {
+                let since = table.failing_since.as_deref().unwrap_or("-");
+                state.push_str(&format!("; FAILING since {since}, retrying: {failing}"));
+            }
             write!(f, "\ntable        {}  {state}", table.table)?;
         }
         for problem in &self.errors {
