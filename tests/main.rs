@@ -4,6 +4,7 @@
 mod capture;
 mod cli;
 mod cluster;
+mod errors;
 mod flush;
 mod flush_faults;
 mod migrate;

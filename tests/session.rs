@@ -16,6 +16,7 @@ use arrow::datatypes::{
 use futures::TryStreamExt;
 use philotes_stages::flush::catalog;
 
+use crate::errors::KillOnDrop;
 use crate::flush::{drained, last_commit, stop, wait_for, wait_for_slot, Pipeline};
 
 /// One row, every value in a setting-proof form.
@@ -159,13 +160,13 @@ async fn values_survive_database_settings(hint: &str, settings: &[&str]) {
         .expect("pinned session");
     client.batch_execute(TABLE).await.expect("table");
     let pipeline = Pipeline::new(&db, &["public.typed"], "{ workers: 1, max_events: 1000, interval: 200ms }");
-    let mut child = pipeline.start(&[], &[], "run.log");
+    let mut child = KillOnDrop(pipeline.start(&[], &[], "run.log"));
     wait_for_slot(&db, &pipeline);
     client.batch_execute(ROWS).await.expect("rows");
     // The last row, all NULL, marks the end of the workload.
     let after = last_commit(&db, "INSERT INTO typed (id) VALUES (7)");
     wait_for("every change in iceberg", Duration::from_secs(120), || drained(&db, &pipeline.name, &after));
-    stop(&mut child);
+    stop(&mut child.0);
     let log = pipeline.log("run.log");
     let dead: i64 = client
         .query_one("SELECT count(*) FROM philotes.dead_letters", &[])
