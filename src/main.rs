@@ -57,7 +57,8 @@ enum Command {
         /// The pipeline file.
         file: PathBuf,
     },
-    /// Show the pipeline's state: slot and replication lag, source checkpoint, buffer depth, dead letters.
+    /// Show the pipeline's state: slot and replication lag, source checkpoint, buffer depth, dead letters. Exits 0
+    /// when everything could be read, 2 when a part could not (it is marked and listed under errors).
     Status {
         /// The pipeline file.
         file: PathBuf,
