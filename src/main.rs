@@ -66,7 +66,8 @@ enum Command {
         #[arg(long = "table", required = true)]
         tables: Vec<String>,
     },
-    /// Show the pipeline's state: slot and replication lag, source checkpoint, buffer depth, dead letters.
+    /// Show the pipeline's state: slot and replication lag, source checkpoint, buffer depth, dead letters. Exits 0
+    /// when everything could be read, 2 when a part could not (it is marked and listed under errors).
     Status {
         /// The pipeline file.
         file: PathBuf,
@@ -100,13 +101,17 @@ fn main() -> ExitCode {
         Command::Validate { files } => return validate(&files),
         Command::Migrate { file } => runtime.block_on(migrate(&file, cli.log_format)),
         Command::Run { file, role, metrics } => runtime.block_on(run(&file, role, metrics, cli.log_format)),
-        Command::Status { file, json } => runtime.block_on(status(&file, json, cli.log_format)),
+        Command::Status { file, json } => match runtime.block_on(status(&file, json, cli.log_format)) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Resume { file, tables } => runtime.block_on(resume(&file, &tables, cli.log_format)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("philotes: {e:#}");
+            // Every cause once: anyhow's `{:#}` would repeat what wrappers already printed of their source.
+            eprintln!("philotes: {}", philotes_stages::report::join(e.chain().map(ToString::to_string)));
             ExitCode::FAILURE
         }
     }
@@ -197,16 +202,18 @@ async fn resume(file: &Path, tables: &[String], log_format: Option<LogFormatArg>
     Ok(())
 }
 
-/// `philotes status FILE`.
-async fn status(file: &Path, json: bool, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
+/// `philotes status FILE`: prints everything it can read; exits 0 when the status is complete, 2 when a part could
+/// not be read (the output then marks it and lists it under errors / `errors`), 1 when nothing could be tried
+/// (the file is invalid).
+async fn status(file: &Path, json: bool, log_format: Option<LogFormatArg>) -> anyhow::Result<ExitCode> {
     let config = load(file, log_format)?;
-    let status = philotes::status::read(&config).await?;
+    let status = philotes::status::read(&config).await;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         println!("{status}");
     }
-    Ok(())
+    Ok(if status.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 
 /// `philotes run FILE`: migrates the buffer database, then runs the roles this process has until SIGINT or

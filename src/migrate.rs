@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_source_tables.sql",
         sql: include_str!("../migrations/0004_source_tables.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_table_failures.sql",
+        sql: include_str!("../migrations/0005_table_failures.sql"),
+    },
 ];
 
 /// The advisory lock that serialises concurrent migrators ("philotes" in ASCII).

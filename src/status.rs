@@ -1,23 +1,30 @@
 //! `philotes status`: what a person (or a script, with `--json`) needs to know about a running pipeline —
-//! slot lag, source checkpoint, buffer depth, dead letters.
+//! slot lag, source checkpoint, buffer depth, dead letters. Each part is read on its own: with the source down the
+//! buffer's part is still shown, and what could not be read is marked and listed in `errors`.
 
+use std::time::Duration;
+
+use philotes_stages::report;
 use philotes_stages::source::setup::{self, SlotStatus};
+use philotes_stages::source::SourceError;
 use philotes_stages::store::{self, checkpoints, dead_letters, segments, source_tables, watermarks};
 use serde::Serialize;
+use tokio_postgres::Config;
 
 use crate::config::{PipelineConfig, TableName};
 
-/// A snapshot of a pipeline's state.
+/// A snapshot of a pipeline's state. A part that could not be read (the source down, the buffer unreachable) is
+/// `null` and named in [`Status::errors`]; the rest is still shown.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     /// The pipeline name.
     pub pipeline: String,
     /// The slot name.
     pub slot: String,
-    /// Whether the slot exists.
-    pub slot_exists: bool,
+    /// Whether the slot exists (`null`: the source could not be read).
+    pub slot_exists: Option<bool>,
     /// Whether a capture streams from it now.
-    pub slot_active: bool,
+    pub slot_active: Option<bool>,
     /// The slot's confirmed position.
     pub slot_confirmed_lsn: Option<String>,
     /// `reserved` … `lost`.
@@ -30,16 +37,27 @@ pub struct Status {
     pub checkpoint_lsn: Option<String>,
     /// Seconds since the checkpoint was last written (how stale the buffer's view of the source is).
     pub checkpoint_age_seconds: Option<f64>,
-    /// Segments waiting in the buffer.
-    pub buffer_segments: i64,
+    /// Segments waiting in the buffer (`null`: the buffer could not be read).
+    pub buffer_segments: Option<i64>,
     /// Changes waiting in the buffer.
-    pub buffer_events: i64,
+    pub buffer_events: Option<i64>,
     /// Payload bytes waiting in the buffer.
-    pub buffer_bytes: i64,
+    pub buffer_bytes: Option<i64>,
     /// Changes that could not be converted.
-    pub dead_letters: i64,
+    pub dead_letters: Option<i64>,
     /// Per table: the last position committed to Iceberg, and why it stopped if it did.
     pub tables: Vec<TableStatus>,
+    /// What could not be read, and why; empty when the status is complete (`philotes status` then exits 0).
+    pub errors: Vec<StatusProblem>,
+}
+
+/// A part of the status that could not be read.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusProblem {
+    /// `source` (slot and lag) or `buffer` (checkpoint, depth, dead letters, tables).
+    pub part: &'static str,
+    /// Why, with every cause.
+    pub error: String,
 }
 
 /// One table's flush state.
@@ -51,6 +69,11 @@ pub struct TableStatus {
     pub committed: Option<String>,
     /// Set when the table stopped (an incompatible schema change, an unmappable column): the reason.
     pub error: Option<String>,
+    /// Set while the table's flush keeps failing and is retried (catalog or warehouse unusable): the last cause.
+    /// Cleared by its next successful flush.
+    pub failing: Option<String>,
+    /// When the current run of failures began (RFC 3339, UTC).
+    pub failing_since: Option<String>,
     /// The table's name on the source now, when it was renamed (it keeps flowing under its first name).
     pub renamed_to: Option<String>,
     /// Why the capture does not follow the table (a keyless table it refused to publish).
@@ -68,119 +91,175 @@ fn add_source_tables(tables: &mut Vec<TableStatus>, followed: Vec<source_tables:
                 table.renamed_to = renamed_to;
                 table.problem = row.problem;
             }
-            None => tables.push(TableStatus { table: name, committed: None, error: None, renamed_to, problem: row.problem }),
+            None => tables.push(TableStatus {
+                table: name,
+                committed: None,
+                error: None,
+                failing: None,
+                failing_since: None,
+                renamed_to,
+                problem: row.problem,
+            }),
         }
     }
 }
 
-/// Why status could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum StatusError {
-    /// The buffer database failed.
-    #[error("buffer database: {0}")]
-    Buffer(#[from] tokio_postgres::Error),
-    /// The source failed.
-    #[error(transparent)]
-    Source(#[from] philotes_stages::source::SourceError),
+/// How long status waits for a server that does not answer (a connection URL without `connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the pipeline's state from the source and the buffer: whatever can be read, with the rest in `errors`.
+pub async fn read(config: &PipelineConfig) -> Status {
+    let mut status = Status {
+        pipeline: config.pipeline.clone(),
+        slot: config.source.postgres.slot.clone(),
+        slot_exists: None,
+        slot_active: None,
+        slot_confirmed_lsn: None,
+        slot_wal_status: None,
+        source_current_lsn: None,
+        replication_lag_bytes: None,
+        checkpoint_lsn: None,
+        checkpoint_age_seconds: None,
+        buffer_segments: None,
+        buffer_events: None,
+        buffer_bytes: None,
+        dead_letters: None,
+        tables: Vec::new(),
+        errors: Vec::new(),
+    };
+    let source = config.source.postgres.url.config();
+    match read_source(source, &config.source.postgres.slot).await {
+        Ok(slot) => {
+            status.slot_exists = Some(slot.is_some());
+            status.slot_active = Some(slot.as_ref().is_some_and(|s| s.active));
+            status.slot_confirmed_lsn = slot.as_ref().and_then(|s| s.confirmed_flush).map(|l| l.to_string());
+            status.slot_wal_status = slot.as_ref().and_then(|s| s.wal_status.clone());
+            status.source_current_lsn = slot.as_ref().map(|s| s.current.to_string());
+            status.replication_lag_bytes = slot.as_ref().and_then(|s| s.lag_bytes);
+        }
+        Err(e) => status.errors.push(StatusProblem {
+            part: "source",
+            error: format!("{}: {}", store::describe(source), report::chain(&e)),
+        }),
+    }
+    let buffer = config.buffer.url.config();
+    if let Err(e) = read_buffer(buffer, &config.pipeline, &mut status).await {
+        status.errors.push(StatusProblem {
+            part: "buffer",
+            error: format!("{}: {}", store::describe(buffer), report::chain(&e)),
+        });
+    }
+    status
 }
 
-/// Reads the pipeline's state from the source and the buffer.
-pub async fn read(config: &PipelineConfig) -> Result<Status, StatusError> {
-    let source = store::connect(config.source.postgres.url.config())
-        .await
-        .map_err(philotes_stages::source::SourceError::Sql)?;
-    let slot: Option<SlotStatus> = setup::slot_status(&source, &config.source.postgres.slot).await?;
-    let buffer = store::connect(config.buffer.url.config()).await?;
+/// Connects with a timeout when the URL sets none.
+async fn connect(config: &Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut config = config.clone();
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    store::connect(&config).await
+}
+
+async fn read_source(config: &Config, slot: &str) -> Result<Option<SlotStatus>, SourceError> {
+    let source = connect(config).await?;
+    setup::slot_status(&source, slot).await
+}
+
+async fn read_buffer(config: &Config, pipeline: &str, status: &mut Status) -> Result<(), tokio_postgres::Error> {
+    let buffer = connect(config).await?;
     let migrated: bool = buffer
         .query_one("SELECT to_regclass('philotes.checkpoints') IS NOT NULL", &[])
         .await?
         .get(0);
-    let (checkpoint, depth, dead, tables, followed) = if migrated {
-        (
-            checkpoints::load(&buffer, &config.pipeline).await?,
-            segments::depth(&buffer, &config.pipeline).await?,
-            dead_letters::count(&buffer, &config.pipeline).await?,
-            watermarks::all(&buffer, &config.pipeline).await?,
-            source_tables::list(&buffer, &config.pipeline).await?,
-        )
-    } else {
-        (None, segments::Depth::default(), 0, Vec::new(), Vec::new())
-    };
-    Ok(Status {
-        pipeline: config.pipeline.clone(),
-        slot: config.source.postgres.slot.clone(),
-        slot_exists: slot.is_some(),
-        slot_active: slot.as_ref().is_some_and(|s| s.active),
-        slot_confirmed_lsn: slot.as_ref().and_then(|s| s.confirmed_flush).map(|l| l.to_string()),
-        slot_wal_status: slot.as_ref().and_then(|s| s.wal_status.clone()),
-        source_current_lsn: slot.as_ref().map(|s| s.current.to_string()),
-        replication_lag_bytes: slot.as_ref().and_then(|s| s.lag_bytes),
-        checkpoint_lsn: checkpoint.map(|c| c.commit_lsn.to_string()),
-        checkpoint_age_seconds: if migrated { checkpoints::age_seconds(&buffer, &config.pipeline).await? } else { None },
-        buffer_segments: depth.segments,
-        buffer_events: depth.events,
-        buffer_bytes: depth.bytes,
-        dead_letters: dead,
-        tables: {
-            let mut tables = tables
-                .into_iter()
-                .map(|t| TableStatus {
-                    // As the pipeline file writes it (`public."t.dot"`), so it can be pasted back.
-                    table: TableName { schema: t.source_schema, name: t.source_table }.to_string(),
-                    committed: t.committed.map(|p| p.to_string()),
-                    error: t.error,
-                    renamed_to: None,
-                    problem: None,
-                })
-                .collect();
-            add_source_tables(&mut tables, followed);
-            tables
-        },
-    })
+    if !migrated {
+        // Nothing written yet: an empty buffer, not an unknown one.
+        (status.buffer_segments, status.buffer_events, status.buffer_bytes, status.dead_letters) =
+            (Some(0), Some(0), Some(0), Some(0));
+        return Ok(());
+    }
+    let checkpoint = checkpoints::load(&buffer, pipeline).await?;
+    status.checkpoint_lsn = checkpoint.map(|c| c.commit_lsn.to_string());
+    status.checkpoint_age_seconds = checkpoints::age_seconds(&buffer, pipeline).await?;
+    let depth = segments::depth(&buffer, pipeline).await?;
+    (status.buffer_segments, status.buffer_events, status.buffer_bytes) =
+        (Some(depth.segments), Some(depth.events), Some(depth.bytes));
+    status.dead_letters = Some(dead_letters::count(&buffer, pipeline).await?);
+    status.tables = watermarks::all(&buffer, pipeline)
+        .await?
+        .into_iter()
+        .map(|t| TableStatus {
+            // As the pipeline file writes it (`public."t.dot"`), so it can be pasted back.
+            table: TableName { schema: t.source_schema, name: t.source_table }.to_string(),
+            committed: t.committed.map(|p| p.to_string()),
+            error: t.error,
+            failing_since: t.failing.as_ref().map(|(_, since)| since.clone()),
+            failing: t.failing.map(|(error, _)| error),
+            renamed_to: None,
+            problem: None,
+        })
+        .collect();
+    add_source_tables(&mut status.tables, source_tables::list(&buffer, pipeline).await?);
+    Ok(())
 }
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let unreadable = |part: &str| if self.errors.iter().any(|e| e.part == part) { "UNKNOWN (see errors below)" } else { "-" };
         writeln!(f, "pipeline     {}", self.pipeline)?;
-        if self.slot_exists {
-            writeln!(
-                f,
-                "slot         {} ({}, wal {})",
-                self.slot,
-                if self.slot_active { "streaming" } else { "idle" },
-                or_none(&self.slot_wal_status)
-            )?;
-            writeln!(
-                f,
-                "  confirmed  {}   source at {}   lag {}",
-                or_none(&self.slot_confirmed_lsn),
-                or_none(&self.source_current_lsn),
-                self.replication_lag_bytes.map_or_else(|| "-".into(), human_bytes)
-            )?;
-        } else {
-            writeln!(f, "slot         {} (not created yet: `philotes run` creates it)", self.slot)?;
+        match self.slot_exists {
+            Some(true) => {
+                writeln!(
+                    f,
+                    "slot         {} ({}, wal {})",
+                    self.slot,
+                    if self.slot_active == Some(true) { "streaming" } else { "idle" },
+                    or_none(&self.slot_wal_status)
+                )?;
+                writeln!(
+                    f,
+                    "  confirmed  {}   source at {}   lag {}",
+                    or_none(&self.slot_confirmed_lsn),
+                    or_none(&self.source_current_lsn),
+                    self.replication_lag_bytes.map_or_else(|| "-".into(), human_bytes)
+                )?;
+            }
+            Some(false) => writeln!(f, "slot         {} (not created yet: `philotes run` creates it)", self.slot)?,
+            None => writeln!(f, "slot         {} {}", self.slot, unreadable("source"))?,
         }
-        writeln!(f, "checkpoint   {}", or_none(&self.checkpoint_lsn))?;
-        writeln!(
-            f,
-            "buffer       {} segments, {} changes, {}",
-            self.buffer_segments,
-            self.buffer_events,
-            human_bytes(self.buffer_bytes)
-        )?;
-        write!(f, "dead letters {}", self.dead_letters)?;
+        match (&self.checkpoint_lsn, self.buffer_segments) {
+            (None, None) => writeln!(f, "checkpoint   {}", unreadable("buffer"))?,
+            (checkpoint, _) => writeln!(f, "checkpoint   {}", or_none(checkpoint))?,
+        }
+        match (self.buffer_segments, self.buffer_events, self.buffer_bytes) {
+            (Some(segments), Some(events), Some(bytes)) => {
+                writeln!(f, "buffer       {segments} segments, {events} changes, {}", human_bytes(bytes))?;
+            }
+            _ => writeln!(f, "buffer       {}", unreadable("buffer"))?,
+        }
+        match self.dead_letters {
+            Some(dead) => write!(f, "dead letters {dead}")?,
+            None => write!(f, "dead letters {}", unreadable("buffer"))?,
+        }
         for table in &self.tables {
-            let state = match (&table.problem, &table.error, &table.committed) {
+            let mut state = match (&table.problem, &table.error, &table.committed) {
                 (Some(problem), _, _) => format!("NOT CAPTURED: {problem}"),
                 (None, Some(error), _) => format!("STOPPED: {error}"),
                 (None, None, Some(position)) => format!("in iceberg up to {position}"),
                 (None, None, None) => "not flushed yet".to_string(),
             };
+            if let (None, Some(failing)) = (&table.error, &table.failing) {
+                let since = table.failing_since.as_deref().unwrap_or("-");
+                state.push_str(&format!("; FAILING since {since}, retrying: {failing}"));
+            }
             write!(f, "\ntable        {}  {state}", table.table)?;
             if let Some(now) = &table.renamed_to {
                 write!(f, "\n  renamed    on the source to {now} (its changes keep flowing into the same Iceberg table)")?;
             }
+        }
+        for problem in &self.errors {
+            write!(f, "\nerror        {}: {}", problem.part, problem.error)?;
         }
         Ok(())
     }

@@ -81,19 +81,20 @@ pub async fn poll_status(config: PipelineConfig, every: Duration, cancel: Cancel
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        match crate::status::read(&config).await {
-            Ok(status) => {
-                metrics.buffer_segments.record(status.buffer_segments, &[]);
-                metrics.buffer_events.record(status.buffer_events, &[]);
-                metrics.buffer_bytes.record(status.buffer_bytes, &[]);
-                if let Some(lag) = status.replication_lag_bytes {
-                    metrics.lag_bytes.record(lag, &[]);
-                }
-                if let Some(seconds) = status.checkpoint_age_seconds {
-                    metrics.lag_seconds.record(seconds, &[]);
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "status poll failed"),
+        let status = crate::status::read(&config).await;
+        for problem in &status.errors {
+            tracing::debug!(part = problem.part, error = %problem.error, "status poll could not read a part");
+        }
+        if let (Some(segments), Some(events), Some(bytes)) = (status.buffer_segments, status.buffer_events, status.buffer_bytes) {
+            metrics.buffer_segments.record(segments, &[]);
+            metrics.buffer_events.record(events, &[]);
+            metrics.buffer_bytes.record(bytes, &[]);
+        }
+        if let Some(lag) = status.replication_lag_bytes {
+            metrics.lag_bytes.record(lag, &[]);
+        }
+        if let Some(seconds) = status.checkpoint_age_seconds {
+            metrics.lag_seconds.record(seconds, &[]);
         }
     }
 }

@@ -4,11 +4,13 @@
 mod capture;
 mod cli;
 mod cluster;
+mod errors;
 mod flush;
 mod flush_faults;
 mod hardening;
 mod infinity;
 mod migrate;
 mod names;
+mod session;
 mod slot;
 mod support;

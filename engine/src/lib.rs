@@ -39,6 +39,7 @@
 //! # }).unwrap();
 //! ```
 
+mod chain;
 mod dead_letter;
 mod edge;
 mod error;
@@ -51,6 +52,7 @@ mod stage;
 pub mod telemetry;
 mod worker;
 
+pub use chain::{error_chain, join_causes};
 pub use dead_letter::{DeadLetter, DeadLetterFn, DeadLetterHandler, LogDeadLetters};
 pub use error::{Action, BoxError, FlowError, StageError};
 pub use flow::{Flow, FlowBuilder, SOURCE_STAGE};

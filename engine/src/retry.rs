@@ -41,7 +41,7 @@ impl Failures {
         match (error.action(), render) {
             (Action::Retry, _) if attempt < self.retry.max_attempts => {
                 let wait = self.retry.delay(attempt);
-                tracing::warn!(stage = %stage, attempt, ?wait, error = %error, "retrying");
+                tracing::warn!(stage = %stage, attempt, ?wait, error = %crate::chain::error_chain(&error), "retrying");
                 StageStats::add(&self.stats.retries, 1);
                 tokio::time::sleep(wait).await;
                 Ok(Next::Retry)

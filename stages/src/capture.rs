@@ -123,14 +123,18 @@ pub async fn run(settings: &CaptureSettings, cancel: CancellationToken) -> Resul
 
 /// One capture session: prepare, resume from the checkpoint, stream until cancelled or broken.
 async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Result<(), CaptureError> {
-    let source = store::connect(&settings.source).await.map_err(SourceError::Sql)?;
-    setup::check_wal_level(&source).await?;
+    let source = store::connect(&settings.source)
+        .await
+        .map_err(|e| SourceError::Sql(e).context(format!("connecting to {}", store::describe(&settings.source))))?;
+    setup::check_wal_level(&source).await.map_err(|e| e.context("reading wal_level"))?;
     let followed = {
         let buffer = store::connect(&settings.buffer).await?;
         follow::prepare(&source, &buffer, &settings.pipeline, &settings.publication, &settings.tables, &settings.iceberg_name)
             .await?
     };
-    let slot = setup::ensure_slot(&source, &settings.slot, &settings.pipeline).await?;
+    let slot = setup::ensure_slot(&source, &settings.slot, &settings.pipeline)
+        .await
+        .map_err(|e| e.context(format!("finding or creating the replication slot {}", setup::quote_ident(&settings.slot))))?;
     if slot.created {
         tracing::info!(slot = %settings.slot, lsn = %slot.confirmed_flush, "replication slot created");
     }

@@ -6,6 +6,7 @@ pub mod capture;
 pub mod decode;
 pub mod enqueue;
 pub mod position;
+pub mod report;
 pub mod resolve;
 pub mod segment;
 pub mod source;

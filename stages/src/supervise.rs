@@ -2,7 +2,6 @@
 //! error; a session that a restart can mend (a connection lost, a server restarted) is started again after a
 //! capped exponential backoff, anything else stops the role.
 
-use std::fmt::Display;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ pub async fn restart_on_failure<E, F, Fut>(
     mut session: F,
 ) -> Result<(), E>
 where
-    E: Display,
+    E: std::error::Error + 'static,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), E>>,
 {
@@ -35,7 +34,7 @@ where
             Err(e) if restartable(&e) && !cancel.is_cancelled() => {
                 attempt = if started.elapsed() > HEALTHY_SESSION { 1 } else { attempt.saturating_add(1) };
                 let delay = policy.delay(attempt.min(30));
-                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "{message}");
+                tracing::warn!(error = %crate::report::chain(&e), attempt, delay_ms = delay.as_millis() as u64, "{message}");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = cancel.cancelled() => return Ok(()),

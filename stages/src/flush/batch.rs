@@ -331,7 +331,12 @@ impl Stage for ArrowBatch {
                 Ok(())
             }
             Err(BatchError::Catalog(e)) => {
-                tracing::warn!(error = %e, "iceberg catalog or warehouse unavailable; retrying with backoff");
+                let failure = format!(
+                    "preparing iceberg table {} (source {}.{}): {}",
+                    flush_part.table, lease.source_schema, lease.source_table, crate::report::chain(&e)
+                );
+                tracing::warn!(error = %failure, "iceberg catalog or warehouse unavailable; retrying with backoff");
+                claim.lease.record_failure(&failure).await;
                 Err(StageError::retryable(BatchError::Catalog(e)))
             }
             Err(BatchError::Schema(e)) => {

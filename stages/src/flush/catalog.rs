@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use iceberg::table::Table;
@@ -59,11 +60,63 @@ pub enum CatalogSettings {
     },
 }
 
+/// How long a flusher waits for the SQL catalog's database before it says why it cannot reach it (the crate's
+/// own pool would wait 30 s and then say only "pool timed out while waiting for an open connection").
+const CATALOG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Advisory lock held while the SQL catalog's tables are created, so processes starting together on a fresh
+/// catalog database do not race `CREATE TABLE IF NOT EXISTS` (which fails with a unique violation on `pg_type`
+/// when two sessions create the same table at once). The bytes spell "philcat1".
+const CATALOG_TABLES_LOCK: i64 = 0x7068_696c_6361_7431;
+
+/// The SQL catalog's tables exactly as `iceberg-catalog-sql` 0.10 creates them (and pyiceberg and Java's JDBC
+/// catalog read them), unqualified, so they land where the crate's own statements look (the search path).
+const CATALOG_TABLES_DDL: &str = "
+CREATE TABLE IF NOT EXISTS iceberg_tables (
+    catalog_name VARCHAR(255) NOT NULL,
+    table_namespace VARCHAR(255) NOT NULL,
+    table_name VARCHAR(255) NOT NULL,
+    metadata_location VARCHAR(1000),
+    previous_metadata_location VARCHAR(1000),
+    iceberg_type VARCHAR(5),
+    PRIMARY KEY (catalog_name, table_namespace, table_name));
+CREATE TABLE IF NOT EXISTS iceberg_namespace_properties (
+    catalog_name VARCHAR(255) NOT NULL,
+    namespace VARCHAR(255) NOT NULL,
+    property_key VARCHAR(255),
+    property_value VARCHAR(1000),
+    PRIMARY KEY (catalog_name, namespace, property_key));";
+
+/// Before the crate opens its pool: connects to the SQL catalog's database with a timeout, so an unreachable
+/// database fails in seconds with its address and the real cause, and creates the catalog's tables under
+/// [`CATALOG_TABLES_LOCK`] (the crate's own `CREATE TABLE IF NOT EXISTS` then finds them). A URI tokio-postgres
+/// cannot parse is left to the crate, which reports it.
+async fn prepare_sql_catalog(uri: &str) -> Result<()> {
+    let Ok(mut config) = uri.parse::<tokio_postgres::Config>() else { return Ok(()) };
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CATALOG_CONNECT_TIMEOUT);
+    }
+    let address = crate::store::describe(&config);
+    let fail = |doing: &str, cause: String| {
+        Error::new(ErrorKind::Unexpected, format!("SQL catalog database {address}: {doing}: {cause}")).with_retryable(true)
+    };
+    let client = match tokio::time::timeout(CATALOG_CONNECT_TIMEOUT, crate::store::connect(&config)).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => return Err(fail("cannot connect", crate::report::chain(&e))),
+        Err(_) => return Err(fail("cannot connect", format!("no answer within {CATALOG_CONNECT_TIMEOUT:?}"))),
+    };
+    client
+        .batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({CATALOG_TABLES_LOCK}); {CATALOG_TABLES_DDL} COMMIT;"))
+        .await
+        .map_err(|e| fail("creating the catalog tables iceberg_tables and iceberg_namespace_properties", crate::report::chain(&e)))
+}
+
 /// Connects to the configured catalog.
 pub async fn connect(settings: &CatalogSettings) -> Result<Arc<dyn Catalog>> {
     let storage = Arc::new(OpenDalResolvingStorageFactory::new());
     match settings {
         CatalogSettings::Sql { name, uri, warehouse, props } => {
+            prepare_sql_catalog(uri).await?;
             let mut props = props.clone();
             props.entry("pool.max-connections".into()).or_insert_with(|| "4".into());
             let catalog = SqlCatalogBuilder::default()

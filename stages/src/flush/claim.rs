@@ -22,8 +22,11 @@ pub const NAME: &str = "claim";
 /// A connection pool of `size` for leases; a connection handed back rolls back whatever it still has open, so
 /// a lease abandoned mid-way (shutdown) is released.
 pub fn pool(config: &Config, size: usize) -> Result<Pool, FlushError> {
+    // The buffer sessions pin their output settings as every other session does (crate::store::connect).
+    let mut config = config.clone();
+    config.options(crate::store::session_options(config.get_options()));
     let manager = Manager::from_config(
-        config.clone(),
+        config,
         NoTls,
         ManagerConfig { recycling_method: RecyclingMethod::Custom("ROLLBACK".into()) },
     );
@@ -163,6 +166,7 @@ pub struct ClaimSource {
     /// Parts of the current claim not yet handed out.
     pending: VecDeque<Part>,
     claims: u64,
+    failures: Arc<super::failures::FailureLog>,
 }
 
 impl ClaimSource {
@@ -177,6 +181,7 @@ impl ClaimSource {
             last_registration: None,
             pending: VecDeque::new(),
             claims: 0,
+            failures: Arc::new(super::failures::FailureLog::new(&settings.pipeline, &settings.buffer)),
         }
     }
 
@@ -213,7 +218,7 @@ impl ClaimSource {
         self.claims += 1;
         let claim = Arc::new(Claim {
             id: self.claims,
-            lease: Arc::new(LeaseHandle { client, lease }),
+            lease: Arc::new(LeaseHandle { client, lease, failures: self.failures.clone() }),
             last: segments.iter().map(|s| s.last).max().unwrap_or_default(),
             segments,
             versions,

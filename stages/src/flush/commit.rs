@@ -147,7 +147,7 @@ impl Committer {
         tracing::debug!(flush = part.claim.id, part = part.index, rows = batch.num_rows(),
             write_ms = started.elapsed().as_millis() as u64, "part written");
         if let Err(e) = written {
-            tracing::warn!(table = %part.table, error = %e, "writing parquet ahead of the commit failed; the commit writes again");
+            tracing::warn!(table = %part.table, error = %crate::report::chain(&e), "writing parquet ahead of the commit failed; the commit writes again");
             pending.writer = Writer::Unusable;
         }
     }
@@ -323,10 +323,16 @@ impl Stage for IcebergCommit {
                 return Err(match e {
                     CommitError::Iceberg(e) => {
                         if is_conflict(&e) {
-                            tracing::info!(table = %part.table, error = %e, "commit conflict; checking the table again");
+                            tracing::info!(table = %part.table, error = %crate::report::chain(&e), "commit conflict; checking the table again");
                         } else {
-                            tracing::warn!(table = %part.table, error = %e,
+                            let lease = &part.claim.lease;
+                            let failure = format!(
+                                "committing to iceberg table {} (source {}.{}): {}",
+                                part.table, lease.lease.source_schema, lease.lease.source_table, crate::report::chain(&e)
+                            );
+                            tracing::warn!(error = %failure,
                                 "iceberg catalog or warehouse unavailable; retrying with backoff (the buffer keeps the changes)");
+                            lease.record_failure(&failure).await;
                         }
                         StageError::retryable(CommitError::Iceberg(e))
                     }

@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod checkpoint;
 pub mod claim;
 pub mod commit;
+pub mod failures;
 mod dictionary;
 
 use std::collections::HashMap;
@@ -91,6 +92,16 @@ pub struct LeaseHandle {
     pub client: deadpool_postgres::Object,
     /// The leased table.
     pub lease: Lease,
+    /// Where a failing flush of it is recorded for `philotes status`.
+    pub failures: Arc<failures::FailureLog>,
+}
+
+impl LeaseHandle {
+    /// Records that this table's flush failed with `error` and is retried (shown by `philotes status` until the
+    /// next successful flush).
+    pub async fn record_failure(&self, error: &str) {
+        self.failures.record(&self.lease.source_schema, &self.lease.source_table, error).await;
+    }
 }
 
 impl std::fmt::Debug for LeaseHandle {

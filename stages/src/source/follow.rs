@@ -268,11 +268,5 @@ async fn record(
 
 /// Says what was being done when the source refused a publication change (e.g. a missing privilege).
 fn context(error: SourceError, publication: &str) -> SourceError {
-    match error {
-        SourceError::Sql(e) if !crate::capture::connection_lost(&e) => {
-            let reason = e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_string());
-            SourceError::Setup(format!("creating or extending publication {publication}: {reason}"))
-        }
-        other => other,
-    }
+    error.context(format!("creating or extending the publication {}", setup::quote_ident(publication)))
 }

@@ -57,6 +57,15 @@ pub enum SourceError {
     /// The SQL session to the source failed (connect, query).
     #[error("source database: {0}")]
     Sql(#[from] tokio_postgres::Error),
+    /// An SQL statement that prepares the source failed: what it was doing, and the server's answer.
+    #[error("source database, {doing}: {source}")]
+    Setup {
+        /// What was being done (`creating or extending the publication "p"`).
+        doing: String,
+        /// The server's answer.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// The replication connection failed or ended with an error.
     #[error("replication connection: {0}")]
     Replication(String),
@@ -103,9 +112,6 @@ pub enum SourceError {
         /// The Iceberg identifier both resolve to.
         target: String,
     },
-    /// The source refused a setup step (e.g. a missing privilege), with what was being done.
-    #[error("source database: {0}")]
-    Setup(String),
     /// The buffer database failed while recording the followed tables.
     #[error("buffer database: {0}")]
     Buffer(tokio_postgres::Error),
@@ -115,11 +121,20 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// Says what was being done when an SQL error happened ("permission denied for database src" alone does not
+    /// say that creating the publication needed it); other errors already say it.
+    pub fn context(self, doing: impl Into<String>) -> Self {
+        match self {
+            SourceError::Sql(source) => SourceError::Setup { doing: doing.into(), source },
+            other => other,
+        }
+    }
+
     /// Whether reconnecting may help (a dropped connection, a restarted server) rather than a person acting.
     pub fn is_retryable(&self) -> bool {
         match self {
             // A lost connection, or the server shutting down, restarting or terminating the session (08…, 57…).
-            SourceError::Sql(e) => crate::capture::connection_lost(e),
+            SourceError::Sql(e) | SourceError::Setup { source: e, .. } => crate::capture::connection_lost(e),
             SourceError::Replication(_) => true,
             SourceError::WalLevel(_)
             | SourceError::SlotInvalidated { .. }
@@ -128,7 +143,6 @@ impl SourceError {
             | SourceError::PartitionListed { .. }
             | SourceError::NotATable(_)
             | SourceError::IcebergClash { .. }
-            | SourceError::Setup(_)
             | SourceError::Settings(_) => false,
             SourceError::Buffer(e) => crate::capture::connection_lost(e),
         }

@@ -66,7 +66,9 @@ impl PgwireStream {
             .with_start_lsn(pgwire_replication::Lsn::from_u64(settings.start.0))
             .with_status_interval(settings.status_interval)
             .with_wakeup_interval(settings.status_interval)
-            .with_application_name(format!("philotes_{}", settings.pipeline));
+            .with_application_name(format!("philotes_{}", settings.pipeline))
+            // The walsender prints every value with its session's settings: pin them as every SQL session does.
+            .with_options(crate::store::session_options(source.get_options()));
         let client = ReplicationClient::connect(config).await.map_err(|e| classify(&e, settings))?;
         Ok(Self {
             client,

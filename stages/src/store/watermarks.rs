@@ -170,11 +170,37 @@ pub async fn checkpoint(
         Some(p) => (Some(pg_lsn(p.commit_lsn)), Some(i64::try_from(p.seq).unwrap_or(i64::MAX))),
         None => (None, None),
     };
+    // A flush that got here succeeded: a failure recorded while it was retried is over (one statement, no extra
+    // round trip on the hot path).
     client
         .execute(
-            "UPDATE philotes.table_watermarks SET last_lsn = $4, last_seq = $5, updated_at = now()
+            "WITH over AS (DELETE FROM philotes.table_failures
+                           WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3)
+             UPDATE philotes.table_watermarks SET last_lsn = $4, last_seq = $5, updated_at = now()
              WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3",
             &[&pipeline, &lease.source_schema, &lease.source_table, &last_lsn, &last_seq],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records that the leased table's flush failed and is being retried (`philotes status` shows it until the next
+/// successful [`checkpoint`]). Call on a session of its own, outside the lease's transaction: the row is not the
+/// lease's, and the lease's transaction only commits once the flush succeeds.
+pub async fn record_failure(
+    client: &impl GenericClient,
+    pipeline: &str,
+    source_schema: &str,
+    source_table: &str,
+    error: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO philotes.table_failures (pipeline, source_schema, source_table, error)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (pipeline, source_schema, source_table)
+             DO UPDATE SET error = excluded.error, updated_at = now()",
+            &[&pipeline, &source_schema, &source_table, &error],
         )
         .await?;
     Ok(())
@@ -204,14 +230,19 @@ pub struct TableWatermark {
     pub committed: Option<Position>,
     /// Why the table stopped, if it did.
     pub error: Option<String>,
+    /// Why its flush keeps failing while it is retried, and since when (RFC 3339, UTC), if it does.
+    pub failing: Option<(String, String)>,
 }
 
 /// Every table's watermark, for `philotes status`.
 pub async fn all(client: &impl GenericClient, pipeline: &str) -> Result<Vec<TableWatermark>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT source_schema, source_table, last_lsn, last_seq, error FROM philotes.table_watermarks
-             WHERE pipeline = $1 ORDER BY source_schema, source_table",
+            "SELECT w.source_schema, w.source_table, w.last_lsn, w.last_seq, w.error, f.error,
+                    to_char(f.since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+             FROM philotes.table_watermarks w
+             LEFT JOIN philotes.table_failures f USING (pipeline, source_schema, source_table)
+             WHERE w.pipeline = $1 ORDER BY w.source_schema, w.source_table",
             &[&pipeline],
         )
         .await?;
@@ -225,6 +256,7 @@ pub async fn all(client: &impl GenericClient, pipeline: &str) -> Result<Vec<Tabl
                 _ => None,
             },
             error: r.get(4),
+            failing: r.get::<_, Option<String>>(5).zip(r.get::<_, Option<String>>(6)),
         })
         .collect())
 }
