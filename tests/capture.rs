@@ -76,13 +76,17 @@ fn canon_sql(kind: Kind, e: &str) -> String {
         Kind::Output => format!("format('%s', {e})"),
         Kind::Bytea => format!("encode({e}, 'hex')"),
         Kind::Date => format!(
-            "CASE WHEN {e} = 'infinity' THEN '2147483647' WHEN {e} = '-infinity' THEN '-2147483648' \
-             ELSE ({e} - date '1970-01-01')::text END"
+            "CASE WHEN {e} = 'infinity' THEN '{pos}' WHEN {e} = '-infinity' THEN '{neg}' \
+             ELSE ({e} - date '1970-01-01')::text END",
+            pos = philotes_schemas::DATE_POS_INFINITY,
+            neg = philotes_schemas::DATE_NEG_INFINITY,
         ),
         Kind::Time => format!("(extract(epoch from {e}) * 1000000)::bigint::text"),
         Kind::Timestamp => format!(
-            "CASE WHEN {e} = 'infinity' THEN '9223372036854775807' WHEN {e} = '-infinity' THEN '-9223372036854775808' \
-             ELSE (extract(epoch from {e}) * 1000000)::bigint::text END"
+            "CASE WHEN {e} = 'infinity' THEN '{pos}' WHEN {e} = '-infinity' THEN '{neg}' \
+             ELSE (extract(epoch from {e}) * 1000000)::bigint::text END",
+            pos = philotes_schemas::TIMESTAMP_POS_INFINITY,
+            neg = philotes_schemas::TIMESTAMP_NEG_INFINITY,
         ),
         Kind::Interval => format!(
             "concat_ws(' ', (extract(year from {e}) * 12 + extract(month from {e}))::bigint, extract(day from {e})::bigint, \
