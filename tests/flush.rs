@@ -294,12 +294,12 @@ fn timestamp(micros: i64) -> String {
     format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}")
 }
 
-/// Every row of an Iceberg table read with the `iceberg` crate, ordered by (_lsn, _seq).
-pub async fn read_with_iceberg_crate(pipeline: &Pipeline, table: &str) -> Vec<Row> {
+/// Every batch of the Iceberg table `lake.<table>`, read with the `iceberg` crate.
+pub async fn read_batches(pipeline: &Pipeline, table: &str) -> Vec<RecordBatch> {
     let catalog = catalog::connect(&pipeline.catalog()).await.expect("catalog");
     let ident = iceberg::TableIdent::from_strs(["lake", table]).expect("ident");
     let table = catalog.load_table(&ident).await.expect("table exists");
-    let batches: Vec<RecordBatch> = table
+    table
         .scan()
         .select_all()
         .build()
@@ -309,7 +309,12 @@ pub async fn read_with_iceberg_crate(pipeline: &Pipeline, table: &str) -> Vec<Ro
         .expect("arrow stream")
         .try_collect()
         .await
-        .expect("batches");
+        .expect("batches")
+}
+
+/// Every row of an Iceberg table read with the `iceberg` crate, ordered by (_lsn, _seq).
+pub async fn read_with_iceberg_crate(pipeline: &Pipeline, table: &str) -> Vec<Row> {
+    let batches = read_batches(pipeline, table).await;
     let mut rows = Vec::new();
     for batch in &batches {
         for i in 0..batch.num_rows() {

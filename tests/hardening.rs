@@ -29,6 +29,12 @@ fn status_json(file: &std::path::Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("status prints JSON ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
+/// The entry of source table `table` in a `status --json` output.
+fn status_table(status: &serde_json::Value, table: &str) -> serde_json::Value {
+    let found = status["tables"].as_array().expect("tables").iter().find(|t| t["table"] == table).cloned();
+    found.unwrap_or_else(|| panic!("status lists {table}: {status}"))
+}
+
 /// The Iceberg tables of the pipeline's catalog, as `namespace.table`.
 fn iceberg_tables(db: &TestDatabase) -> Vec<String> {
     db.psql("SELECT table_namespace || '.' || table_name FROM iceberg_tables ORDER BY 1")
@@ -63,8 +69,7 @@ async fn a_renamed_table_keeps_flowing_into_the_same_iceberg_table_also_after_a_
     stop(&mut child);
     let log = pipeline.log("run-2.log");
     assert!(!log.contains("does not exist"), "the restart found the renamed table:\n{log}");
-    let table = status["tables"].as_array().expect("tables").iter().find(|t| t["table"] == "public.orders").cloned();
-    let table = table.unwrap_or_else(|| panic!("status lists public.orders: {status}"));
+    let table = status_table(&status, "public.orders");
     assert_eq!(table["renamed_to"], "public.orders_v2", "status shows the rename: {status}");
 
     // The file follows the rename: the table keeps its first name, and its Iceberg table.
@@ -159,8 +164,8 @@ async fn tables_all_takes_every_user_table_never_philotes_own_and_is_quiet_while
     let log = pipeline.log("run.log");
     assert!(log.contains("nokey") && log.contains("REPLICA IDENTITY FULL"), "the keyless table is named with the fix:\n{log}");
     assert_eq!(iceberg_tables(&db), vec!["lake.history", "lake.later", "lake.orders"], "only user tables with a key");
-    let nokey = status["tables"].as_array().expect("tables").iter().find(|t| t["table"] == "public.nokey").cloned();
-    assert!(nokey.is_some_and(|t| t["problem"].as_str().is_some_and(|p| p.contains("REPLICA IDENTITY FULL"))), "status names the keyless table: {status}");
+    let problem = status_table(&status, "public.nokey")["problem"].as_str().map(str::to_string);
+    assert!(problem.is_some_and(|p| p.contains("REPLICA IDENTITY FULL")), "status names the keyless table: {status}");
 
     assert_both_readers_hold(&pipeline, "orders", &expected_history_of(&db, &["orders"])).await;
     assert_both_readers_hold(&pipeline, "later", &expected_history_of(&db, &["later"])).await;
@@ -183,8 +188,8 @@ async fn a_keyless_listed_table_is_refused_by_name_the_others_flow_and_it_joins_
     stop(&mut child);
     let log = pipeline.log("run-1.log");
     assert!(log.contains("public.nokey") && log.contains("REPLICA IDENTITY FULL"), "{log}");
-    let nokey = status["tables"].as_array().expect("tables").iter().find(|t| t["table"] == "public.nokey").cloned();
-    assert!(nokey.is_some_and(|t| t["problem"].as_str().is_some_and(|p| p.contains("primary key"))), "{status}");
+    let problem = status_table(&status, "public.nokey")["problem"].as_str().map(str::to_string);
+    assert!(problem.is_some_and(|p| p.contains("primary key")), "{status}");
 
     // Fixed by the user: the next start adds it.
     db.psql("ALTER TABLE nokey REPLICA IDENTITY FULL").expect("fix");
@@ -230,8 +235,8 @@ async fn an_unmappable_column_stops_its_table_only_naming_type_table_and_column_
     stop(&mut child);
     let log = pipeline.log("run.log");
 
-    let geo = status["tables"].as_array().expect("tables").iter().find(|t| t["table"] == "public.geo").cloned();
-    let error = geo.and_then(|t| t["error"].as_str().map(str::to_string)).unwrap_or_else(|| panic!("geo stopped in status: {status}"));
+    let error = status_table(&status, "public.geo")["error"].as_str().map(str::to_string);
+    let error = error.unwrap_or_else(|| panic!("geo stopped in status: {status}"));
     for needle in ["location", "point", "unmapped_types: text"] {
         assert!(error.contains(needle), "the stop names {needle}: {error}");
     }

@@ -9,12 +9,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::{
     Date32Type, Float32Type, Float64Type, Int32Type, Int64Type, Time64MicrosecondType, TimestampMicrosecondType,
 };
-use futures::TryStreamExt;
-use philotes_stages::flush::catalog;
 
 use crate::errors::KillOnDrop;
 use crate::flush::{drained, last_commit, stop, wait_for, wait_for_slot, Pipeline};
@@ -88,20 +86,7 @@ async fn source_values(client: &tokio_postgres::Client) -> BTreeMap<i64, Values>
 
 /// The Iceberg table's rows, read with the `iceberg` crate.
 async fn iceberg_values(pipeline: &Pipeline) -> BTreeMap<i64, Values> {
-    let catalog = catalog::connect(&pipeline.catalog()).await.expect("catalog");
-    let ident = iceberg::TableIdent::from_strs(["lake", "typed"]).expect("ident");
-    let table = catalog.load_table(&ident).await.expect("table exists");
-    let batches: Vec<RecordBatch> = table
-        .scan()
-        .select_all()
-        .build()
-        .expect("scan")
-        .to_arrow()
-        .await
-        .expect("arrow stream")
-        .try_collect()
-        .await
-        .expect("batches");
+    let batches = crate::flush::read_batches(pipeline, "typed").await;
     let mut out = BTreeMap::new();
     for batch in &batches {
         let column = |name: &str| batch.column_by_name(name).unwrap_or_else(|| panic!("column {name}")).clone();
