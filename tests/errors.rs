@@ -64,11 +64,7 @@ fn an_unreachable_source_is_logged_with_its_address_and_the_refusal() {
     let pipeline = Pipeline::new(&db, &["public.t"], "{ workers: 1, interval: 200ms }");
     let port = dead_port();
     // The buffer stays reachable (its URL defaults to the source's, so it is set to the test database).
-    pipeline.rewrite(
-        &format!("    url: {}\n", db.url()),
-        &format!("    url: postgres://postgres@127.0.0.1:{port}/src\n"),
-    );
-    pipeline.rewrite("buffer:\n", &format!("buffer:\n  url: {}\n", db.url()));
+    pipeline.use_source(&format!("postgres://postgres@127.0.0.1:{port}/src"), &db.url());
     let mut child = KillOnDrop(pipeline.start(&["--role", "capture"], &[], "run.log"));
     wait_for("the source failure in the log", Duration::from_secs(20), || {
         pipeline.log("run.log").contains(&format!("connecting to 127.0.0.1:{port}/src"))
@@ -88,8 +84,7 @@ fn a_publication_the_source_user_may_not_create_is_named_in_the_error() {
     db.psql(&format!("CREATE TABLE t (id int PRIMARY KEY); ALTER TABLE t OWNER TO {role}")).expect("table");
     let pipeline = Pipeline::new(&db, &["public.t"], "{ workers: 1, interval: 200ms }");
     let limited = format!("postgres://{role}@127.0.0.1:{}/{}", db.cluster().port(), db.name());
-    pipeline.rewrite(&format!("    url: {}\n", db.url()), &format!("    url: {limited}\n"));
-    pipeline.rewrite("buffer:\n", &format!("buffer:\n  url: {}\n", db.url()));
+    pipeline.use_source(&limited, &db.url());
     let out = philotes(&["run", pipeline.file.to_str().expect("utf-8"), "--role", "capture"]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "the capture cannot run:\n{stderr}");
@@ -109,11 +104,7 @@ fn status_with_the_source_down_shows_the_buffer_and_lists_what_it_could_not_read
     let db = database("err_status");
     let pipeline = Pipeline::new(&db, &["public.t"], "{ workers: 1, interval: 200ms }");
     let port = dead_port();
-    pipeline.rewrite(
-        &format!("    url: {}\n", db.url()),
-        &format!("    url: postgres://postgres@127.0.0.1:{port}/src\n"),
-    );
-    pipeline.rewrite("buffer:\n", &format!("buffer:\n  url: {}\n", db.url()));
+    pipeline.use_source(&format!("postgres://postgres@127.0.0.1:{port}/src"), &db.url());
     let file = pipeline.file.to_str().expect("utf-8");
     assert!(philotes(&["migrate", file]).status.success());
 

@@ -75,6 +75,12 @@ impl Pipeline {
         self.catalog_url = url.to_string();
     }
 
+    /// Reads from the source at `url` while the buffer (and catalog) stay in the test database.
+    pub fn use_source(&self, url: &str, buffer: &str) {
+        self.rewrite(&format!("    url: {buffer}\n"), &format!("    url: {url}\n"));
+        self.rewrite("buffer:\n", &format!("buffer:\n  url: {buffer}\n"));
+    }
+
     /// Starts `philotes run FILE` with extra arguments and environment; stderr goes to a log file.
     pub fn start(&self, args: &[&str], env: &[(&str, &str)], log: &str) -> Child {
         let log = std::fs::File::create(self.file.with_file_name(log)).expect("log file");

@@ -68,9 +68,6 @@ pub enum ResolveError {
     /// The source or buffer database failed.
     #[error("schema_resolve: {0}")]
     Sql(#[from] tokio_postgres::Error),
-    /// A column type philotes cannot map (and the pipeline does not carry unmapped types as text).
-    #[error("{0} (set `source.postgres.unmapped_types: text` to carry such columns as text)")]
-    Unsupported(#[from] philotes_schemas::UnsupportedType),
     /// A change names a relation the stream never described: the stream is broken.
     #[error("a change of relation {0} arrived before its Relation message")]
     UnknownRelation(u32),

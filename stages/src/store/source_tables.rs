@@ -92,11 +92,3 @@ pub async fn replace_relid(
         .await?;
     Ok(())
 }
-
-/// Forgets a refused table that never flowed (its problem is gone from the file, or it is followed again).
-pub async fn delete(client: &impl GenericClient, pipeline: &str, relid: u32) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute("DELETE FROM philotes.source_tables WHERE pipeline = $1 AND relid = $2", &[&pipeline, &relid])
-        .await?;
-    Ok(())
-}
