@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use philotes_engine::RetryPolicy;
+use philotes_engine::{RetryPolicy, StageOptions};
 use philotes_stages::capture::CaptureSettings;
 use philotes_stages::enqueue::EnqueueLimits;
 use philotes_stages::flush::catalog::CatalogSettings;
@@ -56,7 +56,9 @@ pub fn capture_settings(config: &PipelineConfig) -> CaptureSettings {
             max_age: segment.max_age,
             spill_bytes: usize::try_from(segment.max_bytes.saturating_mul(SPILL_SEGMENTS)).unwrap_or(usize::MAX),
         },
-        queue: config.stages.get(StageName::Decode).queue,
+        decode: StageOptions::new(1, config.stages.get(StageName::Decode).queue),
+        schema_resolve: StageOptions::new(1, config.stages.get(StageName::Decode).queue),
+        enqueue: StageOptions::new(1, config.stages.get(StageName::Decode).queue),
         restart: RetryPolicy { base: Duration::from_millis(200), cap: Duration::from_secs(30), max_attempts: u32::MAX },
     }
 }
@@ -133,7 +135,9 @@ pub fn flush_settings(config: &PipelineConfig) -> FlushSettings {
             TableTarget { namespace: target.namespace, name: target.name }
         }),
         workers: config.flush.workers,
-        arrow_workers: arrow.workers,
+        arrow_batch: StageOptions::new(arrow.workers, arrow.workers.max(config.flush.workers)),
+        iceberg_commit: StageOptions::new(config.flush.workers, arrow.workers.max(config.flush.workers)),
+        checkpoint: StageOptions::new(config.flush.workers, config.flush.workers),
         max_events: i64::try_from(config.flush.max_events).unwrap_or(i64::MAX),
         interval: config.flush.interval,
         target_file_size: usize::try_from(iceberg.target_file_size).unwrap_or(usize::MAX),

@@ -45,8 +45,12 @@ pub struct CaptureSettings {
     pub status_interval: Duration,
     /// Segment bounds.
     pub limits: EnqueueLimits,
-    /// Queue depth of each capture stage (their workers are always 1: they follow the stream's order).
-    pub queue: usize,
+    /// Decode's pool (`stages.decode`): one worker, it follows the stream's order; the queue is configurable.
+    pub decode: StageOptions,
+    /// SchemaResolve's pool (`stages.schema_resolve`): one worker, as Decode.
+    pub schema_resolve: StageOptions,
+    /// Enqueue's pool (`stages.enqueue`): one worker, as Decode.
+    pub enqueue: StageOptions,
     /// Backoff between restarts after a lost connection.
     pub restart: RetryPolicy,
 }
@@ -200,11 +204,10 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Res
     )
     .await?;
 
-    let options = StageOptions::new(1, settings.queue);
     let mut durable_tx = Some(durable_tx);
     let flow = Flow::from_source(FrameSource::new(stream))
-        .stage(DECODE, options.clone(), move |_| Decode::resume_after(resume))
-        .stage(SCHEMA_RESOLVE, options.clone(), {
+        .stage(DECODE, settings.decode.clone(), move |_| Decode::resume_after(resume))
+        .stage(SCHEMA_RESOLVE, settings.schema_resolve.clone(), {
             let (pipeline, source, buffer, carry) =
                 (settings.pipeline.clone(), settings.source.clone(), settings.buffer.clone(), settings.carry_unmapped_as_text);
             let iceberg_name = settings.iceberg_name.clone();
@@ -212,7 +215,7 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Res
                 SchemaResolve::new(&pipeline, source.clone(), buffer.clone(), followed.clone(), iceberg_name.clone(), carry)
             }
         })
-        .sink(ENQUEUE, options, {
+        .sink(ENQUEUE, settings.enqueue.clone(), {
             let (pipeline, buffer_config, limits) = (settings.pipeline.clone(), settings.buffer.clone(), settings.limits);
             move |_| {
                 // One worker, so the factory runs once; a second call would get a sender that confirms nothing.

@@ -60,10 +60,14 @@ pub struct FlushSettings {
     pub catalog: CatalogSettings,
     /// Source table → Iceberg table.
     pub target: TargetFn,
-    /// Concurrent flushes (leases held at once) in this process.
+    /// Concurrent flushes (leases held at once) in this process (`flush.workers`).
     pub workers: usize,
-    /// Arrow builders in this process.
-    pub arrow_workers: usize,
+    /// ArrowBatch's pool (`stages.arrow_batch`); the role sets its mode (ordered) and retry.
+    pub arrow_batch: StageOptions,
+    /// IcebergCommit's pool (`stages.iceberg_commit`); the role sets its mode (keyed by flush) and retry.
+    pub iceberg_commit: StageOptions,
+    /// Checkpoint's pool (`stages.checkpoint`).
+    pub checkpoint: StageOptions,
     /// Changes per flush (at least one segment).
     pub max_events: i64,
     /// A table with fewer changes waiting is flushed once its last flush is this old.
@@ -202,11 +206,10 @@ async fn run_once(settings: &FlushSettings, cancel: &CancellationToken) -> Resul
     // ArrowBatch is ordered so a flush's parts reach IcebergCommit in position order; IcebergCommit is keyed by
     // flush so all parts of one flush meet in one writer. Queues of a few parts let the next parts be read and
     // built while the previous one is written.
-    let parts_in_flight = settings.arrow_workers.max(settings.workers);
     let flow = Flow::from_source(source)
         .stage(
             batch::NAME,
-            StageOptions::new(settings.arrow_workers, parts_in_flight).mode(Mode::Ordered).retry(retry),
+            settings.arrow_batch.clone().mode(Mode::Ordered).retry(retry),
             {
                 let (catalog, settings) = (catalog.clone(), settings.clone());
                 move |_| batch::ArrowBatch::new(&settings, catalog.clone())
@@ -214,7 +217,7 @@ async fn run_once(settings: &FlushSettings, cancel: &CancellationToken) -> Resul
         )
         .stage(
             commit::NAME,
-            StageOptions::new(settings.workers, parts_in_flight).mode(Mode::Keyed).retry(retry),
+            settings.iceberg_commit.clone().mode(Mode::Keyed).retry(retry),
             {
                 let (catalog, settings) = (catalog.clone(), settings.clone());
                 move |_| commit::IcebergCommit::new(&settings, catalog.clone())
@@ -222,7 +225,7 @@ async fn run_once(settings: &FlushSettings, cancel: &CancellationToken) -> Resul
         )
         .sink(
             checkpoint::NAME,
-            StageOptions::new(settings.workers, settings.workers).mode(Mode::Unordered),
+            settings.checkpoint.clone().mode(Mode::Unordered),
             {
                 let pipeline = settings.pipeline.clone();
                 move |_| checkpoint::Checkpoint::new(&pipeline)
