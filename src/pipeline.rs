@@ -9,9 +9,11 @@ use std::time::Duration;
 use philotes_engine::{RetryPolicy, StageOptions};
 use philotes_stages::capture::CaptureSettings;
 use philotes_stages::enqueue::EnqueueLimits;
-use philotes_stages::flush::catalog::CatalogSettings;
-use philotes_stages::flush::{FlushSettings, TableTarget};
+use philotes_stages::catalog::CatalogSettings;
+use philotes_stages::claim::TableTarget;
+use philotes_stages::flush::FlushSettings;
 use philotes_stages::source::setup::PublishedTables;
+use philotes_stages::table_id::TableId;
 
 use crate::config::{CatalogKind, PipelineConfig, StageName, TableMode, TableName, TableSelection, UnmappedTypes};
 
@@ -38,7 +40,7 @@ pub fn capture_settings(config: &PipelineConfig) -> CaptureSettings {
         tables: match &source.tables {
             TableSelection::All => PublishedTables::All,
             TableSelection::Listed(list) => {
-                PublishedTables::Listed(list.iter().map(|t| (t.schema.clone(), t.name.clone())).collect())
+                PublishedTables::Listed(list.iter().map(|t| TableId::new(t.schema.clone(), t.name.clone())).collect())
             }
         },
         iceberg_name: {

@@ -193,8 +193,8 @@ async fn read_buffer(config: &Config, pipeline: &str, status: &mut Status) -> Re
             table: TableName { schema: t.source_schema, name: t.source_table }.to_string(),
             committed: t.committed.map(|p| p.to_string()),
             error: t.error,
-            failing_since: t.failing.as_ref().map(|(_, since)| since.clone()),
-            failing: t.failing.map(|(error, _)| error),
+            failing_since: t.failing.as_ref().map(|f| f.since.clone()),
+            failing: t.failing.map(|f| f.error),
             renamed_to: None,
             problem: None,
         })

@@ -13,6 +13,9 @@ pub enum Action {
     DeadLetter,
     /// Stop the whole flow; `Flow::run` returns the error.
     Stop,
+    /// Stop the whole flow as [`Action::Stop`] does, saying that the role may start it again from its last
+    /// checkpoint (`Flow::run` returns [`FlowError::SessionLost`]).
+    Restart,
 }
 
 /// An error a stage (or source) returns. The variant is the classification: stages map their own errors
@@ -28,6 +31,10 @@ pub enum StageError {
     /// An invariant is broken: the flow stops.
     #[error("{0}")]
     Fatal(#[source] BoxError),
+    /// The session the stage works on is lost (a connection closed, a server restarted): retrying this input
+    /// on it cannot help, so the flow stops and the role that runs it starts again from its checkpoint.
+    #[error("{0}")]
+    SessionLost(#[source] BoxError),
 }
 
 impl StageError {
@@ -46,12 +53,18 @@ impl StageError {
         Self::Fatal(cause.into())
     }
 
+    /// A lost session; see [`StageError::SessionLost`].
+    pub fn session_lost(cause: impl Into<BoxError>) -> Self {
+        Self::SessionLost(cause.into())
+    }
+
     /// The one place that decides what happens after this error.
     pub fn action(&self) -> Action {
         match self {
             Self::Retryable(_) => Action::Retry,
             Self::BadItem(_) => Action::DeadLetter,
             Self::Fatal(_) => Action::Stop,
+            Self::SessionLost(_) => Action::Restart,
         }
     }
 
@@ -61,13 +74,14 @@ impl StageError {
             Self::Retryable(_) => "retryable",
             Self::BadItem(_) => "bad_item",
             Self::Fatal(_) => "fatal",
+            Self::SessionLost(_) => "session_lost",
         }
     }
 
     /// The wrapped cause, for reports that outlive the classification.
     pub fn into_cause(self) -> BoxError {
         match self {
-            Self::Retryable(cause) | Self::BadItem(cause) | Self::Fatal(cause) => cause,
+            Self::Retryable(cause) | Self::BadItem(cause) | Self::Fatal(cause) | Self::SessionLost(cause) => cause,
         }
     }
 }
@@ -78,6 +92,15 @@ pub enum FlowError {
     /// A stage (or the source) returned a fatal error.
     #[error("stage `{stage}` stopped the flow: {cause}")]
     Fatal {
+        /// The stage that failed.
+        stage: String,
+        /// What it reported.
+        #[source]
+        cause: BoxError,
+    },
+    /// A stage (or the source) lost its session: the role may run the flow again from its checkpoint.
+    #[error("stage `{stage}` lost its session: {cause}")]
+    SessionLost {
         /// The stage that failed.
         stage: String,
         /// What it reported.
@@ -129,12 +152,18 @@ impl FlowError {
     pub fn stage(&self) -> Option<&str> {
         match self {
             Self::Fatal { stage, .. }
+            | Self::SessionLost { stage, .. }
             | Self::RetriesExhausted { stage, .. }
             | Self::DeadLetter { stage, .. }
             | Self::Panicked { stage }
             | Self::Disconnected { stage } => Some(stage),
             Self::Invalid { .. } => None,
         }
+    }
+
+    /// Whether the role may run the flow again from its checkpoint ([`StageError::SessionLost`]).
+    pub fn is_session_lost(&self) -> bool {
+        matches!(self, Self::SessionLost { .. })
     }
 
     /// Whether this error only follows from another one (and so should not be the one reported).

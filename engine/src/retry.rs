@@ -58,6 +58,7 @@ impl Failures {
             (Action::DeadLetter, None) | (Action::Stop, _) => {
                 Err(FlowError::Fatal { stage, cause: error.into_cause() })
             }
+            (Action::Restart, _) => Err(FlowError::SessionLost { stage, cause: error.into_cause() }),
         }
     }
 }

@@ -13,14 +13,14 @@ use tokio_postgres::Config;
 use tokio_util::sync::CancellationToken;
 
 use crate::decode::stage::{Decode, NAME as DECODE};
-use crate::enqueue::{Enqueue, EnqueueError, EnqueueLimits, NAME as ENQUEUE};
+use crate::enqueue::{Enqueue, EnqueueLimits, NAME as ENQUEUE};
 use crate::position::Lsn;
-use crate::resolve::{ResolveError, SchemaResolve, NAME as SCHEMA_RESOLVE};
+use crate::resolve::{SchemaResolve, NAME as SCHEMA_RESOLVE};
 use crate::source::follow::{self, IcebergName};
 use crate::source::pgwire::{PgwireStream, StreamSettings};
 use crate::source::setup::{self, PublishedTables};
 use crate::source::{durable_channel, FrameSource, SourceError};
-use crate::store::{self, checkpoints, pipelines, segments};
+use crate::store::{self, checkpoints, connection_lost, pipelines, segments};
 
 /// Everything the capture needs, from the pipeline file.
 #[derive(Clone)]
@@ -87,30 +87,8 @@ impl CaptureError {
         match self {
             CaptureError::Source(e) => e.is_retryable(),
             CaptureError::Buffer(e) => connection_lost(e),
-            CaptureError::Flow(FlowError::Fatal { cause, .. } | FlowError::RetriesExhausted { cause, .. }) => {
-                if let Some(e) = cause.downcast_ref::<SourceError>() {
-                    e.is_retryable()
-                } else if let Some(EnqueueError::Sql(e)) = cause.downcast_ref::<EnqueueError>() {
-                    connection_lost(e)
-                } else if let Some(ResolveError::Sql(e)) = cause.downcast_ref::<ResolveError>() {
-                    connection_lost(e)
-                } else {
-                    false
-                }
-            }
-            CaptureError::Flow(_) => false,
-        }
-    }
-}
-
-/// A closed connection, a connection exception (SQLSTATE 08…) or an operator intervention (57…: the backend
-/// was terminated, the server is shutting down).
-pub fn connection_lost(error: &tokio_postgres::Error) -> bool {
-    match error.as_db_error() {
-        None => true,
-        Some(db) => {
-            let code = db.code().code();
-            code.starts_with("08") || code.starts_with("57")
+            // The stages said so when they failed (StageError::SessionLost).
+            CaptureError::Flow(e) => e.is_session_lost(),
         }
     }
 }

@@ -35,8 +35,8 @@ pub async fn delay_before_commit(table: &str) {
     let _ = table;
 }
 
-/// Changes per flush part: `default`, or `PHILOTES_PART_EVENTS` in test builds.
-pub fn part_events(default: usize) -> usize {
+/// Changes per flush slice: `default`, or `PHILOTES_PART_EVENTS` in test builds.
+pub fn slice_events(default: usize) -> usize {
     #[cfg(feature = "fault-injection")]
     if let Some(n) = std::env::var("PHILOTES_PART_EVENTS").ok().and_then(|v| v.parse::<usize>().ok()) {
         return n.max(1);

@@ -1,10 +1,25 @@
-//! philotes-stages: the stages of the data path (Decode, SchemaResolve, Enqueue, ArrowBatch, IcebergCommit,
-//! Checkpoint) built on `philotes-engine`.
+//! philotes-stages: the stages of the data path built on `philotes-engine`, one folder per stage, and the two
+//! roles that assemble them.
+//!
+//! - capture role ([`capture`]): [`source`] (ReplicationSource) → [`decode`] → [`resolve`] (SchemaResolve) →
+//!   [`enqueue`];
+//! - flusher role ([`flush`]): [`claim`] (the flush job, [`claim::job`]) → [`arrow_batch`] → [`iceberg_commit`]
+//!   → [`checkpoint`];
+//! - shared: [`store`] (SQL of the buffer's tables), [`catalog`] (the Iceberg catalog and table preparation),
+//!   [`changelog`] (the changelog table layout), [`segment`] (the buffer's payload format), [`position`],
+//!   [`table_id`].
 
 pub mod arrow_batch;
 pub mod capture;
+pub mod catalog;
+pub mod changelog;
+pub mod checkpoint;
+pub mod claim;
 pub mod decode;
 pub mod enqueue;
+pub mod fault;
+pub mod flush;
+pub mod iceberg_commit;
 pub mod position;
 pub mod report;
 pub mod resolve;
@@ -12,6 +27,5 @@ pub mod segment;
 pub mod source;
 pub mod store;
 pub mod supervise;
+pub mod table_id;
 pub mod telemetry;
-pub mod fault;
-pub mod flush;

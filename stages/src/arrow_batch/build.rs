@@ -10,10 +10,9 @@ use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::Schema;
 use philotes_schemas::{TableSchema, Value};
 
-use super::schema::{check_column, type_name};
 use super::values::{convert, convert_ref, Builder, Cell, Kind};
-use super::{
-    ArrowBatchError, BatchOutput, RejectedRow, CHANGELOG_COLUMNS, COMMIT_TS, LSN, OP, SEQ,
+use super::{BatchOutput, RejectedRow};
+use crate::changelog::{check_column, type_name, SchemaError, CHANGELOG_COLUMNS, COMMIT_TS, LSN, OP, SEQ,
     UNCHANGED, XID,
 };
 use crate::segment::{self, SegmentEvent, ValueRef};
@@ -26,12 +25,12 @@ const RENDERED_VALUE_CHARS: usize = 80;
 /// table, each with the schema version its rows were written with, in position order.
 ///
 /// Columns are matched by name: a target column the row's version lacks is NULL; a version column the target
-/// lacks is [`ArrowBatchError::ColumnNotInTarget`] (add it first with [`super::missing_columns`]); a version
-/// column whose type the target column cannot hold is the error [`super::missing_columns`] would give.
+/// lacks is [`SchemaError::ColumnNotInTarget`] (add it first with [`crate::changelog::missing_columns`]); a version
+/// column whose type the target column cannot hold is the error [`crate::changelog::missing_columns`] would give.
 pub fn build_batch(
     target: &Schema,
     segments: &[(Arc<TableSchema>, Vec<SegmentEvent>)],
-) -> Result<BatchOutput, ArrowBatchError> {
+) -> Result<BatchOutput, SchemaError> {
     let rows = segments.iter().map(|(_, events)| events.len()).sum();
     let mut builder = BatchBuilder::new(target, rows, segments)?;
     builder.append(target, segments)?;
@@ -64,7 +63,7 @@ impl BatchBuilder {
         target: &Schema,
         rows: usize,
         sample: &[(Arc<TableSchema>, Vec<SegmentEvent>)],
-    ) -> Result<Self, ArrowBatchError> {
+    ) -> Result<Self, SchemaError> {
         let arrow_schema = Arc::new(schema_to_arrow_schema(target)?);
         let layout = Layout::new(target, &arrow_schema)?;
         let mut bytes = vec![0usize; layout.kinds.len()];
@@ -87,7 +86,7 @@ impl BatchBuilder {
         rows: usize,
         version: &TableSchema,
         payload: &[u8],
-    ) -> Result<Self, ArrowBatchError> {
+    ) -> Result<Self, SchemaError> {
         let arrow_schema = Arc::new(schema_to_arrow_schema(target)?);
         let layout = Layout::new(target, &arrow_schema)?;
         let mut bytes = vec![0usize; layout.kinds.len()];
@@ -109,7 +108,7 @@ impl BatchBuilder {
         rows: usize,
         mut bytes: Vec<usize>,
         sampled: usize,
-    ) -> Result<Self, ArrowBatchError> {
+    ) -> Result<Self, SchemaError> {
         if sampled > 0 && sampled < rows {
             // A little room above the estimate: a builder that must grow copies what it holds.
             for b in &mut bytes {
@@ -136,7 +135,7 @@ impl BatchBuilder {
         target: &Schema,
         version: &TableSchema,
         payload: &[u8],
-    ) -> Result<bool, ArrowBatchError> {
+    ) -> Result<bool, SchemaError> {
         let plan = Plan::new(version, target, &self.layout)?;
         let (layout, builders) = (&self.layout, &mut self.builders);
         let columns = version.columns.len();
@@ -190,7 +189,7 @@ impl BatchBuilder {
         &mut self,
         target: &Schema,
         segments: &[(Arc<TableSchema>, Vec<SegmentEvent>)],
-    ) -> Result<(), ArrowBatchError> {
+    ) -> Result<(), SchemaError> {
         let layout = &self.layout;
         let needs_history = segments.iter().any(|(_, events)| events.iter().any(has_unchanged));
         let mut history = History {
@@ -222,7 +221,7 @@ impl BatchBuilder {
     }
 
     /// The batch and the changes left out of it.
-    pub fn finish(self) -> Result<BatchOutput, ArrowBatchError> {
+    pub fn finish(self) -> Result<BatchOutput, SchemaError> {
         let columns = self
             .builders
             .into_iter()
@@ -261,7 +260,7 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(target: &Schema, arrow_schema: &ArrowSchema) -> Result<Layout, ArrowBatchError> {
+    fn new(target: &Schema, arrow_schema: &ArrowSchema) -> Result<Layout, SchemaError> {
         let kinds: Vec<Kind> = arrow_schema
             .fields()
             .iter()
@@ -271,7 +270,7 @@ impl Layout {
             let found = arrow_schema.index_of(column).ok();
             match found {
                 Some(i) if kinds[i] == kind => Ok(i),
-                _ => Err(ArrowBatchError::ChangelogColumn {
+                _ => Err(SchemaError::ChangelogColumn {
                     column,
                     expected,
                     found: match target.as_struct().field_by_name(column) {
@@ -315,7 +314,7 @@ impl<'a> Plan<'a> {
         version: &'a TableSchema,
         target: &Schema,
         layout: &Layout,
-    ) -> Result<Self, ArrowBatchError> {
+    ) -> Result<Self, SchemaError> {
         let fields = target.as_struct().fields();
         let mut target_of = Vec::with_capacity(version.columns.len());
         for column in &version.columns {
@@ -323,12 +322,12 @@ impl<'a> Plan<'a> {
             let reserved = CHANGELOG_COLUMNS.contains(&column.name.as_str());
             let Some(i) = position.filter(|_| !reserved) else {
                 return Err(if reserved {
-                    ArrowBatchError::ReservedColumn {
+                    SchemaError::ReservedColumn {
                         table: version.qualified_name(),
                         column: column.name.clone(),
                     }
                 } else {
-                    ArrowBatchError::ColumnNotInTarget {
+                    SchemaError::ColumnNotInTarget {
                         table: version.qualified_name(),
                         column: column.name.clone(),
                     }

@@ -3,9 +3,9 @@
 //! CPU-bound worker pool and hands the batch to the Iceberg writer.
 //!
 //! Three parts:
-//! - [`changelog_schema`] and [`missing_columns`] (`schema.rs`): the Iceberg schema of a new changelog table, and
-//!   what an existing one lacks for a newer source schema version;
-//! - [`build_batch`] (`build.rs`): the row rules below, projection of older versions, unchanged-TOAST filling;
+//! - [`stage`]: the stage (a slice of a flush job → its rows);
+//! - [`build_batch`] and [`BatchBuilder`] (`build.rs`): the row rules below, projection of older versions,
+//!   unchanged-TOAST filling, in the table layout of [`crate::changelog`];
 //! - `values.rs`: each [`Value`](philotes_schemas::Value) into the Arrow type `iceberg::arrow::schema_to_arrow_schema`
 //!   gives for the column's Iceberg type, so the iceberg writer takes the batch without a cast.
 //!
@@ -29,41 +29,24 @@
 //!
 //! A value the column's Iceberg type cannot hold (numeric `NaN` in a `decimal`, `24:00:00` in a `time`) leaves
 //! its change out of the batch as a [`RejectedRow`] for `philotes.dead_letters`; the rest of the batch flows.
-//! Every [`ArrowBatchError`], on the other hand, concerns the table's schema and stops the table.
+//! Every [`SchemaError`](crate::changelog::SchemaError), on the other hand, concerns the table's schema and stops the table.
 
 mod build;
-mod schema;
+pub mod stage;
 mod values;
 
 #[cfg(test)]
 mod tests;
 
 pub use build::{build_batch, has_unchanged, BatchBuilder};
-pub use schema::{changelog_schema, iceberg_spec_type, missing_columns, philotes_type};
+pub use stage::{ArrowBatch, ArrowBatchError};
 
-use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
 use crate::position::Position;
 
-/// The stage's name, in metrics, logs and dead letters.
+/// The stage's name in metrics, spans, dead letters and YAML (`stages.arrow_batch`).
 pub const NAME: &str = "arrow_batch";
-
-/// The change kind: `I`, `U`, `D`, `T`, or `r` for a snapshot read.
-pub const OP: &str = "_op";
-/// The commit LSN of the source transaction, as a long (the `pg_lsn` number).
-pub const LSN: &str = "_lsn";
-/// The commit time of the source transaction (µs, UTC).
-pub const COMMIT_TS: &str = "_commit_ts";
-/// The source transaction id.
-pub const XID: &str = "_xid";
-/// The order of the change within its transaction; with `_lsn` it is the change's position.
-pub const SEQ: &str = "_seq";
-/// Names of the columns whose unchanged TOAST value could not be filled (written NULL); NULL when none.
-pub const UNCHANGED: &str = "_unchanged";
-
-/// The changelog columns, in the order they follow the source columns.
-pub const CHANGELOG_COLUMNS: [&str; 6] = [OP, LSN, COMMIT_TS, XID, SEQ, UNCHANGED];
 
 /// The batch of one flush and the changes left out of it.
 #[derive(Debug, Clone)]
@@ -86,80 +69,3 @@ pub struct RejectedRow {
     pub rendering: String,
 }
 
-/// Why a batch or a schema cannot be made. Every variant is about the table's schema, not one change, so the
-/// table stops until an operator acts; nothing is retried and nothing is dead-lettered.
-#[derive(Debug, thiserror::Error)]
-pub enum ArrowBatchError {
-    /// A source column has the name of a changelog column.
-    #[error(
-        "table {table}: column \"{column}\" has the name of a changelog column philotes adds ({}); \
-         rename the source column or use another table mode", CHANGELOG_COLUMNS.join(", ")
-    )]
-    ReservedColumn {
-        /// The source table (`schema.table`).
-        table: String,
-        /// The column.
-        column: String,
-    },
-    /// The Iceberg table's column would need a type promotion, which the iceberg crate cannot apply yet.
-    #[error(
-        "table {table}: column \"{column}\" changed from Iceberg {old_type} to {new_type}; Iceberg allows this \
-         promotion but the iceberg crate (0.10) philotes uses cannot change a column's type, so the table stops: \
-         promote the column with another Iceberg tool (e.g. Spark `ALTER TABLE … ALTER COLUMN`) and restart"
-    )]
-    NeedsPromotion {
-        /// The source table (`schema.table`).
-        table: String,
-        /// The column.
-        column: String,
-        /// Its type in the Iceberg table.
-        old_type: String,
-        /// The type the new source schema version needs (Postgres and Iceberg).
-        new_type: String,
-    },
-    /// A column's type changed in a way no Iceberg table can follow.
-    #[error(
-        "table {table}: column \"{column}\" changed from Iceberg {old_type} to {new_type}, which is not a safe \
-         widening (allowed: smallint→integer→bigint, real→double precision, varchar(n)→text, \
-         numeric(p,s)→numeric(p',s) with p'≥p)"
-    )]
-    IncompatibleType {
-        /// The source table (`schema.table`).
-        table: String,
-        /// The column.
-        column: String,
-        /// Its type in the Iceberg table.
-        old_type: String,
-        /// The type of the source schema version (Postgres and Iceberg).
-        new_type: String,
-    },
-    /// A schema version has a column the target schema lacks: `missing_columns` was not applied first.
-    #[error(
-        "table {table}: column \"{column}\" is not in the Iceberg table's schema; add the missing columns \
-         before building a batch"
-    )]
-    ColumnNotInTarget {
-        /// The source table (`schema.table`).
-        table: String,
-        /// The column.
-        column: String,
-    },
-    /// The target schema lacks a changelog column or has it with another type (not a changelog table).
-    #[error(
-        "the Iceberg table has no changelog column {column} of type {expected} (found: {found})"
-    )]
-    ChangelogColumn {
-        /// The changelog column.
-        column: &'static str,
-        /// Its type in a changelog table.
-        expected: &'static str,
-        /// What the table has instead.
-        found: String,
-    },
-    /// The iceberg crate refused a schema.
-    #[error("building the Iceberg schema: {0}")]
-    Iceberg(#[from] iceberg::Error),
-    /// Arrow refused the arrays (a required column holds NULLs, an offset overflowed).
-    #[error("building the Arrow batch: {0}")]
-    Arrow(#[from] ArrowError),
-}

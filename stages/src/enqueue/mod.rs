@@ -58,6 +58,16 @@ pub enum EnqueueError {
     NotStarted,
 }
 
+/// A lost buffer connection restarts the capture from its checkpoint; the rest stops the pipeline.
+impl From<EnqueueError> for StageError {
+    fn from(error: EnqueueError) -> Self {
+        match error {
+            EnqueueError::Sql(e) => crate::store::stage_error(e, |e| Box::new(EnqueueError::Sql(e))),
+            other => StageError::fatal(other),
+        }
+    }
+}
+
 /// Counts the changes of segments just written, per table.
 fn record_enqueued(rows: &[SegmentRow]) {
     let metrics = telemetry::metrics();
@@ -257,7 +267,7 @@ impl Stage for Enqueue {
     async fn start(&mut self) -> Result<(), StageError> {
         if self.buffer.is_none() {
             self.buffer =
-                Some(crate::store::connect(&self.config).await.map_err(|e| StageError::fatal(EnqueueError::Sql(e)))?);
+                Some(crate::store::connect(&self.config).await.map_err(EnqueueError::Sql)?);
         }
         Ok(())
     }
@@ -266,14 +276,14 @@ impl Stage for Enqueue {
         // Any failure here leaves the buffer as its last commit left it; the capture supervisor restarts from
         // the checkpoint (deleting spilled parts above it), which is the one recovery that is always right.
         for item in items {
-            self.item(item).await.map_err(StageError::fatal)?;
+            self.item(item).await?;
         }
         Ok(())
     }
 
     async fn flush(&mut self, _out: &mut Emitter<()>) -> Result<(), StageError> {
         if self.open.is_none() {
-            self.make_durable().await.map_err(StageError::fatal)?;
+            self.make_durable().await?;
         }
         Ok(())
     }

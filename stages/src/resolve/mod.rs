@@ -17,7 +17,8 @@ use tokio_postgres::{Client, Config};
 use crate::decode::{ChangeEvent, Decoded, Relation};
 use crate::position::Lsn;
 use crate::segment::SegmentEvent;
-use crate::source::follow::{self, Followed, IcebergName, Identity};
+use crate::source::follow::{self, Followed, IcebergName};
+use crate::table_id::TableId;
 use crate::source::setup;
 use crate::store::dead_letters::DeadLetter;
 use crate::store::schemas::{self as schema_store, SchemaVersionRow};
@@ -102,7 +103,7 @@ pub struct SchemaResolve {
     /// Where each identity goes in Iceberg (a table joining `tables: all` must not share another's).
     iceberg_name: IcebergName,
     /// Relation OID → the name its last Relation message carried (a change of it is a rename).
-    current: HashMap<u32, Identity>,
+    current: HashMap<u32, TableId>,
     /// Relations sent but not listed, already warned about.
     ignored: HashSet<u32>,
     resolver: TypeResolver,
@@ -110,7 +111,7 @@ pub struct SchemaResolve {
     /// Relation id → the table version of its last Relation message (`None`: a table not captured).
     relations: HashMap<u32, Option<Arc<TableVersion>>>,
     /// (schema, table) → newest version known, from philotes.schemas and this session.
-    latest: HashMap<(String, String), Arc<TableVersion>>,
+    latest: HashMap<TableId, Arc<TableVersion>>,
     open: Option<Lsn>,
 }
 
@@ -164,19 +165,19 @@ impl SchemaResolve {
             let table = format!("{}.{}", row.source_schema, row.source_table);
             let schema: TableSchema = rmp_serde::from_slice(&row.columns)
                 .map_err(|e| ResolveError::StoredVersion { table, reason: e.to_string() })?;
-            self.latest.insert((row.source_schema, row.source_table), Arc::new(TableVersion { schema, version: row.version }));
+            self.latest.insert(TableId::new(row.source_schema, row.source_table), Arc::new(TableVersion { schema, version: row.version }));
         }
         Ok(())
     }
 
     /// The identity a relation's changes are recorded under, `None` for a relation the pipeline does not
     /// capture. A relation it cannot place stops the capture (before its transaction is confirmed).
-    async fn place(&mut self, relation: &Relation) -> Result<Option<Identity>, ResolveError> {
-        let now: Identity = (relation.namespace.clone(), relation.name.clone());
+    async fn place(&mut self, relation: &Relation) -> Result<Option<TableId>, ResolveError> {
+        let now = TableId::new(relation.namespace.clone(), relation.name.clone());
         if let Some(identity) = self.followed.tables.get(&relation.id).cloned() {
             if self.current.get(&relation.id) != Some(&now) {
                 if now != identity {
-                    tracing::warn!(table = %format!("{}.{}", identity.0, identity.1), now = %format!("{}.{}", now.0, now.1),
+                    tracing::warn!(table = %identity, now = %now,
                         "the table was renamed; its changes keep flowing into the same Iceberg table");
                     self.record(relation.id, &identity, &now).await?;
                 }
@@ -187,7 +188,7 @@ impl SchemaResolve {
         if self.followed.refused.contains(&relation.id) {
             return Ok(None);
         }
-        let qualified = format!("{}.{}", now.0, now.1);
+        let qualified = now.to_string();
         if !self.followed.all {
             if self.followed.tables.values().any(|identity| *identity == now) {
                 return Err(ResolveError::Unplaced(format!(
@@ -202,7 +203,7 @@ impl SchemaResolve {
             }
             return Ok(None);
         }
-        if setup::excluded_from_all(&now.0, &now.1) {
+        if setup::excluded_from_all(&now.schema, &now.table) {
             return Ok(None);
         }
         // A table that joined `tables: all` after start: its identity may already be recorded (by the capture
@@ -212,7 +213,7 @@ impl SchemaResolve {
             .await?
             .into_iter()
             .find(|t| t.relid == relation.id)
-            .map_or_else(|| now.clone(), |t| (t.source_schema, t.source_table));
+            .map_or_else(|| now.clone(), |t| TableId::new(t.source_schema, t.source_table));
         if self.followed.tables.values().any(|taken| *taken == identity) {
             return Err(ResolveError::Unplaced(format!(
                 "the stream sends a new table {qualified} (oid {}), but another followed table keeps that name since a \
@@ -230,14 +231,14 @@ impl SchemaResolve {
     }
 
     /// Records a followed table's identity and current name (for restarts and `philotes status`).
-    async fn record(&self, relid: u32, identity: &Identity, now: &Identity) -> Result<(), ResolveError> {
+    async fn record(&self, relid: u32, identity: &TableId, now: &TableId) -> Result<(), ResolveError> {
         let (_, buffer) = self.clients.as_ref().ok_or(ResolveError::NotStarted)?;
         let row = SourceTable {
             relid,
-            source_schema: identity.0.clone(),
-            source_table: identity.1.clone(),
-            schema_now: now.0.clone(),
-            table_now: now.1.clone(),
+            source_schema: identity.schema.clone(),
+            source_table: identity.table.clone(),
+            schema_now: now.schema.clone(),
+            table_now: now.table.clone(),
             problem: None,
         };
         source_tables::upsert(buffer, &self.pipeline, &row).await?;
@@ -246,7 +247,7 @@ impl SchemaResolve {
 
     /// A column type philotes cannot map stops its table only: the values are carried as text into the buffer,
     /// where they wait (flushers skip a stopped table) until the operator chooses.
-    async fn stop_table(&self, key: &Identity, unmappable: &mut [philotes_schemas::UnsupportedType]) -> Result<(), ResolveError> {
+    async fn stop_table(&self, key: &TableId, unmappable: &mut [philotes_schemas::UnsupportedType]) -> Result<(), ResolveError> {
         let (source, buffer) = self.clients.as_ref().ok_or(ResolveError::NotStarted)?;
         for column in unmappable.iter_mut() {
             if column.type_name.starts_with("oid ") {
@@ -265,11 +266,10 @@ impl SchemaResolve {
         let reason = format!(
             "column {columns} has a type philotes cannot map to an Iceberg type. The table is stopped; its changes \
              wait in the buffer. Set source.postgres.unmapped_types: text (to write such columns as strings) or \
-             change the column's type, then resume the table: philotes resume FILE --table {}.{}",
-            key.0, key.1
+             change the column's type, then resume the table: philotes resume FILE --table {key}",
         );
-        tracing::error!(table = %format!("{}.{}", key.0, key.1), "{reason}");
-        watermarks::stop_table(buffer, &self.pipeline, &key.0, &key.1, &reason).await?;
+        tracing::error!(table = %key, "{reason}");
+        watermarks::stop_table(buffer, &self.pipeline, key, &reason).await?;
         Ok(())
     }
 
@@ -282,7 +282,7 @@ impl SchemaResolve {
             // A type created after start (a new enum, a domain): read the catalog again.
             self.load_catalog().await?;
         }
-        let qualified = format!("{}.{}", key.0, key.1);
+        let qualified = key.to_string();
         let mut columns = Vec::with_capacity(relation.columns.len());
         let mut unmappable = Vec::new();
         for c in &relation.columns {
@@ -306,8 +306,8 @@ impl SchemaResolve {
             self.stop_table(&key, &mut unmappable).await?;
         }
         let schema = TableSchema {
-            schema: key.0.clone(),
-            table: key.1.clone(),
+            schema: key.schema.clone(),
+            table: key.table.clone(),
             columns,
             replica_identity: relation.replica_identity,
         };
@@ -316,8 +316,8 @@ impl SchemaResolve {
             current => {
                 let version = Arc::new(TableVersion { schema, version: current.map_or(1, |c| c.version + 1) });
                 let row = SchemaVersionRow {
-                    source_schema: key.0.clone(),
-                    source_table: key.1.clone(),
+                    source_schema: key.schema.clone(),
+                    source_table: key.table.clone(),
                     version: version.version,
                     columns: rmp_serde::to_vec(&version.schema).map_err(|e| ResolveError::StoredVersion {
                         table: qualified.clone(),
@@ -347,7 +347,7 @@ impl SchemaResolve {
             Err(convert::ConvertFailure::Binary) => return Err(ResolveError::Binary),
             Err(convert::ConvertFailure::Value(reason)) => Resolved::Rejected(DeadLetter {
                 stage: NAME.to_string(),
-                table: Some((table.schema.schema.clone(), table.schema.table.clone())),
+                table: Some(TableId::new(table.schema.schema.clone(), table.schema.table.clone())),
                 commit_lsn: Some(change.commit_lsn),
                 seq: Some(change.seq),
                 reason,
@@ -371,9 +371,12 @@ fn describe(schema: &TableSchema) -> String {
         .join(", ")
 }
 
-/// Connection loss is for the capture supervisor (it restarts from the checkpoint); the rest stops the pipeline.
+/// A lost buffer or source connection restarts the capture from its checkpoint; the rest stops the pipeline.
 fn stage_error(error: ResolveError) -> StageError {
-    StageError::fatal(error)
+    match error {
+        ResolveError::Sql(e) => crate::store::stage_error(e, |e| Box::new(ResolveError::Sql(e))),
+        other => StageError::fatal(other),
+    }
 }
 
 impl Stage for SchemaResolve {

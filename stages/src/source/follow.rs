@@ -20,18 +20,16 @@ use tokio_postgres::Client;
 use super::setup::{self, CatalogTable, PublishedTables};
 use super::SourceError;
 use crate::store::source_tables::{self, SourceTable};
+use crate::table_id::TableId;
 
 /// The Iceberg identifier (`namespace.table`) a source table's identity is written to, for the clash check.
 pub type IcebergName = Arc<dyn Fn(&str, &str) -> String + Send + Sync>;
-
-/// A table's identity: its `(schema, table)` when the pipeline first saw it.
-pub type Identity = (String, String);
 
 /// What the capture follows after [`prepare`].
 #[derive(Debug, Clone, Default)]
 pub struct Followed {
     /// Relation OID → identity, for every followed table.
-    pub tables: HashMap<u32, Identity>,
+    pub tables: HashMap<u32, TableId>,
     /// The relation OIDs refused (keyless, identity taken): SchemaResolve never places their changes.
     pub refused: HashSet<u32>,
     /// `tables: all`: a relation the stream names for the first time is a new table to follow.
@@ -48,12 +46,12 @@ pub async fn prepare(
     iceberg_name: &IcebergName,
 ) -> Result<Followed, SourceError> {
     let known = source_tables::list(buffer, pipeline).await.map_err(SourceError::Buffer)?;
-    let mut candidates: Vec<(CatalogTable, Identity)> = Vec::new();
-    let mut refused: Vec<(CatalogTable, Identity, String)> = Vec::new();
+    let mut candidates: Vec<(CatalogTable, TableId)> = Vec::new();
+    let mut refused: Vec<(CatalogTable, TableId, String)> = Vec::new();
     match tables {
         PublishedTables::Listed(list) => {
-            for (schema, table) in list {
-                let mut identity = (schema.clone(), table.clone());
+            for TableId { schema, table } in list {
+                let mut identity = TableId::new(schema.clone(), table.clone());
                 let row = known.iter().find(|k| k.source_schema == *schema && k.source_table == *table);
                 let by_oid = match row {
                     Some(k) => setup::table_by_oid(source, k.relid).await?,
@@ -83,7 +81,7 @@ pub async fn prepare(
                         }
                         // The file names a followed table by its new name: it keeps its first name (and Iceberg table).
                         if let Some(k) = known.iter().find(|k| k.relid == now.relid) {
-                            identity = (k.source_schema.clone(), k.source_table.clone());
+                            identity = TableId::new(k.source_schema.clone(), k.source_table.clone());
                         }
                         now
                     }
@@ -100,18 +98,18 @@ pub async fn prepare(
         PublishedTables::All => {
             for now in setup::user_tables(source).await? {
                 let identity = match known.iter().find(|k| k.relid == now.relid) {
-                    Some(k) => (k.source_schema.clone(), k.source_table.clone()),
-                    None => (now.schema.clone(), now.name.clone()),
+                    Some(k) => TableId::new(k.source_schema.clone(), k.source_table.clone()),
+                    None => TableId::new(now.schema.clone(), now.name.clone()),
                 };
                 let holder = known.iter().find(|k| {
-                    k.relid != now.relid && k.source_schema == identity.0 && k.source_table == identity.1
+                    k.relid != now.relid && k.source_schema == identity.schema && k.source_table == identity.table
                 });
                 if let Some(holder) = holder {
                     if setup::table_by_oid(source, holder.relid).await?.is_some() {
                         let reason = format!(
                             "another table (oid {}) follows the name {}.{} into Iceberg since before a rename; this \
                              table cannot take it: rename it, or map it with sink.iceberg.tables and a new pipeline",
-                            holder.relid, identity.0, identity.1
+                            holder.relid, identity.schema, identity.table
                         );
                         refused.push((now, identity, reason));
                         continue;
@@ -128,7 +126,7 @@ pub async fn prepare(
     let state = setup::publication(source, publication).await?;
     let members: HashSet<u32> = state.as_ref().map(|s| s.members.iter().copied().collect()).unwrap_or_default();
     let all_tables = state.as_ref().is_some_and(|s| s.all_tables);
-    let mut followed: Vec<(CatalogTable, Identity)> = Vec::new();
+    let mut followed: Vec<(CatalogTable, TableId)> = Vec::new();
     for (table, identity) in candidates {
         match table.keyless.clone() {
             Some(reason) if !all_tables && !members.contains(&table.relid) => {
@@ -166,8 +164,8 @@ pub async fn prepare(
     }
 
     for (table, identity) in &followed {
-        if (table.schema.as_str(), table.name.as_str()) != (identity.0.as_str(), identity.1.as_str()) {
-            tracing::warn!(table = %format!("{}.{}", identity.0, identity.1), now = %table.qualified(),
+        if (table.schema.as_str(), table.name.as_str()) != (identity.schema.as_str(), identity.table.as_str()) {
+            tracing::warn!(table = %identity.to_string(), now = %table.qualified(),
                 "the table was renamed; its changes keep flowing into the same Iceberg table");
         }
         if !table.generated.is_empty() {
@@ -208,7 +206,7 @@ pub async fn add_new_tables(
         if !seen.insert(table.relid) || state.members.contains(&table.relid) {
             continue;
         }
-        let identity = (table.schema.clone(), table.name.clone());
+        let identity = TableId::new(table.schema.clone(), table.name.clone());
         if let Some(reason) = &table.keyless {
             let reason = format!("not added to publication {publication}: {reason}");
             tracing::error!(table = %table.qualified(), "new table not captured: {reason}");
@@ -231,15 +229,15 @@ pub async fn add_new_tables(
 }
 
 /// Refuses two identities that resolve to one Iceberg table (compared case-insensitively, as catalogs do).
-pub fn check_clashes<'a>(identities: impl Iterator<Item = &'a Identity>, iceberg_name: &IcebergName) -> Result<(), SourceError> {
-    let mut seen: HashMap<String, &Identity> = HashMap::new();
+pub fn check_clashes<'a>(identities: impl Iterator<Item = &'a TableId>, iceberg_name: &IcebergName) -> Result<(), SourceError> {
+    let mut seen: HashMap<String, &TableId> = HashMap::new();
     for identity in identities {
-        let target = iceberg_name(&identity.0, &identity.1);
+        let target = iceberg_name(&identity.schema, &identity.table);
         if let Some(first) = seen.insert(target.to_lowercase(), identity) {
             if first != identity {
                 return Err(SourceError::IcebergClash {
-                    first: format!("{}.{}", first.0, first.1),
-                    second: format!("{}.{}", identity.0, identity.1),
+                    first: first.to_string(),
+                    second: identity.to_string(),
                     target,
                 });
             }
@@ -252,13 +250,13 @@ async fn record(
     buffer: &Client,
     pipeline: &str,
     table: &CatalogTable,
-    identity: &Identity,
+    identity: &TableId,
     problem: Option<String>,
 ) -> Result<(), SourceError> {
     let row = SourceTable {
         relid: table.relid,
-        source_schema: identity.0.clone(),
-        source_table: identity.1.clone(),
+        source_schema: identity.schema.clone(),
+        source_table: identity.table.clone(),
         schema_now: table.schema.clone(),
         table_now: table.name.clone(),
         problem,

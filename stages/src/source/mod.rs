@@ -134,7 +134,7 @@ impl SourceError {
     pub fn is_retryable(&self) -> bool {
         match self {
             // A lost connection, or the server shutting down, restarting or terminating the session (08…, 57…).
-            SourceError::Sql(e) | SourceError::Setup { source: e, .. } => crate::capture::connection_lost(e),
+            SourceError::Sql(e) | SourceError::Setup { source: e, .. } => crate::store::connection_lost(e),
             SourceError::Replication(_) => true,
             SourceError::WalLevel(_)
             | SourceError::SlotInvalidated { .. }
@@ -144,7 +144,7 @@ impl SourceError {
             | SourceError::NotATable(_)
             | SourceError::IcebergClash { .. }
             | SourceError::Settings(_) => false,
-            SourceError::Buffer(e) => crate::capture::connection_lost(e),
+            SourceError::Buffer(e) => crate::store::connection_lost(e),
         }
     }
 }
@@ -163,6 +163,18 @@ pub struct FrameSource<S> {
     ended: bool,
 }
 
+/// A source failure in a running flow: a lost session restarts the capture from its checkpoint
+/// ([`SourceError::is_retryable`]), anything else stops it.
+impl From<SourceError> for philotes_engine::StageError {
+    fn from(error: SourceError) -> Self {
+        if error.is_retryable() {
+            Self::session_lost(error)
+        } else {
+            Self::fatal(error)
+        }
+    }
+}
+
 impl<S> FrameSource<S> {
     /// A source over `stream`.
     pub fn new(stream: S) -> Self {
@@ -175,12 +187,12 @@ impl<S: ReplicationStream + 'static> philotes_engine::Source for FrameSource<S> 
 
     async fn next(&mut self) -> Result<Option<Vec<Frame>>, philotes_engine::StageError> {
         if let Some(error) = self.pending.take() {
-            return Err(philotes_engine::StageError::fatal(error));
+            return Err(error.into());
         }
         if self.ended {
             return Ok(None);
         }
-        let Some(first) = self.stream.next_frame().await.map_err(philotes_engine::StageError::fatal)? else {
+        let Some(first) = self.stream.next_frame().await? else {
             return Ok(None);
         };
         let mut batch = Vec::with_capacity(64);

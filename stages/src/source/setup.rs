@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 
 use super::SourceError;
 use crate::position::Lsn;
+use crate::table_id::TableId;
 
 /// Which tables the pipeline captures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,8 +17,8 @@ pub enum PublishedTables {
     /// itself (never `FOR ALL TABLES`, which would publish keyless tables and philotes' own), and adds new ones
     /// while it runs. An existing `FOR ALL TABLES` publication is used as it is.
     All,
-    /// These `(schema, table)` pairs.
-    Listed(Vec<(String, String)>),
+    /// These tables.
+    Listed(Vec<TableId>),
 }
 
 /// The slot as found (or created).

@@ -4,6 +4,7 @@ use tokio_postgres::GenericClient;
 
 use super::pg_lsn;
 use crate::position::Lsn;
+use crate::table_id::TableId;
 
 /// One change that a stage could not process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,7 +12,7 @@ pub struct DeadLetter {
     /// The stage that gave up on it.
     pub stage: String,
     /// The source table, when known.
-    pub table: Option<(String, String)>,
+    pub table: Option<TableId>,
     /// Its commit LSN, when known.
     pub commit_lsn: Option<Lsn>,
     /// Its seq within the transaction, when known.
@@ -25,7 +26,7 @@ pub struct DeadLetter {
 /// Stores one dead letter.
 pub async fn insert(client: &impl GenericClient, pipeline: &str, letter: &DeadLetter) -> Result<(), tokio_postgres::Error> {
     let (schema, table) = match &letter.table {
-        Some((s, t)) => (Some(s.as_str()), Some(t.as_str())),
+        Some(t) => (Some(t.schema.as_str()), Some(t.table.as_str())),
         None => (None, None),
     };
     let seq = letter.seq.map(|s| i64::try_from(s).unwrap_or(i64::MAX));

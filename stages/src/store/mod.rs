@@ -83,6 +83,29 @@ pub async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
     Ok(client)
 }
 
+/// A closed connection, a connection exception (SQLSTATE 08…) or an operator intervention (57…: the backend
+/// was terminated, the server is shutting down): the session is lost, and a role that starts again from its
+/// checkpoint may succeed. Every stage that talks to Postgres classifies its errors with this one test.
+pub fn connection_lost(error: &tokio_postgres::Error) -> bool {
+    match error.as_db_error() {
+        None => true,
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || code.starts_with("57")
+        }
+    }
+}
+
+/// The engine's kind for a Postgres error of a stage: [`StageError::SessionLost`] when the connection is gone
+/// (the role restarts from its checkpoint), fatal otherwise.
+pub fn stage_error(error: tokio_postgres::Error, wrap: impl FnOnce(tokio_postgres::Error) -> philotes_engine::BoxError) -> philotes_engine::StageError {
+    if connection_lost(&error) {
+        philotes_engine::StageError::SessionLost(wrap(error))
+    } else {
+        philotes_engine::StageError::Fatal(wrap(error))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ use tokio_postgres::types::PgLsn;
 use tokio_postgres::GenericClient;
 
 use super::{lsn, pg_lsn};
+use crate::table_id::TableId;
 use crate::position::{Lsn, Position};
 
 /// Creates the lease rows of tables that have segments but no row yet (first flush of a table). New rows sort
@@ -29,10 +30,8 @@ pub async fn register_tables(client: &impl GenericClient, pipeline: &str) -> Res
 /// A table whose lease this transaction holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    /// Source schema.
-    pub source_schema: String,
-    /// Source table.
-    pub source_table: String,
+    /// The table.
+    pub table: TableId,
     /// The pipeline's checkpoint when claimed: only segments at or below it are complete.
     pub checkpoint: Lsn,
     /// The last position this table's watermark records as committed to Iceberg.
@@ -70,8 +69,7 @@ pub async fn claim(
         let last_lsn: Option<PgLsn> = r.get(3);
         let last_seq: Option<i64> = r.get(4);
         Lease {
-            source_schema: r.get(0),
-            source_table: r.get(1),
+            table: TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
             checkpoint: lsn(r.get(2)),
             watermark: match (last_lsn, last_seq) {
                 (Some(l), Some(s)) => Some(Position::new(lsn(l), u64::try_from(s).unwrap_or(0))),
@@ -116,7 +114,7 @@ pub async fn segments(
              FROM ordered o JOIN philotes.segments s ON s.id = o.id
              WHERE o.before < $5
              ORDER BY s.first_lsn, s.first_seq, s.id",
-            &[&pipeline, &lease.source_schema, &lease.source_table, &pg_lsn(lease.checkpoint), &max_events],
+            &[&pipeline, &lease.table.schema, &lease.table.table, &pg_lsn(lease.checkpoint), &max_events],
         )
         .await?;
     let taken = rows
@@ -178,7 +176,7 @@ pub async fn checkpoint(
                            WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3)
              UPDATE philotes.table_watermarks SET last_lsn = $4, last_seq = $5, updated_at = now()
              WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3",
-            &[&pipeline, &lease.source_schema, &lease.source_table, &last_lsn, &last_seq],
+            &[&pipeline, &lease.table.schema, &lease.table.table, &last_lsn, &last_seq],
         )
         .await?;
     Ok(())
@@ -190,8 +188,7 @@ pub async fn checkpoint(
 pub async fn record_failure(
     client: &impl GenericClient,
     pipeline: &str,
-    source_schema: &str,
-    source_table: &str,
+    table: &TableId,
     error: &str,
 ) -> Result<(), tokio_postgres::Error> {
     client
@@ -200,7 +197,7 @@ pub async fn record_failure(
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (pipeline, source_schema, source_table)
              DO UPDATE SET error = excluded.error, updated_at = now()",
-            &[&pipeline, &source_schema, &source_table, &error],
+            &[&pipeline, &table.schema, &table.table, &error],
         )
         .await?;
     Ok(())
@@ -213,7 +210,7 @@ pub async fn stop(client: &impl GenericClient, pipeline: &str, lease: &Lease, re
         .execute(
             "UPDATE philotes.table_watermarks SET error = $4, updated_at = now()
              WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3",
-            &[&pipeline, &lease.source_schema, &lease.source_table, &reason],
+            &[&pipeline, &lease.table.schema, &lease.table.table, &reason],
         )
         .await?;
     Ok(())
@@ -230,8 +227,17 @@ pub struct TableWatermark {
     pub committed: Option<Position>,
     /// Why the table stopped, if it did.
     pub error: Option<String>,
-    /// Why its flush keeps failing while it is retried, and since when (RFC 3339, UTC), if it does.
-    pub failing: Option<(String, String)>,
+    /// Why its flush keeps failing while it is retried, if it does.
+    pub failing: Option<Failing>,
+}
+
+/// A table whose flush keeps failing while it is retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failing {
+    /// The last failure.
+    pub error: String,
+    /// Since when it fails (RFC 3339, UTC).
+    pub since: String,
 }
 
 /// Every table's watermark, for `philotes status`.
@@ -256,7 +262,7 @@ pub async fn all(client: &impl GenericClient, pipeline: &str) -> Result<Vec<Tabl
                 _ => None,
             },
             error: r.get(4),
-            failing: r.get::<_, Option<String>>(5).zip(r.get::<_, Option<String>>(6)),
+            failing: r.get::<_, Option<String>>(5).zip(r.get::<_, Option<String>>(6)).map(|(error, since)| Failing { error, since }),
         })
         .collect())
 }
@@ -266,8 +272,7 @@ pub async fn all(client: &impl GenericClient, pipeline: &str) -> Result<Vec<Tabl
 pub async fn stop_table(
     client: &impl GenericClient,
     pipeline: &str,
-    source_schema: &str,
-    source_table: &str,
+    table: &TableId,
     reason: &str,
 ) -> Result<(), tokio_postgres::Error> {
     client
@@ -276,7 +281,7 @@ pub async fn stop_table(
              VALUES ($1, $2, $3, $4, '-infinity')
              ON CONFLICT (pipeline, source_schema, source_table)
              DO UPDATE SET error = coalesce(philotes.table_watermarks.error, excluded.error)",
-            &[&pipeline, &source_schema, &source_table, &reason],
+            &[&pipeline, &table.schema, &table.table, &reason],
         )
         .await?;
     Ok(())
@@ -287,8 +292,7 @@ pub async fn stop_table(
 pub async fn resume(
     client: &impl GenericClient,
     pipeline: &str,
-    source_schema: &str,
-    source_table: &str,
+    table: &TableId,
 ) -> Result<Option<String>, tokio_postgres::Error> {
     let row = client
         .query_opt(
@@ -297,7 +301,7 @@ pub async fn resume(
                    WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND error IS NOT NULL FOR UPDATE) old
              WHERE w.pipeline = $1 AND w.source_schema = $2 AND w.source_table = $3
              RETURNING old.error",
-            &[&pipeline, &source_schema, &source_table],
+            &[&pipeline, &table.schema, &table.table],
         )
         .await?;
     Ok(row.map(|r| r.get(0)))

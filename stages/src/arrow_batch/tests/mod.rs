@@ -19,6 +19,7 @@ use philotes_schemas::{
 };
 
 use super::*;
+pub(super) use crate::changelog::*;
 use crate::position::{Lsn, Position};
 use crate::segment::SegmentEvent;
 

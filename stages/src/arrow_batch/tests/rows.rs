@@ -134,7 +134,7 @@ fn an_older_version_is_projected_by_name_onto_the_newer_target() {
     let v1_target = changelog_schema(&v1).expect("schema");
     let err = build_batch(&v1_target, &[(v2, vec![])]).expect_err("not in target");
     assert!(
-        matches!(err, ArrowBatchError::ColumnNotInTarget { ref column, .. } if column == "extra"),
+        matches!(err, SchemaError::ColumnNotInTarget { ref column, .. } if column == "extra"),
         "{err}"
     );
 }

@@ -82,7 +82,7 @@ fn a_source_column_named_like_a_changelog_column_is_refused() {
         col("_op", PgType::Text, false),
     ]);
     let err = changelog_schema(&source).expect_err("reserved");
-    assert!(matches!(err, ArrowBatchError::ReservedColumn { ref column, .. } if column == "_op"));
+    assert!(matches!(err, SchemaError::ReservedColumn { ref column, .. } if column == "_op"));
     assert!(err.to_string().contains("\"_op\""), "{err}");
 }
 
@@ -149,7 +149,7 @@ fn missing_columns_refuses_a_promotion_the_iceberg_crate_cannot_apply() {
     let err = missing_columns(&current, &v2).expect_err("promotion");
     let message = err.to_string();
     assert!(
-        matches!(err, ArrowBatchError::NeedsPromotion { .. }),
+        matches!(err, SchemaError::NeedsPromotion { .. }),
         "{message}"
     );
     for part in [
@@ -185,7 +185,7 @@ fn missing_columns_refuses_an_incompatible_change_naming_column_and_types() {
     let err = missing_columns(&current, &v2).expect_err("incompatible");
     let message = err.to_string();
     assert!(
-        matches!(err, ArrowBatchError::IncompatibleType { .. }),
+        matches!(err, SchemaError::IncompatibleType { .. }),
         "{message}"
     );
     assert!(
@@ -195,7 +195,7 @@ fn missing_columns_refuses_an_incompatible_change_naming_column_and_types() {
     // The same check guards build_batch, for a version that was never passed through missing_columns.
     let err = build_batch(&current, &[(v2, vec![])]).expect_err("incompatible");
     assert!(
-        matches!(err, ArrowBatchError::IncompatibleType { .. }),
+        matches!(err, SchemaError::IncompatibleType { .. }),
         "{err}"
     );
 }

@@ -11,13 +11,13 @@ use iceberg::spec::{
 };
 use philotes_schemas::{iceberg_type, ColumnSchema, IcebergField, IcebergType, TableSchema};
 
-use super::{ArrowBatchError, CHANGELOG_COLUMNS, COMMIT_TS, LSN, OP, SEQ, UNCHANGED, XID};
+use super::{SchemaError, CHANGELOG_COLUMNS, COMMIT_TS, LSN, OP, SEQ, UNCHANGED, XID};
 
 /// The Iceberg schema of a new changelog table for this source table version: the source columns (all optional,
 /// Iceberg types from philotes-schemas), then `_op` string, `_lsn` long, `_commit_ts` timestamptz, `_xid` long,
 /// `_seq` long (required) and `_unchanged` list<string> (optional; its elements are optional too, like every
 /// list philotes writes, though never NULL).
-pub fn changelog_schema(source: &TableSchema) -> Result<Schema, ArrowBatchError> {
+pub fn changelog_schema(source: &TableSchema) -> Result<Schema, SchemaError> {
     check_reserved(source)?;
     let mut fields: Vec<(String, IcebergType, bool)> = source
         .columns
@@ -48,12 +48,12 @@ pub fn changelog_schema(source: &TableSchema) -> Result<Schema, ArrowBatchError>
 /// Iceberg type; add them optional, e.g. with `AddColumn::optional`, which assigns fresh field ids). A column
 /// whose Postgres type changed but whose Iceberg type did not (or whose table type is already wider, for an
 /// older version) needs nothing. A change the table would have to promote (int→long, float→double, decimal
-/// precision) is [`ArrowBatchError::NeedsPromotion`]; any other type change is
-/// [`ArrowBatchError::IncompatibleType`]; either names the first such column (in column order) and both types.
+/// precision) is [`SchemaError::NeedsPromotion`]; any other type change is
+/// [`SchemaError::IncompatibleType`]; either names the first such column (in column order) and both types.
 pub fn missing_columns(
     current: &Schema,
     version: &TableSchema,
-) -> Result<Vec<(String, Type)>, ArrowBatchError> {
+) -> Result<Vec<(String, Type)>, SchemaError> {
     check_reserved(version)?;
     let mut next_id = current.highest_field_id();
     let mut missing = Vec::new();
@@ -154,24 +154,24 @@ pub fn philotes_type(ty: &Type) -> Option<IcebergType> {
 
 /// Whether rows of `column` (of `version`) can be written into a table column of type `have`: the same
 /// Iceberg type, or a wider one (an older version's `integer` into a `long` column). Otherwise the error names
-/// the column and both types: [`ArrowBatchError::NeedsPromotion`] when Iceberg could widen the table's column,
-/// [`ArrowBatchError::IncompatibleType`] when nothing can.
-pub(super) fn check_column(
+/// the column and both types: [`SchemaError::NeedsPromotion`] when Iceberg could widen the table's column,
+/// [`SchemaError::IncompatibleType`] when nothing can.
+pub fn check_column(
     version: &TableSchema,
     column: &ColumnSchema,
     have: &Type,
-) -> Result<(), ArrowBatchError> {
+) -> Result<(), SchemaError> {
     let wanted = iceberg_type(&column.pg_type);
     let new_type = || format!("{wanted} ({})", column.pg_type);
     match philotes_type(have) {
         Some(have) if wanted.can_become(&have) => Ok(()),
-        Some(have) if have.can_become(&wanted) => Err(ArrowBatchError::NeedsPromotion {
+        Some(have) if have.can_become(&wanted) => Err(SchemaError::NeedsPromotion {
             table: version.qualified_name(),
             column: column.name.clone(),
             old_type: have.to_string(),
             new_type: new_type(),
         }),
-        _ => Err(ArrowBatchError::IncompatibleType {
+        _ => Err(SchemaError::IncompatibleType {
             table: version.qualified_name(),
             column: column.name.clone(),
             old_type: type_name(have),
@@ -181,7 +181,7 @@ pub(super) fn check_column(
 }
 
 /// A table column's type as the Iceberg spec writes it (`list<string>`, not the crate's bare `list`).
-pub(super) fn type_name(ty: &Type) -> String {
+pub fn type_name(ty: &Type) -> String {
     philotes_type(ty).map_or_else(|| ty.to_string(), |ty| ty.to_string())
 }
 
@@ -203,13 +203,13 @@ fn level_first(fields: &[(String, IcebergType, bool)], next_id: &mut i32) -> Vec
         .collect()
 }
 
-fn check_reserved(source: &TableSchema) -> Result<(), ArrowBatchError> {
+fn check_reserved(source: &TableSchema) -> Result<(), SchemaError> {
     match source
         .columns
         .iter()
         .find(|c| CHANGELOG_COLUMNS.contains(&c.name.as_str()))
     {
-        Some(column) => Err(ArrowBatchError::ReservedColumn {
+        Some(column) => Err(SchemaError::ReservedColumn {
             table: source.qualified_name(),
             column: column.name.clone(),
         }),

@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, Config};
 
 use crate::store::{self, watermarks};
+use crate::table_id::TableId;
 
 /// How long recording a failure may take: the flush is failing already, this must not hold its retry up.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,14 +38,14 @@ impl FailureLog {
 
     /// Records `error` as the table's current failure. Best effort: when the buffer cannot take it either, the
     /// flush's own error says so, so a failure here is only logged at debug level.
-    pub async fn record(&self, source_schema: &str, source_table: &str, error: &str) {
+    pub async fn record(&self, table: &TableId, error: &str) {
         let recorded = tokio::time::timeout(RECORD_TIMEOUT, async {
             let mut client = self.client.lock().await;
             if client.as_ref().is_none_or(Client::is_closed) {
                 *client = Some(store::connect(&self.buffer).await?);
             }
             let Some(session) = client.as_ref() else { return Ok(()) };
-            watermarks::record_failure(session, &self.pipeline, source_schema, source_table, error).await
+            watermarks::record_failure(session, &self.pipeline, table, error).await
         })
         .await;
         match recorded {

@@ -1,4 +1,5 @@
-//! The Iceberg catalog of a flusher and the guard that makes each commit exactly-once.
+//! The Iceberg catalog of a flusher, the guard that makes each commit exactly-once, and ([`table`]) the
+//! preparation of the tables in it.
 //!
 //! `Transaction::commit` of the iceberg crate reloads the table before it commits and, when another commit
 //! landed in between, silently re-applies the append on the newer table. For philotes that would write a flush
@@ -8,6 +9,8 @@
 //! that one; between that reload and the catalog's compare-and-swap, the append's own `RefSnapshotIdMatch`
 //! requirement fails the same way. So a commit lands only on the exact table state whose `philotes.last-lsn`
 //! was checked (DESIGN.md, the second atomic step).
+
+pub mod table;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

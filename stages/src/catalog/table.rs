@@ -1,0 +1,160 @@
+//! Table preparation: before a flush writes, its Iceberg table exists (created with its namespace on first use)
+//! and has every column of the schema versions the flush's rows were captured with. One module, called by the
+//! flush job once per flush (`claim::FlushJob::prepared`), so no stage creates or evolves tables on the side.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use iceberg::table::Table;
+use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
+use iceberg::{ErrorKind, TableCreation, TableIdent};
+use philotes_schemas::TableSchema;
+
+use super::{committed_position, GuardedCatalog};
+use crate::changelog::{self, SchemaError};
+use crate::position::Position;
+use crate::table_id::TableId;
+
+/// A flush's Iceberg table, made ready.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// The table exists with every column the flush's schema versions need.
+    Ready {
+        /// The table as loaded: every slice is built in its current schema, and IcebergCommit opens the flush's
+        /// writer on it (it reloads before committing).
+        table: Box<Table>,
+        /// The last position Iceberg has (older claimed changes are not written again).
+        committed: Option<Position>,
+    },
+    /// The table cannot take these changes (an incompatible schema change): it stops with this reason.
+    Stopped(String),
+}
+
+/// The Iceberg tables of one pipeline: how they are loaded, created and evolved.
+#[derive(Debug)]
+pub struct Tables {
+    pipeline: String,
+    catalog: Arc<GuardedCatalog>,
+}
+
+impl Tables {
+    /// The tables of `pipeline` in `catalog`.
+    pub fn new(pipeline: &str, catalog: Arc<GuardedCatalog>) -> Self {
+        Self { pipeline: pipeline.to_string(), catalog }
+    }
+
+    /// Makes `ident` ready for rows of `source` written with the schema versions `used` (`latest` is the
+    /// newest version, which a new table is created from) and reads its committed position. A catalog or
+    /// warehouse failure is an error (retried); a schema the table cannot follow is [`Prepared::Stopped`].
+    pub async fn prepare(
+        &self,
+        ident: &TableIdent,
+        source: &TableId,
+        latest: &TableSchema,
+        used: &[&Arc<TableSchema>],
+    ) -> Result<Prepared, iceberg::Error> {
+        let stopped = |e: SchemaError| {
+            let reason = format!("{source}: {e}");
+            tracing::error!(reason = %reason, "table stopped");
+            Ok(Prepared::Stopped(reason))
+        };
+        let table = match self.load_or_create(ident, latest).await {
+            Err(Failure::Schema(e)) => return stopped(e),
+            Err(Failure::Catalog(e)) => return Err(e),
+            Ok(table) => table,
+        };
+        let table = match self.evolve(table, used).await {
+            Err(Failure::Schema(e)) => return stopped(e),
+            Err(Failure::Catalog(e)) => return Err(e),
+            Ok(table) => table,
+        };
+        let committed = committed_position(&table, &self.pipeline);
+        Ok(Prepared::Ready { committed, table: Box::new(table) })
+    }
+
+    /// Loads the table, creating it (and its namespace) from `latest` when missing.
+    async fn load_or_create(&self, ident: &TableIdent, latest: &TableSchema) -> Result<Table, Failure> {
+        let catalog = self.catalog.inner();
+        match catalog.load_table(ident).await {
+            Ok(table) => return Ok(table),
+            Err(e) if !is_not_found(&e) => return Err(e.into()),
+            Err(_) => {}
+        }
+        let namespace = ident.namespace().clone();
+        if !catalog.namespace_exists(&namespace).await? {
+            if let Err(e) = catalog.create_namespace(&namespace, Default::default()).await {
+                // Another flusher may have created it a moment ago.
+                if !catalog.namespace_exists(&namespace).await? {
+                    return Err(e.into());
+                }
+            }
+        }
+        let schema = changelog::changelog_schema(latest)?;
+        let creation = TableCreation::builder()
+            .name(ident.name().to_string())
+            .schema(schema)
+            .properties(table_properties(&self.pipeline))
+            .build();
+        match catalog.create_table(&namespace, creation).await {
+            Ok(table) => {
+                tracing::info!(table = %ident, "created iceberg table");
+                Ok(table)
+            }
+            // Another flusher may have created it a moment ago.
+            Err(e) => catalog.load_table(ident).await.map_err(|_| Failure::Catalog(e)),
+        }
+    }
+
+    /// Adds the columns of `versions` the table lacks.
+    async fn evolve(&self, mut table: Table, versions: &[&Arc<TableSchema>]) -> Result<Table, Failure> {
+        for version in versions {
+            let missing = changelog::missing_columns(table.metadata().current_schema(), version)?;
+            if missing.is_empty() {
+                continue;
+            }
+            let tx = Transaction::new(&table);
+            let mut action = tx.update_schema();
+            for (name, field_type) in &missing {
+                action = action.add_column(AddColumn::optional(name, field_type.clone()));
+            }
+            let tx = action.apply(tx)?;
+            table = tx.commit(self.catalog.inner().as_ref()).await?;
+            tracing::info!(table = %table.identifier(), columns = ?missing.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                "added columns to the iceberg table");
+        }
+        Ok(table)
+    }
+}
+
+/// Why a step of the preparation failed: the catalog (retried) or the schema (the table stops).
+enum Failure {
+    Catalog(iceberg::Error),
+    Schema(SchemaError),
+}
+
+impl From<iceberg::Error> for Failure {
+    fn from(e: iceberg::Error) -> Self {
+        Failure::Catalog(e)
+    }
+}
+
+impl From<SchemaError> for Failure {
+    fn from(e: SchemaError) -> Self {
+        Failure::Schema(e)
+    }
+}
+
+/// Whether loading failed because the table is not there (the catalogs word it differently).
+fn is_not_found(e: &iceberg::Error) -> bool {
+    e.kind() == ErrorKind::TableNotFound || e.to_string().contains("not found") || e.to_string().contains("does not exist")
+}
+
+/// Table properties of every table philotes creates.
+pub fn table_properties(pipeline: &str) -> HashMap<String, String> {
+    HashMap::from([
+        // Exactly once: the crate's own retry would re-apply an append on a newer table; we retry ourselves.
+        ("commit.retry.num-retries".to_string(), "0".to_string()),
+        ("write.parquet.compression-codec".to_string(), "zstd".to_string()),
+        ("philotes.pipeline".to_string(), pipeline.to_string()),
+    ])
+}

@@ -1,0 +1,103 @@
+//! The changelog table layout (DESIGN.md, "Iceberg tables", `mode: changelog`): its columns, the Iceberg schema
+//! of a new table ([`changelog_schema`]) and what an existing one lacks for a newer source schema version
+//! ([`missing_columns`]). Table preparation (`catalog::table`) and ArrowBatch's builder both follow it.
+
+mod schema;
+
+pub use schema::{changelog_schema, check_column, iceberg_spec_type, missing_columns, philotes_type, type_name};
+
+use arrow::error::ArrowError;
+
+/// The change kind: `I`, `U`, `D`, `T`, or `r` for a snapshot read.
+pub const OP: &str = "_op";
+/// The commit LSN of the source transaction, as a long (the `pg_lsn` number).
+pub const LSN: &str = "_lsn";
+/// The commit time of the source transaction (µs, UTC).
+pub const COMMIT_TS: &str = "_commit_ts";
+/// The source transaction id.
+pub const XID: &str = "_xid";
+/// The order of the change within its transaction; with `_lsn` it is the change's position.
+pub const SEQ: &str = "_seq";
+/// Names of the columns whose unchanged TOAST value could not be filled (written NULL); NULL when none.
+pub const UNCHANGED: &str = "_unchanged";
+
+/// The changelog columns, in the order they follow the source columns.
+pub const CHANGELOG_COLUMNS: [&str; 6] = [OP, LSN, COMMIT_TS, XID, SEQ, UNCHANGED];
+
+/// Why rows of a table cannot be written into its Iceberg table (or the table cannot be made). Every variant is about the table's schema, not one change, so the
+/// table stops until an operator acts; nothing is retried and nothing is dead-lettered.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// A source column has the name of a changelog column.
+    #[error(
+        "table {table}: column \"{column}\" has the name of a changelog column philotes adds ({}); \
+         rename the source column or use another table mode", CHANGELOG_COLUMNS.join(", ")
+    )]
+    ReservedColumn {
+        /// The source table (`schema.table`).
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// The Iceberg table's column would need a type promotion, which the iceberg crate cannot apply yet.
+    #[error(
+        "table {table}: column \"{column}\" changed from Iceberg {old_type} to {new_type}; Iceberg allows this \
+         promotion but the iceberg crate (0.10) philotes uses cannot change a column's type, so the table stops: \
+         promote the column with another Iceberg tool (e.g. Spark `ALTER TABLE … ALTER COLUMN`) and restart"
+    )]
+    NeedsPromotion {
+        /// The source table (`schema.table`).
+        table: String,
+        /// The column.
+        column: String,
+        /// Its type in the Iceberg table.
+        old_type: String,
+        /// The type the new source schema version needs (Postgres and Iceberg).
+        new_type: String,
+    },
+    /// A column's type changed in a way no Iceberg table can follow.
+    #[error(
+        "table {table}: column \"{column}\" changed from Iceberg {old_type} to {new_type}, which is not a safe \
+         widening (allowed: smallint→integer→bigint, real→double precision, varchar(n)→text, \
+         numeric(p,s)→numeric(p',s) with p'≥p)"
+    )]
+    IncompatibleType {
+        /// The source table (`schema.table`).
+        table: String,
+        /// The column.
+        column: String,
+        /// Its type in the Iceberg table.
+        old_type: String,
+        /// The type of the source schema version (Postgres and Iceberg).
+        new_type: String,
+    },
+    /// A schema version has a column the target schema lacks: `missing_columns` was not applied first.
+    #[error(
+        "table {table}: column \"{column}\" is not in the Iceberg table's schema; add the missing columns \
+         before building a batch"
+    )]
+    ColumnNotInTarget {
+        /// The source table (`schema.table`).
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// The target schema lacks a changelog column or has it with another type (not a changelog table).
+    #[error(
+        "the Iceberg table has no changelog column {column} of type {expected} (found: {found})"
+    )]
+    ChangelogColumn {
+        /// The changelog column.
+        column: &'static str,
+        /// Its type in a changelog table.
+        expected: &'static str,
+        /// What the table has instead.
+        found: String,
+    },
+    /// The iceberg crate refused a schema.
+    #[error("building the Iceberg schema: {0}")]
+    Iceberg(#[from] iceberg::Error),
+    /// Arrow refused the arrays (a required column holds NULLs, an offset overflowed).
+    #[error("building the Arrow batch: {0}")]
+    Arrow(#[from] ArrowError),
+}

@@ -1,0 +1,307 @@
+//! IcebergCommit: writes a flush job's rows as Parquet data files through the `iceberg` crate and commits one
+//! snapshot whose summary carries `philotes.pipeline`, `philotes.last-lsn` and `philotes.last-seq`.
+//!
+//! A job arrives as built slices (keyed mode: all slices of one job on one worker, in order); each slice's rows
+//! are written into the job's open writer as they come, and the last slice closes it and commits. Every commit
+//! attempt reloads the table and compares its committed position with the job first, and commits only on
+//! exactly that table state ([`crate::catalog::GuardedCatalog`]); a conflict or an unreachable catalog is
+//! retried with backoff by the engine, each retry starting from that check again. A job whose files written
+//! ahead cannot be used is written again from the buffer ([`FlushJob::build`]: the lease holds its segments).
+//! Files written by an attempt that did not commit stay in the warehouse unreferenced (an orphan-file cleanup
+//! removes them).
+
+mod dictionary;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::writer::IcebergWriter;
+use philotes_engine::{Emitter, Mode, Stage, StageError};
+
+use crate::catalog::table::Prepared;
+use crate::catalog::{committed_position, is_conflict, GuardedCatalog, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE};
+use crate::claim::job::{BuiltSlice, Committed, FlushJob, Outcome, SliceRows};
+use crate::fault;
+use crate::position::Position;
+use crate::store::dead_letters::DeadLetter;
+use crate::telemetry;
+
+/// The stage's name in metrics, spans and YAML (`stages.iceberg_commit`).
+pub const NAME: &str = "iceberg_commit";
+
+/// Why a commit attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IcebergCommitError {
+    /// The catalog, the warehouse or a concurrent commit got in the way (retried).
+    #[error("iceberg_commit: {0}")]
+    Iceberg(#[from] iceberg::Error),
+    /// Arrow could not filter the batch.
+    #[error("iceberg_commit: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// The batch lacks the position columns.
+    #[error("iceberg_commit: the batch has no {0} column")]
+    MissingColumn(&'static str),
+    /// Building the job again from the buffer failed (already classified by the builder).
+    #[error(transparent)]
+    Rebuild(StageError),
+}
+
+/// The IcebergCommit stage.
+pub struct IcebergCommit {
+    committer: Committer,
+    /// Jobs whose last slice has not arrived yet, by job id (keyed mode brings all slices of a job here).
+    open: HashMap<u64, Pending>,
+}
+
+/// What writes and commits (apart from the open jobs, which hold writers that are not `Sync`).
+struct Committer {
+    pipeline: String,
+    catalog: Arc<GuardedCatalog>,
+    target_file_size: usize,
+}
+
+/// A job being written.
+#[derive(Default)]
+struct Pending {
+    /// Slices recorded so far (a retried slice is not recorded twice).
+    received: usize,
+    /// The slices' dead letters.
+    rejected: Vec<DeadLetter>,
+    /// Set by the first stopped slice: the job stops the table.
+    stopped: Option<String>,
+    /// The Parquet files being written as slices arrive.
+    writer: Writer,
+}
+
+/// The Parquet writing of a job ahead of its commit.
+#[derive(Default)]
+enum Writer {
+    /// No slice written yet.
+    #[default]
+    NotStarted,
+    /// Slices go into this writer.
+    Writing(Box<OpenWriter>),
+    /// Writing ahead failed or was pointless (Iceberg already had the job): the commit decides, and writes the
+    /// job again from the buffer if it must.
+    Unusable,
+}
+
+/// A writer opened on one table state, writing only the rows after that state's committed position.
+struct OpenWriter {
+    table: Table,
+    after: Option<Position>,
+    writer: Box<dyn IcebergWriter>,
+    rows: u64,
+}
+
+impl IcebergCommit {
+    /// A stage writing for `pipeline` into `catalog`, rolling files at `target_file_size`.
+    pub fn new(pipeline: &str, catalog: Arc<GuardedCatalog>, target_file_size: usize) -> Self {
+        Self { committer: Committer { pipeline: pipeline.to_string(), catalog, target_file_size }, open: HashMap::new() }
+    }
+}
+
+impl Committer {
+    /// Records a slice; its rows are written at once, so the Parquet encoding of this slice overlaps with
+    /// ArrowBatch building the next ones. A write that fails here is redone at the commit.
+    async fn record(&self, pending: &mut Pending, built: &BuiltSlice) {
+        let index = built.slice.index;
+        if index < pending.received {
+            return; // a retry of a slice already recorded
+        }
+        pending.received = index + 1;
+        let batch = match &built.rows {
+            SliceRows::Stop(reason) => {
+                pending.stopped.get_or_insert_with(|| reason.clone());
+                return;
+            }
+            SliceRows::Write { batch, rejected } => {
+                pending.rejected.extend(rejected.iter().cloned());
+                batch
+            }
+        };
+        let (None, Some(batch)) = (&pending.stopped, batch) else { return };
+        let job = &built.slice.job;
+        let started = std::time::Instant::now();
+        let written = self.write_ahead(&mut pending.writer, job, batch).await;
+        tracing::debug!(flush = job.id, slice = index, rows = batch.num_rows(),
+            write_ms = started.elapsed().as_millis() as u64, "slice written");
+        if let Err(e) = written {
+            tracing::warn!(table = %job.target, error = %crate::report::chain(&e), "writing parquet ahead of the commit failed; the commit writes again");
+            pending.writer = Writer::Unusable;
+        }
+    }
+
+    async fn write_ahead(&self, state: &mut Writer, job: &FlushJob, batch: &RecordBatch) -> Result<(), IcebergCommitError> {
+        if let Writer::NotStarted = state {
+            // The table as the job prepared it (no second catalog round trip); the commit reloads and checks it
+            // anyway. A slice has rows only once its table is ready, so it is there.
+            let Ok(Prepared::Ready { table, committed }) = job.prepared().await else {
+                *state = Writer::Unusable;
+                return Ok(());
+            };
+            let (table, after) = ((**table).clone(), *committed);
+            *state = if after.is_some_and(|c| c >= job.last) {
+                Writer::Unusable
+            } else {
+                let writer = writer::open(&self.pipeline, &table, batch, self.target_file_size).await?;
+                Writer::Writing(Box::new(OpenWriter { table, after, writer, rows: 0 }))
+            };
+        }
+        if let Writer::Writing(open) = state {
+            let rows = writer::rows_after(batch, open.after)?;
+            if rows.num_rows() > 0 {
+                open.rows += rows.num_rows() as u64;
+                open.writer.write(rows).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the job once its last slice is recorded; returns the table's position afterwards, or the reason
+    /// the table stops (found while writing the job again).
+    async fn commit(&self, job: &FlushJob, pending: &mut Pending) -> Result<Outcome, IcebergCommitError> {
+        let last = job.last;
+        let table = self.catalog.load_unguarded(&job.target).await?;
+        let committed = committed_position(&table, &self.pipeline);
+        if let Some(c) = committed.filter(|c| *c >= last) {
+            // An earlier attempt (or a racing flusher) committed it: nothing more to write.
+            pending.writer = Writer::Unusable;
+            return Ok(self.written(c, pending));
+        }
+        let started = std::time::Instant::now();
+        // The files written ahead are used only if they were filtered against exactly this table state.
+        let (files, row_count) = match std::mem::replace(&mut pending.writer, Writer::Unusable) {
+            Writer::Writing(mut open)
+                if open.after == committed
+                    && open.table.metadata().current_snapshot_id() == table.metadata().current_snapshot_id() =>
+            {
+                let files = open.writer.close().await?;
+                tracing::debug!(flush = job.id, close_ms = started.elapsed().as_millis() as u64, "writer closed");
+                (files, open.rows)
+            }
+            _ => {
+                // Written again from the buffer, slice by slice (rare: a failed write or a table that moved).
+                tracing::info!(table = %job.target, "writing the flush again from the buffer");
+                let schema = table.metadata().current_schema();
+                let mut writer: Option<Box<dyn IcebergWriter>> = None;
+                let mut rows = 0u64;
+                for index in 0..job.slices.len() {
+                    let batch = match job.build(index, schema, committed).await.map_err(IcebergCommitError::Rebuild)? {
+                        SliceRows::Stop(reason) => return Ok(Outcome::Stopped(reason)),
+                        SliceRows::Write { batch, .. } => batch,
+                    };
+                    if let Some(batch) = batch {
+                        rows += batch.num_rows() as u64;
+                        let writer = match &mut writer {
+                            Some(writer) => writer,
+                            None => writer.insert(
+                                writer::open(&self.pipeline, &table, &batch, self.target_file_size).await?,
+                            ),
+                        };
+                        writer.write(batch).await?;
+                    }
+                }
+                match writer {
+                    Some(mut writer) => (writer.close().await?, rows),
+                    None => (Vec::new(), 0),
+                }
+            }
+        };
+        if row_count == 0 {
+            return Ok(self.written(last, pending));
+        }
+        let file_count = files.len() as u64;
+        fault::hit(fault::AFTER_PARQUET);
+        let properties = HashMap::from([
+            (SUMMARY_PIPELINE.to_string(), self.pipeline.clone()),
+            (SUMMARY_LAST_LSN.to_string(), last.commit_lsn.to_string()),
+            (SUMMARY_LAST_SEQ.to_string(), last.seq.to_string()),
+        ]);
+        let tx = Transaction::new(&table);
+        let tx = tx.fast_append().add_data_files(files).set_snapshot_properties(properties).apply(tx)?;
+        self.catalog.guard(&job.target, table.metadata().current_snapshot_id());
+        fault::delay_before_commit(&job.target.to_string()).await;
+        let result = tx.commit(self.catalog.as_ref()).await;
+        self.catalog.unguard(&job.target);
+        result?;
+        fault::hit(fault::AFTER_ICEBERG_COMMIT);
+        tracing::debug!(flush = job.id, rows = row_count, files = file_count,
+            close_and_commit_ms = started.elapsed().as_millis() as u64, "flush committed");
+        let attributes = telemetry::table(&job.table().schema, &job.table().table);
+        let metrics = telemetry::metrics();
+        metrics.rows_written.add(row_count, &attributes);
+        metrics.files_written.add(file_count, &attributes);
+        metrics.snapshots.add(1, &attributes);
+        metrics.commit_seconds.record(started.elapsed().as_secs_f64(), &attributes);
+        Ok(self.written(last, pending))
+    }
+
+    fn written(&self, position: Position, pending: &mut Pending) -> Outcome {
+        Outcome::Written { position, rejected: std::mem::take(&mut pending.rejected) }
+    }
+
+    /// A catalog or warehouse failure is retried with backoff: a conflict (another commit landed first) is only
+    /// logged, anything else is also recorded for `philotes status`.
+    async fn stage_error(&self, job: &FlushJob, e: IcebergCommitError) -> StageError {
+        match e {
+            IcebergCommitError::Iceberg(e) => {
+                if is_conflict(&e) {
+                    tracing::info!(table = %job.target, error = %crate::report::chain(&e), "commit conflict; checking the table again");
+                } else {
+                    let failure = format!(
+                        "committing to iceberg table {} (source {}): {}",
+                        job.target,
+                        job.table(),
+                        crate::report::chain(&e)
+                    );
+                    tracing::warn!(error = %failure,
+                        "iceberg catalog or warehouse unavailable; retrying with backoff (the buffer keeps the changes)");
+                    job.record_failure(&failure).await;
+                }
+                StageError::retryable(IcebergCommitError::Iceberg(e))
+            }
+            IcebergCommitError::Rebuild(e) => e,
+            e => StageError::fatal(e),
+        }
+    }
+}
+
+impl Stage for IcebergCommit {
+    type In = BuiltSlice;
+    type Out = Committed;
+
+    fn mode(&self) -> Mode {
+        Mode::Keyed
+    }
+
+    fn key(built: &BuiltSlice) -> u64 {
+        built.slice.job.id
+    }
+
+    async fn process(&mut self, built: &BuiltSlice, out: &mut Emitter<Committed>) -> Result<(), StageError> {
+        let job = &built.slice.job;
+        let mut pending = self.open.remove(&job.id).unwrap_or_default();
+        self.committer.record(&mut pending, built).await;
+        if !built.slice.is_last() {
+            self.open.insert(job.id, pending);
+            return Ok(());
+        }
+        let outcome = match pending.stopped.take() {
+            Some(reason) => Outcome::Stopped(reason),
+            None => match self.committer.commit(job, &mut pending).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    self.open.insert(job.id, pending);
+                    return Err(self.committer.stage_error(job, e).await);
+                }
+            },
+        };
+        out.emit(Committed { job: job.clone(), outcome });
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+//! The Parquet data files of a flush: one rolling writer per flush, opened on the table state it was checked
+//! against, and the filter that leaves out rows Iceberg already has.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
+use iceberg::spec::DataFileFormat;
+use iceberg::table::Table;
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+
+use super::dictionary;
+use super::IcebergCommitError;
+use crate::changelog::{LSN, SEQ};
+use crate::claim::SLICE_EVENTS;
+use crate::position::{Lsn, Position};
+
+static FILE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Encoded bytes per Parquet row group at most (Java's `parquet.block.size` is 128 MiB too): the writer keeps
+/// the row group it is filling in memory, so this bounds its memory on wide tables; narrow tables still get
+/// the parquet crate's 1M-row groups (fewer, bigger groups: less dictionary work per row).
+const ROW_GROUP_BYTES: usize = 128 * 1024 * 1024;
+const ROW_GROUP_ROWS: usize = 2 * SLICE_EVENTS;
+
+/// A Parquet data-file writer for `table` (zstd, rolling at `target_file_size`); `first` (the flush's first
+/// rows) tells which columns are not worth a dictionary.
+pub(super) async fn open(
+    pipeline: &str,
+    table: &Table,
+    first: &RecordBatch,
+    target_file_size: usize,
+) -> Result<Box<dyn IcebergWriter>, IcebergCommitError> {
+    let mut properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    for column in dictionary::unique_columns(first) {
+        properties = properties.set_column_dictionary_enabled(ColumnPath::new(vec![column]), false);
+    }
+    let properties = properties.build();
+    let parquet = ParquetWriterBuilder::new(properties, table.metadata().current_schema().clone());
+    let locations = DefaultLocationGenerator::new(table.metadata())?;
+    let names = DefaultFileNameGenerator::new(
+        format!("philotes-{}-{}-{}", pipeline, std::process::id(), FILE_COUNTER.fetch_add(1, Ordering::Relaxed)),
+        None,
+        DataFileFormat::Parquet,
+    );
+    let rolling = RollingFileWriterBuilder::new(parquet, target_file_size, table.file_io().clone(), locations, names);
+    Ok(Box::new(DataFileWriterBuilder::new(rolling).build(None).await?))
+}
+
+/// The rows of `batch` after `position` (by the `_lsn`/`_seq` columns); all of them when `position` is `None`.
+pub(super) fn rows_after(batch: &RecordBatch, position: Option<Position>) -> Result<RecordBatch, IcebergCommitError> {
+    let Some(position) = position else { return Ok(batch.clone()) };
+    let column = |name: &'static str| -> Result<Int64Array, IcebergCommitError> {
+        let index = batch.schema().index_of(name).map_err(|_| IcebergCommitError::MissingColumn(name))?;
+        batch.column(index).as_any().downcast_ref::<Int64Array>().cloned().ok_or(IcebergCommitError::MissingColumn(name))
+    };
+    let (lsn, seq) = (column(LSN)?, column(SEQ)?);
+    let after = |i: usize| Position::new(Lsn(lsn.value(i) as u64), seq.value(i) as u64) > position;
+    if (0..batch.num_rows()).all(after) {
+        return Ok(batch.clone()); // the usual case: a flush starts after the last one
+    }
+    let keep: BooleanArray = (0..batch.num_rows()).map(|i| Some(after(i))).collect();
+    Ok(arrow::compute::filter_record_batch(batch, &keep)?)
+}
