@@ -229,20 +229,33 @@ async fn capture_lock_waiters(client: &tokio_postgres::Client, pipeline: &str) -
 
 const KILL_SEGMENT: &str = "{ max_events: 200, max_bytes: 32KiB, max_age: 20ms }";
 
-fn kw_schema(db: &TestDatabase) {
+/// The setting of an exactly-once test: its database with table `kw`, a client, a pipeline file with small
+/// segments, the seeded generator, a workload plan of `total_rows` in transactions of `sizes`, and how many
+/// changes the plan commits.
+struct KwTest {
+    db: TestDatabase,
+    client: tokio_postgres::Client,
+    file: std::path::PathBuf,
+    rng: Rng,
+    plan: Vec<Txn>,
+    expected: i64,
+}
+
+async fn kw_test(hint: &str, total_rows: i64, sizes: &[i64]) -> KwTest {
+    let db = database(hint);
     db.psql("CREATE TABLE kw (id bigint PRIMARY KEY, txn int NOT NULL, payload text NOT NULL)").expect("schema");
+    let client = connect(&db).await;
+    let file = pipeline_file(&db, &["public.kw"], &[], KILL_SEGMENT);
+    let mut rng = Rng::from_env_or_clock();
+    let plan = plan_workload(&mut rng, total_rows, sizes);
+    let expected: i64 = plan.iter().filter(|t| !t.rollback).map(|t| t.rows + t.updates.len() as i64).sum();
+    KwTest { db, client, file, rng, plan, expected }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capture_killed_five_times_and_stopped_once_mid_workload_enqueues_every_committed_transaction_exactly_once() {
-    let db = database("cap_kill");
-    kw_schema(&db);
-    let client = connect(&db).await;
-    let file = pipeline_file(&db, &["public.kw"], &[], KILL_SEGMENT);
-    let mut rng = Rng::from_env_or_clock();
     // Mostly small transactions, some large enough to spill (a 128 KiB spill bound is ~1,200 rows here).
-    let plan = plan_workload(&mut rng, 100_000, &[1, 2, 5, 20, 100, 400, 1_500, 6_000, 15_000]);
-    let expected: i64 = plan.iter().filter(|t| !t.rollback).map(|t| t.rows + t.updates.len() as i64).sum();
+    let KwTest { db, client, file, mut rng, plan, expected } = kw_test("cap_kill", 100_000, &[1, 2, 5, 20, 100, 400, 1_500, 6_000, 15_000]).await;
 
     let mut capture = start_capture(&db, &file).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -290,13 +303,7 @@ async fn a_capture_killed_five_times_and_stopped_once_mid_workload_enqueues_ever
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminated_walsender_and_buffer_sessions_are_reconnected_by_the_same_process_and_nothing_is_lost() {
-    let db = database("cap_walsender");
-    kw_schema(&db);
-    let client = connect(&db).await;
-    let file = pipeline_file(&db, &["public.kw"], &[], KILL_SEGMENT);
-    let mut rng = Rng::from_env_or_clock();
-    let plan = plan_workload(&mut rng, 30_000, &[1, 10, 100, 1_000, 4_000]);
-    let expected: i64 = plan.iter().filter(|t| !t.rollback).map(|t| t.rows + t.updates.len() as i64).sum();
+    let KwTest { db, client, file, plan, expected, .. } = kw_test("cap_walsender", 30_000, &[1, 10, 100, 1_000, 4_000]).await;
 
     let capture = start_capture(&db, &file).await;
     let pid = capture.pid();
@@ -360,14 +367,8 @@ async fn terminated_walsender_and_buffer_sessions_are_reconnected_by_the_same_pr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_capture_of_the_same_pipeline_waits_and_never_deletes_what_the_first_is_spilling() {
-    let db = database("cap_second");
-    kw_schema(&db);
-    let client = connect(&db).await;
-    let file = pipeline_file(&db, &["public.kw"], &[], KILL_SEGMENT);
-    let mut rng = Rng::from_env_or_clock();
     // Big transactions only: the first capture is spilling (segments above its checkpoint) most of the time.
-    let plan = plan_workload(&mut rng, 60_000, &[6_000, 10_000]);
-    let expected: i64 = plan.iter().filter(|t| !t.rollback).map(|t| t.rows + t.updates.len() as i64).sum();
+    let KwTest { db, client, file, mut rng, plan, expected } = kw_test("cap_second", 60_000, &[6_000, 10_000]).await;
 
     let first = start_capture(&db, &file).await;
     let workload = tokio::spawn(run_workload(connect(&db).await, plan.clone(), Duration::from_millis(5)));

@@ -16,6 +16,14 @@ fn dead_port() -> u16 {
     listener.local_addr().expect("port").port()
 }
 
+/// Runs `role` of `pipeline` until its log names `needle` (within 20 s), stops it cleanly, and returns the log.
+async fn log_until(pipeline: &Pipeline, role: &str, needle: &str) -> String {
+    let run = pipeline.start(&["--role", role], &[], "run.log");
+    run.wait_until(needle, Duration::from_secs(20), || async { run.log().contains(needle) }).await;
+    run.stop_cleanly().await;
+    run.log()
+}
+
 /// No message may say a cause twice ("db error: db error", tokio-postgres' "error connecting to server" twice).
 fn assert_said_once(text: &str) {
     for repeated in ["db error: db error", "error connecting to server: error connecting to server"] {
@@ -29,13 +37,7 @@ async fn an_unreachable_catalog_database_is_named_with_its_address_and_cause_wit
     let mut pipeline = Pipeline::new(&db, &["public.t"], "{ workers: 1, interval: 200ms }");
     let port = dead_port();
     pipeline.use_catalog(&format!("postgres://postgres@127.0.0.1:{port}/nowhere"));
-    let run = pipeline.start(&["--role", "flusher"], &[], "run.log");
-    run.wait_until("the catalog failure in the log", Duration::from_secs(20), || async {
-        run.log().contains(&format!("127.0.0.1:{port}/nowhere"))
-    })
-    .await;
-    run.stop_cleanly().await;
-    let log = run.log();
+    let log = log_until(&pipeline, "flusher", &format!("127.0.0.1:{port}/nowhere")).await;
     assert!(log.contains("Connection refused"), "the cause is missing:\n{log}");
     assert!(log.contains("SQL catalog database"), "what failed is missing:\n{log}");
     assert_said_once(&log);
@@ -48,13 +50,7 @@ async fn an_unreachable_source_is_logged_with_its_address_and_the_refusal() {
     let port = dead_port();
     // The buffer stays reachable (its URL defaults to the source's, so it is set to the test database).
     pipeline.use_source(&format!("postgres://postgres@127.0.0.1:{port}/src"), &db.url());
-    let run = pipeline.start(&["--role", "capture"], &[], "run.log");
-    run.wait_until("the source failure in the log", Duration::from_secs(20), || async {
-        run.log().contains(&format!("connecting to 127.0.0.1:{port}/src"))
-    })
-    .await;
-    run.stop_cleanly().await;
-    let log = run.log();
+    let log = log_until(&pipeline, "capture", &format!("connecting to 127.0.0.1:{port}/src")).await;
     assert!(log.contains("Connection refused"), "the cause is missing:\n{log}");
     assert_said_once(&log);
 }
