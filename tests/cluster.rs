@@ -2,6 +2,8 @@
 
 use std::sync::Barrier;
 
+use crate::support::wait_for;
+
 #[test]
 fn two_tests_in_parallel_each_get_their_own_database_on_the_same_cluster() {
     let cluster = philotes_testkit::shared();
@@ -38,24 +40,29 @@ fn a_dropped_test_database_is_gone() {
     assert_eq!(left, "0");
 }
 
-#[test]
-fn the_cluster_runs_with_logical_wal_and_alter_system_takes_effect() {
+/// Resets `wal_sender_timeout` when dropped, so a failed wait never leaves the shared cluster changed.
+struct ResetWalSenderTimeout;
+
+impl Drop for ResetWalSenderTimeout {
+    fn drop(&mut self) {
+        let cluster = philotes_testkit::shared();
+        cluster.psql("postgres", "ALTER SYSTEM RESET wal_sender_timeout").expect("reset");
+        cluster.psql("postgres", "SELECT pg_reload_conf()").expect("reload");
+    }
+}
+
+#[tokio::test]
+async fn the_cluster_runs_with_logical_wal_and_alter_system_takes_effect() {
     let cluster = philotes_testkit::shared();
     assert_eq!(cluster.psql("postgres", "SHOW wal_level").expect("query"), "logical");
     // Settings live in an included file, so ALTER SYSTEM (postgresql.auto.conf) still wins over them.
+    let _reset = ResetWalSenderTimeout;
     cluster.psql("postgres", "ALTER SYSTEM SET wal_sender_timeout = '61s'").expect("alter system");
     cluster.psql("postgres", "SELECT pg_reload_conf()").expect("reload");
-    let mut seen = String::new();
-    for _ in 0..50 {
-        seen = cluster.psql("postgres", "SHOW wal_sender_timeout").expect("query");
-        if seen == "61s" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    cluster.psql("postgres", "ALTER SYSTEM RESET wal_sender_timeout").expect("reset");
-    cluster.psql("postgres", "SELECT pg_reload_conf()").expect("reload");
-    assert_eq!(seen, "61s");
+    wait_for("ALTER SYSTEM to take effect", std::time::Duration::from_secs(5), || async {
+        cluster.psql("postgres", "SHOW wal_sender_timeout").is_ok_and(|v| v == "61s")
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -2,27 +2,13 @@
 //! test runs the real binary against a real PostgreSQL and reads what a person would read (the log, stderr,
 //! `philotes status`).
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use philotes_testkit::TestDatabase;
+use crate::flush::{create_table, Pipeline, SCHEMA};
+use crate::support::{database, philotes, status_json, wait_for};
 
-use crate::flush::{create_table, stop, wait_for, wait_for_slot, Pipeline, SCHEMA};
-
-/// A child process that is killed when the test ends, passing or not (a failed assertion must not leave a
-/// flusher retrying forever).
-pub struct KillOnDrop(pub std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn database(hint: &str) -> TestDatabase {
-    philotes_testkit::shared().database(hint).expect("test database")
-}
+// This module is about the wording of errors: its log and stderr assertions check the product itself (what a
+// person reads), so they stay; status is read beside them wherever it holds the same fact.
 
 /// A TCP port on the loopback where nothing listens.
 fn dead_port() -> u16 {
@@ -30,8 +16,12 @@ fn dead_port() -> u16 {
     listener.local_addr().expect("port").port()
 }
 
-fn philotes(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_philotes")).args(args).output().expect("philotes runs")
+/// Runs `role` of `pipeline` until its log names `needle` (within 20 s), stops it cleanly, and returns the log.
+async fn log_until(pipeline: &Pipeline, role: &str, needle: &str) -> String {
+    let run = pipeline.start(&["--role", role], &[], "run.log");
+    run.wait_until(needle, Duration::from_secs(20), || async { run.log().contains(needle) }).await;
+    run.stop_cleanly().await;
+    run.log()
 }
 
 /// No message may say a cause twice ("db error: db error", tokio-postgres' "error connecting to server" twice).
@@ -41,36 +31,26 @@ fn assert_said_once(text: &str) {
     }
 }
 
-#[test]
-fn an_unreachable_catalog_database_is_named_with_its_address_and_cause_within_seconds() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_catalog_database_is_named_with_its_address_and_cause_within_seconds() {
     let db = database("err_catalog");
     let mut pipeline = Pipeline::new(&db, &["public.t"], "{ workers: 1, interval: 200ms }");
     let port = dead_port();
     pipeline.use_catalog(&format!("postgres://postgres@127.0.0.1:{port}/nowhere"));
-    let mut child = KillOnDrop(pipeline.start(&["--role", "flusher"], &[], "run.log"));
-    wait_for("the catalog failure in the log", Duration::from_secs(20), || {
-        pipeline.log("run.log").contains(&format!("127.0.0.1:{port}/nowhere"))
-    });
-    stop(&mut child.0);
-    let log = pipeline.log("run.log");
+    let log = log_until(&pipeline, "flusher", &format!("127.0.0.1:{port}/nowhere")).await;
     assert!(log.contains("Connection refused"), "the cause is missing:\n{log}");
     assert!(log.contains("SQL catalog database"), "what failed is missing:\n{log}");
     assert_said_once(&log);
 }
 
-#[test]
-fn an_unreachable_source_is_logged_with_its_address_and_the_refusal() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_source_is_logged_with_its_address_and_the_refusal() {
     let db = database("err_source");
     let pipeline = Pipeline::new(&db, &["public.t"], "{ workers: 1, interval: 200ms }");
     let port = dead_port();
     // The buffer stays reachable (its URL defaults to the source's, so it is set to the test database).
     pipeline.use_source(&format!("postgres://postgres@127.0.0.1:{port}/src"), &db.url());
-    let mut child = KillOnDrop(pipeline.start(&["--role", "capture"], &[], "run.log"));
-    wait_for("the source failure in the log", Duration::from_secs(20), || {
-        pipeline.log("run.log").contains(&format!("connecting to 127.0.0.1:{port}/src"))
-    });
-    stop(&mut child.0);
-    let log = pipeline.log("run.log");
+    let log = log_until(&pipeline, "capture", &format!("connecting to 127.0.0.1:{port}/src")).await;
     assert!(log.contains("Connection refused"), "the cause is missing:\n{log}");
     assert_said_once(&log);
 }
@@ -85,7 +65,7 @@ fn a_publication_the_source_user_may_not_create_is_named_in_the_error() {
     let pipeline = Pipeline::new(&db, &["public.t"], "{ workers: 1, interval: 200ms }");
     let limited = format!("postgres://{role}@127.0.0.1:{}/{}", db.cluster().port(), db.name());
     pipeline.use_source(&limited, &db.url());
-    let out = philotes(&["run", pipeline.file.to_str().expect("utf-8"), "--role", "capture"]);
+    let out = philotes(&["run", pipeline.file.to_str().expect("utf-8"), "--role", "capture"], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "the capture cannot run:\n{stderr}");
     let last = stderr.lines().rfind(|l| l.starts_with("philotes: ")).unwrap_or_else(|| panic!("no final error:\n{stderr}"));
@@ -106,9 +86,9 @@ fn status_with_the_source_down_shows_the_buffer_and_lists_what_it_could_not_read
     let port = dead_port();
     pipeline.use_source(&format!("postgres://postgres@127.0.0.1:{port}/src"), &db.url());
     let file = pipeline.file.to_str().expect("utf-8");
-    assert!(philotes(&["migrate", file]).status.success());
+    assert!(philotes(&["migrate", file], &[]).status.success());
 
-    let out = philotes(&["status", file, "--json"]);
+    let out = philotes(&["status", file, "--json"], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let status: serde_json::Value = serde_json::from_str(&stdout).expect("status prints JSON even with the source down");
@@ -121,7 +101,7 @@ fn status_with_the_source_down_shows_the_buffer_and_lists_what_it_could_not_read
     let error = errors[0]["error"].as_str().expect("text");
     assert!(error.contains(&format!("127.0.0.1:{port}/src")) && error.contains("Connection refused"), "{error}");
 
-    let out = philotes(&["status", file]);
+    let out = philotes(&["status", file], &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("UNKNOWN") && text.contains("buffer       0 segments"), "{text}");
@@ -142,24 +122,25 @@ async fn a_warehouse_below_a_regular_file_is_named_in_the_log_and_in_status() {
         &format!("    warehouse: file://{}\n", pipeline.warehouse.display()),
         &format!("    warehouse: file://{}\n", below.display()),
     );
-    let mut child = KillOnDrop(pipeline.start(&[], &[], "run.log"));
-    wait_for_slot(&db, &pipeline);
+    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
     db.psql("INSERT INTO orders (id, name) VALUES (1, 'one')").expect("insert");
     // The store names paths relative to the root (`tmp/…`).
     let blocker_text = blocker.display().to_string().trim_start_matches('/').to_string();
-    wait_for("the warehouse failure in the log", Duration::from_secs(60), || {
-        let log = pipeline.log("run.log");
+    run.wait_until("the warehouse failure in the log", Duration::from_secs(60), || async {
+        let log = run.log();
         log.contains("lake.orders") && log.contains(&blocker_text)
-    });
+    })
+    .await;
     // While the flusher retries, status names the table's failure.
     let file = pipeline.file.to_str().expect("utf-8");
     let mut shown = String::new();
     wait_for("status to show the failure", Duration::from_secs(30), || {
-        shown = String::from_utf8_lossy(&philotes(&["status", file]).stdout).into_owned();
-        shown.contains("public.orders") && shown.contains(&blocker_text)
-    });
-    let json: serde_json::Value =
-        serde_json::from_slice(&philotes(&["status", file, "--json"]).stdout).expect("status JSON");
+        shown = String::from_utf8_lossy(&philotes(&["status", file], &[]).stdout).into_owned();
+        let done = shown.contains("public.orders") && shown.contains(&blocker_text);
+        async move { done }
+    })
+    .await;
+    let json = status_json(&pipeline.file);
     let table = &json["tables"][0];
     assert_eq!(table["table"], "public.orders", "{json}");
     assert!(table["failing"].as_str().is_some_and(|f| f.contains(&blocker_text)), "{json}");
@@ -167,17 +148,17 @@ async fn a_warehouse_below_a_regular_file_is_named_in_the_log_and_in_status() {
 
     // Once the path is usable, the table flows and the failure is gone from status.
     std::fs::remove_file(&blocker).expect("remove blocker");
-    wait_for("the table to flush", Duration::from_secs(60), || {
-        let json: serde_json::Value =
-            serde_json::from_slice(&philotes(&["status", file, "--json"]).stdout).unwrap_or_default();
+    run.wait_until("the table to flush", Duration::from_secs(60), || async {
+        let json = status_json(&pipeline.file);
         json["tables"][0]["committed"].is_string() && json["tables"][0]["failing"].is_null()
-    });
-    stop(&mut child.0);
-    assert_said_once(&pipeline.log("run.log"));
+    })
+    .await;
+    run.stop_cleanly().await;
+    assert_said_once(&run.log());
 }
 
-#[test]
-fn flushers_starting_together_on_a_fresh_catalog_create_its_tables_without_a_conflict() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushers_starting_together_on_a_fresh_catalog_create_its_tables_without_a_conflict() {
     let db = database("err_catalog_race");
     // Rounds of several flushers at once, each round on a catalog database nobody has used yet.
     for round in 0..2 {
@@ -185,22 +166,25 @@ fn flushers_starting_together_on_a_fresh_catalog_create_its_tables_without_a_con
         let mut pipeline = Pipeline::new(&db, &["public.t"], "{ workers: 1, interval: 200ms }");
         pipeline.use_catalog(&catalog.url());
         let file = pipeline.file.to_str().expect("utf-8").to_string();
-        assert!(philotes(&["migrate", &file]).status.success());
+        assert!(philotes(&["migrate", &file], &[]).status.success());
         let logs: Vec<String> = (0..4).map(|i| format!("flusher-{round}-{i}.log")).collect();
-        let mut children: Vec<KillOnDrop> =
-            logs.iter().map(|log| KillOnDrop(pipeline.start(&["--role", "flusher", "--metrics", "127.0.0.1:0"], &[], log))).collect();
-        wait_for("the catalog tables", Duration::from_secs(30), || {
+        let flushers: Vec<_> =
+            logs.iter().map(|log| pipeline.start(&["--role", "flusher", "--metrics", "127.0.0.1:0"], &[], log)).collect();
+        wait_for("the catalog tables", Duration::from_secs(30), || async {
             catalog.psql("SELECT to_regclass('iceberg_tables') IS NOT NULL AND to_regclass('iceberg_namespace_properties') IS NOT NULL").is_ok_and(|v| v == "t")
-        });
+        })
+        .await;
         // Time for every flusher to get past its catalog connection (a loser of the race restarts after a backoff).
-        std::thread::sleep(Duration::from_secs(3));
-        for child in &mut children {
-            stop(&mut child.0);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for flusher in &flushers {
+            flusher.stop_cleanly().await;
         }
-        for log in &logs {
-            let text = pipeline.log(log);
+        // Kept on the log: a flusher that lost the race restarts without a trace anywhere else (it has claimed
+        // no table, so status has nothing to show).
+        for flusher in &flushers {
+            let text = flusher.log();
             for bad in ["duplicate key", "pg_type", "restarting", "ERROR"] {
-                assert!(!text.contains(bad), "{log} says {bad:?}:\n{text}");
+                assert!(!text.contains(bad), "{} says {bad:?}:\n{text}", flusher.name());
             }
         }
     }

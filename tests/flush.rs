@@ -7,13 +7,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType};
 use futures::TryStreamExt;
 use philotes_stages::flush::catalog::{self, CatalogSettings};
 use philotes_testkit::TestDatabase;
+
+use crate::support::{assert_status_clean, slot_name, wait_for, Philotes};
 
 /// One changelog row, every value rendered as text (the same rendering as tests/python/read_iceberg.py).
 pub type Row = BTreeMap<String, serde_json::Value>;
@@ -81,21 +83,19 @@ impl Pipeline {
         self.rewrite("buffer:\n", &format!("buffer:\n  url: {buffer}\n"));
     }
 
-    /// Starts `philotes run FILE` with extra arguments and environment; stderr goes to a log file.
-    pub fn start(&self, args: &[&str], env: &[(&str, &str)], log: &str) -> Child {
-        let log = std::fs::File::create(self.file.with_file_name(log)).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_philotes"));
-        cmd.args(["run", self.file.to_str().expect("utf-8")]).args(args);
+    /// Starts `philotes run FILE` with extra arguments and environment; stderr goes to `log` beside the file.
+    pub fn start(&self, args: &[&str], env: &[(&str, &str)], log: &str) -> Philotes {
         // Flushes of many parts (a part per segment of up to 500 changes), as a flush of a busy table has.
-        cmd.env("PHILOTES_PART_EVENTS", "400");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.env("RUST_LOG", std::env::var("PHILOTES_TEST_RUST_LOG").unwrap_or_else(|_| "info,tokio_postgres=warn".into())).stdout(Stdio::null()).stderr(log).spawn().expect("philotes starts")
+        let env: Vec<(&str, &str)> = std::iter::once(("PHILOTES_PART_EVENTS", "400")).chain(env.iter().copied()).collect();
+        Philotes::start(&self.file, args, &env, self.file.with_file_name(log))
     }
 
-    pub fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.file.with_file_name(name)).unwrap_or_default()
+    /// [`Pipeline::start`] of a process that captures (the capture role or every role), waiting until it streams
+    /// from its slot: changes committed before that would not be streamed.
+    pub async fn start_streaming(&self, db: &TestDatabase, args: &[&str], env: &[(&str, &str)], log: &str) -> Philotes {
+        let process = self.start(args, env, log);
+        process.wait_streaming(db, &slot_name(db)).await;
+        process
     }
 
     /// Puts the warehouse into the S3-compatible store `s3` (the pipeline file's `s3:` block).
@@ -161,7 +161,7 @@ pub struct S3Server {
 
 impl S3Server {
     /// Starts the server on a free port and waits until it answers.
-    pub fn start() -> Self {
+    pub async fn start() -> Self {
         let python = python();
         let server = Path::new(&python).with_file_name("moto_server");
         assert!(server.exists(), "{} is needed for the S3 test: run `bash .ci/run` once (it makes the venv)", server.display());
@@ -173,7 +173,7 @@ impl S3Server {
             .spawn()
             .expect("moto_server starts");
         let server = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
-        wait_for("the S3 server", Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        wait_for("the S3 server", Duration::from_secs(60), || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() }).await;
         server
     }
 
@@ -204,32 +204,6 @@ impl Drop for S3Server {
 /// The venv's Python (`PHILOTES_PYTHON`, default the venv `.ci/run` makes).
 fn python() -> String {
     std::env::var("PHILOTES_PYTHON").unwrap_or_else(|_| "/var/tmp/philotes-venv/bin/python".into())
-}
-
-/// SIGTERM, then wait: the process drains and writes its last checkpoint.
-pub fn stop(child: &mut Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Polls `check` until it is true or `timeout` passes; panics with `what` on timeout.
-pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
 }
 
 /// Runs `sql` in a transaction and returns a WAL position taken inside it, before its commit: the commit LSN of
@@ -447,15 +421,6 @@ pub fn create_table(db: &TestDatabase, name: &str) {
     .expect("create table");
 }
 
-/// Waits until the pipeline's slot has a consistent point: changes committed before it are never streamed.
-pub fn wait_for_slot(db: &TestDatabase, pipeline: &Pipeline) {
-    wait_for("the replication slot", Duration::from_secs(60), || {
-        db.psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'philotes_{}' AND confirmed_flush_lsn IS NOT NULL", pipeline.name))
-            .map(|v| v == "1")
-            .unwrap_or(false)
-    });
-}
-
 /// Reads `table` with the iceberg crate and with pyiceberg and asserts that each equals the source's recorded
 /// history row for row; returns both readings (crate, pyiceberg).
 pub async fn assert_both_readers_see_the_source(db: &TestDatabase, pipeline: &Pipeline, table: &str) -> (Vec<Row>, Vec<Row>) {
@@ -483,9 +448,7 @@ async fn changes_reach_iceberg_exactly_as_the_source_made_them_for_both_readers(
     create_table(&db, "orders");
     create_table(&db, "customers");
     let pipeline = Pipeline::new(&db, &["public.orders", "public.customers"], "{ workers: 2, max_events: 1000, interval: 200ms }");
-    let mut child = pipeline.start(&[], &[], "run.log");
-    // The slot exists once the capture is up; changes before that would not be streamed.
-    wait_for_slot(&db, &pipeline);
+    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
     // One psql call per transaction: a multi-statement `psql -c` is one implicit transaction, so a ROLLBACK
     // inside it would undo everything before it.
     for sql in [
@@ -504,10 +467,9 @@ async fn changes_reach_iceberg_exactly_as_the_source_made_them_for_both_readers(
         db.psql(sql).expect("workload");
     }
     let after = last_commit(&db, "INSERT INTO customers VALUES (3, 'after truncate', -5.50, false, now(), '[1, 2]', ARRAY['x'], 'y')");
-    wait_for("every change in iceberg", Duration::from_secs(120), || drained(&db, &pipeline.name, &after));
-    stop(&mut child);
-    let log = pipeline.log("run.log");
-    assert!(!log.contains("ERROR"), "the run logged errors:\n{log}");
+    run.wait_until("every change in iceberg", Duration::from_secs(120), || async { drained(&db, &pipeline.name, &after) }).await;
+    assert_status_clean(&pipeline.file);
+    run.stop_cleanly().await;
 
     for table in ["orders", "customers"] {
         let (crate_rows, py_rows) = assert_both_readers_see_the_source(&db, &pipeline, table).await;
@@ -528,14 +490,13 @@ async fn changes_reach_iceberg_exactly_as_the_source_made_them_for_both_readers(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warehouse_in_s3_compatible_storage_holds_exactly_the_source_changes_for_both_readers() {
-    let s3 = S3Server::start();
+    let s3 = S3Server::start().await;
     let db = philotes_testkit::shared().database("flush_s3").expect("database");
     db.psql(SCHEMA).expect("schema");
     create_table(&db, "orders");
     let mut pipeline = Pipeline::new(&db, &["public.orders"], "{ workers: 1, max_events: 1000, interval: 200ms }");
     pipeline.use_s3(&s3.bucket("lake"));
-    let mut child = pipeline.start(&[], &[], "run.log");
-    wait_for_slot(&db, &pipeline);
+    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
     for sql in [
         "INSERT INTO orders SELECT g, 'order ' || g, g * 1.25, g % 2 = 0, '2024-03-10 01:59:59.123456-05'::timestamptz,
                 jsonb_build_object('g', g), ARRAY['a' || g], repeat('x', 10) FROM generate_series(1, 1500) g",
@@ -545,10 +506,9 @@ async fn a_warehouse_in_s3_compatible_storage_holds_exactly_the_source_changes_f
         db.psql(sql).expect("workload");
     }
     let after = last_commit(&db, "INSERT INTO orders VALUES (9999, 'last', 1.00)");
-    wait_for("every change in iceberg", Duration::from_secs(120), || drained(&db, &pipeline.name, &after));
-    stop(&mut child);
-    let log = pipeline.log("run.log");
-    assert!(!log.contains("ERROR"), "the run logged errors:\n{log}");
+    run.wait_until("every change in iceberg", Duration::from_secs(120), || async { drained(&db, &pipeline.name, &after) }).await;
+    assert_status_clean(&pipeline.file);
+    run.stop_cleanly().await;
     assert!(!pipeline.warehouse.exists(), "nothing went to the local warehouse directory");
 
     assert_both_readers_see_the_source(&db, &pipeline, "orders").await;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::support::assert_status_clean;
 use crate::flush::{self, Pipeline, Row};
 
 /// A source row as every reader must render it (NULLs left out, as [`flush::comparable`] does).
@@ -18,8 +19,7 @@ async fn infinite_dates_and_timestamps_are_read_back_by_pyarrow_pyiceberg_duckdb
     let db = philotes_testkit::shared().database("infinity_readers").expect("database");
     db.psql("CREATE TABLE moments (id bigint PRIMARY KEY, d date, ts timestamp, tz timestamptz, ds date[])").expect("table");
     let pipeline = Pipeline::new(&db, &["public.moments"], "{ workers: 1, max_events: 1000, interval: 200ms }");
-    let mut child = pipeline.start(&[], &[], "run.log");
-    flush::wait_for_slot(&db, &pipeline);
+    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
     db.psql(
         "INSERT INTO moments VALUES
            (1, 'infinity', 'infinity', 'infinity', ARRAY['infinity', '-infinity', NULL]::date[]),
@@ -29,10 +29,10 @@ async fn infinite_dates_and_timestamps_are_read_back_by_pyarrow_pyiceberg_duckdb
     )
     .expect("rows");
     let after = flush::last_commit(&db, "UPDATE moments SET d = 'infinity', tz = '-infinity' WHERE id = 3");
-    flush::wait_for("every change in iceberg", Duration::from_secs(120), || flush::drained(&db, &pipeline.name, &after));
-    flush::stop(&mut child);
-    let log = pipeline.log("run.log");
-    assert!(!log.contains("ERROR"), "the run logged errors:\n{log}");
+    run.wait_until("every change in iceberg", Duration::from_secs(120), || async { flush::drained(&db, &pipeline.name, &after) })
+        .await;
+    assert_status_clean(&pipeline.file);
+    run.stop_cleanly().await;
 
     let (max_ts, min_ts) = ("9999-12-31 23:59:59.999999", "0001-01-01 00:00:00.000000");
     let expected = [

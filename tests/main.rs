@@ -2,6 +2,9 @@
 //! `philotes-testkit` (one cluster per test run, one fresh database per test), never a mock.
 
 mod capture;
+mod capture_big;
+mod capture_faults;
+mod capture_types;
 mod cli;
 mod cluster;
 mod errors;

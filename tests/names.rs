@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::support::assert_status_clean;
 use crate::flush::{self, Pipeline};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,8 +19,7 @@ async fn tables_named_with_a_dot_a_capital_or_a_space_reach_iceberg_under_their_
         &[r#"'"public"."t.dot"'"#, r#"'public."Mixed Case"'"#],
         "{ workers: 2, max_events: 1000, interval: 200ms }",
     );
-    let mut child = pipeline.start(&[], &[], "run.log");
-    flush::wait_for_slot(&db, &pipeline);
+    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
     for sql in [
         r#"INSERT INTO "t.dot" SELECT g, 'dot ' || g, g * 1.5, g % 2 = 0, '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 day',
                 jsonb_build_object('g', g), ARRAY['a'], 'x' FROM generate_series(1, 50) g"#,
@@ -31,10 +31,10 @@ async fn tables_named_with_a_dot_a_capital_or_a_space_reach_iceberg_under_their_
         db.psql(sql).expect("workload");
     }
     let after = flush::last_commit(&db, r#"UPDATE "Mixed Case" SET name = 'changed' WHERE id = 1"#);
-    flush::wait_for("every change in iceberg", Duration::from_secs(120), || flush::drained(&db, &pipeline.name, &after));
-    flush::stop(&mut child);
-    let log = pipeline.log("run.log");
-    assert!(!log.contains("ERROR"), "the run logged errors:\n{log}");
+    run.wait_until("every change in iceberg", Duration::from_secs(120), || async { flush::drained(&db, &pipeline.name, &after) })
+        .await;
+    assert_status_clean(&pipeline.file);
+    run.stop_cleanly().await;
 
     for table in ["t.dot", "Mixed Case"] {
         let (rows, _) = flush::assert_both_readers_see_the_source(&db, &pipeline, table).await;

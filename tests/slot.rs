@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use philotes_testkit::{Cluster, ClusterOptions};
 
-use crate::support::{pipeline_file, slot_name, CaptureProcess};
+use crate::support::{pipeline_file, slot_name, Philotes};
 
-#[test]
-fn an_invalidated_slot_stops_the_capture_with_what_happened_and_the_way_back() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidated_slot_stops_the_capture_with_what_happened_and_the_way_back() {
     let base = std::env::temp_dir().join(format!("philotes-slot-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let cluster = Cluster::start(&ClusterOptions {
@@ -40,10 +40,12 @@ fn an_invalidated_slot_stops_the_capture_with_what_happened_and_the_way_back() {
     }
     assert_eq!(status, "lost", "the slot should have been invalidated");
 
-    let mut capture = CaptureProcess::start(&file, 0);
-    let exit = capture.wait_exit(Duration::from_secs(60));
+    let capture = Philotes::capture(&file, 0);
+    let exit = capture.wait_exit(Duration::from_secs(60)).await;
     let log = capture.log();
     assert!(!exit.success(), "the capture must stop:\n{log}");
+    // Kept on the log: the message is the product (what happened and the way back); status shows only the
+    // slot's `lost` state, not the recovery.
     assert!(log.contains(&format!("replication slot {slot} has been invalidated")), "{log}");
     assert!(log.contains("max_slot_wal_keep_size"), "{log}");
     assert!(log.contains(&format!("pg_drop_replication_slot('{slot}')")), "{log}");

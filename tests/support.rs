@@ -1,9 +1,11 @@
-//! Shared helpers of the integration tests: pipeline files, the real `philotes` binary as a child process,
-//! polling with a deadline, and reading the buffer back.
+//! Shared helpers of the integration tests: test databases and pipeline files, the real `philotes` binary as a
+//! child process ([`Philotes`]: start, wait for a condition, stop), the one polling helper ([`wait_for`]),
+//! `philotes status --json`, and reading the buffer back.
 
 use std::future::Future;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use philotes_stages::position::Lsn;
@@ -11,6 +13,16 @@ use philotes_stages::segment::{self, SegmentEvent};
 use philotes_stages::store::{checkpoints, segments};
 use philotes_testkit::TestDatabase;
 use tokio_postgres::types::PgLsn;
+
+/// A fresh database of the shared test cluster, dropped with the value.
+pub fn database(hint: &str) -> TestDatabase {
+    philotes_testkit::shared().database(hint).expect("test database")
+}
+
+/// Connects to the test database.
+pub async fn connect(db: &TestDatabase) -> tokio_postgres::Client {
+    db.connect().await.expect("connect to the test database")
+}
 
 /// Writes a pipeline file for a capture of `tables` in `db` (source and buffer both `db`). The pipeline is
 /// named after the database, so slots (which are cluster-wide) never collide between tests. `source_extra`
@@ -34,35 +46,130 @@ pub fn pipeline_file(db: &TestDatabase, tables: &[&str], source_extra: &[&str], 
     path
 }
 
-/// The slot name of a pipeline written by [`pipeline_file`].
+/// The slot name of a pipeline named after `db` (every pipeline of these tests is).
 pub fn slot_name(db: &TestDatabase) -> String {
     format!("philotes_{}", db.name())
 }
 
-/// `philotes run FILE --role capture` as a real child process, its stderr kept in a file.
-pub struct CaptureProcess {
-    child: Child,
+/// Runs the `philotes` binary to its end (`validate`, `status`, `migrate`, …) from the repository root.
+pub fn philotes(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_philotes"));
+    cmd.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("philotes runs")
+}
+
+/// `philotes status FILE --json`, parsed (with whatever exit code: 2 means a part could not be read).
+pub fn status_json(file: &Path) -> serde_json::Value {
+    let out = philotes(&["status", file.to_str().expect("utf-8 path"), "--json"], &[]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("status prints JSON ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// The entry of source table `table` (`schema.name`) in a `status --json` output.
+pub fn status_table(status: &serde_json::Value, table: &str) -> serde_json::Value {
+    let found = status["tables"].as_array().expect("tables").iter().find(|t| t["table"] == table).cloned();
+    found.unwrap_or_else(|| panic!("status lists {table}: {status}"))
+}
+
+/// Status reads every part, and no table is stopped, failing or left out: what a run without errors leaves.
+pub fn assert_status_clean(file: &Path) {
+    let status = status_json(file);
+    assert_eq!(status["errors"], serde_json::json!([]), "status reads every part: {status}");
+    for table in status["tables"].as_array().expect("tables") {
+        for key in ["error", "failing", "problem"] {
+            assert!(table[key].is_null(), "{} has {key}: {status}", table["table"]);
+        }
+    }
+}
+
+/// What a [`wait_for`] check returns: done or not (`bool`), or done with a value (`Option`).
+pub trait Outcome {
+    /// What the wait returns once done.
+    type Value;
+    /// `Some` once the condition holds.
+    fn done(self) -> Option<Self::Value>;
+}
+
+impl Outcome for bool {
+    type Value = ();
+    fn done(self) -> Option<()> {
+        self.then_some(())
+    }
+}
+
+impl<T> Outcome for Option<T> {
+    type Value = T;
+    fn done(self) -> Option<T> {
+        self
+    }
+}
+
+/// How often [`wait_for`] checks.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Polls `check` until it holds, failing the test with `what` after `timeout`: the one way these tests wait.
+pub async fn wait_for<R, F, Fut>(what: &str, timeout: Duration, mut check: F) -> R::Value
+where
+    R: Outcome,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = R>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await.done() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The real `philotes` binary as a child process, its stderr kept in a log file (left on disk for a look after
+/// a failure and quoted in every failure message about the process). Killed (SIGKILL) when dropped while it runs,
+/// so a failing test never leaves a process behind.
+pub struct Philotes {
+    /// Behind a lock so waiting on it needs no `&mut` (checks of [`wait_for`] borrow it shared).
+    child: Mutex<Child>,
     log: PathBuf,
 }
 
-impl CaptureProcess {
-    /// Starts the capture; `run` is a number that keeps the log files of successive runs apart.
-    pub fn start(file: &std::path::Path, run: usize) -> Self {
-        let log = file.with_extension(format!("capture-{run}.log"));
+impl Philotes {
+    /// Starts `philotes run FILE ARGS…` (`--role capture`, `--role flusher`, or none for every role) with extra
+    /// environment; stderr goes to `log`.
+    pub fn start(file: &Path, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Self {
         let stderr = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_philotes"))
-            .args(["run", file.to_str().expect("utf-8 path"), "--role", "capture"])
-            .env("RUST_LOG", std::env::var("PHILOTES_TEST_LOG").unwrap_or_else(|_| "info,tokio_postgres=warn,philotes_engine=warn".into()))
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("philotes starts");
-        Self { child, log }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_philotes"));
+        cmd.args(["run", file.to_str().expect("utf-8 path")]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let filter = std::env::var("PHILOTES_TEST_LOG").unwrap_or_else(|_| "info,tokio_postgres=warn,philotes_engine=warn".into());
+        let child = cmd.env("RUST_LOG", filter).stdout(Stdio::null()).stderr(stderr).spawn().expect("philotes starts");
+        Self { child: Mutex::new(child), log }
     }
 
-    /// The process id (for /proc and signals).
+    /// `philotes run FILE --role capture`; `run` keeps the log files of successive runs apart
+    /// (`FILE.capture-RUN.log`).
+    pub fn capture(file: &Path, run: usize) -> Self {
+        Self::start(file, &["--role", "capture"], &[], file.with_extension(format!("capture-{run}.log")))
+    }
+
+    /// The process id (for /proc, signals and `application_name`).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child().id()
+    }
+
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The log file's name, to tell processes apart in messages.
+    pub fn name(&self) -> String {
+        self.log.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     }
 
     /// What the process logged so far.
@@ -70,43 +177,89 @@ impl CaptureProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGKILL: no drain, no last checkpoint, sockets closed by the kernel.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Whether it has exited, and how.
+    pub fn exited(&self) -> Option<ExitStatus> {
+        self.child().try_wait().expect("try_wait")
     }
 
-    /// Whether it has exited, and how.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
+    /// Fails the test, with the log, if the process has exited.
+    pub fn assert_running(&self) {
+        if let Some(status) = self.exited() {
+            panic!("{} exited early ({status}); log:\n{}", self.name(), self.log());
+        }
+    }
+
+    /// [`wait_for`] `check`, failing early (with the log) if the process exits meanwhile.
+    pub async fn wait_until<R, F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> R::Value
+    where
+        R: Outcome,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = R>,
+    {
+        wait_for(what, timeout, || {
+            self.assert_running();
+            check()
+        })
+        .await
+    }
+
+    /// Waits until a walsender streams from `slot` for this process (it created the slot, which then has its
+    /// consistent point, and started): only changes committed after this are certain to be captured.
+    pub async fn wait_streaming(&self, db: &TestDatabase, slot: &str) {
+        // A walsender, not the SQL session that is still creating the slot (it holds the slot meanwhile).
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid
+                            WHERE s.slot_name = '{slot}' AND a.backend_type = 'walsender' AND s.confirmed_flush_lsn IS NOT NULL)"
+        );
+        self.wait_until("the capture to stream from its slot", Duration::from_secs(60), || async {
+            db.psql(&sql).is_ok_and(|v| v == "t")
+        })
+        .await;
     }
 
     /// Waits for the process to exit on its own, up to `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exited() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "capture did not exit within {timeout:?}; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    pub async fn wait_exit(&self, timeout: Duration) -> ExitStatus {
+        let what = format!("{} to exit; log:\n{}", self.name(), self.log());
+        wait_for(&what, timeout, || async { self.exited() }).await
     }
 
-    /// SIGTERM (a clean shutdown: drain, last checkpoint) and waits for the exit.
-    pub fn terminate(&mut self) -> ExitStatus {
+    /// SIGKILL and reap: no drain, no last checkpoint, sockets closed by the kernel.
+    pub fn kill(&self) {
+        let mut child = self.child();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// SIGTERM (a clean stop: drain, last checkpoint) and waits up to 30 s for the exit, which it returns.
+    pub async fn stop(&self) -> ExitStatus {
         if let Some(status) = self.exited() {
             return status;
         }
-        // Until its handler is installed (it logs "starting" right after), SIGTERM would simply kill it: a clean
-        // stop is only asked of a process that has started.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.log().contains("starting") && self.exited().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // Until its handler is installed, SIGTERM would simply kill it: a clean stop is only asked of a process
+        // that catches SIGTERM (bit 15 of SigCgt in /proc/PID/status).
+        wait_for("the SIGTERM handler", Duration::from_secs(30), || async {
+            self.exited().is_some() || self.catches_sigterm()
+        })
+        .await;
         let sent = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().expect("kill runs");
         assert!(sent.success(), "SIGTERM could not be sent");
-        self.wait_exit(Duration::from_secs(30))
+        let what = format!("{} to stop on SIGTERM; log:\n{}", self.name(), self.log());
+        wait_for(&what, Duration::from_secs(30), || async { self.exited() }).await
+    }
+
+    /// [`Philotes::stop`], asserting a clean exit (0).
+    pub async fn stop_cleanly(&self) {
+        let status = self.stop().await;
+        assert!(status.success(), "{} did not stop cleanly ({status}); log:\n{}", self.name(), self.log());
+    }
+
+    fn catches_sigterm(&self) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
     }
 
     /// Peak resident set size (VmHWM) in KiB, while the process is alive.
@@ -120,53 +273,11 @@ impl CaptureProcess {
     }
 }
 
-impl Drop for CaptureProcess {
+impl Drop for Philotes {
     fn drop(&mut self) {
         if self.exited().is_none() {
             self.kill();
         }
-    }
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, failing the test with `what` after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until a walsender streams from the slot (the capture created it and started): only changes committed
-/// after this are certain to be captured.
-pub async fn wait_streaming(client: &tokio_postgres::Client, slot: &str, capture: &mut CaptureProcess) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = capture.exited() {
-            panic!("capture exited early ({status}); log:\n{}", capture.log());
-        }
-        // A walsender, not the SQL session that is still creating the slot (it holds the slot meanwhile).
-        let streaming: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid
-                                WHERE s.slot_name = $1 AND a.backend_type = 'walsender')",
-                &[&slot],
-            )
-            .await
-            .expect("slot query")
-            .get(0);
-        if streaming {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the capture did not stream from its slot within 60 s; log:\n{}", capture.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -222,23 +333,11 @@ pub async fn durable_count(client: &tokio_postgres::Client, pipeline: &str) -> i
 }
 
 /// Waits until at least `expected` changes are durable in the buffer, while the capture keeps running.
-pub async fn wait_durable(client: &tokio_postgres::Client, pipeline: &str, expected: i64, capture: &mut CaptureProcess) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(status) = capture.exited() {
-            panic!("capture exited early ({status}); log:\n{}", capture.log());
-        }
-        let count = durable_count(client, pipeline).await;
-        if count >= expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {count} of {expected} changes reached the buffer within 120 s; log:\n{}",
-            capture.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+pub async fn wait_durable(client: &tokio_postgres::Client, pipeline: &str, expected: i64, capture: &Philotes) {
+    let what = format!("{expected} changes in the buffer");
+    capture
+        .wait_until(&what, Duration::from_secs(120), || async { durable_count(client, pipeline).await >= expected })
+        .await;
 }
 
 /// An LSN from a `pg_lsn` column.
@@ -246,7 +345,13 @@ pub fn lsn(value: PgLsn) -> Lsn {
     Lsn(u64::from(value))
 }
 
-/// Connects to the test database.
-pub async fn connect(db: &TestDatabase) -> tokio_postgres::Client {
-    db.connect().await.expect("connect to the test database")
+/// The buffer's segment limits of the capture tests that do not test them.
+pub const DEFAULT_SEGMENT: &str = "{ max_events: 10000, max_bytes: 8MiB, max_age: 200ms }";
+
+/// Starts a capture of the pipeline file `file` (written by [`pipeline_file`] for `db`) and waits until it
+/// streams from its slot.
+pub async fn start_capture(db: &TestDatabase, file: &Path) -> Philotes {
+    let capture = Philotes::capture(file, 0);
+    capture.wait_streaming(db, &slot_name(db)).await;
+    capture
 }
