@@ -15,22 +15,25 @@ use philotes_stages::flush::FlushSettings;
 use philotes_stages::source::setup::PublishedTables;
 use philotes_stages::table_id::TableId;
 
-use crate::config::{CatalogKind, PipelineConfig, StageName, TableMode, TableName, TableSelection, UnmappedTypes};
+use crate::config::{
+    CatalogKind, PipelineConfig, StageName, TableMode, TableName, TableSelection, UnmappedTypes,
+    DEFAULT_ARROW_BATCH_WORKERS, DEFAULT_CAPTURE_QUEUE,
+};
 
 /// How many full segments of one open transaction are held in memory before they spill into the buffer.
 const SPILL_SEGMENTS: u64 = 4;
+
+/// A stage's pool: what `stages.<stage>` sets, each key left out taking `workers`/`queue`. The file was
+/// validated, so what it sets can apply (`workers: 1` on the capture stages, at most `flush.workers` commits).
+fn stage_options(config: &PipelineConfig, stage: StageName, workers: usize, queue: usize) -> StageOptions {
+    let set = config.stages.get(stage);
+    StageOptions::new(set.workers.unwrap_or(workers), set.queue.unwrap_or(queue))
+}
 
 /// The capture role's settings.
 pub fn capture_settings(config: &PipelineConfig) -> CaptureSettings {
     let source = &config.source.postgres;
     let segment = &config.buffer.segment;
-    for stage in [StageName::Decode, StageName::SchemaResolve, StageName::Enqueue] {
-        let pool = config.stages.get(stage);
-        if pool.workers > 1 {
-            tracing::warn!(stage = %stage, workers = pool.workers,
-                "capture stages follow the replication stream's order and run one worker; `workers` is ignored");
-        }
-    }
     CaptureSettings {
         pipeline: config.pipeline.clone(),
         source: source.url.config().clone(),
@@ -58,9 +61,9 @@ pub fn capture_settings(config: &PipelineConfig) -> CaptureSettings {
             max_age: segment.max_age,
             spill_bytes: usize::try_from(segment.max_bytes.saturating_mul(SPILL_SEGMENTS)).unwrap_or(usize::MAX),
         },
-        decode: StageOptions::new(1, config.stages.get(StageName::Decode).queue),
-        schema_resolve: StageOptions::new(1, config.stages.get(StageName::Decode).queue),
-        enqueue: StageOptions::new(1, config.stages.get(StageName::Decode).queue),
+        decode: stage_options(config, StageName::Decode, 1, DEFAULT_CAPTURE_QUEUE),
+        schema_resolve: stage_options(config, StageName::SchemaResolve, 1, DEFAULT_CAPTURE_QUEUE),
+        enqueue: stage_options(config, StageName::Enqueue, 1, DEFAULT_CAPTURE_QUEUE),
         restart: RetryPolicy { base: Duration::from_millis(200), cap: Duration::from_secs(30), max_attempts: u32::MAX },
     }
 }
@@ -127,7 +130,11 @@ pub fn flush_settings(config: &PipelineConfig) -> FlushSettings {
         }
     };
     let targets = config.clone();
-    let arrow = config.stages.get(StageName::ArrowBatch);
+    // A flush holds one lease from claim to checkpoint: `flush.workers` flushes at once. The queues hold enough
+    // parts to keep every ArrowBatch worker and every flush busy.
+    let leases = config.flush.workers;
+    let arrow_workers = config.stages.get(StageName::ArrowBatch).workers.unwrap_or(DEFAULT_ARROW_BATCH_WORKERS);
+    let parts = arrow_workers.max(leases);
     FlushSettings {
         pipeline: config.pipeline.clone(),
         buffer: config.buffer.url.config().clone(),
@@ -136,10 +143,10 @@ pub fn flush_settings(config: &PipelineConfig) -> FlushSettings {
             let target = targets.iceberg_target(&TableName { schema: schema.to_string(), name: table.to_string() });
             TableTarget { namespace: target.namespace, name: target.name }
         }),
-        workers: config.flush.workers,
-        arrow_batch: StageOptions::new(arrow.workers, arrow.workers.max(config.flush.workers)),
-        iceberg_commit: StageOptions::new(config.flush.workers, arrow.workers.max(config.flush.workers)),
-        checkpoint: StageOptions::new(config.flush.workers, config.flush.workers),
+        workers: leases,
+        arrow_batch: stage_options(config, StageName::ArrowBatch, arrow_workers, parts),
+        iceberg_commit: stage_options(config, StageName::IcebergCommit, leases, parts),
+        checkpoint: stage_options(config, StageName::Checkpoint, leases, leases),
         max_events: i64::try_from(config.flush.max_events).unwrap_or(i64::MAX),
         interval: config.flush.interval,
         target_file_size: usize::try_from(iceberg.target_file_size).unwrap_or(usize::MAX),

@@ -118,10 +118,13 @@ async fn fill_buffer(env: &Env, db: &Db, file: &PipelineFile, work: &Workload) -
 }
 
 /// Buffer baseline: one binary COPY of N rows with a 200-byte payload into a logged table shaped like
-/// `philotes.segments` (its columns, defaults and indexes: `LIKE … INCLUDING DEFAULTS INCLUDING INDEXES`).
+/// `philotes.segments` (its columns, defaults and indexes: `LIKE … INCLUDING DEFAULTS INCLUDING INDEXES`), with
+/// the segment writer's own COPY statement and column types (`store::segments::COPY_IN`), so the baseline
+/// writes every column the capture writes.
 pub async fn copy(env: &Env, db: &mut Db) -> anyhow::Result<f64> {
+    use philotes_stages::store::segments::{COPY_IN, COPY_TYPES};
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
-    use tokio_postgres::types::{PgLsn, Type};
+    use tokio_postgres::types::{PgLsn, ToSql};
 
     let migrated: bool = db.client.query_one("SELECT to_regclass('philotes.segments') IS NOT NULL", &[]).await?.get(0);
     if !migrated {
@@ -133,29 +136,13 @@ pub async fn copy(env: &Env, db: &mut Db) -> anyhow::Result<f64> {
         .batch_execute("CREATE TABLE public.bench_copy (LIKE philotes.segments INCLUDING DEFAULTS INCLUDING INDEXES)")
         .await
         .context("creating the COPY target")?;
+    let statement = COPY_IN.replacen("COPY philotes.segments ", "COPY public.bench_copy ", 1);
+    ensure!(statement != COPY_IN, "the segment writer's COPY no longer starts with `COPY philotes.segments`: {COPY_IN}");
     db.checkpoint().await?;
     let started = Instant::now();
     let tx = db.client.transaction().await?;
-    let sink = tx
-        .copy_in(
-            "COPY public.bench_copy (pipeline, source_schema, source_table, schema_version, first_lsn, first_seq, \
-             last_lsn, last_seq, events, bytes, payload) FROM STDIN BINARY",
-        )
-        .await?;
-    let types = [
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::INT4,
-        Type::PG_LSN,
-        Type::INT8,
-        Type::PG_LSN,
-        Type::INT8,
-        Type::INT4,
-        Type::INT4,
-        Type::BYTEA,
-    ];
-    let writer = BinaryCopyInWriter::new(sink, &types);
+    let sink = tx.copy_in(statement.as_str()).await?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
     futures::pin_mut!(writer);
     let mut payload = [0u8; 200];
     for i in 0..env.rows {
@@ -169,10 +156,11 @@ pub async fn copy(env: &Env, db: &mut Db) -> anyhow::Result<f64> {
         }
         let lsn = PgLsn::from(0x1_0000_0000 + i * 256);
         let seq = i64::try_from(i)?;
-        writer
-            .as_mut()
-            .write(&[&"bench", &"public", &TABLE, &1i32, &lsn, &seq, &lsn, &seq, &1i32, &200i32, &&payload[..]])
-            .await?;
+        // One value per column of the writer's COPY (a column added there fails to compile here); no trace context,
+        // as the capture writes none today.
+        let row: [&(dyn ToSql + Sync); COPY_TYPES.len()] =
+            [&"bench", &"public", &TABLE, &1i32, &lsn, &seq, &lsn, &seq, &1i32, &200i32, &&payload[..], &None::<&str>];
+        writer.as_mut().write(&row).await?;
     }
     let written = writer.finish().await?;
     tx.commit().await?;

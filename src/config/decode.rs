@@ -69,8 +69,8 @@ pub(crate) fn decode(root: &Node, w: &mut Walker<'_, '_>) -> Option<PipelineConf
     let (postgres, source_url, tables) = source(w, &top, pipeline.as_deref());
     let buffer = buffer(w, &top, source_url);
     let iceberg = sink(w, &top, buffer.as_ref().map(|b| &b.url), tables.as_ref());
-    let flush = flush(w, &top);
-    let stages = stages(w, &top);
+    let (flush, flush_workers) = flush(w, &top);
+    let stages = stages(w, &top, flush_workers);
     let telemetry = telemetry(w, &top);
     Some(PipelineConfig {
         pipeline: pipeline?,
@@ -507,29 +507,47 @@ fn table_overrides(
     (out, places)
 }
 
-/// `flush`.
-fn flush(w: &mut Walker<'_, '_>, top: &Section<'_>) -> FlushConfig {
+/// `flush`, and `flush.workers` as written when it is valid or absent (`None`: wrong, and reported), so the
+/// stage pools are not compared with a default the file did not choose.
+fn flush(w: &mut Walker<'_, '_>, top: &Section<'_>) -> (FlushConfig, Option<usize>) {
     let flush = w.section(top, "flush", &["workers", "max_events", "interval"]);
-    FlushConfig {
-        workers: w.count(&flush, "workers", DEFAULT_FLUSH_WORKERS),
+    let written = flush.field("workers").is_some();
+    let workers = w.opt_count(&flush, "workers");
+    let checked = if written {
+        workers
+    } else {
+        Some(DEFAULT_FLUSH_WORKERS)
+    };
+    let config = FlushConfig {
+        workers: workers.unwrap_or(DEFAULT_FLUSH_WORKERS),
         max_events: w.number(&flush, "max_events", DEFAULT_FLUSH_MAX_EVENTS),
         interval: w.duration(&flush, "interval", DEFAULT_FLUSH_INTERVAL),
-    }
+    };
+    (config, checked)
 }
 
-/// `stages`: every stage gets a pool; those not written keep their defaults.
-fn stages(w: &mut Walker<'_, '_>, top: &Section<'_>) -> StagesConfig {
+/// `stages`: what the file sets for each stage's pool (defaults are `crate::pipeline`'s), refusing keys that
+/// cannot apply to their stage. `flush_workers` is `flush.workers` when known to be valid.
+fn stages(w: &mut Walker<'_, '_>, top: &Section<'_>, flush_workers: Option<usize>) -> StagesConfig {
     let names: Vec<&str> = StageName::ALL.iter().map(|s| s.as_str()).collect();
     let stages = w.section(top, "stages", &names);
     let mut config = StagesConfig::default();
     for stage in StageName::ALL {
+        if stages.field(stage.as_str()).is_none() {
+            continue;
+        }
         let pool = w.section(&stages, stage.as_str(), &["workers", "queue"]);
-        let default = stage.default_config();
-        let chosen = StageConfig {
-            workers: w.count(&pool, "workers", default.workers),
-            queue: w.count(&pool, "queue", default.queue),
+        let set = StageConfig {
+            workers: w.opt_count(&pool, "workers"),
+            queue: w.opt_count(&pool, "queue"),
         };
-        config.pools.insert(stage, chosen);
+        if let (Some(workers), Some(f)) = (set.workers, pool.field("workers")) {
+            w.check(&f, validate::stage_workers(stage, workers, flush_workers));
+        }
+        if let (Some(_), Some(f)) = (set.queue, pool.field("queue")) {
+            w.check(&f, validate::stage_queue(stage));
+        }
+        config.pools.insert(stage, set);
     }
     config
 }

@@ -3,6 +3,8 @@
 //! Field names follow the YAML keys (DESIGN.md, "The pipeline file"): that file format is a public
 //! contract, so keys are added, never renamed. Every default is applied here, so the rest of
 //! philotes never looks at an `Option` to learn a default; the `DEFAULT_*` constants document them.
+//! The one exception is `stages:` ([`StageConfig`]): a stage's defaults follow other keys (`flush.workers`),
+//! so the model keeps what the file set and `crate::pipeline` fills in the rest.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,7 +24,8 @@ pub const DEFAULT_SEGMENT_MAX_AGE: Duration = Duration::from_millis(200);
 pub const DEFAULT_FLUSH_WORKERS: usize = 2;
 /// Default `flush.max_events`: events per Iceberg commit, at most.
 pub const DEFAULT_FLUSH_MAX_EVENTS: u64 = 500_000;
-/// Default `flush.interval`: how often a flusher looks for work when the buffer was empty.
+/// Default `flush.interval`: a table with fewer than `flush.max_events` changes waiting is flushed once its
+/// last flush is this old.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `sink.iceberg.catalog.name`.
 pub const DEFAULT_CATALOG_NAME: &str = "philotes";
@@ -411,11 +414,12 @@ pub enum PartitionTransform {
 /// `flush:` — how flushers turn buffer segments into Iceberg commits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlushConfig {
-    /// Flusher workers in this process (tables flushed in parallel); default 2.
+    /// Flushes run at once in this process: table leases held at once (tables flushed in parallel); default 2.
     pub workers: usize,
-    /// Events per commit, at most; default 500000.
+    /// Events per commit, at most; default 500000. A table with this many changes waiting is flushed at once.
     pub max_events: u64,
-    /// Pause between polls of an empty buffer; default 1s.
+    /// How old a table's last flush must be before a table with fewer than `max_events` waiting changes is
+    /// flushed (a table's first flush comes within `interval`); default 1s. The latency floor of the flush.
     pub interval: Duration,
 }
 
@@ -462,25 +466,6 @@ impl StageName {
             StageName::Checkpoint => "checkpoint",
         }
     }
-
-    /// The pool used when `stages:` does not mention the stage: one worker, except two for the
-    /// CPU-heavy `arrow_batch`; 1024-item queues where items are events, 16 where they are batches.
-    pub fn default_config(self) -> StageConfig {
-        match self {
-            StageName::Decode | StageName::SchemaResolve | StageName::Enqueue => StageConfig {
-                workers: 1,
-                queue: 1024,
-            },
-            StageName::ArrowBatch => StageConfig {
-                workers: 2,
-                queue: 16,
-            },
-            StageName::Claim | StageName::IcebergCommit | StageName::Checkpoint => StageConfig {
-                workers: 1,
-                queue: 16,
-            },
-        }
-    }
 }
 
 impl fmt::Display for StageName {
@@ -489,40 +474,39 @@ impl fmt::Display for StageName {
     }
 }
 
-/// `stages.<stage>:` — one stage's worker pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Default `stages.<decode|schema_resolve|enqueue>.queue`: changes waiting before each capture stage.
+pub const DEFAULT_CAPTURE_QUEUE: usize = 1024;
+/// Default `stages.arrow_batch.workers`: Arrow building is the CPU-heavy step of a flush.
+pub const DEFAULT_ARROW_BATCH_WORKERS: usize = 2;
+
+/// `stages.<stage>:` — what the file set for one stage's pool; `None` where it set nothing.
+///
+/// The defaults depend on other keys (the flush stages' on `flush.workers`), so they are resolved where the
+/// roles' settings are assembled (`crate::pipeline`): capture queues [`DEFAULT_CAPTURE_QUEUE`];
+/// `arrow_batch` [`DEFAULT_ARROW_BATCH_WORKERS`] workers; `iceberg_commit` and `checkpoint` `flush.workers`
+/// workers; `arrow_batch` and `iceberg_commit` queues the larger of `arrow_batch`'s workers and
+/// `flush.workers`, `checkpoint`'s `flush.workers`. Keys that cannot apply are refused when the file is read:
+/// `workers` above 1 on the capture stages and `claim`, `claim.queue`, and `iceberg_commit`/`checkpoint`
+/// workers above `flush.workers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StageConfig {
-    /// Concurrent workers (≥ 1).
-    pub workers: usize,
-    /// Capacity of the stage's bounded input channel, in items (≥ 1): the backpressure bound.
-    pub queue: usize,
+    /// `workers`: concurrent workers (≥ 1).
+    pub workers: Option<usize>,
+    /// `queue`: capacity of the stage's bounded input channel, in items (≥ 1): the backpressure bound.
+    pub queue: Option<usize>,
 }
 
-/// `stages:` — every stage's pool, defaults filled in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `stages:` — what the file set for each stage's pool.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StagesConfig {
-    /// One entry per stage, in [`StageName::ALL`] order.
+    /// The stages the file mentions; a stage absent here keeps every default.
     pub pools: BTreeMap<StageName, StageConfig>,
 }
 
 impl StagesConfig {
-    /// The pool of `stage` (its default when the file did not set it).
+    /// What the file set for `stage` (nothing, when it did not mention it).
     pub fn get(&self, stage: StageName) -> StageConfig {
-        self.pools
-            .get(&stage)
-            .copied()
-            .unwrap_or_else(|| stage.default_config())
-    }
-}
-
-impl Default for StagesConfig {
-    fn default() -> Self {
-        Self {
-            pools: StageName::ALL
-                .iter()
-                .map(|s| (*s, s.default_config()))
-                .collect(),
-        }
+        self.pools.get(&stage).copied().unwrap_or_default()
     }
 }
 

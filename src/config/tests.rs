@@ -90,8 +90,20 @@ fn examples_mean_what_their_comments_say() {
         .is_some_and(|s3| s3.path_style));
 
     let scale = parse_ok(include_str!("../../examples/scale-out.yaml"));
-    assert_eq!(scale.stages.get(StageName::ArrowBatch).workers, 8);
+    assert_eq!(scale.stages.get(StageName::ArrowBatch).workers, Some(8));
     assert_eq!(scale.flush.workers, 8);
+    let capture = crate::pipeline::capture_settings(&scale);
+    assert_eq!(
+        (capture.schema_resolve.workers, capture.schema_resolve.queue),
+        (1, 4096)
+    );
+    assert_eq!(capture.enqueue.queue, 2048);
+    let flush = crate::pipeline::flush_settings(&scale);
+    assert_eq!(
+        (flush.arrow_batch.workers, flush.arrow_batch.queue),
+        (8, 32)
+    );
+    assert_eq!((flush.checkpoint.workers, flush.checkpoint.queue), (2, 8));
 }
 
 #[test]
@@ -206,7 +218,7 @@ fn defaults_are_applied_for_everything_left_out() {
     assert_eq!(config.telemetry.metrics.to_string(), DEFAULT_METRICS_ADDR);
     assert_eq!(config.telemetry.log_format, LogFormat::Human);
     for stage in StageName::ALL {
-        assert_eq!(config.stages.get(stage), stage.default_config());
+        assert_eq!(config.stages.get(stage), StageConfig::default());
     }
 }
 
@@ -615,4 +627,150 @@ fn a_comma_separated_table_list_keeps_commas_inside_quotes() {
         config.source.postgres.tables,
         TableSelection::Listed(expected.to_vec())
     );
+}
+
+/// `(workers, queue)` of a stage's options.
+fn pool(options: &philotes_engine::StageOptions) -> (usize, usize) {
+    (options.workers, options.queue)
+}
+
+#[test]
+fn stages_left_out_keep_the_pools_computed_from_flush_workers() {
+    let config = parse_ok(&format!("{MINIMAL}flush: {{ workers: 3 }}\n"));
+    let capture = crate::pipeline::capture_settings(&config);
+    for options in [&capture.decode, &capture.schema_resolve, &capture.enqueue] {
+        assert_eq!(pool(options), (1, 1024));
+    }
+    let flush = crate::pipeline::flush_settings(&config);
+    assert_eq!(flush.workers, 3);
+    assert_eq!(pool(&flush.arrow_batch), (2, 3));
+    assert_eq!(pool(&flush.iceberg_commit), (3, 3));
+    assert_eq!(pool(&flush.checkpoint), (3, 3));
+
+    let defaults = crate::pipeline::flush_settings(&parse_ok(MINIMAL));
+    assert_eq!(pool(&defaults.arrow_batch), (2, 2));
+    assert_eq!(pool(&defaults.iceberg_commit), (2, 2));
+    assert_eq!(pool(&defaults.checkpoint), (2, 2));
+}
+
+#[test]
+fn each_stage_key_set_in_the_file_reaches_its_stage_and_only_its_stage() {
+    let text = format!(
+        "{MINIMAL}flush: {{ workers: 4 }}
+stages:
+  decode: {{ workers: 1, queue: 10 }}
+  schema_resolve: {{ queue: 20 }}
+  enqueue: {{ queue: 30 }}
+  claim: {{ workers: 1 }}
+  arrow_batch: {{ workers: 6 }}
+  iceberg_commit: {{ workers: 3, queue: 50 }}
+  checkpoint: {{ queue: 60 }}
+"
+    );
+    let config = parse_ok(&text);
+    assert_eq!(
+        config.stages.get(StageName::SchemaResolve),
+        StageConfig {
+            workers: None,
+            queue: Some(20)
+        }
+    );
+    let capture = crate::pipeline::capture_settings(&config);
+    assert_eq!(pool(&capture.decode), (1, 10));
+    assert_eq!(pool(&capture.schema_resolve), (1, 20));
+    assert_eq!(pool(&capture.enqueue), (1, 30));
+    let flush = crate::pipeline::flush_settings(&config);
+    assert_eq!(flush.workers, 4);
+    // arrow_batch's queue is left out: the larger of its workers and flush.workers.
+    assert_eq!(pool(&flush.arrow_batch), (6, 6));
+    assert_eq!(pool(&flush.iceberg_commit), (3, 50));
+    assert_eq!(pool(&flush.checkpoint), (4, 60));
+}
+
+#[test]
+fn more_than_one_worker_on_a_capture_stage_or_claim_is_refused_at_its_line() {
+    let text = format!(
+        "{MINIMAL}stages:
+  decode: {{ workers: 2 }}
+  schema_resolve: {{ workers: 3 }}
+  enqueue:
+    workers: 4
+  claim: {{ workers: 8, queue: 16 }}
+"
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 5, "{}", ProblemList(&found));
+    for (path, line, words) in [
+        (
+            "stages.decode.workers",
+            10,
+            "decode follows the replication stream's order",
+        ),
+        (
+            "stages.schema_resolve.workers",
+            11,
+            "schema_resolve follows the replication stream's order",
+        ),
+        (
+            "stages.enqueue.workers",
+            13,
+            "enqueue follows the replication stream's order",
+        ),
+        (
+            "stages.claim.workers",
+            14,
+            "flush.workers sets how many flushes run at once",
+        ),
+        ("stages.claim.queue", 14, "stages.arrow_batch.queue"),
+    ] {
+        let problem = problem_at(&found, path);
+        assert_eq!(problem.line, line, "{problem}");
+        assert!(problem.message.contains(words), "{problem}");
+    }
+    assert!(problem_at(&found, "stages.decode.workers")
+        .message
+        .starts_with("must be 1, found 2"));
+}
+
+#[test]
+fn commit_or_checkpoint_workers_beyond_flush_workers_are_refused_naming_both_keys() {
+    let text = format!(
+        "{MINIMAL}flush: {{ workers: 2 }}
+stages:
+  iceberg_commit: {{ workers: 3 }}
+  checkpoint:
+    workers: 4
+  arrow_batch: {{ workers: 8 }}
+"
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 2, "{}", ProblemList(&found));
+    let commit = problem_at(&found, "stages.iceberg_commit.workers");
+    assert_eq!(commit.line, 11);
+    assert!(
+        commit.message.contains("more than flush.workers (2)")
+            && commit
+                .message
+                .contains("lower stages.iceberg_commit.workers or raise flush.workers"),
+        "{commit}"
+    );
+    let checkpoint = problem_at(&found, "stages.checkpoint.workers");
+    assert_eq!(checkpoint.line, 13);
+    assert!(
+        checkpoint.message.contains("stages.checkpoint.workers"),
+        "{checkpoint}"
+    );
+
+    // Measured against the default flush.workers (2) too, and not against a flush.workers that is itself wrong.
+    let default = problems(&format!(
+        "{MINIMAL}stages:\n  checkpoint: {{ workers: 3 }}\n"
+    ));
+    assert!(problem_at(&default, "stages.checkpoint.workers")
+        .message
+        .contains("(2)"));
+    let wrong = problems(&format!(
+        "{MINIMAL}flush: {{ workers: many }}\nstages:\n  checkpoint: {{ workers: 3 }}\n"
+    ));
+    assert_eq!(wrong.len(), 1, "{}", ProblemList(&wrong));
+    problem_at(&wrong, "flush.workers");
 }

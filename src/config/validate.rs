@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::model::{PartitionField, PartitionTransform, Warehouse, MAX_PIPELINE_NAME_LEN};
+use super::model::{
+    PartitionField, PartitionTransform, StageName, Warehouse, MAX_PIPELINE_NAME_LEN,
+};
 
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1).
 const MAX_PG_IDENTIFIER_LEN: usize = 63;
@@ -53,6 +55,47 @@ fn lower_identifier(name: &str, what: &str) -> Result<(), String> {
         Err(format!(
             "{name:?} is not a valid {what}: use lowercase letters, digits and _, starting with a letter"
         ))
+    }
+}
+
+/// `stages.<stage>.workers`: whether that many workers can ever have work. The capture stages follow the
+/// replication stream's order and `claim` is the flusher's single source, so each runs one worker; a flush
+/// holds one lease from claim to checkpoint, so `iceberg_commit` and `checkpoint` never have more flushes to
+/// work on than `flush.workers` (`flush_workers`, `None` when that key is itself wrong).
+pub(crate) fn stage_workers(
+    stage: StageName,
+    workers: usize,
+    flush_workers: Option<usize>,
+) -> Result<(), String> {
+    match stage {
+        StageName::Decode | StageName::SchemaResolve | StageName::Enqueue if workers > 1 => Err(format!(
+            "must be 1, found {workers}: {stage} follows the replication stream's order, so it runs one worker"
+        )),
+        StageName::Claim if workers > 1 => Err(format!(
+            "must be 1, found {workers}: claim is the flusher's source, one task taking table leases; \
+             flush.workers sets how many flushes run at once"
+        )),
+        StageName::IcebergCommit | StageName::Checkpoint => match flush_workers {
+            Some(leases) if workers > leases => Err(format!(
+                "{workers} is more than flush.workers ({leases}): a flush holds one lease from claim to \
+                 checkpoint, so at most {leases} {stage} workers would ever have work; lower \
+                 stages.{stage}.workers or raise flush.workers"
+            )),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// `stages.<stage>.queue`: `claim` is the flusher's source and has no input queue.
+pub(crate) fn stage_queue(stage: StageName) -> Result<(), String> {
+    match stage {
+        StageName::Claim => Err(
+            "claim has no input queue: it is the flusher's source (the queue after it is \
+             stages.arrow_batch.queue)"
+                .to_owned(),
+        ),
+        _ => Ok(()),
     }
 }
 

@@ -237,16 +237,13 @@ impl<'r, 'e> Walker<'r, 'e> {
         self.check(field, result)
     }
 
-    /// `section.key` as a count ≥ 1, or `default`.
-    pub fn count(&mut self, section: &Section<'_>, key: &str, default: usize) -> usize {
-        section
-            .field(key)
-            .and_then(|f| {
-                let n = self.integer(&f, 1)?;
-                let result = usize::try_from(n).map_err(|_| format!("{n} is too large"));
-                self.check(&f, result)
-            })
-            .unwrap_or(default)
+    /// `section.key` as a count ≥ 1; `None` when absent or invalid (reported).
+    pub fn opt_count(&mut self, section: &Section<'_>, key: &str) -> Option<usize> {
+        section.field(key).and_then(|f| {
+            let n = self.integer(&f, 1)?;
+            let result = usize::try_from(n).map_err(|_| format!("{n} is too large"));
+            self.check(&f, result)
+        })
     }
 
     /// `section.key` as a whole number ≥ 1, or `default`.

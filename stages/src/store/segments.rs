@@ -40,10 +40,13 @@ pub struct StoredSegment {
     pub row: SegmentRow,
 }
 
-const COPY_IN: &str = "COPY philotes.segments (pipeline, source_schema, source_table, schema_version, first_lsn, \
+/// The segment writer's COPY: its columns in order (the benchmark's buffer baseline copies into a table like
+/// this one with the same statement, so the two never drift).
+pub const COPY_IN: &str = "COPY philotes.segments (pipeline, source_schema, source_table, schema_version, first_lsn, \
     first_seq, last_lsn, last_seq, events, bytes, payload, trace_context) FROM STDIN (FORMAT binary)";
 
-const COPY_TYPES: [Type; 12] = [
+/// The types of [`COPY_IN`]'s columns, in its order.
+pub const COPY_TYPES: [Type; 12] = [
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
