@@ -12,7 +12,7 @@ use std::time::Duration;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType};
 use futures::TryStreamExt;
-use philotes_stages::flush::catalog::{self, CatalogSettings};
+use philotes_stages::catalog::{self, CatalogSettings};
 use philotes_testkit::TestDatabase;
 
 use crate::support::{assert_status_clean, slot_name, wait_for, Philotes};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use iceberg::spec::{Datum, ManifestStatus, PrimitiveLiteral};
 use philotes_stages::fault;
-use philotes_stages::flush::catalog::{self as flush_catalog, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ};
+use philotes_stages::catalog::{self as flush_catalog, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ};
 use philotes_stages::position::Lsn;
 use philotes_testkit::TestDatabase;
 

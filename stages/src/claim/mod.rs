@@ -217,6 +217,7 @@ impl Source for Claim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::position::Position;
 
     fn segment(events: i32) -> ClaimedSegment {
         ClaimedSegment { id: 0, schema_version: 1, first: Position::default(), last: Position::default(), events }
