@@ -23,7 +23,7 @@ fn summary(stored: &[Stored]) -> Vec<(String, char, Option<Value>)> {
         .iter()
         .map(|s| {
             let key = s.event.new.as_ref().or(s.event.old.as_ref()).map(|r| r[0].clone());
-            (s.table.clone(), s.event.op, key)
+            (s.table.clone(), s.event.op.code(), key)
         })
         .collect()
 }

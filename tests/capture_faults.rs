@@ -145,7 +145,7 @@ fn check_exactly_once(stored: &[Stored], plan: &[Txn]) -> BTreeMap<i32, Lsn> {
         let new = e.new.as_ref().expect("inserts and updates only");
         let (Value::Int64(id), Value::Int32(txn)) = (&new[0], &new[1]) else { panic!("unexpected row {new:?}") };
         let Value::Text(text) = &new[2] else { panic!("unexpected payload {new:?}") };
-        match e.op {
+        match e.op.code() {
             'I' => {
                 *inserts.entry(*id).or_default() += 1;
                 assert_eq!(text, &payload(*id), "insert payload of {id}");

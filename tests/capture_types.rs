@@ -400,7 +400,7 @@ async fn every_type_round_trips_from_the_wal_into_the_buffer_in_commit_order_wit
             'D' => 'D',
             other => panic!("unexpected history op {other}"),
         };
-        assert_eq!(s.event.op, expected_op, "{what}");
+        assert_eq!(s.event.op.code(), expected_op, "{what}");
         let full = h.table == "full_rows";
 
         // New image.

@@ -9,8 +9,6 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub enum Action {
     /// Try the same input again after a capped exponential backoff (fatal once the attempts run out).
     Retry,
-    /// Hand the input to the dead-letter handler and go on with the next one.
-    DeadLetter,
     /// Stop the whole flow; `Flow::run` returns the error.
     Stop,
     /// Stop the whole flow as [`Action::Stop`] does, saying that the role may start it again from its last
@@ -25,9 +23,6 @@ pub enum StageError {
     /// Transient (connection lost, catalog conflict): the same input is tried again.
     #[error("{0}")]
     Retryable(#[source] BoxError),
-    /// This one input cannot be processed (a value that cannot be converted): it is dead-lettered.
-    #[error("{0}")]
-    BadItem(#[source] BoxError),
     /// An invariant is broken: the flow stops.
     #[error("{0}")]
     Fatal(#[source] BoxError),
@@ -41,11 +36,6 @@ impl StageError {
     /// A transient failure; see [`StageError::Retryable`].
     pub fn retryable(cause: impl Into<BoxError>) -> Self {
         Self::Retryable(cause.into())
-    }
-
-    /// A failure tied to one input; see [`StageError::BadItem`].
-    pub fn bad_item(cause: impl Into<BoxError>) -> Self {
-        Self::BadItem(cause.into())
     }
 
     /// A failure that must stop the flow; see [`StageError::Fatal`].
@@ -62,7 +52,6 @@ impl StageError {
     pub fn action(&self) -> Action {
         match self {
             Self::Retryable(_) => Action::Retry,
-            Self::BadItem(_) => Action::DeadLetter,
             Self::Fatal(_) => Action::Stop,
             Self::SessionLost(_) => Action::Restart,
         }
@@ -72,7 +61,6 @@ impl StageError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Retryable(_) => "retryable",
-            Self::BadItem(_) => "bad_item",
             Self::Fatal(_) => "fatal",
             Self::SessionLost(_) => "session_lost",
         }
@@ -81,7 +69,7 @@ impl StageError {
     /// The wrapped cause, for reports that outlive the classification.
     pub fn into_cause(self) -> BoxError {
         match self {
-            Self::Retryable(cause) | Self::BadItem(cause) | Self::Fatal(cause) | Self::SessionLost(cause) => cause,
+            Self::Retryable(cause) | Self::Fatal(cause) | Self::SessionLost(cause) => cause,
         }
     }
 }
@@ -118,12 +106,13 @@ pub enum FlowError {
         #[source]
         cause: BoxError,
     },
-    /// The dead-letter handler could not take an item; dropping it silently is not an option.
-    #[error("dead-letter handler failed for an item of stage `{stage}`: {cause}")]
-    DeadLetter {
-        /// The stage whose item was being dead-lettered.
+    /// The flow was shut down while a stage waited to retry an input: the input was not processed, and the role
+    /// that runs the flow resumes from its checkpoint next time (nothing is lost).
+    #[error("stage `{stage}` was retrying when the flow shut down: {cause}")]
+    Interrupted {
+        /// The stage that was retrying.
         stage: String,
-        /// What the handler reported.
+        /// The error it was retrying.
         #[source]
         cause: BoxError,
     },
@@ -154,7 +143,7 @@ impl FlowError {
             Self::Fatal { stage, .. }
             | Self::SessionLost { stage, .. }
             | Self::RetriesExhausted { stage, .. }
-            | Self::DeadLetter { stage, .. }
+            | Self::Interrupted { stage, .. }
             | Self::Panicked { stage }
             | Self::Disconnected { stage } => Some(stage),
             Self::Invalid { .. } => None,
@@ -164,6 +153,12 @@ impl FlowError {
     /// Whether the role may run the flow again from its checkpoint ([`StageError::SessionLost`]).
     pub fn is_session_lost(&self) -> bool {
         matches!(self, Self::SessionLost { .. })
+    }
+
+    /// Whether the flow was shut down while a stage waited to retry ([`FlowError::Interrupted`]): a clean stop
+    /// for a role whose shutdown was asked for.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, Self::Interrupted { .. })
     }
 
     /// Whether this error only follows from another one (and so should not be the one reported).

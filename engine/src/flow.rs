@@ -10,13 +10,12 @@ use opentelemetry::metrics::Meter;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::dead_letter::{DeadLetterHandler, LogDeadLetters};
 use crate::edge::edge;
 use crate::error::FlowError;
 use crate::options::{RetryPolicy, StageOptions};
 use crate::pool::{stage_tasks, Task};
 use crate::report::{FlowReport, StageStats};
-use crate::retry::{Failures, Next};
+use crate::retry::Failures;
 use crate::stage::{Mode, Source, Stage, StreamSource};
 use crate::telemetry::{StageMetrics, METER_NAME};
 use crate::worker::Output;
@@ -27,7 +26,6 @@ pub const SOURCE_STAGE: &str = "source";
 /// What wiring needs at run time; lives only while the tasks are being built.
 struct RunCtx {
     meter: Meter,
-    dead_letters: Arc<dyn DeadLetterHandler>,
     cancel: CancellationToken,
     source_retry: RetryPolicy,
     stats: RefCell<Vec<(Arc<str>, Arc<StageStats>)>>,
@@ -42,7 +40,7 @@ impl RunCtx {
     fn failures(&self, stage: &Arc<str>, retry: RetryPolicy, metrics: Arc<StageMetrics>) -> Failures {
         let stats = Arc::new(StageStats::default());
         self.stats.borrow_mut().push((Arc::clone(stage), Arc::clone(&stats)));
-        Failures { stage: Arc::clone(stage), retry, metrics, stats, dead_letters: Arc::clone(&self.dead_letters) }
+        Failures { stage: Arc::clone(stage), retry, metrics, stats, cancel: self.cancel.clone() }
     }
 }
 
@@ -55,7 +53,6 @@ type Closed = Box<dyn FnOnce(&RunCtx) -> Vec<Task> + Send>;
 /// Flow-wide settings, and every problem found while building (reported all at once by `run`).
 struct Settings {
     meter: Option<Meter>,
-    dead_letters: Arc<dyn DeadLetterHandler>,
     source_retry: RetryPolicy,
     names: HashSet<String>,
     problems: Vec<String>,
@@ -94,7 +91,6 @@ impl Flow {
         names.insert(SOURCE_STAGE.to_owned());
         let settings = Settings {
             meter: None,
-            dead_letters: Arc::new(LogDeadLetters),
             source_retry: RetryPolicy::default(),
             names,
             problems: Vec::new(),
@@ -117,12 +113,6 @@ impl Flow {
         self
     }
 
-    /// Sends dead letters to this handler instead of the log.
-    pub fn dead_letters(mut self, handler: impl DeadLetterHandler) -> Self {
-        self.settings.dead_letters = Arc::new(handler);
-        self
-    }
-
     /// Runs the flow to its end: the source is exhausted, or `cancel` fires. On cancellation the source is asked
     /// for nothing more, every accepted item is drained through every stage and the sink, and each instance is
     /// flushed then closed, stage after stage. On the first failure every task is stopped at once (no flush, no
@@ -134,7 +124,6 @@ impl Flow {
         }
         let ctx = RunCtx {
             meter: settings.meter.unwrap_or_else(|| opentelemetry::global::meter(METER_NAME)),
-            dead_letters: settings.dead_letters,
             cancel,
             source_retry: settings.source_retry,
             stats: RefCell::new(Vec::new()),
@@ -204,12 +193,6 @@ impl<T: Send + 'static> FlowBuilder<T> {
         self
     }
 
-    /// Sends dead letters to this handler instead of the log.
-    pub fn dead_letters(mut self, handler: impl DeadLetterHandler) -> Self {
-        self.settings.dead_letters = Arc::new(handler);
-        self
-    }
-
     /// How the source's retryable errors are retried.
     pub fn source_retry(mut self, retry: RetryPolicy) -> Self {
         self.settings.source_retry = retry;
@@ -262,11 +245,8 @@ async fn run_source<Src: Source>(
             }
             Ok(None) => return Ok(()),
             Err(error) => {
-                let render = String::new;
-                match failures.handle(error, attempt, Some(&render)).await? {
-                    Next::Retry => attempt += 1,
-                    Next::Skip => attempt = 1,
-                }
+                failures.handle(error, attempt).await?;
+                attempt += 1;
             }
         }
     }

@@ -1,6 +1,6 @@
 //! philotes-engine: the generic stream-of-stages runtime. A [`Flow`] joins a [`Source`], typed [`Stage`]s and a
 //! sink with bounded edges; the engine owns every task and channel, runs each stage as a pool of workers in the
-//! [`Mode`] it declares, retries, dead-letters or stops on errors, drains on shutdown, and measures every stage.
+//! [`Mode`] it declares, retries or stops on errors, drains on shutdown, and measures every stage.
 //! It knows nothing of Postgres or Iceberg.
 //!
 //! ```
@@ -40,7 +40,6 @@
 //! ```
 
 mod chain;
-mod dead_letter;
 mod edge;
 mod error;
 mod flow;
@@ -53,9 +52,8 @@ pub mod telemetry;
 mod worker;
 
 pub use chain::{error_chain, join_causes};
-pub use dead_letter::{DeadLetter, DeadLetterFn, DeadLetterHandler, LogDeadLetters};
 pub use error::{Action, BoxError, FlowError, StageError};
 pub use flow::{Flow, FlowBuilder, SOURCE_STAGE};
 pub use options::{RetryPolicy, StageOptions, MAX_IN_FLIGHT};
 pub use report::{FlowReport, StageReport};
-pub use stage::{Emitter, Mode, Source, Stage, StreamSource, MAX_RENDERED_ITEM};
+pub use stage::{Emitter, Mode, Source, Stage, StreamSource};

@@ -8,7 +8,6 @@ pub(crate) struct StageStats {
     pub(crate) items_in: AtomicU64,
     pub(crate) items_out: AtomicU64,
     pub(crate) retries: AtomicU64,
-    pub(crate) dead_letters: AtomicU64,
 }
 
 impl StageStats {
@@ -22,7 +21,6 @@ impl StageStats {
             items_in: self.items_in.load(Ordering::Relaxed),
             items_out: self.items_out.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
-            dead_letters: self.dead_letters.load(Ordering::Relaxed),
         }
     }
 }
@@ -52,6 +50,4 @@ pub struct StageReport {
     pub items_out: u64,
     /// Failed attempts that were retried.
     pub retries: u64,
-    /// Inputs handed to the dead-letter handler.
-    pub dead_letters: u64,
 }

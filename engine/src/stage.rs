@@ -11,8 +11,6 @@ use futures::{Stream, StreamExt};
 
 use crate::error::StageError;
 
-/// How far [`Stage::render`] goes by default; dead letters must stay readable, not mirror a whole batch.
-pub const MAX_RENDERED_ITEM: usize = 2048;
 
 /// How the engine may run a stage's workers; the stage declares it (or [`crate::StageOptions::mode`] overrides it),
 /// the pipeline config only says how many workers.
@@ -89,8 +87,8 @@ impl<T> Emitter<T> {
 /// source or shutdown), `flush` once more and `close`. On a fatal error anywhere in the flow the engine stops at
 /// once and neither `flush` nor `close` is called.
 pub trait Stage: Send + 'static {
-    /// What the stage consumes. `Debug` renders it for the dead-letter handler; `Sync` lets a borrowed input
-    /// cross an `.await`.
+    /// What the stage consumes. `Debug` names it in traces and errors; `Sync` lets a borrowed input cross an
+    /// `.await`.
     type In: fmt::Debug + Send + Sync + 'static;
     /// What the stage produces.
     type Out: Send + 'static;
@@ -106,20 +104,6 @@ pub trait Stage: Send + 'static {
     fn key(item: &Self::In) -> u64 {
         let _ = item;
         0
-    }
-
-    /// A rendering of an input for the dead-letter handler. Default: `Debug`, cut at [`MAX_RENDERED_ITEM`] bytes.
-    fn render(item: &Self::In) -> String {
-        let mut text = format!("{item:?}");
-        if text.len() > MAX_RENDERED_ITEM {
-            let mut end = MAX_RENDERED_ITEM;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-            text.push('…');
-        }
-        text
     }
 
     /// Called once per instance before the first input (open a connection, load a cache). Retryable errors are

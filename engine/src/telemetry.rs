@@ -20,7 +20,7 @@ pub const STAGE_PROCESS_SECONDS: &str = "philotes_stage_process_seconds";
 pub const STAGE_QUEUE_DEPTH: &str = "philotes_stage_queue_depth";
 /// Attribute on every engine metric: the stage name.
 pub const STAGE: &str = "stage";
-/// Attribute on [`STAGE_ERRORS`]: `retryable`, `bad_item` or `fatal`.
+/// Attribute on [`STAGE_ERRORS`]: `retryable`, `fatal` or `session_lost`.
 pub const KIND: &str = "kind";
 
 /// Histogram buckets in seconds, from a fast decode (0.1 ms) to a slow commit (10 s).

@@ -11,7 +11,7 @@ use tracing::Instrument;
 use crate::edge::{EdgeSender, EdgeShared, Envelope};
 use crate::error::FlowError;
 use crate::report::StageStats;
-use crate::retry::{Failures, Next};
+use crate::retry::Failures;
 use crate::stage::{Emitter, Stage};
 
 /// Where a stage's outputs go: the next stage's edge, or nowhere for a sink (whose outputs are `()`).
@@ -131,7 +131,7 @@ impl<S: Stage> Worker<S> {
     async fn start(&mut self) -> Result<(), FlowError> {
         let mut attempt = 1;
         while let Err(error) = self.stage.start().await {
-            self.failures.handle(error, attempt, None).await?;
+            self.failures.handle(error, attempt).await?;
             attempt += 1;
         }
         Ok(())
@@ -140,13 +140,13 @@ impl<S: Stage> Worker<S> {
     async fn close(&mut self) -> Result<(), FlowError> {
         let mut attempt = 1;
         while let Err(error) = self.stage.close().await {
-            self.failures.handle(error, attempt, None).await?;
+            self.failures.handle(error, attempt).await?;
             attempt += 1;
         }
         Ok(())
     }
 
-    /// Processes one input until it succeeds, is dead-lettered, or fails the flow; then forwards its outputs.
+    /// Processes one input until it succeeds or fails the flow; then forwards its outputs.
     async fn item(&mut self, envelope: Envelope<S::In>, seq: u64) -> Result<(), FlowError> {
         self.queue.taken();
         self.failures.metrics.item_in();
@@ -162,16 +162,13 @@ impl<S: Stage> Worker<S> {
             self.failures.metrics.processed(started.elapsed());
             let Err(error) = result else { break };
             out.clear();
-            let render = || S::render(&item);
-            match self.failures.handle(error, attempt, Some(&render)).await? {
-                Next::Retry => attempt += 1,
-                Next::Skip => break,
-            }
+            self.failures.handle(error, attempt).await?;
+            attempt += 1;
         }
         self.forward(out.take(), Some(seq), Some(permit)).await
     }
 
-    /// Lets the instance emit what it holds, with the same retry and dead-letter rules as an input.
+    /// Lets the instance emit what it holds, with the same retry rules as an input.
     async fn flush(&mut self) -> Result<(), FlowError> {
         let mut out = Emitter::new();
         let mut attempt = 1;
@@ -188,11 +185,8 @@ impl<S: Stage> Worker<S> {
             };
             self.failures.metrics.processed(started.elapsed());
             out.clear();
-            let render = || "<flush>".to_owned();
-            match self.failures.handle(error, attempt, Some(&render)).await? {
-                Next::Retry => attempt += 1,
-                Next::Skip => break,
-            }
+            self.failures.handle(error, attempt).await?;
+            attempt += 1;
         }
         let items = out.take();
         if items.is_empty() {

@@ -66,12 +66,6 @@ pub fn arrow_type(pg_type: &PgType) -> DataType {
     iceberg_type(pg_type).arrow_type()
 }
 
-/// A nullable Arrow field for a source column (every source column may be null in changelog rows: deletes carry
-/// only the key).
-pub fn arrow_field(name: &str, pg_type: &PgType) -> Field {
-    Field::new(name, arrow_type(pg_type), true)
-}
-
 /// The unscaled `i128` of a [`Value::Numeric`](crate::Value::Numeric) text for an Iceberg `decimal(precision,
 /// scale)`. `NaN` and `±Infinity` have no decimal form, and a value needing more digits cannot be stored without
 /// changing it: both are errors (the event is dead-lettered), never a silent NULL or rounding.
@@ -251,7 +245,6 @@ mod tests {
         for (pg_type, arrow, iceberg) in mapping() {
             assert_eq!(arrow_type(&pg_type), arrow, "{pg_type}");
             assert_eq!(iceberg_type(&pg_type).to_string(), iceberg, "{pg_type}");
-            assert!(arrow_field("c", &pg_type).is_nullable());
         }
     }
 

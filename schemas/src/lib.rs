@@ -74,7 +74,7 @@ mod text;
 mod value;
 
 pub use crate::arrow::{
-    arrow_field, arrow_type, decimal128_unscaled, iceberg_time_micros, LIST_ELEMENT_NAME,
+    arrow_type, decimal128_unscaled, iceberg_time_micros, LIST_ELEMENT_NAME,
     UTC_TIME_ZONE,
 };
 pub use crate::civil::{civil_from_days, days_from_civil};

@@ -81,6 +81,11 @@ pub enum CaptureError {
 }
 
 impl CaptureError {
+    /// Whether the shutdown stopped a stage that was waiting to retry.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, CaptureError::Flow(e) if e.is_interrupted())
+    }
+
     /// Whether a restart from the checkpoint may succeed: a lost connection or a restarted server, not a
     /// misconfiguration or a broken invariant.
     pub fn is_restartable(&self) -> bool {
@@ -97,7 +102,7 @@ impl CaptureError {
 /// error occurs.
 pub async fn run(settings: &CaptureSettings, cancel: CancellationToken) -> Result<(), CaptureError> {
     // Each restart resumes from the checkpoint, exactly as a process restart would.
-    crate::supervise::restart_on_failure("capture lost a connection; restarting from the checkpoint", settings.restart, &cancel, CaptureError::is_restartable, || {
+    crate::supervise::restart_on_failure("capture lost a connection; restarting from the checkpoint", settings.restart, &cancel, CaptureError::is_restartable, CaptureError::is_interrupted, || {
         run_once(settings, &cancel)
     })
     .await

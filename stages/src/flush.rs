@@ -82,6 +82,11 @@ pub enum FlushError {
 }
 
 impl FlushError {
+    /// Whether the shutdown stopped a stage that was waiting to retry (a catalog outage, say).
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, FlushError::Flow(e) if e.is_interrupted())
+    }
+
     /// Whether a restart may succeed: a catalog not reachable yet, or a session a stage lost.
     pub fn is_restartable(&self) -> bool {
         match self {
@@ -94,7 +99,7 @@ impl FlushError {
 /// Runs the flusher until `cancel` fires (it drains the flushes in flight) or an error that a restart cannot
 /// mend.
 pub async fn run(settings: &FlushSettings, cancel: CancellationToken) -> Result<(), FlushError> {
-    crate::supervise::restart_on_failure("flusher restarting: its leases are released, the buffer keeps every change", settings.retry, &cancel, FlushError::is_restartable, || {
+    crate::supervise::restart_on_failure("flusher restarting: its leases are released, the buffer keeps every change", settings.retry, &cancel, FlushError::is_restartable, FlushError::is_interrupted, || {
         run_once(settings, &cancel)
     })
     .await

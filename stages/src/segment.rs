@@ -12,8 +12,8 @@ use crate::position::{Lsn, Position};
 /// One change as stored in a segment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmentEvent {
-    /// `I`, `U`, `D` or `T` (the changelog `_op`); `r` for a snapshot read.
-    pub op: char,
+    /// What happened to the row (stored as its `_op` code: `I`, `U`, `D`, `T`, `r`).
+    pub op: Op,
     /// Commit LSN of the source transaction.
     pub commit_lsn: Lsn,
     /// Order within the transaction.
@@ -35,11 +35,6 @@ impl SegmentEvent {
     /// Where the change sits in the source's history.
     pub fn position(&self) -> Position {
         Position::new(self.commit_lsn, self.seq)
-    }
-
-    /// The `_op` code of a decoded operation.
-    pub fn op_code(op: Op) -> char {
-        op.code()
     }
 }
 
@@ -161,7 +156,7 @@ impl<'a> ValueRef<'a> {
 #[derive(Debug)]
 pub struct EventRef<'a, 'r> {
     /// See [`SegmentEvent::op`].
-    pub op: char,
+    pub op: Op,
     /// See [`SegmentEvent::commit_lsn`].
     pub commit_lsn: Lsn,
     /// See [`SegmentEvent::seq`].
@@ -193,6 +188,7 @@ mod fast {
     use philotes_schemas::{Interval, Value};
 
     use super::{EventRef, SegmentEvent, ValueRef};
+    use crate::decode::Op;
     use crate::position::Lsn;
 
     /// Nesting of arrays this reader follows before it leaves the payload to `rmp-serde` (which has its own
@@ -387,7 +383,7 @@ mod fast {
 
         /// The six fields of an event before its rows.
         #[allow(clippy::type_complexity)]
-        fn header(&mut self) -> Option<(char, Lsn, u64, u32, i64, Option<bool>)> {
+        fn header(&mut self) -> Option<(Op, Lsn, u64, u32, i64, Option<bool>)> {
             let op = {
                 let s = self.str()?;
                 let mut chars = s.chars();
@@ -395,7 +391,7 @@ mod fast {
                 if chars.next().is_some() {
                     return None;
                 }
-                c
+                Op::from_code(c)?
             };
             let commit_lsn = Lsn(self.int_as()?);
             let seq = self.int_as()?;
@@ -523,10 +519,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_op_is_stored_as_its_code_so_buffers_written_before_op_was_typed_still_read() {
+        for op in [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Read] {
+            assert_eq!(rmp_serde::to_vec(&op).unwrap(), rmp_serde::to_vec(&op.code()).unwrap());
+            assert_eq!(rmp_serde::from_slice::<Op>(&rmp_serde::to_vec(&op.code()).unwrap()).unwrap(), op);
+        }
+        assert!(rmp_serde::from_slice::<Op>(&rmp_serde::to_vec(&'X').unwrap()).is_err());
+    }
+
+    #[test]
     fn a_segment_round_trips_through_messagepack() {
         let events = vec![
             SegmentEvent {
-                op: 'I',
+                op: Op::Insert,
                 commit_lsn: Lsn(0x16B_3748),
                 seq: 0,
                 xid: 731,
@@ -541,7 +546,7 @@ mod tests {
                 ]),
             },
             SegmentEvent {
-                op: 'D',
+                op: Op::Delete,
                 commit_lsn: Lsn(0x16B_3748),
                 seq: 1,
                 xid: 731,
@@ -602,11 +607,11 @@ mod tests {
         ];
         let mut events = Vec::new();
         for (i, (op, full)) in [
-            ('I', None),
-            ('U', Some(true)),
-            ('D', Some(false)),
-            ('T', None),
-            ('r', None),
+            (Op::Insert, None),
+            (Op::Update, Some(true)),
+            (Op::Delete, Some(false)),
+            (Op::Truncate, None),
+            (Op::Read, None),
         ]
         .into_iter()
         .enumerate()
@@ -619,7 +624,7 @@ mod tests {
                 commit_ts: [0, -1, i64::MIN, i64::MAX, 1_700_000_000_000_000][i],
                 old_is_full: full,
                 old: full.map(|_| row.clone()),
-                new: (op != 'D').then(|| row.clone()),
+                new: (op != Op::Delete).then(|| row.clone()),
             });
         }
         events
@@ -710,7 +715,7 @@ mod tests {
         use proptest::prelude::*;
         let row = || prop::option::of(prop::collection::vec(any_value(), 0..10));
         (
-            prop::sample::select(vec!['I', 'U', 'D', 'T', 'r', 'é']),
+            prop::sample::select(vec![Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Read]),
             any::<u64>(),
             any::<u64>(),
             any::<u32>(),

@@ -13,12 +13,15 @@ use tokio_util::sync::CancellationToken;
 const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 
 /// Runs `session` until it succeeds, `cancel` fires, or it fails in a way `restartable` says a restart cannot
-/// mend. `message` is the log line of each restart (it names the role and what a restart means for it).
+/// mend. `message` is the log line of each restart (it names the role and what a restart means for it). A session
+/// that `interrupted` says was stopped by the shutdown while it waited to retry ends the role cleanly: it resumes
+/// from its checkpoint next time, as after any restart.
 pub async fn restart_on_failure<E, F, Fut>(
     message: &str,
     policy: RetryPolicy,
     cancel: &CancellationToken,
     restartable: impl Fn(&E) -> bool,
+    interrupted: impl Fn(&E) -> bool,
     mut session: F,
 ) -> Result<(), E>
 where
@@ -39,6 +42,10 @@ where
                     () = tokio::time::sleep(delay) => {}
                     () = cancel.cancelled() => return Ok(()),
                 }
+            }
+            Err(e) if cancel.is_cancelled() && interrupted(&e) => {
+                tracing::info!(error = %crate::report::chain(&e), "shut down while retrying; the next start resumes from the checkpoint");
+                return Ok(());
             }
             Err(e) => return Err(e),
         }

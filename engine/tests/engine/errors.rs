@@ -1,10 +1,10 @@
-//! Error handling: retryable errors are retried without duplicating output, bad items are dead-lettered and the
-//! flow goes on, fatal errors (and exhausted retries, and panics) stop the flow naming the stage.
+//! Error handling: retryable errors are retried without duplicating output (and a shutdown does not wait for a
+//! backoff); fatal errors, lost sessions, exhausted retries and panics stop the flow naming the stage.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use philotes_engine::{DeadLetterFn, Emitter, Flow, FlowError, RetryPolicy, Stage, StageError, StageOptions};
+use philotes_engine::{Emitter, Flow, FlowError, RetryPolicy, Stage, StageError, StageOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{counting_source, Collect};
@@ -68,9 +68,11 @@ async fn a_retryable_error_becomes_fatal_after_max_attempts() {
     assert!(error.to_string().contains("connection lost"), "{error}");
 }
 
-/// Rejects every multiple of ten as unconvertible; fails fatally on `fatal_at`; panics on `panic_at`.
+/// Passes inputs on; fails fatally on `fatal_at`, loses its session on `session_lost_at`, panics on `panic_at`.
+#[derive(Default)]
 struct Convert {
     fatal_at: Option<u64>,
+    session_lost_at: Option<u64>,
     panic_at: Option<u64>,
 }
 
@@ -85,8 +87,8 @@ impl Stage for Convert {
         if Some(*item) == self.panic_at {
             panic!("bug at {item}");
         }
-        if matches!(item % 10, 0) {
-            return Err(StageError::bad_item(format!("cannot convert {item}")));
+        if Some(*item) == self.session_lost_at {
+            return Err(StageError::session_lost(format!("session of {item} lost")));
         }
         out.emit(*item);
         Ok(())
@@ -94,29 +96,40 @@ impl Stage for Convert {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_bad_item_reaches_the_dead_letter_handler_and_the_flow_goes_on() {
+async fn a_lost_session_stops_the_flow_as_restartable_naming_the_stage() {
     let received = Arc::new(Mutex::new(Vec::new()));
-    let letters = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&letters);
-    let report = Flow::from_stream(futures::stream::iter(0..100u64))
-        .stage("convert", StageOptions::new(3, 4), |_| Convert { fatal_at: None, panic_at: None })
+    let error = Flow::from_stream(futures::stream::iter(0..100u64))
+        .stage("convert", StageOptions::new(2, 4), |_| Convert { session_lost_at: Some(37), ..Convert::default() })
         .sink("collect", StageOptions::new(1, 4), |_| Collect::new(&received))
-        .dead_letters(DeadLetterFn(move |letter| sink.lock().unwrap().push(letter)))
         .run(CancellationToken::new())
         .await
-        .expect("bad items do not stop the flow");
-    let expected: Vec<u64> = (0..100).filter(|n| n % 10 != 0).collect();
-    assert_eq!(*received.lock().unwrap(), expected);
-    let letters = letters.lock().unwrap();
-    assert_eq!(letters.len(), 10);
-    let mut items: Vec<u64> = letters.iter().map(|l| l.item.parse().expect("rendered with Debug")).collect();
-    items.sort_unstable();
-    assert_eq!(items, (0..100).step_by(10).collect::<Vec<u64>>());
-    for letter in letters.iter() {
-        assert_eq!(letter.stage, "convert");
-        assert_eq!(letter.reason, format!("cannot convert {}", letter.item));
-    }
-    assert_eq!(report.stage("convert").map(|s| s.dead_letters), Some(10));
+        .expect_err("a lost session stops the flow");
+    // The role that runs the flow decides on this kind alone whether to start again from its checkpoint.
+    assert!(error.is_session_lost(), "{error:?}");
+    assert!(matches!(&error, FlowError::SessionLost { stage, .. } if stage == "convert"), "{error:?}");
+    assert!(error.to_string().contains("session of 37 lost"), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_during_a_retry_backoff_stops_at_once_as_interrupted() {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let cancel = CancellationToken::new();
+    let slow = RetryPolicy { base: Duration::from_secs(600), cap: Duration::from_secs(600), max_attempts: u32::MAX };
+    let flow = Flow::from_stream(futures::stream::iter(0..10u64))
+        .stage("flaky", StageOptions::new(1, 4).retry(slow), |_| Flaky { failures: u32::MAX })
+        .sink("collect", StageOptions::new(1, 4), |_| Collect::new(&received))
+        .run(cancel.clone());
+    let started = tokio::time::Instant::now();
+    let shutdown = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cancel.cancel();
+    };
+    let (result, ()) = tokio::join!(flow, shutdown);
+    let error = result.expect_err("the input being retried was not processed");
+    assert!(error.is_interrupted(), "{error:?}");
+    assert_eq!(error.stage(), Some("flaky"));
+    // The ten-minute backoff did not hold the shutdown up.
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 }
 
 #[tokio::test(start_paused = true)]
@@ -124,7 +137,7 @@ async fn a_fatal_error_stops_the_flow_and_names_the_stage() {
     let received = Arc::new(Mutex::new(Vec::new()));
     let taken = Arc::default();
     let error = Flow::from_stream(counting_source(&taken))
-        .stage("convert", StageOptions::new(2, 4), |_| Convert { fatal_at: Some(55), panic_at: None })
+        .stage("convert", StageOptions::new(2, 4), |_| Convert { fatal_at: Some(55), ..Convert::default() })
         .sink("collect", StageOptions::new(1, 4), |_| Collect::new(&received))
         .run(CancellationToken::new())
         .await
@@ -139,9 +152,8 @@ async fn a_fatal_error_stops_the_flow_and_names_the_stage() {
 async fn a_panicking_stage_stops_the_flow_and_names_the_stage() {
     let received = Arc::new(Mutex::new(Vec::new()));
     let error = Flow::from_stream(futures::stream::iter(1..100u64))
-        .stage("convert", StageOptions::new(2, 4), |_| Convert { fatal_at: None, panic_at: Some(42) })
+        .stage("convert", StageOptions::new(2, 4), |_| Convert { panic_at: Some(42), ..Convert::default() })
         .sink("collect", StageOptions::new(1, 4), |_| Collect::new(&received))
-        .dead_letters(DeadLetterFn(|_| {}))
         .run(CancellationToken::new())
         .await
         .expect_err("a panic stops the flow");
@@ -152,7 +164,7 @@ async fn a_panicking_stage_stops_the_flow_and_names_the_stage() {
 async fn an_invalid_flow_reports_every_problem_before_running() {
     let received = Arc::new(Mutex::new(Vec::<u64>::new()));
     let error = Flow::from_stream(futures::stream::iter(0..1u64))
-        .stage("convert", StageOptions::new(0, 4), |_| Convert { fatal_at: None, panic_at: None })
+        .stage("convert", StageOptions::new(0, 4), |_| Convert::default())
         .sink("convert", StageOptions::new(1, 4), |_| Collect::new(&received))
         .run(CancellationToken::new())
         .await

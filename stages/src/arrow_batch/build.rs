@@ -15,6 +15,7 @@ use super::{BatchOutput, RejectedRow};
 use crate::changelog::{check_column, type_name, SchemaError, CHANGELOG_COLUMNS, COMMIT_TS, LSN, OP, SEQ,
     UNCHANGED, XID,
 };
+use crate::decode::Op;
 use crate::segment::{self, SegmentEvent, ValueRef};
 
 /// Longest rendering of one value in a rejected row (a megabyte of JSON helps nobody in a dead letter).
@@ -144,23 +145,20 @@ impl BatchBuilder {
         let mut failure = None;
         let read = segment::read_events(payload, |event| {
             let taken = match event.op {
-                'I' => event.new.map(|image| ("I", image)),
-                'U' => event.new.map(|image| ("U", image)),
-                'r' => event.new.map(|image| ("r", image)),
-                'D' => event.old.map(|image| ("D", image)),
-                'T' => Some(("T", &[][..])),
-                _ => None,
+                Op::Insert | Op::Update | Op::Read => event.new.map(|image| (event.op, image)),
+                Op::Delete => event.old.map(|image| (Op::Delete, image)),
+                Op::Truncate => Some((Op::Truncate, &[][..])),
             };
             let unchanged = [event.old, event.new].into_iter().flatten().flatten().any(|v| *v == ValueRef::Unchanged);
             let (Some((op, image)), false) = (taken, unchanged) else {
                 usable = false;
                 return false;
             };
-            if op != "T" && image.len() != columns {
+            if op != Op::Truncate && image.len() != columns {
                 usable = false;
                 return false;
             }
-            let key_only = op == "D" && event.old_is_full != Some(true);
+            let key_only = op == Op::Delete && event.old_is_full != Some(true);
             let known = known_cells(&plan, op, key_only, image, &mut cells, |value, _, i| {
                 convert_ref(*value, &layout.kinds[i])
             });
@@ -391,20 +389,18 @@ fn fill_row<'a>(
     cells: &mut [Cell<'a>],
 ) -> Result<(), String> {
     let columns = &plan.version.columns;
-    let (op, image) = match event.op {
-        'I' => ("I", event.new.as_deref()),
-        'U' => ("U", event.new.as_deref()),
-        'r' => ("r", event.new.as_deref()),
-        'D' => ("D", event.old.as_deref()),
-        'T' => ("T", Some(&[][..])),
-        other => return Err(format!("unknown change kind {other:?}")),
+    let op = event.op;
+    let image = match op {
+        Op::Insert | Op::Update | Op::Read => event.new.as_deref(),
+        Op::Delete => event.old.as_deref(),
+        Op::Truncate => Some(&[][..]),
     };
-    let image = image.ok_or_else(|| format!("a {op} change without its row image"))?;
+    let image = image.ok_or_else(|| format!("a {} change without its row image", op.as_str()))?;
     let old = event
         .old
         .as_deref()
         .filter(|old| old.len() == columns.len());
-    if op != "T" && image.len() != columns.len() {
+    if op != Op::Truncate && image.len() != columns.len() {
         return Err(format!(
             "the row has {} values but its schema version of {} has {} columns",
             image.len(),
@@ -412,13 +408,13 @@ fn fill_row<'a>(
             columns.len()
         ));
     }
-    let key_only = op == "D" && event.old_is_full != Some(true);
-    let own_old = old.filter(|_| op != "D" && event.old_is_full == Some(true));
+    let key_only = op == Op::Delete && event.old_is_full != Some(true);
+    let own_old = old.filter(|_| op != Op::Delete && event.old_is_full == Some(true));
     // The previous image of this row: under the old key when the change carries one (the key may change).
     let lookup_key = match (history.enabled, old) {
         // A truncate has no row: nothing to look up (its image is empty).
         (false, _) => None,
-        _ if op == "T" => None,
+        _ if op == Op::Truncate => None,
         (true, Some(old)) => row_key(plan, |j| Slot::Known(Some(&old[j]))),
         (true, None) => row_key(plan, |j| Slot::Known(Some(&image[j]))),
     };
@@ -469,8 +465,8 @@ fn fill_row<'a>(
 
     if history.enabled {
         match op {
-            "T" => history.images.clear(),
-            "D" => {
+            Op::Truncate => history.images.clear(),
+            Op::Delete => {
                 if let Some(key) = &lookup_key {
                     history.images.remove(key);
                 }
@@ -512,13 +508,13 @@ fn fill_row<'a>(
 /// version column `j` in target column `i`.
 fn known_cells<'s, 'a, V, E>(
     plan: &Plan<'_>,
-    op: &str,
+    op: Op,
     key_only: bool,
     image: &'s [V],
     cells: &mut [Cell<'a>],
     mut convert: impl FnMut(&'s V, usize, usize) -> Result<Cell<'a>, E>,
 ) -> Result<(), E> {
-    if op == "T" {
+    if op == Op::Truncate {
         for &i in &plan.target_of {
             cells[i] = Cell::Null;
         }
@@ -534,7 +530,7 @@ fn known_cells<'s, 'a, V, E>(
 fn changelog_cells(
     layout: &Layout,
     cells: &mut [Cell<'_>],
-    op: &'static str,
+    op: Op,
     (lsn, seq): (u64, u64),
     commit_ts: i64,
     xid: u32,
@@ -544,7 +540,7 @@ fn changelog_cells(
             .map(Cell::I64)
             .map_err(|_| format!("{what} {n} does not fit an Iceberg long"))
     };
-    cells[layout.op] = Cell::Str(op);
+    cells[layout.op] = Cell::Str(op.as_str());
     cells[layout.lsn] = long("commit LSN", lsn)?;
     cells[layout.commit_ts] = Cell::I64(commit_ts);
     cells[layout.xid] = Cell::I64(i64::from(xid));
@@ -572,7 +568,7 @@ fn render(version: &TableSchema, event: &SegmentEvent) -> String {
     };
     let mut out = format!(
         "{} on {} (xid {}, position {})",
-        event.op,
+        event.op.as_str(),
         version.qualified_name(),
         event.xid,
         event.position()

@@ -19,8 +19,9 @@ use super::error::DecodeError;
 use super::pgoutput::{self, CustomType, LogicalMessage, OldTuple, PgOutputMessage, Relation, TupleData};
 use crate::position::{Lsn, Position};
 
-/// What kind of change a [`ChangeEvent`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What kind of change a [`ChangeEvent`] (and a buffered change) is. Stored in segments as its `_op` code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(into = "char", try_from = "char")]
 pub enum Op {
     /// A new row (`new` is set).
     Insert,
@@ -31,6 +32,8 @@ pub enum Op {
     /// The table was emptied (neither `old` nor `new`). CASCADE is already expanded by the server into one event
     /// per table; RESTART IDENTITY is dropped, since it changes no row.
     Truncate,
+    /// A row read by a snapshot (`new` is set); never decoded from the WAL.
+    Read,
 }
 
 impl Op {
@@ -41,7 +44,38 @@ impl Op {
             Op::Update => 'U',
             Op::Delete => 'D',
             Op::Truncate => 'T',
+            Op::Read => 'r',
         }
+    }
+
+    /// [`Op::code`] as the `_op` column's string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "I",
+            Op::Update => "U",
+            Op::Delete => "D",
+            Op::Truncate => "T",
+            Op::Read => "r",
+        }
+    }
+
+    /// The operation of an `_op` code.
+    pub fn from_code(code: char) -> Option<Op> {
+        [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Read].into_iter().find(|op| op.code() == code)
+    }
+}
+
+impl From<Op> for char {
+    fn from(op: Op) -> char {
+        op.code()
+    }
+}
+
+impl TryFrom<char> for Op {
+    type Error = String;
+
+    fn try_from(code: char) -> Result<Op, String> {
+        Op::from_code(code).ok_or_else(|| format!("unknown change kind {code:?}"))
     }
 }
 

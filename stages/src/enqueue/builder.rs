@@ -89,7 +89,7 @@ mod tests {
         });
         let events: Vec<SegmentEvent> = (0..300)
             .map(|i| SegmentEvent {
-                op: 'I',
+                op: crate::decode::Op::Insert,
                 commit_lsn: Lsn(0x16B_3748),
                 seq: i,
                 xid: 7,

@@ -24,7 +24,7 @@ pub(super) fn event(table: &TableVersion, change: &ChangeEvent) -> Result<Segmen
     };
     let new = change.new.as_ref().map(|data| row(table, data)).transpose()?;
     Ok(SegmentEvent {
-        op: change.op.code(),
+        op: change.op,
         commit_lsn: change.commit_lsn,
         seq: change.seq,
         xid: change.xid,
