@@ -476,8 +476,22 @@ async fn an_unreachable_catalog_is_retried_with_backoff_and_the_buffer_keeps_eve
     assert!(segments(&db, &pipeline) > 0, "the buffer keeps the changes");
     allow(true);
     wait_drained(&db, &pipeline, tables[0], Duration::from_secs(90), &[&capture, &flusher]).await;
-    assert_status_clean(&pipeline.file);
+
+    // Down when the flusher is asked to stop, deep in its backoff: it stops at once and cleanly (it does not
+    // wait for the catalog), and the next flusher writes what waited in the buffer.
+    allow(false);
+    workload(&db, &tables, 2001, 2, 200);
+    wait_failing(&flusher, &pipeline, "public.orders").await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let asked = std::time::Instant::now();
     flusher.stop_cleanly().await;
+    assert!(asked.elapsed() < Duration::from_secs(5), "the stop waited {:?} for the backoff", asked.elapsed());
+    assert!(segments(&db, &pipeline) > 0, "the buffer keeps the changes");
+    allow(true);
+    let restarted = self::flusher(&pipeline, &[], "flusher-2.log");
+    wait_drained(&db, &pipeline, tables[0], Duration::from_secs(90), &[&capture, &restarted]).await;
+    assert_status_clean(&pipeline.file);
+    restarted.stop_cleanly().await;
     capture.stop_cleanly().await;
 
     let rows = assert_exactly_once(&db, &pipeline, "orders").await;
