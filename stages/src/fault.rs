@@ -2,7 +2,7 @@
 //! `PHILOTES_FAULT=<point>` aborts the process at that point, the way a power cut or `kill -9` would, and
 //! `PHILOTES_FAULT_DELAY_BEFORE_COMMIT_MS=<ms>` holds every Iceberg commit for that long after its position
 //! check, so a test can make two flushers race on one table's commit, and `PHILOTES_PART_EVENTS=<n>` cuts
-//! flushes into parts of `n` changes, so a test with a few thousand changes has flushes of many parts, as a
+//! flushes into slices of `n` changes, so a test with a few thousand changes has flushes of many slices, as a
 //! million-change flush has.
 
 /// After the Parquet files are written, before the Iceberg commit.

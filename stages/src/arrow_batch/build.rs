@@ -129,7 +129,7 @@ impl BatchBuilder {
     /// Appends the changes of one segment straight from its payload, without owned values. `Ok(false)` when
     /// this path cannot take the segment: an unchanged TOAST value (an earlier image may fill it), an interval
     /// or array, a change that is to be rejected, a payload in another form. Rows may then be half appended:
-    /// the caller throws this builder away and builds the part with [`build_batch`], which gives the same
+    /// the caller throws this builder away and builds the slice with [`build_batch`], which gives the same
     /// rows for every segment this path takes.
     pub fn append_payload(
         &mut self,

@@ -55,7 +55,7 @@ impl std::fmt::Debug for FlushJob {
 }
 
 /// What a job is made of; see [`FlushJob`].
-pub(super) struct Parts {
+pub(super) struct JobParts {
     pub id: u64,
     pub target: TableIdent,
     pub lease: Lease,
@@ -69,7 +69,7 @@ pub(super) struct Parts {
 }
 
 impl FlushJob {
-    pub(super) fn new(parts: Parts) -> Self {
+    pub(super) fn new(parts: JobParts) -> Self {
         Self {
             id: parts.id,
             target: parts.target,

@@ -181,7 +181,7 @@ impl Claim {
         self.jobs += 1;
         let slices = cut_into_slices(&segments);
         let count = slices.len();
-        let job = Arc::new(FlushJob::new(job::Parts {
+        let job = Arc::new(FlushJob::new(job::JobParts {
             id: self.jobs,
             target: TableIdent::new(NamespaceIdent::new(target.namespace), target.name),
             lease,

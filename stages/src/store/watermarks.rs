@@ -79,7 +79,7 @@ pub async fn claim(
     }))
 }
 
-/// One claimed segment (its payload is read later, part by part: [`payloads`]).
+/// One claimed segment (its payload is read later, slice by slice: [`payloads`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedSegment {
     /// Queue id (deleted at checkpoint).
@@ -102,8 +102,8 @@ pub async fn segments(
     lease: &Lease,
     max_events: i64,
 ) -> Result<Vec<ClaimedSegment>, tokio_postgres::Error> {
-    // The cut at `max_events` happens in SQL; payloads are not read here but by the ArrowBatch workers, part by
-    // part, so reading the next part overlaps with building and writing the previous one.
+    // The cut at `max_events` happens in SQL; payloads are not read here but by the ArrowBatch workers, slice by
+    // slice, so reading the next slice overlaps with building and writing the previous one.
     let rows = client
         .query(
             "WITH ordered AS (
