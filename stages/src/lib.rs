@@ -6,7 +6,7 @@
 //! - flusher role ([`flush`]): [`claim`] (the flush job, [`claim::job`]) → [`arrow_batch`] → [`iceberg_commit`]
 //!   → [`checkpoint`];
 //! - shared: [`store`] (SQL of the buffer's tables), [`catalog`] (the Iceberg catalog and table preparation),
-//!   [`changelog`] (the changelog table layout), [`segment`] (the buffer's payload format), [`position`],
+//!   [`changelog`] (the changelog table layout), [`op`] (the kind of a change), [`segment`] (the buffer's payload format), [`position`],
 //!   [`table_id`].
 
 pub mod arrow_batch;
@@ -20,6 +20,7 @@ pub mod enqueue;
 pub mod fault;
 pub mod flush;
 pub mod iceberg_commit;
+pub mod op;
 pub mod position;
 pub mod report;
 pub mod resolve;

@@ -6,7 +6,7 @@
 use philotes_schemas::Value;
 use serde::{Deserialize, Serialize};
 
-use crate::decode::Op;
+use crate::op::Op;
 use crate::position::{Lsn, Position};
 
 /// One change as stored in a segment.
@@ -188,7 +188,7 @@ mod fast {
     use philotes_schemas::{Interval, Value};
 
     use super::{EventRef, SegmentEvent, ValueRef};
-    use crate::decode::Op;
+    use crate::op::Op;
     use crate::position::Lsn;
 
     /// Nesting of arrays this reader follows before it leaves the payload to `rmp-serde` (which has its own

@@ -15,7 +15,7 @@ use super::{BatchOutput, RejectedRow};
 use crate::changelog::{check_column, type_name, SchemaError, CHANGELOG_COLUMNS, COMMIT_TS, LSN, OP, SEQ,
     UNCHANGED, XID,
 };
-use crate::decode::Op;
+use crate::op::Op;
 use crate::segment::{self, SegmentEvent, ValueRef};
 
 /// Longest rendering of one value in a rejected row (a megabyte of JSON helps nobody in a dead letter).

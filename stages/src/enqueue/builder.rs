@@ -89,7 +89,7 @@ mod tests {
         });
         let events: Vec<SegmentEvent> = (0..300)
             .map(|i| SegmentEvent {
-                op: crate::decode::Op::Insert,
+                op: crate::op::Op::Insert,
                 commit_lsn: Lsn(0x16B_3748),
                 seq: i,
                 xid: 7,

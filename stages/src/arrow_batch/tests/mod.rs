@@ -57,7 +57,7 @@ fn event(
     new: Option<Vec<Value>>,
 ) -> SegmentEvent {
     SegmentEvent {
-        op: crate::decode::Op::from_code(op).expect("an _op code"),
+        op: crate::op::Op::from_code(op).expect("an _op code"),
         commit_lsn: Lsn(LSN_OF_TX),
         seq,
         xid: 731,

@@ -74,7 +74,7 @@ fn payloads(rows: usize) -> Vec<Vec<u8>> {
             let events: Vec<SegmentEvent> = chunk
                 .iter()
                 .map(|&g| SegmentEvent {
-                    op: crate::decode::Op::Insert,
+                    op: crate::op::Op::Insert,
                     commit_lsn: Lsn(LSN_OF_TX + g / 100_000),
                     seq: g % 100_000,
                     xid: 731,

@@ -273,7 +273,7 @@ fn a_value_iceberg_cannot_hold_rejects_its_change_and_the_rest_flows() {
     assert!(nan.reason.contains("NaN"), "{}", nan.reason);
     assert!(nan.rendering.contains("public.t"), "{}", nan.rendering);
     assert!(nan.rendering.contains("n=numeric NaN"), "{}", nan.rendering);
-    // (A change of unknown kind cannot be built any more: a segment holds a decode::Op.)
+    // (A change of unknown kind cannot be built any more: a segment holds an Op.)
     assert!(
         out.rejected[1].reason.contains("1 values"),
         "{}",
