@@ -201,11 +201,10 @@ impl GuardedCatalog {
     }
 }
 
-/// Whether an iceberg error is a commit conflict (another commit landed first).
+/// Whether an iceberg error is a commit conflict (another commit landed first): the kind both catalogs, the
+/// crate's requirement checks and [`GuardedCatalog`] give it.
 pub fn is_conflict(error: &Error) -> bool {
     error.kind() == ErrorKind::CatalogCommitConflicts
-        || error.to_string().contains("Requirement failed")
-        || error.to_string().contains("requirement")
 }
 
 #[async_trait]

@@ -144,9 +144,9 @@ impl From<SchemaError> for Failure {
     }
 }
 
-/// Whether loading failed because the table is not there (the catalogs word it differently).
+/// Whether loading failed because the table is not there (both catalogs say so with this kind).
 fn is_not_found(e: &iceberg::Error) -> bool {
-    e.kind() == ErrorKind::TableNotFound || e.to_string().contains("not found") || e.to_string().contains("does not exist")
+    e.kind() == ErrorKind::TableNotFound
 }
 
 /// Table properties of every table philotes creates.
