@@ -193,8 +193,8 @@ async fn resume(file: &Path, tables: &[String], log_format: Option<LogFormatArg>
         .await
         .with_context(|| format!("connecting to the buffer database {}", config.buffer.url))?;
     for table in tables {
-        let name = philotes::config::TableName::parse(table).map_err(|e| anyhow::anyhow!("--table {table}: {e}"))?;
-        match philotes_stages::store::watermarks::resume(&client, &config.pipeline, &philotes_stages::table_id::TableId::new(name.schema.clone(), name.name.clone())).await? {
+        let name = philotes::config::TableId::parse(table).map_err(|e| anyhow::anyhow!("--table {table}: {e}"))?;
+        match philotes_stages::store::watermarks::resume(&client, &config.pipeline, &name).await? {
             Some(reason) => println!("{name}: resumed (it had stopped: {reason})"),
             None => anyhow::bail!("{name} is not stopped (see `philotes status {}`)", file.display()),
         }

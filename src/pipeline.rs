@@ -12,11 +12,9 @@ use philotes_stages::enqueue::EnqueueLimits;
 use philotes_stages::catalog::CatalogSettings;
 use philotes_stages::claim::TableTarget;
 use philotes_stages::flush::FlushSettings;
-use philotes_stages::source::setup::PublishedTables;
-use philotes_stages::table_id::TableId;
 
 use crate::config::{
-    CatalogKind, PipelineConfig, StageName, TableMode, TableName, TableSelection, UnmappedTypes,
+    CatalogKind, PipelineConfig, StageName, TableId, TableMode, UnmappedTypes,
     DEFAULT_ARROW_BATCH_WORKERS, DEFAULT_CAPTURE_QUEUE,
 };
 
@@ -40,16 +38,11 @@ pub fn capture_settings(config: &PipelineConfig) -> CaptureSettings {
         buffer: config.buffer.url.config().clone(),
         publication: source.publication.clone(),
         slot: source.slot.clone(),
-        tables: match &source.tables {
-            TableSelection::All => PublishedTables::All,
-            TableSelection::Listed(list) => {
-                PublishedTables::Listed(list.iter().map(|t| TableId::new(t.schema.clone(), t.name.clone())).collect())
-            }
-        },
+        tables: source.tables.clone(),
         iceberg_name: {
             let targets = config.clone();
-            Arc::new(move |schema: &str, table: &str| {
-                let target = targets.iceberg_target(&TableName { schema: schema.to_string(), name: table.to_string() });
+            Arc::new(move |table: &TableId| {
+                let target = targets.iceberg_target(table);
                 format!("{}.{}", target.namespace, target.name)
             })
         },
@@ -139,8 +132,8 @@ pub fn flush_settings(config: &PipelineConfig) -> FlushSettings {
         pipeline: config.pipeline.clone(),
         buffer: config.buffer.url.config().clone(),
         catalog,
-        target: Arc::new(move |schema: &str, table: &str| {
-            let target = targets.iceberg_target(&TableName { schema: schema.to_string(), name: table.to_string() });
+        target: Arc::new(move |table: &TableId| {
+            let target = targets.iceberg_target(table);
             TableTarget { namespace: target.namespace, name: target.name }
         }),
         workers: leases,

@@ -11,7 +11,7 @@ use philotes_stages::store::{self, checkpoints, dead_letters, segments, source_t
 use serde::Serialize;
 use tokio_postgres::Config;
 
-use crate::config::{PipelineConfig, TableName};
+use crate::config::{PipelineConfig, TableId};
 
 /// A snapshot of a pipeline's state. A part that could not be read (the source down, the buffer unreachable) is
 /// `null` and named in [`Status::errors`]; the rest is still shown.
@@ -84,8 +84,8 @@ pub struct TableStatus {
 /// never flowed gets a line of its own.
 fn add_source_tables(tables: &mut Vec<TableStatus>, followed: Vec<source_tables::SourceTable>) {
     for row in followed {
-        let renamed_to = row.renamed().then(|| TableName { schema: row.schema_now, name: row.table_now }.to_string());
-        let name = TableName { schema: row.source_schema, name: row.source_table }.to_string();
+        let renamed_to = row.renamed().then(|| TableId { schema: row.schema_now, name: row.table_now }.to_string());
+        let name = TableId { schema: row.source_schema, name: row.source_table }.to_string();
         match tables.iter_mut().find(|t| t.table == name) {
             Some(table) => {
                 table.renamed_to = renamed_to;
@@ -190,7 +190,7 @@ async fn read_buffer(config: &Config, pipeline: &str, status: &mut Status) -> Re
         .into_iter()
         .map(|t| TableStatus {
             // As the pipeline file writes it (`public."t.dot"`), so it can be pasted back.
-            table: TableName { schema: t.source_schema, name: t.source_table }.to_string(),
+            table: TableId { schema: t.source_schema, name: t.source_table }.to_string(),
             committed: t.committed.map(|p| p.to_string()),
             error: t.error,
             failing_since: t.failing.as_ref().map(|f| f.since.clone()),

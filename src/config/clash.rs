@@ -13,15 +13,15 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use super::model::{IcebergTarget, PipelineConfig, TableName};
+use super::model::{IcebergTarget, PipelineConfig, TableId};
 
 /// Two source tables whose changes would go to one Iceberg table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IcebergClash {
     /// The table that claimed the Iceberg table first (in the order the tables were given).
-    pub first: TableName,
+    pub first: TableId,
     /// The table that resolves to the same Iceberg table.
-    pub second: TableName,
+    pub second: TableId,
     /// `first`'s Iceberg namespace and table name.
     pub first_target: (String, String),
     /// `second`'s; equal to `first_target` but for letter case.
@@ -53,19 +53,19 @@ impl fmt::Display for IcebergClash {
 }
 
 /// The first table on an Iceberg identifier, and the identifier as it resolved for that table.
-type Claim<'t> = (&'t TableName, (String, String));
+type Claim<'t> = (&'t TableId, (String, String));
 
 /// Every pair of `tables` that the pipeline would write into one Iceberg table, each later table paired with
 /// the first table that resolves to its identifier (three tables on one identifier give two clashes).
 /// Empty when every table has its own Iceberg table.
-pub fn iceberg_clashes(config: &PipelineConfig, tables: &[TableName]) -> Vec<IcebergClash> {
+pub fn iceberg_clashes(config: &PipelineConfig, tables: &[TableId]) -> Vec<IcebergClash> {
     clashes(|t| config.iceberg_target(t), tables)
 }
 
 /// [`iceberg_clashes`] with targets from `resolve` (the file is checked before the whole config is built).
 pub(crate) fn clashes(
-    resolve: impl Fn(&TableName) -> IcebergTarget,
-    tables: &[TableName],
+    resolve: impl Fn(&TableId) -> IcebergTarget,
+    tables: &[TableId],
 ) -> Vec<IcebergClash> {
     let mut claimed: HashMap<(String, String), Claim<'_>> = HashMap::new();
     let mut found = Vec::new();

@@ -93,7 +93,7 @@ fn postgres_url(w: &mut Walker<'_, '_>, field: &Field<'_>) -> Option<PostgresUrl
 
 /// A table named in the file, with where it is named (a `source.postgres.tables` item or a
 /// `sink.iceberg.tables` key).
-type Place = (TableName, Pos, String);
+type Place = (TableId, Pos, String);
 
 /// What `source.postgres` gives the rest of the file: the whole section, and the url and tables
 /// alone (other sections are checked against those even when the section as a whole failed), the
@@ -101,16 +101,16 @@ type Place = (TableName, Pos, String);
 type Source = (
     Option<PostgresSourceConfig>,
     Option<PostgresUrl>,
-    Option<(TableSelection, Vec<Place>)>,
+    Option<(PublishedTables, Vec<Place>)>,
 );
 
 /// Refuses two tables that would write one Iceberg table, at the later one's place.
 fn report_clashes(
     w: &mut Walker<'_, '_>,
-    resolve: impl Fn(&TableName) -> IcebergTarget,
+    resolve: impl Fn(&TableId) -> IcebergTarget,
     places: &[Place],
 ) {
-    let tables: Vec<TableName> = places.iter().map(|(t, _, _)| t.clone()).collect();
+    let tables: Vec<TableId> = places.iter().map(|(t, _, _)| t.clone()).collect();
     for clash in clash::clashes(resolve, &tables) {
         if let Some((_, pos, path)) = places.iter().find(|(t, _, _)| *t == clash.second) {
             w.problem(*pos, path, clash.to_string());
@@ -166,12 +166,12 @@ fn source(w: &mut Walker<'_, '_>, top: &Section<'_>, pipeline: Option<&str>) -> 
 fn table_selection(
     w: &mut Walker<'_, '_>,
     field: &Field<'_>,
-) -> Option<(TableSelection, Vec<Place>)> {
+) -> Option<(PublishedTables, Vec<Place>)> {
     let mut names: Vec<(Field<'_>, String)> = Vec::new();
     if matches!(field.node.value, Value::Scalar(_)) {
         let text = w.text(field)?;
         if text.trim() == "all" {
-            return Some((TableSelection::All, Vec::new()));
+            return Some((PublishedTables::All, Vec::new()));
         }
         let parts = split_outside_quotes(&text, ',')
             .into_iter()
@@ -192,14 +192,14 @@ fn table_selection(
         );
         return None;
     }
-    let mut tables: Vec<TableName> = Vec::with_capacity(names.len());
+    let mut tables: Vec<TableId> = Vec::with_capacity(names.len());
     let mut places = Vec::with_capacity(names.len());
     let mut ok = true;
     for (item, text) in &names {
         let parsed = if text == "all" {
             Err("`all` cannot be mixed with table names".to_owned())
         } else {
-            TableName::parse(text)
+            TableId::parse(text)
         };
         match w.check(item, parsed) {
             Some(table) if tables.contains(&table) => {
@@ -212,7 +212,7 @@ fn table_selection(
             None => ok = false,
         }
     }
-    ok.then_some((TableSelection::Listed(tables), places))
+    ok.then_some((PublishedTables::Listed(tables), places))
 }
 
 /// `text` split at each `separator` that is not inside a double-quoted name (`"a,b".t, c`).
@@ -256,7 +256,7 @@ fn sink(
     w: &mut Walker<'_, '_>,
     top: &Section<'_>,
     buffer_url: Option<&PostgresUrl>,
-    source: Option<&(TableSelection, Vec<Place>)>,
+    source: Option<&(PublishedTables, Vec<Place>)>,
 ) -> Option<IcebergSinkConfig> {
     let source_tables = source.map(|(selection, _)| selection);
     let sink_field = w.required(top, "sink")?;
@@ -298,10 +298,10 @@ fn sink(
     if let Some((selection, listed)) = source {
         // With `all` the tables are only known at run time (checked there); the overridden ones are known now.
         let places = match selection {
-            TableSelection::Listed(_) => listed,
-            TableSelection::All => &overridden,
+            PublishedTables::Listed(_) => listed,
+            PublishedTables::All => &overridden,
         };
-        let resolve = |t: &TableName| resolve_target(namespace.as_deref(), mode, &tables, t);
+        let resolve = |t: &TableId| resolve_target(namespace.as_deref(), mode, &tables, t);
         report_clashes(w, resolve, places);
     }
     let warehouse = warehouse?;
@@ -460,13 +460,13 @@ fn s3_config(w: &mut Walker<'_, '_>, field: &Field<'_>) -> Option<S3Config> {
 fn table_overrides(
     w: &mut Walker<'_, '_>,
     iceberg: &Section<'_>,
-    source_tables: Option<&TableSelection>,
-) -> (BTreeMap<TableName, TableOverride>, Vec<Place>) {
+    source_tables: Option<&PublishedTables>,
+) -> (BTreeMap<TableId, TableOverride>, Vec<Place>) {
     let tables = w.section(iceberg, "tables", &[]);
     let mut out = BTreeMap::new();
     let mut places = Vec::new();
     for (key, field) in tables.entries() {
-        let Some(table) = w.check(&field, TableName::parse(key)) else {
+        let Some(table) = w.check(&field, TableId::parse(key)) else {
             continue;
         };
         if source_tables.is_some_and(|s| !s.includes(&table)) {

@@ -12,7 +12,6 @@
 
 mod clash;
 mod decode;
-mod ident;
 mod interpolate;
 mod model;
 mod secret;

@@ -62,7 +62,7 @@ impl PipelineConfig {
     /// The Iceberg table, mode and partition spec for a source table, all defaults resolved:
     /// namespace = per-table `namespace`, else `sink.iceberg.namespace`, else the source schema;
     /// name = per-table `name`, else the source table name; mode = per-table, else the sink's.
-    pub fn iceberg_target(&self, table: &TableName) -> IcebergTarget {
+    pub fn iceberg_target(&self, table: &TableId) -> IcebergTarget {
         self.sink.iceberg.target(table)
     }
 }
@@ -85,7 +85,7 @@ pub struct PostgresSourceConfig {
     pub slot: String,
     /// Tables to capture: `all`, or a list of `schema.table` (unqualified means `public`; a part may be an
     /// SQL-style quoted identifier, `public."t.dot"`). Required.
-    pub tables: TableSelection,
+    pub tables: PublishedTables,
     /// Whether existing rows are copied before streaming starts; default `initial`.
     pub snapshot: SnapshotMode,
     /// What to do with a column whose type has no Iceberg mapping; default `error`.
@@ -96,67 +96,10 @@ pub struct PostgresSourceConfig {
     pub status_interval: Duration,
 }
 
-/// `source.postgres.tables`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TableSelection {
-    /// `all`: every table of the publication (`FOR ALL TABLES` when philotes creates it).
-    All,
-    /// These tables, in the order written.
-    Listed(Vec<TableName>),
-}
-
-impl TableSelection {
-    /// Whether `table` is captured.
-    pub fn includes(&self, table: &TableName) -> bool {
-        match self {
-            TableSelection::All => true,
-            TableSelection::Listed(tables) => tables.contains(table),
-        }
-    }
-}
-
-/// A schema-qualified source table name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TableName {
-    /// Schema (`public` when the file wrote an unqualified name).
-    pub schema: String,
-    /// Table.
-    pub name: String,
-}
-
-impl TableName {
-    /// Parses `schema.table` or `table` (meaning `public.table`). A part may be an SQL-style quoted identifier
-    /// (`"my schema"."t.dot"`, `public."T"`; `""` inside quotes is a quote), so names holding dots, quotes or
-    /// spaces can be written; unquoted parts are taken exactly as written (no lowercasing).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let parts = super::ident::split(text)?;
-        let (schema, name) = match parts.as_slice() {
-            [name] => ("public", name.as_str()),
-            [schema, name] => (schema.as_str(), name.as_str()),
-            _ => {
-                return Err(format!(
-                "expected schema.table, found {text:?} (quote a name that holds a dot: \"t.dot\")"
-            ))
-            }
-        };
-        if schema.trim().is_empty() || name.trim().is_empty() {
-            return Err(format!("expected schema.table, found {text:?}"));
-        }
-        Ok(Self {
-            schema: schema.to_owned(),
-            name: name.to_owned(),
-        })
-    }
-}
-
-/// `schema.table`, each part quoted only when it must be to read back as itself (`public."t.dot"`), so what
-/// philotes prints can be pasted into the pipeline file.
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use super::ident::quoted;
-        write!(f, "{}.{}", quoted(&self.schema), quoted(&self.name))
-    }
-}
+/// `source.postgres.tables`: [`PublishedTables`] (`all`, or the tables listed, in the order written).
+pub use philotes_stages::source::setup::PublishedTables;
+/// A schema-qualified source table name (`public` when the file wrote an unqualified name).
+pub use philotes_stages::table_id::TableId;
 
 /// `source.postgres.snapshot`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,12 +162,12 @@ pub struct IcebergSinkConfig {
     /// Target size of written Parquet data files; default 512MiB. (Added key.)
     pub target_file_size: u64,
     /// Per-source-table overrides, keyed by source table.
-    pub tables: BTreeMap<TableName, TableOverride>,
+    pub tables: BTreeMap<TableId, TableOverride>,
 }
 
 impl IcebergSinkConfig {
     /// See [`PipelineConfig::iceberg_target`].
-    pub fn target(&self, table: &TableName) -> IcebergTarget {
+    pub fn target(&self, table: &TableId) -> IcebergTarget {
         resolve_target(self.namespace.as_deref(), self.mode, &self.tables, table)
     }
 }
@@ -234,8 +177,8 @@ impl IcebergSinkConfig {
 pub(crate) fn resolve_target(
     namespace: Option<&str>,
     mode: TableMode,
-    overrides: &BTreeMap<TableName, TableOverride>,
-    table: &TableName,
+    overrides: &BTreeMap<TableId, TableOverride>,
+    table: &TableId,
 ) -> IcebergTarget {
     let table_override = overrides.get(table);
     IcebergTarget {

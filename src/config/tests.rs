@@ -66,9 +66,9 @@ fn every_example_pipeline_parses_and_validates_as_it_is() {
 fn examples_mean_what_their_comments_say() {
     let mirror = parse_ok(include_str!("../../examples/planned/mirror.yaml"));
     assert_eq!(mirror.sink.iceberg.mode, TableMode::Mirror);
-    let audit = mirror.iceberg_target(&TableName::parse("audit_log").unwrap());
+    let audit = mirror.iceberg_target(&TableId::parse("audit_log").unwrap());
     assert_eq!(audit.mode, TableMode::Changelog);
-    let invoices = mirror.iceberg_target(&TableName::parse("sales.invoices").unwrap());
+    let invoices = mirror.iceberg_target(&TableId::parse("sales.invoices").unwrap());
     assert_eq!(
         (invoices.namespace.as_str(), invoices.name.as_str()),
         ("finance", "invoices")
@@ -225,7 +225,7 @@ fn defaults_are_applied_for_everything_left_out() {
 #[test]
 fn unqualified_tables_are_public_and_the_namespace_defaults_to_the_source_schema() {
     let config = parse_ok(MINIMAL);
-    let orders = TableName::parse("orders").unwrap();
+    let orders = TableId::parse("orders").unwrap();
     assert_eq!(orders.to_string(), "public.orders");
     assert!(config.source.postgres.tables.includes(&orders));
     let target = config.iceberg_target(&orders);
@@ -233,7 +233,7 @@ fn unqualified_tables_are_public_and_the_namespace_defaults_to_the_source_schema
         (target.namespace.as_str(), target.name.as_str()),
         ("public", "orders")
     );
-    let invoices = config.iceberg_target(&TableName::parse("sales.invoices").unwrap());
+    let invoices = config.iceberg_target(&TableId::parse("sales.invoices").unwrap());
     assert_eq!(invoices.namespace, "sales");
 
     let with_namespace = parse_ok(&format!("{MINIMAL}    namespace: cdc\n"));
@@ -349,13 +349,13 @@ telemetry: { metrics: localhost }
 #[test]
 fn tables_may_come_from_one_comma_separated_environment_variable() {
     let text = MINIMAL.replace("[orders, sales.invoices]", "${TABLES:-all}");
-    assert_eq!(parse_ok(&text).source.postgres.tables, TableSelection::All);
+    assert_eq!(parse_ok(&text).source.postgres.tables, PublishedTables::All);
     let env = |name: &str| (name == "TABLES").then(|| "orders, sales.invoices".to_owned());
     let config = parse(&text, "p.yaml", &env).unwrap();
-    let expected = ["orders", "sales.invoices"].map(|t| TableName::parse(t).unwrap());
+    let expected = ["orders", "sales.invoices"].map(|t| TableId::parse(t).unwrap());
     assert_eq!(
         config.source.postgres.tables,
-        TableSelection::Listed(expected.to_vec())
+        PublishedTables::Listed(expected.to_vec())
     );
 }
 
@@ -525,7 +525,7 @@ fn clashes_of_a_table_list_known_only_at_run_time_are_found_by_the_public_check(
         "public.items",
         "s2.ITEMS",
     ]
-    .map(|t| TableName::parse(t).unwrap());
+    .map(|t| TableId::parse(t).unwrap());
     let clashes = iceberg_clashes(&config, &tables);
     let pairs: Vec<(String, String)> = clashes
         .iter()
@@ -561,7 +561,7 @@ fn quoted_identifiers_name_tables_with_dots_quotes_spaces_and_capitals() {
         r#"['"public"."t.dot"', '"my schema"."T"', 'public."a""b"', Sales.Orders]"#,
     ) + "    tables:\n      public.\"t.dot\": { name: t_dot }\n      '\"my schema\".\"T\"': { namespace: spaced }\n";
     let config = parse_ok(&text);
-    let TableSelection::Listed(tables) = &config.source.postgres.tables else {
+    let PublishedTables::Listed(tables) = &config.source.postgres.tables else {
         panic!("listed")
     };
     let parts: Vec<(&str, &str)> = tables
@@ -589,7 +589,7 @@ fn quoted_identifiers_name_tables_with_dots_quotes_spaces_and_capitals() {
         ]
     );
     for (table, text) in tables.iter().zip(&shown) {
-        assert_eq!(&TableName::parse(text).unwrap(), table, "{text} reads back");
+        assert_eq!(&TableId::parse(text).unwrap(), table, "{text} reads back");
     }
     assert_eq!(config.iceberg_target(&tables[0]).name, "t_dot");
     assert_eq!(config.iceberg_target(&tables[1]).namespace, "spaced");
@@ -619,13 +619,13 @@ fn a_comma_separated_table_list_keeps_commas_inside_quotes() {
     let text = MINIMAL.replace("[orders, sales.invoices]", "${TABLES}");
     let env = |name: &str| (name == "TABLES").then(|| r#"public."a,b", "x.y".z"#.to_owned());
     let config = parse(&text, "p.yaml", &env).unwrap();
-    let expected = [("public", "a,b"), ("x.y", "z")].map(|(schema, name)| TableName {
+    let expected = [("public", "a,b"), ("x.y", "z")].map(|(schema, name)| TableId {
         schema: schema.into(),
         name: name.into(),
     });
     assert_eq!(
         config.source.postgres.tables,
-        TableSelection::Listed(expected.to_vec())
+        PublishedTables::Listed(expected.to_vec())
     );
 }
 

@@ -33,8 +33,8 @@ pub struct TableTarget {
     pub name: String,
 }
 
-/// Maps a source table (schema, name) to its Iceberg table (YAML `sink.iceberg.namespace` / `tables`).
-pub type TargetFn = Arc<dyn Fn(&str, &str) -> TableTarget + Send + Sync>;
+/// Maps a source table to its Iceberg table (YAML `sink.iceberg.namespace` / `tables`).
+pub type TargetFn = Arc<dyn Fn(&TableId) -> TableTarget + Send + Sync>;
 
 /// The name of the claim step in logs (the engine names the source stage `source`).
 pub const NAME: &str = "claim";
@@ -168,7 +168,7 @@ impl Claim {
             return Ok(None);
         }
         let mut versions = HashMap::new();
-        for row in schema_store::versions(&**client, &settings.pipeline, &lease.table.schema, &lease.table.table).await? {
+        for row in schema_store::versions(&**client, &settings.pipeline, &lease.table.schema, &lease.table.name).await? {
             let schema: TableSchema = rmp_serde::from_slice(&row.columns).map_err(|e| ClaimError::Version {
                 table: TableId::new(row.source_schema.clone(), row.source_table.clone()),
                 version: row.version,
@@ -177,7 +177,7 @@ impl Claim {
             versions.insert(row.version, Arc::new(schema));
         }
         tracing::debug!(table = %lease.table, segments = segments.len(), "claimed");
-        let target = (settings.target)(&lease.table.schema, &lease.table.table);
+        let target = (settings.target)(&lease.table);
         self.jobs += 1;
         let slices = cut_into_slices(&segments);
         let count = slices.len();

@@ -203,7 +203,7 @@ impl SchemaResolve {
             }
             return Ok(None);
         }
-        if setup::excluded_from_all(&now.schema, &now.table) {
+        if setup::excluded_from_all(&now.schema, &now.name) {
             return Ok(None);
         }
         // A table that joined `tables: all` after start: its identity may already be recorded (by the capture
@@ -236,9 +236,9 @@ impl SchemaResolve {
         let row = SourceTable {
             relid,
             source_schema: identity.schema.clone(),
-            source_table: identity.table.clone(),
+            source_table: identity.name.clone(),
             schema_now: now.schema.clone(),
-            table_now: now.table.clone(),
+            table_now: now.name.clone(),
             problem: None,
         };
         source_tables::upsert(buffer, &self.pipeline, &row).await?;
@@ -307,7 +307,7 @@ impl SchemaResolve {
         }
         let schema = TableSchema {
             schema: key.schema.clone(),
-            table: key.table.clone(),
+            table: key.name.clone(),
             columns,
             replica_identity: relation.replica_identity,
         };
@@ -317,7 +317,7 @@ impl SchemaResolve {
                 let version = Arc::new(TableVersion { schema, version: current.map_or(1, |c| c.version + 1) });
                 let row = SchemaVersionRow {
                     source_schema: key.schema.clone(),
-                    source_table: key.table.clone(),
+                    source_table: key.name.clone(),
                     version: version.version,
                     columns: rmp_serde::to_vec(&version.schema).map_err(|e| ResolveError::StoredVersion {
                         table: qualified.clone(),

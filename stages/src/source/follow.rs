@@ -23,7 +23,7 @@ use crate::store::source_tables::{self, SourceTable};
 use crate::table_id::TableId;
 
 /// The Iceberg identifier (`namespace.table`) a source table's identity is written to, for the clash check.
-pub type IcebergName = Arc<dyn Fn(&str, &str) -> String + Send + Sync>;
+pub type IcebergName = Arc<dyn Fn(&TableId) -> String + Send + Sync>;
 
 /// What the capture follows after [`prepare`].
 #[derive(Debug, Clone, Default)]
@@ -50,7 +50,7 @@ pub async fn prepare(
     let mut refused: Vec<(CatalogTable, TableId, String)> = Vec::new();
     match tables {
         PublishedTables::Listed(list) => {
-            for TableId { schema, table } in list {
+            for TableId { schema, name: table } in list {
                 let mut identity = TableId::new(schema.clone(), table.clone());
                 let row = known.iter().find(|k| k.source_schema == *schema && k.source_table == *table);
                 let by_oid = match row {
@@ -102,14 +102,14 @@ pub async fn prepare(
                     None => TableId::new(now.schema.clone(), now.name.clone()),
                 };
                 let holder = known.iter().find(|k| {
-                    k.relid != now.relid && k.source_schema == identity.schema && k.source_table == identity.table
+                    k.relid != now.relid && k.source_schema == identity.schema && k.source_table == identity.name
                 });
                 if let Some(holder) = holder {
                     if setup::table_by_oid(source, holder.relid).await?.is_some() {
                         let reason = format!(
                             "another table (oid {}) follows the name {}.{} into Iceberg since before a rename; this \
                              table cannot take it: rename it, or map it with sink.iceberg.tables and a new pipeline",
-                            holder.relid, identity.schema, identity.table
+                            holder.relid, identity.schema, identity.name
                         );
                         refused.push((now, identity, reason));
                         continue;
@@ -164,7 +164,7 @@ pub async fn prepare(
     }
 
     for (table, identity) in &followed {
-        if (table.schema.as_str(), table.name.as_str()) != (identity.schema.as_str(), identity.table.as_str()) {
+        if (table.schema.as_str(), table.name.as_str()) != (identity.schema.as_str(), identity.name.as_str()) {
             tracing::warn!(table = %identity.to_string(), now = %table.qualified(),
                 "the table was renamed; its changes keep flowing into the same Iceberg table");
         }
@@ -232,7 +232,7 @@ pub async fn add_new_tables(
 pub fn check_clashes<'a>(identities: impl Iterator<Item = &'a TableId>, iceberg_name: &IcebergName) -> Result<(), SourceError> {
     let mut seen: HashMap<String, &TableId> = HashMap::new();
     for identity in identities {
-        let target = iceberg_name(&identity.schema, &identity.table);
+        let target = iceberg_name(identity);
         if let Some(first) = seen.insert(target.to_lowercase(), identity) {
             if first != identity {
                 return Err(SourceError::IcebergClash {
@@ -256,7 +256,7 @@ async fn record(
     let row = SourceTable {
         relid: table.relid,
         source_schema: identity.schema.clone(),
-        source_table: identity.table.clone(),
+        source_table: identity.name.clone(),
         schema_now: table.schema.clone(),
         table_now: table.name.clone(),
         problem,

@@ -10,15 +10,25 @@ use super::SourceError;
 use crate::position::Lsn;
 use crate::table_id::TableId;
 
-/// Which tables the pipeline captures.
+/// Which tables the pipeline captures (`source.postgres.tables`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishedTables {
     /// Every user table ([`user_tables`]), now and created later: philotes lists them in the publication
     /// itself (never `FOR ALL TABLES`, which would publish keyless tables and philotes' own), and adds new ones
     /// while it runs. An existing `FOR ALL TABLES` publication is used as it is.
     All,
-    /// These tables.
+    /// These tables, in the order written.
     Listed(Vec<TableId>),
+}
+
+impl PublishedTables {
+    /// Whether `table` is captured.
+    pub fn includes(&self, table: &TableId) -> bool {
+        match self {
+            PublishedTables::All => true,
+            PublishedTables::Listed(tables) => tables.contains(table),
+        }
+    }
 }
 
 /// The slot as found (or created).

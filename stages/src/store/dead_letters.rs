@@ -26,7 +26,7 @@ pub struct DeadLetter {
 /// Stores one dead letter.
 pub async fn insert(client: &impl GenericClient, pipeline: &str, letter: &DeadLetter) -> Result<(), tokio_postgres::Error> {
     let (schema, table) = match &letter.table {
-        Some(t) => (Some(t.schema.as_str()), Some(t.table.as_str())),
+        Some(t) => (Some(t.schema.as_str()), Some(t.name.as_str())),
         None => (None, None),
     };
     let seq = letter.seq.map(|s| i64::try_from(s).unwrap_or(i64::MAX));

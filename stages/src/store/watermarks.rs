@@ -114,7 +114,7 @@ pub async fn segments(
              FROM ordered o JOIN philotes.segments s ON s.id = o.id
              WHERE o.before < $5
              ORDER BY s.first_lsn, s.first_seq, s.id",
-            &[&pipeline, &lease.table.schema, &lease.table.table, &pg_lsn(lease.checkpoint), &max_events],
+            &[&pipeline, &lease.table.schema, &lease.table.name, &pg_lsn(lease.checkpoint), &max_events],
         )
         .await?;
     let taken = rows
@@ -176,7 +176,7 @@ pub async fn checkpoint(
                            WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3)
              UPDATE philotes.table_watermarks SET last_lsn = $4, last_seq = $5, updated_at = now()
              WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3",
-            &[&pipeline, &lease.table.schema, &lease.table.table, &last_lsn, &last_seq],
+            &[&pipeline, &lease.table.schema, &lease.table.name, &last_lsn, &last_seq],
         )
         .await?;
     Ok(())
@@ -197,7 +197,7 @@ pub async fn record_failure(
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (pipeline, source_schema, source_table)
              DO UPDATE SET error = excluded.error, updated_at = now()",
-            &[&pipeline, &table.schema, &table.table, &error],
+            &[&pipeline, &table.schema, &table.name, &error],
         )
         .await?;
     Ok(())
@@ -210,7 +210,7 @@ pub async fn stop(client: &impl GenericClient, pipeline: &str, lease: &Lease, re
         .execute(
             "UPDATE philotes.table_watermarks SET error = $4, updated_at = now()
              WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3",
-            &[&pipeline, &lease.table.schema, &lease.table.table, &reason],
+            &[&pipeline, &lease.table.schema, &lease.table.name, &reason],
         )
         .await?;
     Ok(())
@@ -281,7 +281,7 @@ pub async fn stop_table(
              VALUES ($1, $2, $3, $4, '-infinity')
              ON CONFLICT (pipeline, source_schema, source_table)
              DO UPDATE SET error = coalesce(philotes.table_watermarks.error, excluded.error)",
-            &[&pipeline, &table.schema, &table.table, &reason],
+            &[&pipeline, &table.schema, &table.name, &reason],
         )
         .await?;
     Ok(())
@@ -301,7 +301,7 @@ pub async fn resume(
                    WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND error IS NOT NULL FOR UPDATE) old
              WHERE w.pipeline = $1 AND w.source_schema = $2 AND w.source_table = $3
              RETURNING old.error",
-            &[&pipeline, &table.schema, &table.table],
+            &[&pipeline, &table.schema, &table.name],
         )
         .await?;
     Ok(row.map(|r| r.get(0)))
