@@ -2,8 +2,8 @@
 //!
 //! The flow for one column: the Relation message's type OID and `atttypmod` resolve to a [`PgType`]
 //! ([`TypeResolver`]); each pgoutput text value parses into a [`Value`] ([`parse_text`]), which is what the
-//! buffer stores (MessagePack); the flusher writes it as the column's Arrow type ([`arrow_type`]) into the
-//! column's Iceberg type ([`iceberg_type`]). [`decide`] compares schema versions.
+//! buffer stores (MessagePack); the flusher writes it as the column's Arrow type (the one the `iceberg` crate
+//! derives from the column's Iceberg type) into the column's Iceberg type ([`iceberg_type`]). [`decide`] compares schema versions.
 //!
 //! # Type mapping
 //!
@@ -73,10 +73,7 @@ mod schema;
 mod text;
 mod value;
 
-pub use crate::arrow::{
-    arrow_type, decimal128_unscaled, iceberg_time_micros, LIST_ELEMENT_NAME,
-    UTC_TIME_ZONE,
-};
+pub use crate::arrow::{decimal128_unscaled, iceberg_time_micros};
 pub use crate::civil::{civil_from_days, days_from_civil};
 pub use crate::error::{
     ConvertError, IncompatibleSchema, ParseError, TypeConflict, UnsupportedType,

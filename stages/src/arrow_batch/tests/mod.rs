@@ -13,7 +13,7 @@ use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{PrimitiveType, Schema, Type};
 use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
 use philotes_schemas::{
-    arrow_type, iceberg_type, ColumnSchema, IcebergType, Interval, PgType, ReplicaIdentity,
+    iceberg_type, ColumnSchema, IcebergType, Interval, PgType, ReplicaIdentity,
     TableSchema, Value, DATE_NEG_INFINITY, DATE_POS_INFINITY, TIMESTAMP_NEG_INFINITY,
     TIMESTAMP_POS_INFINITY,
 };

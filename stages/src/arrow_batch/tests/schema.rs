@@ -70,7 +70,7 @@ fn changelog_schema_has_every_source_type_then_the_changelog_columns_with_unique
     for column in &source.columns {
         let field = arrow.field_with_name(&column.name).expect("field");
         assert!(field.is_nullable());
-        let expected = arrow_type(&column.pg_type);
+        let expected = documented_arrow_type(&column.pg_type);
         assert_eq!(bare(field.data_type()), bare(&expected), "{}", column.name);
     }
 }
@@ -223,5 +223,105 @@ fn the_batch_schema_carries_the_field_ids_of_the_target() {
                 Some(&list.element_field.id.to_string())
             );
         }
+    }
+}
+
+/// The Arrow type the README's type table documents for a column (what the `iceberg` crate derives from its
+/// Iceberg type: `string` → `Utf8`, `binary` → `LargeBinary`, `timestamptz` → `Timestamp(µs, "+00:00")`,
+/// `uuid` → `FixedSizeBinary(16)`, list elements named `element`).
+fn documented_arrow_type(pg_type: &PgType) -> DataType {
+    use arrow::datatypes::{Field, Fields, TimeUnit};
+    let utc = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
+    let list = |element| DataType::List(Arc::new(Field::new("element", element, true)));
+    match pg_type {
+        PgType::Bool => DataType::Boolean,
+        PgType::Int2 | PgType::Int4 => DataType::Int32,
+        PgType::Int8 => DataType::Int64,
+        PgType::Float4 => DataType::Float32,
+        PgType::Float8 => DataType::Float64,
+        PgType::Numeric { .. } | PgType::NumericUnconstrained => match iceberg_type(pg_type) {
+            IcebergType::Decimal { precision, scale } => DataType::Decimal128(precision, scale as i8),
+            _ => DataType::Utf8,
+        },
+        PgType::Bytea => DataType::LargeBinary,
+        PgType::Date => DataType::Date32,
+        PgType::Time => DataType::Time64(TimeUnit::Microsecond),
+        PgType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+        PgType::TimestampTz => utc,
+        PgType::Interval => DataType::Struct(Fields::from(vec![
+            Field::new("months", DataType::Int32, false),
+            Field::new("days", DataType::Int32, false),
+            Field::new("microseconds", DataType::Int64, false),
+        ])),
+        PgType::Uuid => DataType::FixedSizeBinary(16),
+        PgType::Array(element) => list(documented_arrow_type(element)),
+        _ => DataType::Utf8,
+    }
+}
+
+/// Every `PgType` variant with the Iceberg type the docs promise.
+fn documented_iceberg_types() -> Vec<(PgType, &'static str)> {
+    vec![
+        (PgType::Bool, "boolean"),
+        (PgType::Int2, "int"),
+        (PgType::Int4, "int"),
+        (PgType::Int8, "long"),
+        (PgType::Float4, "float"),
+        (PgType::Float8, "double"),
+        (PgType::Numeric { precision: 10, scale: 2 }, "decimal(10,2)"),
+        (PgType::Numeric { precision: 5, scale: -2 }, "decimal(7,0)"),
+        (PgType::Numeric { precision: 60, scale: 2 }, "string"),
+        (PgType::NumericUnconstrained, "string"),
+        (PgType::Text, "string"),
+        (PgType::Varchar(Some(20)), "string"),
+        (PgType::Char(Some(3)), "string"),
+        (PgType::Name, "string"),
+        (PgType::Bytea, "binary"),
+        (PgType::Date, "date"),
+        (PgType::Time, "time"),
+        (PgType::Timestamp, "timestamp"),
+        (PgType::TimestampTz, "timestamptz"),
+        (PgType::Interval, "struct<months: int, days: int, microseconds: long>"),
+        (PgType::Uuid, "uuid"),
+        (PgType::Json, "string"),
+        (PgType::Jsonb, "string"),
+        (PgType::Inet, "string"),
+        (PgType::Cidr, "string"),
+        (PgType::MacAddr, "string"),
+        (PgType::MacAddr8, "string"),
+        (PgType::Enum { name: "mood".into() }, "string"),
+        (PgType::Array(Box::new(PgType::Int4)), "list<int>"),
+        (PgType::Array(Box::new(PgType::TimestampTz)), "list<timestamptz>"),
+        (PgType::Unmapped { type_name: "point".into() }, "string"),
+    ]
+}
+
+#[test]
+fn every_supported_type_has_the_documented_iceberg_type_and_the_iceberg_crate_gives_the_documented_arrow_type() {
+    for (pg_type, iceberg) in documented_iceberg_types() {
+        assert_eq!(iceberg_type(&pg_type).to_string(), iceberg, "{pg_type}");
+        let derived = iceberg::arrow::type_to_arrow_type(&iceberg_spec_type(&iceberg_type(&pg_type), &mut 0))
+            .unwrap_or_else(|e| panic!("{pg_type}: {e}"));
+        assert_eq!(bare(&derived), bare(&documented_arrow_type(&pg_type)), "{pg_type}");
+    }
+}
+
+#[test]
+fn every_built_in_oid_resolves_to_a_type_the_iceberg_crate_can_write() {
+    use philotes_schemas::{oids, TypeResolver};
+    let resolver = TypeResolver::new(false);
+    let scalars = [
+        oids::BOOL, oids::BYTEA, oids::NAME, oids::INT8, oids::INT2, oids::INT4, oids::TEXT, oids::JSON,
+        oids::FLOAT4, oids::FLOAT8, oids::MACADDR8, oids::MACADDR, oids::INET, oids::CIDR, oids::BPCHAR,
+        oids::VARCHAR, oids::DATE, oids::TIME, oids::TIMESTAMP, oids::TIMESTAMPTZ, oids::INTERVAL, oids::NUMERIC,
+        oids::UUID, oids::JSONB,
+    ];
+    let arrays = oids::ARRAYS.iter().map(|(array, _)| *array);
+    for oid in scalars.into_iter().chain(arrays) {
+        let pg_type = resolver.resolve("t", "c", oid, -1).expect("built-in types resolve");
+        let derived = iceberg::arrow::type_to_arrow_type(&iceberg_spec_type(&iceberg_type(&pg_type), &mut 0))
+            .unwrap_or_else(|e| panic!("{pg_type}: {e}"));
+        assert_eq!(bare(&derived), bare(&documented_arrow_type(&pg_type)), "{pg_type}");
+        assert_eq!(matches!(pg_type, PgType::Array(_)), matches!(derived, DataType::List(_)), "{pg_type}");
     }
 }
