@@ -124,10 +124,10 @@ pub fn flush_settings(config: &PipelineConfig) -> FlushSettings {
     };
     let targets = config.clone();
     // A flush holds one lease from claim to checkpoint: `flush.workers` flushes at once. The queues hold enough
-    // parts to keep every ArrowBatch worker and every flush busy.
+    // slices to keep every ArrowBatch worker and every flush busy.
     let leases = config.flush.workers;
     let arrow_workers = config.stages.get(StageName::ArrowBatch).workers.unwrap_or(DEFAULT_ARROW_BATCH_WORKERS);
-    let parts = arrow_workers.max(leases);
+    let slices = arrow_workers.max(leases);
     FlushSettings {
         pipeline: config.pipeline.clone(),
         buffer: config.buffer.url.config().clone(),
@@ -137,8 +137,8 @@ pub fn flush_settings(config: &PipelineConfig) -> FlushSettings {
             TableTarget { namespace: target.namespace, name: target.name }
         }),
         workers: leases,
-        arrow_batch: stage_options(config, StageName::ArrowBatch, arrow_workers, parts),
-        iceberg_commit: stage_options(config, StageName::IcebergCommit, leases, parts),
+        arrow_batch: stage_options(config, StageName::ArrowBatch, arrow_workers, slices),
+        iceberg_commit: stage_options(config, StageName::IcebergCommit, leases, slices),
         checkpoint: stage_options(config, StageName::Checkpoint, leases, leases),
         max_events: i64::try_from(config.flush.max_events).unwrap_or(i64::MAX),
         interval: config.flush.interval,
