@@ -43,7 +43,7 @@ pub fn capture_settings(config: &PipelineConfig) -> CaptureSettings {
             let targets = config.clone();
             Arc::new(move |table: &TableId| {
                 let target = targets.iceberg_target(table);
-                format!("{}.{}", target.namespace, target.name)
+                (target.namespace, target.name)
             })
         },
         carry_unmapped_as_text: source.unmapped_types == UnmappedTypes::Text,

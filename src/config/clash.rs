@@ -1,90 +1,20 @@
-//! Two source tables must never write one Iceberg table.
-//!
-//! The flusher guards each Iceberg table with the last position committed into it (`philotes.last-lsn` /
-//! `last-seq` of the snapshot summary). Were `public.orders` and `s2.orders` both written to `cdc.orders`, the
-//! later position of one would make the other's changes look already written, and they would be dropped at
-//! flush without a word. So a pipeline file where two listed tables resolve to one Iceberg identifier is refused
-//! (`validate` and `run` both), and [`iceberg_clashes`] lets a caller check a table list only known at run
-//! time (`tables: all`) the same way.
-//!
-//! Identifiers compare case-insensitively, as catalogs do (the SQL catalog on a case-insensitive collation, REST
-//! catalogs, Hive, Glue), so `cdc.Orders` and `cdc.orders` are one table.
+//! Two source tables must never write one Iceberg table: the check (`philotes_stages::source::clash`) over the
+//! tables a pipeline file lists, with the file's Iceberg names.
 
-use std::collections::HashMap;
-use std::fmt;
+use philotes_stages::source::clash;
+pub use philotes_stages::source::clash::IcebergClash;
 
 use super::model::{IcebergTarget, PipelineConfig, TableId};
 
-/// Two source tables whose changes would go to one Iceberg table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IcebergClash {
-    /// The table that claimed the Iceberg table first (in the order the tables were given).
-    pub first: TableId,
-    /// The table that resolves to the same Iceberg table.
-    pub second: TableId,
-    /// `first`'s Iceberg namespace and table name.
-    pub first_target: (String, String),
-    /// `second`'s; equal to `first_target` but for letter case.
-    pub second_target: (String, String),
-}
-
-impl fmt::Display for IcebergClash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (namespace, name) = &self.first_target;
-        write!(
-            f,
-            "{} and {} both resolve to Iceberg table {namespace}.{name}",
-            self.second, self.first
-        )?;
-        if self.first_target != self.second_target {
-            let (namespace, name) = &self.second_target;
-            write!(
-                f,
-                " (as {namespace}.{name}; catalogs compare names case-insensitively)"
-            )?;
-        }
-        write!(
-            f,
-            ": the changes of one would be lost at flush; give one of them its own table with \
-             sink.iceberg.tables.<table>.name or .namespace (e.g. sink.iceberg.tables: {{ {}: {{ name: … }} }})",
-            self.second
-        )
-    }
-}
-
-/// The first table on an Iceberg identifier, and the identifier as it resolved for that table.
-type Claim<'t> = (&'t TableId, (String, String));
-
-/// Every pair of `tables` that the pipeline would write into one Iceberg table, each later table paired with
-/// the first table that resolves to its identifier (three tables on one identifier give two clashes).
-/// Empty when every table has its own Iceberg table.
+/// Every pair of `tables` that the pipeline would write into one Iceberg table; see [`clash::iceberg_clashes`].
 pub fn iceberg_clashes(config: &PipelineConfig, tables: &[TableId]) -> Vec<IcebergClash> {
     clashes(|t| config.iceberg_target(t), tables)
 }
 
 /// [`iceberg_clashes`] with targets from `resolve` (the file is checked before the whole config is built).
-pub(crate) fn clashes(
-    resolve: impl Fn(&TableId) -> IcebergTarget,
-    tables: &[TableId],
-) -> Vec<IcebergClash> {
-    let mut claimed: HashMap<(String, String), Claim<'_>> = HashMap::new();
-    let mut found = Vec::new();
-    for table in tables {
-        let target = resolve(table);
-        let key = (target.namespace.to_lowercase(), target.name.to_lowercase());
-        let resolved = (target.namespace, target.name);
-        match claimed.get(&key) {
-            Some((first, _)) if *first == table => {}
-            Some((first, first_target)) => found.push(IcebergClash {
-                first: (*first).clone(),
-                second: table.clone(),
-                first_target: first_target.clone(),
-                second_target: resolved,
-            }),
-            None => {
-                claimed.insert(key, (table, resolved));
-            }
-        }
-    }
-    found
+pub(crate) fn clashes(resolve: impl Fn(&TableId) -> IcebergTarget, tables: &[TableId]) -> Vec<IcebergClash> {
+    clash::iceberg_clashes(tables, |t| {
+        let target = resolve(t);
+        (target.namespace, target.name)
+    })
 }

@@ -22,8 +22,8 @@ use super::SourceError;
 use crate::store::source_tables::{self, SourceTable};
 use crate::table_id::TableId;
 
-/// The Iceberg identifier (`namespace.table`) a source table's identity is written to, for the clash check.
-pub type IcebergName = Arc<dyn Fn(&TableId) -> String + Send + Sync>;
+/// The Iceberg namespace and table a source table's identity is written to, for the clash check.
+pub type IcebergName = Arc<dyn Fn(&TableId) -> super::clash::IcebergIdent + Send + Sync>;
 
 /// What the capture follows after [`prepare`].
 #[derive(Debug, Clone, Default)]
@@ -230,20 +230,10 @@ pub async fn add_new_tables(
 
 /// Refuses two identities that resolve to one Iceberg table (compared case-insensitively, as catalogs do).
 pub fn check_clashes<'a>(identities: impl Iterator<Item = &'a TableId>, iceberg_name: &IcebergName) -> Result<(), SourceError> {
-    let mut seen: HashMap<String, &TableId> = HashMap::new();
-    for identity in identities {
-        let target = iceberg_name(identity);
-        if let Some(first) = seen.insert(target.to_lowercase(), identity) {
-            if first != identity {
-                return Err(SourceError::IcebergClash {
-                    first: first.to_string(),
-                    second: identity.to_string(),
-                    target,
-                });
-            }
-        }
+    match super::clash::iceberg_clashes(identities, |t| iceberg_name(t)).into_iter().next() {
+        Some(clash) => Err(SourceError::IcebergClash(Box::new(clash))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 async fn record(

@@ -4,6 +4,7 @@
 //! [`pgwire`], so it can be swapped (e.g. for a client of our own that speaks proto v2 streaming) without
 //! touching the stages. [`setup`] prepares the source (wal_level, publication, slot) over a plain SQL session.
 
+pub mod clash;
 pub mod follow;
 pub mod pgwire;
 pub mod setup;
@@ -103,15 +104,8 @@ pub enum SourceError {
     #[error("{0} is not a table (logical replication publishes ordinary and partitioned tables only)")]
     NotATable(String),
     /// Two followed source tables would be written to one Iceberg table.
-    #[error("source tables {first} and {second} would both be written to the Iceberg table {target}: give one of them its own name with sink.iceberg.tables.<table>.name (or .namespace)")]
-    IcebergClash {
-        /// One source table.
-        first: String,
-        /// The other.
-        second: String,
-        /// The Iceberg identifier both resolve to.
-        target: String,
-    },
+    #[error("{0}")]
+    IcebergClash(Box<clash::IcebergClash>),
     /// The buffer database failed while recording the followed tables.
     #[error("buffer database: {0}")]
     Buffer(tokio_postgres::Error),
@@ -142,7 +136,7 @@ impl SourceError {
             | SourceError::NoSuchTable(_)
             | SourceError::PartitionListed { .. }
             | SourceError::NotATable(_)
-            | SourceError::IcebergClash { .. }
+            | SourceError::IcebergClash(_)
             | SourceError::Settings(_) => false,
             SourceError::Buffer(e) => crate::store::connection_lost(e),
         }
