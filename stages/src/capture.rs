@@ -1,6 +1,7 @@
 //! The capture role: prepares the source (wal_level, publication, slot), then runs
-//! ReplicationSource → Decode → SchemaResolve → Enqueue on the engine, and restarts from the checkpoint with
-//! backoff when a connection is lost (source, walsender or buffer).
+//! ReplicationSource ([`crate::source`]) → Decode ([`crate::decode`]) → SchemaResolve ([`crate::resolve`]) →
+//! Enqueue ([`crate::enqueue`]) on the engine, and restarts from the checkpoint with backoff when a stage says
+//! its session is lost (source, walsender or buffer connection).
 //!
 //! A restart is the same as a process restart, which is what makes it always right: segments above the
 //! checkpoint (a transaction only partly enqueued) are deleted, the slot redelivers from its confirmed position,
