@@ -83,6 +83,6 @@ pub fn metrics() -> &'static Metrics {
 }
 
 /// The `table` attribute for `schema.table`.
-pub fn table(schema: &str, table: &str) -> [KeyValue; 1] {
-    [KeyValue::new(TABLE, format!("{schema}.{table}"))]
+pub fn table(table: &crate::table_id::TableId) -> [KeyValue; 1] {
+    [KeyValue::new(TABLE, table.to_string())]
 }

@@ -73,7 +73,7 @@ fn record_enqueued(rows: &[SegmentRow]) {
     let metrics = telemetry::metrics();
     for row in rows {
         let events = u64::try_from(row.events).unwrap_or(0);
-        metrics.events_enqueued.add(events, &telemetry::table(&row.source_schema, &row.source_table));
+        metrics.events_enqueued.add(events, &telemetry::table(&crate::table_id::TableId::new(row.source_schema.clone(), row.source_table.clone())));
     }
 }
 

@@ -232,7 +232,7 @@ impl Committer {
         fault::hit(fault::AFTER_ICEBERG_COMMIT);
         tracing::debug!(flush = job.id, rows = row_count, files = file_count,
             close_and_commit_ms = started.elapsed().as_millis() as u64, "flush committed");
-        let attributes = telemetry::table(&job.table().schema, &job.table().name);
+        let attributes = telemetry::table(job.table());
         let metrics = telemetry::metrics();
         metrics.rows_written.add(row_count, &attributes);
         metrics.files_written.add(file_count, &attributes);

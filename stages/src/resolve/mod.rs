@@ -162,10 +162,10 @@ impl SchemaResolve {
     async fn load_versions(&mut self) -> Result<(), ResolveError> {
         let (_, buffer) = self.clients.as_ref().ok_or(ResolveError::NotStarted)?;
         for row in schema_store::latest(buffer, &self.pipeline).await? {
-            let table = format!("{}.{}", row.source_schema, row.source_table);
+            let table = TableId::new(row.source_schema, row.source_table);
             let schema: TableSchema = rmp_serde::from_slice(&row.columns)
-                .map_err(|e| ResolveError::StoredVersion { table, reason: e.to_string() })?;
-            self.latest.insert(TableId::new(row.source_schema, row.source_table), Arc::new(TableVersion { schema, version: row.version }));
+                .map_err(|e| ResolveError::StoredVersion { table: table.to_string(), reason: e.to_string() })?;
+            self.latest.insert(table, Arc::new(TableVersion { schema, version: row.version }));
         }
         Ok(())
     }

@@ -60,7 +60,7 @@ pub async fn prepare(
                 if let Some(now) = &by_oid {
                     if (now.schema.as_str(), now.name.as_str()) != (schema.as_str(), table.as_str()) {
                         if let Some(other) = setup::table_by_name(source, schema, table).await? {
-                            tracing::warn!(listed = %format!("{schema}.{table}"), other_oid = other.relid, followed = %now.qualified(),
+                            tracing::warn!(listed = %TableId::new(schema.clone(), table.clone()), other_oid = other.relid, followed = %now.qualified(),
                                 "the listed name now belongs to another table, which is not captured; the pipeline follows \
                                  the table first seen under that name (renamed since)");
                         }
@@ -107,9 +107,9 @@ pub async fn prepare(
                 if let Some(holder) = holder {
                     if setup::table_by_oid(source, holder.relid).await?.is_some() {
                         let reason = format!(
-                            "another table (oid {}) follows the name {}.{} into Iceberg since before a rename; this \
+                            "another table (oid {}) follows the name {} into Iceberg since before a rename; this \
                              table cannot take it: rename it, or map it with sink.iceberg.tables and a new pipeline",
-                            holder.relid, identity.schema, identity.name
+                            holder.relid, identity
                         );
                         refused.push((now, identity, reason));
                         continue;
@@ -165,7 +165,7 @@ pub async fn prepare(
 
     for (table, identity) in &followed {
         if (table.schema.as_str(), table.name.as_str()) != (identity.schema.as_str(), identity.name.as_str()) {
-            tracing::warn!(table = %identity.to_string(), now = %table.qualified(),
+            tracing::warn!(table = %identity, now = %table.qualified(),
                 "the table was renamed; its changes keep flowing into the same Iceberg table");
         }
         if !table.generated.is_empty() {

@@ -85,9 +85,9 @@ pub struct CatalogTable {
 }
 
 impl CatalogTable {
-    /// `schema.table` as a person reads it.
+    /// `schema.table` as a person reads it (and the pipeline file takes it: quoted where a part needs it).
     pub fn qualified(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
+        TableId::new(self.schema.clone(), self.name.clone()).to_string()
     }
 }
 
