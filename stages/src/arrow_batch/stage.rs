@@ -35,12 +35,6 @@ pub enum ArrowBatchError {
     Schema(#[from] SchemaError),
 }
 
-impl From<tokio_postgres::Error> for ArrowBatchError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        ArrowBatchError::Job(JobError::Sql(e))
-    }
-}
-
 /// Where every failure but a schema one goes (a schema failure stops the table instead: [`SliceRows::Stop`]).
 impl From<ArrowBatchError> for StageError {
     fn from(error: ArrowBatchError) -> Self {

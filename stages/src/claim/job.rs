@@ -38,13 +38,17 @@ pub struct FlushJob {
     pub slices: Vec<Range<usize>>,
     /// The pooled connection whose open transaction holds the lease. Dropping the job returns it to the pool,
     /// which rolls back whatever is still open (a flush abandoned mid-way releases its lease).
-    client: deadpool_postgres::Object,
+    pub(super) client: deadpool_postgres::Object,
     /// Every schema version of the table (the segments use some of them).
-    versions: HashMap<i32, Arc<TableSchema>>,
-    prepared: OnceCell<Prepared>,
-    tables: Arc<Tables>,
-    builder: Arc<dyn BuildSlice>,
-    failures: Arc<FailureLog>,
+    pub(super) versions: HashMap<i32, Arc<TableSchema>>,
+    /// The Iceberg table made ready, once ([`FlushJob::prepared`]).
+    pub(super) prepared: OnceCell<Prepared>,
+    /// Prepares the Iceberg table.
+    pub(super) tables: Arc<Tables>,
+    /// Builds a slice again (ArrowBatch's builder).
+    pub(super) builder: Arc<dyn BuildSlice>,
+    /// Where a failing flush is recorded.
+    pub(super) failures: Arc<FailureLog>,
 }
 
 impl std::fmt::Debug for FlushJob {
@@ -54,38 +58,7 @@ impl std::fmt::Debug for FlushJob {
     }
 }
 
-/// What a job is made of; see [`FlushJob`].
-pub(super) struct JobParts {
-    pub id: u64,
-    pub target: TableIdent,
-    pub lease: Lease,
-    pub client: deadpool_postgres::Object,
-    pub segments: Vec<ClaimedSegment>,
-    pub versions: HashMap<i32, Arc<TableSchema>>,
-    pub slices: Vec<Range<usize>>,
-    pub tables: Arc<Tables>,
-    pub builder: Arc<dyn BuildSlice>,
-    pub failures: Arc<FailureLog>,
-}
-
 impl FlushJob {
-    pub(super) fn new(parts: JobParts) -> Self {
-        Self {
-            id: parts.id,
-            target: parts.target,
-            last: parts.segments.iter().map(|s| s.last).max().unwrap_or_default(),
-            lease: parts.lease,
-            client: parts.client,
-            segments: parts.segments,
-            versions: parts.versions,
-            slices: parts.slices,
-            prepared: OnceCell::new(),
-            tables: parts.tables,
-            builder: parts.builder,
-            failures: parts.failures,
-        }
-    }
-
     /// The source table.
     pub fn table(&self) -> &TableId {
         &self.lease.table

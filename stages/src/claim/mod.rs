@@ -181,18 +181,20 @@ impl Claim {
         self.jobs += 1;
         let slices = cut_into_slices(&segments);
         let count = slices.len();
-        let job = Arc::new(FlushJob::new(job::JobParts {
+        let job = Arc::new(FlushJob {
             id: self.jobs,
             target: TableIdent::new(NamespaceIdent::new(target.namespace), target.name),
             lease,
-            client,
+            last: segments.iter().map(|s| s.last).max().unwrap_or_default(),
             segments,
-            versions,
             slices,
+            client,
+            versions,
+            prepared: tokio::sync::OnceCell::new(),
             tables: settings.tables.clone(),
             builder: settings.builder.clone(),
             failures: settings.failures.clone(),
-        }));
+        });
         Ok(Some((0..count).map(|index| Slice { job: job.clone(), index }).collect()))
     }
 }
