@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_table_failures.sql",
         sql: include_str!("../migrations/0005_table_failures.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_snapshots.sql",
+        sql: include_str!("../migrations/0006_snapshots.sql"),
+    },
 ];
 
 /// The advisory lock that serialises concurrent migrators ("philotes" in ASCII).

@@ -28,6 +28,10 @@ pub const BUFFER_BYTES: &str = "philotes_buffer_bytes";
 pub const REPLICATION_LAG_BYTES: &str = "philotes_replication_lag_bytes";
 /// Seconds since the last checkpoint's source commit (an upper bound of the capture's delay).
 pub const REPLICATION_LAG_SECONDS: &str = "philotes_replication_lag_seconds";
+/// Existing rows read by snapshots and enqueued (per table).
+pub const SNAPSHOT_ROWS: &str = "philotes_snapshot_rows";
+/// Tables whose snapshot is pending or running (a gauge, from the status poller).
+pub const SNAPSHOT_TABLES_PENDING: &str = "philotes_snapshot_tables_pending";
 /// The `table` attribute: the source table `schema.table`.
 pub const TABLE: &str = "table";
 
@@ -55,6 +59,10 @@ pub struct Metrics {
     pub lag_bytes: Gauge<i64>,
     /// [`REPLICATION_LAG_SECONDS`].
     pub lag_seconds: Gauge<f64>,
+    /// [`SNAPSHOT_ROWS`].
+    pub snapshot_rows: Counter<u64>,
+    /// [`SNAPSHOT_TABLES_PENDING`].
+    pub snapshot_tables_pending: Gauge<i64>,
 }
 
 /// The process's instruments.
@@ -78,6 +86,11 @@ pub fn metrics() -> &'static Metrics {
             buffer_bytes: meter.i64_gauge(BUFFER_BYTES).with_description("Payload bytes waiting in the buffer").build(),
             lag_bytes: meter.i64_gauge(REPLICATION_LAG_BYTES).with_description("WAL bytes the slot has not confirmed").build(),
             lag_seconds: meter.f64_gauge(REPLICATION_LAG_SECONDS).with_description("Seconds since the source commit of the last checkpoint").build(),
+            snapshot_rows: meter.u64_counter(SNAPSHOT_ROWS).with_description("Existing rows read by snapshots and enqueued").build(),
+            snapshot_tables_pending: meter
+                .i64_gauge(SNAPSHOT_TABLES_PENDING)
+                .with_description("Tables whose snapshot is pending or running")
+                .build(),
         }
     })
 }

@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod pipelines;
 pub mod schemas;
 pub mod segments;
+pub mod snapshots;
 pub mod source_tables;
 pub mod watermarks;
 
