@@ -237,9 +237,6 @@ async fn run(
     drop(buffer);
     let unsupported = philotes::pipeline::unsupported(&config);
     anyhow::ensure!(unsupported.is_empty(), "{}", unsupported.join("\n"));
-    if role != Role::Flusher && config.source.postgres.snapshot == config::SnapshotMode::Initial {
-        tracing::warn!("snapshot: initial is not implemented yet: only changes committed from now on are captured");
-    }
     if cancel.is_cancelled() {
         tracing::info!("stopped before starting");
         return Ok(());

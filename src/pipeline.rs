@@ -12,9 +12,10 @@ use philotes_stages::enqueue::EnqueueLimits;
 use philotes_stages::catalog::CatalogSettings;
 use philotes_stages::claim::TableTarget;
 use philotes_stages::flush::FlushSettings;
+use philotes_stages::snapshot::reader::SnapshotSettings;
 
 use crate::config::{
-    CatalogKind, PipelineConfig, StageName, TableId, TableMode, UnmappedTypes,
+    CatalogKind, PipelineConfig, SnapshotMode, StageName, TableId, TableMode, UnmappedTypes,
     DEFAULT_ARROW_BATCH_WORKERS, DEFAULT_CAPTURE_QUEUE,
 };
 
@@ -47,6 +48,12 @@ pub fn capture_settings(config: &PipelineConfig) -> CaptureSettings {
             })
         },
         carry_unmapped_as_text: source.unmapped_types == UnmappedTypes::Text,
+        snapshot_initial: source.snapshot == SnapshotMode::Initial,
+        snapshot: SnapshotSettings {
+            chunk_rows: config.snapshot.chunk_rows,
+            workers: config.snapshot.workers,
+            ..SnapshotSettings::default()
+        },
         status_interval: source.status_interval,
         limits: EnqueueLimits {
             max_events: usize::try_from(segment.max_events).unwrap_or(usize::MAX),

@@ -248,6 +248,11 @@ fn render(column: &dyn Array, row: usize) -> serde_json::Value {
             let text = timestamp(micros);
             J::String(if zone.is_some() { format!("{text}+00") } else { text })
         }
+        DataType::FixedSizeBinary(16) => {
+            // A uuid, as PostgreSQL and pyiceberg print it.
+            let hex: String = column.as_fixed_size_binary().value(row).iter().map(|b| format!("{b:02x}")).collect();
+            J::String(format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]))
+        }
         DataType::List(_) => {
             let list = column.as_list::<i32>().value(row);
             J::Array((0..list.len()).map(|i| render(list.as_ref(), i)).collect())

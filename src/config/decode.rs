@@ -19,6 +19,7 @@ const ROOT_KEYS: &[&str] = &[
     "buffer",
     "sink",
     "flush",
+    "snapshot",
     "stages",
     "telemetry",
 ];
@@ -71,6 +72,7 @@ pub(crate) fn decode(root: &Node, w: &mut Walker<'_, '_>) -> Option<PipelineConf
     let iceberg = sink(w, &top, buffer.as_ref().map(|b| &b.url), tables.as_ref());
     let (flush, flush_workers) = flush(w, &top);
     let stages = stages(w, &top, flush_workers);
+    let snapshot = snapshot(w, &top);
     let telemetry = telemetry(w, &top);
     Some(PipelineConfig {
         pipeline: pipeline?,
@@ -80,6 +82,7 @@ pub(crate) fn decode(root: &Node, w: &mut Walker<'_, '_>) -> Option<PipelineConf
         buffer: buffer?,
         sink: SinkConfig { iceberg: iceberg? },
         flush,
+        snapshot,
         stages,
         telemetry,
     })
@@ -524,6 +527,16 @@ fn flush(w: &mut Walker<'_, '_>, top: &Section<'_>) -> (FlushConfig, Option<usiz
         interval: w.duration(&flush, "interval", DEFAULT_FLUSH_INTERVAL),
     };
     (config, checked)
+}
+
+/// `snapshot`: how existing rows are read (`source.postgres.snapshot` says whether).
+fn snapshot(w: &mut Walker<'_, '_>, top: &Section<'_>) -> SnapshotConfig {
+    let snapshot = w.section(top, "snapshot", &["chunk_rows", "workers"]);
+    SnapshotConfig {
+        chunk_rows: usize::try_from(w.number(&snapshot, "chunk_rows", DEFAULT_SNAPSHOT_CHUNK_ROWS as u64))
+            .unwrap_or(DEFAULT_SNAPSHOT_CHUNK_ROWS),
+        workers: w.opt_count(&snapshot, "workers").unwrap_or(DEFAULT_SNAPSHOT_WORKERS),
+    }
 }
 
 /// `stages`: what the file sets for each stage's pool (defaults are `crate::pipeline`'s), refusing keys that

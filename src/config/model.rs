@@ -52,6 +52,8 @@ pub struct PipelineConfig {
     pub sink: SinkConfig,
     /// How flushers batch buffer segments into Iceberg commits (`flush:`).
     pub flush: FlushConfig,
+    /// How existing rows are read (`snapshot:`).
+    pub snapshot: SnapshotConfig,
     /// Worker pools and queue sizes per engine stage (`stages:`).
     pub stages: StagesConfig,
     /// Metrics and logs (`telemetry:`).
@@ -365,6 +367,20 @@ pub struct FlushConfig {
     /// flushed (a table's first flush comes within `interval`); default 1s. The latency floor of the flush.
     pub interval: Duration,
 }
+
+/// `snapshot:` — how the existing rows of a table are read (whether: `source.postgres.snapshot`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// Rows per chunk (one key range, read between two watermarks); default 50000.
+    pub chunk_rows: usize,
+    /// Tables read at once; default 2.
+    pub workers: usize,
+}
+
+/// Default `snapshot.chunk_rows`.
+pub const DEFAULT_SNAPSHOT_CHUNK_ROWS: usize = 50_000;
+/// Default `snapshot.workers`.
+pub const DEFAULT_SNAPSHOT_WORKERS: usize = 2;
 
 /// The engine stages a pipeline is made of, as named under `stages:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -21,7 +21,11 @@ use crate::source::follow::{self, IcebergName};
 use crate::source::pgwire::{PgwireStream, StreamSettings};
 use crate::source::setup::{self, PublishedTables};
 use crate::source::{durable_channel, FrameSource, SourceError};
+use crate::snapshot::reader::{Reader, ReaderExit, SnapshotSettings};
+use crate::snapshot::Mailbox;
+use crate::store::snapshots::{self, SnapshotState};
 use crate::store::{self, checkpoints, connection_lost, pipelines, segments};
+use crate::table_id::TableId;
 
 /// Everything the capture needs, from the pipeline file.
 #[derive(Clone)]
@@ -42,6 +46,10 @@ pub struct CaptureSettings {
     pub iceberg_name: IcebergName,
     /// Carry columns of unmapped types as text instead of stopping.
     pub carry_unmapped_as_text: bool,
+    /// `snapshot: initial`: a table followed for the first time has its existing rows read (`never`: not).
+    pub snapshot_initial: bool,
+    /// How snapshots read (`snapshot:`).
+    pub snapshot: SnapshotSettings,
     /// Standby status update period.
     pub status_interval: Duration,
     /// Segment bounds.
@@ -79,6 +87,9 @@ pub enum CaptureError {
     /// A stage stopped the flow.
     #[error(transparent)]
     Flow(#[from] FlowError),
+    /// A snapshot was requested for tables the capture does not follow yet: it starts again following them.
+    #[error("a snapshot was requested for tables not followed yet: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    Follow(Vec<TableId>),
 }
 
 impl CaptureError {
@@ -95,6 +106,7 @@ impl CaptureError {
             CaptureError::Buffer(e) => connection_lost(e),
             // The stages said so when they failed (StageError::SessionLost).
             CaptureError::Flow(e) => e.is_session_lost(),
+            CaptureError::Follow(_) => false,
         }
     }
 }
@@ -102,23 +114,77 @@ impl CaptureError {
 /// Runs the capture until `cancel` fires (then drains and writes the last checkpoint) or a non-restartable
 /// error occurs.
 pub async fn run(settings: &CaptureSettings, cancel: CancellationToken) -> Result<(), CaptureError> {
-    // Each restart resumes from the checkpoint, exactly as a process restart would.
-    crate::supervise::restart_on_failure("capture lost a connection; restarting from the checkpoint", settings.restart, &cancel, CaptureError::is_restartable, CaptureError::is_interrupted, || {
-        run_once(settings, &cancel)
-    })
-    .await
+    // Tables a snapshot request made the capture follow, beyond the file's list (kept across restarts).
+    let mut requested: Vec<TableId> = Vec::new();
+    loop {
+        // Each restart resumes from the checkpoint, exactly as a process restart would.
+        let result = crate::supervise::restart_on_failure("capture lost a connection; restarting from the checkpoint", settings.restart, &cancel, CaptureError::is_restartable, CaptureError::is_interrupted, || {
+            run_once(settings, &cancel, &requested)
+        })
+        .await;
+        match result {
+            Err(CaptureError::Follow(tables)) if !cancel.is_cancelled() => {
+                tracing::info!(tables = %tables.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    "restarting the capture to follow tables requested for a snapshot");
+                requested.extend(tables);
+            }
+            Err(CaptureError::Follow(_)) => return Ok(()),
+            other => return other,
+        }
+    }
+}
+
+/// The tables to follow: the file's, plus those a snapshot request names (`philotes snapshot` of a table added to
+/// the file while the pipeline runs). A request for a table the source does not have fails alone.
+async fn tables_to_follow(
+    settings: &CaptureSettings,
+    source: &tokio_postgres::Client,
+    buffer: &tokio_postgres::Client,
+    requested: &[TableId],
+) -> Result<PublishedTables, CaptureError> {
+    let PublishedTables::Listed(listed) = &settings.tables else { return Ok(PublishedTables::All) };
+    let mut tables = listed.clone();
+    for table in requested {
+        if !tables.contains(table) {
+            tables.push(table.clone());
+        }
+    }
+    for request in snapshots::open(buffer, &settings.pipeline).await? {
+        if tables.contains(&request.table) {
+            continue;
+        }
+        if setup::table_by_name(source, &request.table.schema, &request.table.name).await?.is_some() {
+            tables.push(request.table);
+        } else {
+            let reason = format!("table {} does not exist on the source", request.table);
+            tracing::error!(table = %request.table, "snapshot not possible: {reason}");
+            snapshots::fail(buffer, &settings.pipeline, &request.table, request.run, &reason).await?;
+        }
+    }
+    Ok(PublishedTables::Listed(tables))
 }
 
 /// One capture session: prepare, resume from the checkpoint, stream until cancelled or broken.
-async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Result<(), CaptureError> {
+async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken, requested: &[TableId]) -> Result<(), CaptureError> {
     let source = store::connect(&settings.source)
         .await
         .map_err(|e| SourceError::Sql(e).context(format!("connecting to {}", store::describe(&settings.source))))?;
     setup::check_wal_level(&source).await.map_err(|e| e.context("reading wal_level"))?;
     let followed = {
         let buffer = store::connect(&settings.buffer).await?;
-        follow::prepare(&source, &buffer, &settings.pipeline, &settings.publication, &settings.tables, &settings.iceberg_name)
-            .await?
+        let tables = tables_to_follow(settings, &source, &buffer, requested).await?;
+        let followed =
+            follow::prepare(&source, &buffer, &settings.pipeline, &settings.publication, &tables, &settings.iceberg_name)
+                .await?;
+        // A table followed for the first time has its existing rows read (`snapshot: initial`); with `never`
+        // it is recorded as skipped, so a later switch of the file does not copy it by surprise.
+        let identities: Vec<TableId> = followed.tables.values().cloned().collect();
+        let state = if settings.snapshot_initial { SnapshotState::Pending } else { SnapshotState::Skipped };
+        let added = snapshots::ensure(&buffer, &settings.pipeline, &identities, state).await?;
+        if added > 0 && settings.snapshot_initial {
+            tracing::info!(tables = added, "snapshot of the existing rows requested for tables followed for the first time");
+        }
+        followed
     };
     let slot = setup::ensure_slot(&source, &settings.slot, &settings.pipeline)
         .await
@@ -134,6 +200,7 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Res
         let mut seen: std::collections::HashSet<u32> =
             followed.tables.keys().chain(followed.refused.iter()).copied().collect();
         let (period, cancel) = (settings.status_interval, cancel.clone());
+        let initial = settings.snapshot_initial;
         tokio::spawn(async move {
             let Ok(buffer) = store::connect(&buffer_config).await else { return };
             loop {
@@ -141,8 +208,16 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Res
                     () = tokio::time::sleep(period) => {}
                     () = cancel.cancelled() => return,
                 }
-                if let Err(error) = follow::add_new_tables(&source, &buffer, &pipeline, &publication, &mut seen).await {
-                    tracing::warn!(%error, "could not add new tables to the publication; trying again");
+                match follow::add_new_tables(&source, &buffer, &pipeline, &publication, &mut seen).await {
+                    // Rows written before the table joined the publication are read by its snapshot.
+                    Ok(added) if initial && !added.is_empty() => {
+                        let added: Vec<TableId> = added.iter().map(|t| TableId::new(t.schema.clone(), t.name.clone())).collect();
+                        if let Err(error) = snapshots::ensure(&buffer, &pipeline, &added, SnapshotState::Pending).await {
+                            tracing::warn!(%error, "could not request the snapshot of new tables");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "could not add new tables to the publication; trying again"),
                 }
             }
         })
@@ -189,6 +264,15 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Res
     .await?;
 
     let mut durable_tx = Some(durable_tx);
+    let mailbox = Mailbox::default();
+    let reader = Reader {
+        pipeline: settings.pipeline.clone(),
+        source: settings.source.clone(),
+        buffer: settings.buffer.clone(),
+        settings: settings.snapshot.clone(),
+        mailbox: mailbox.clone(),
+        requested: requested.to_vec(),
+    };
     let flow = Flow::from_source(FrameSource::new(stream))
         .stage(DECODE, settings.decode.clone(), move |_| Decode::resume_after(resume))
         .stage(SCHEMA_RESOLVE, settings.schema_resolve.clone(), {
@@ -196,7 +280,7 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Res
                 (settings.pipeline.clone(), settings.source.clone(), settings.buffer.clone(), settings.carry_unmapped_as_text);
             let iceberg_name = settings.iceberg_name.clone();
             move |_| {
-                SchemaResolve::new(&pipeline, source.clone(), buffer.clone(), followed.clone(), iceberg_name.clone(), carry)
+                SchemaResolve::new(&pipeline, source.clone(), buffer.clone(), followed.clone(), iceberg_name.clone(), carry, mailbox.clone())
             }
         })
         .sink(ENQUEUE, settings.enqueue.clone(), {
@@ -211,8 +295,28 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken) -> Res
                 }
             }
         });
-    flow.run(cancel.clone()).await?;
-    Ok(())
+    // The snapshot reader runs beside the flow, in this session: its chunks meet their watermarks in this
+    // session's stream. A request for a table not followed yet ends the session (drained, checkpointed) and
+    // starts it again following that table.
+    let session = cancel.child_token();
+    let flow = flow.run(session.clone());
+    let reader = reader.run(session.clone());
+    tokio::pin!(flow, reader);
+    let mut follow = None;
+    let result = loop {
+        tokio::select! {
+            result = &mut flow => break result,
+            exit = &mut reader, if follow.is_none() => {
+                follow = Some(exit);
+                session.cancel();
+            }
+        }
+    };
+    result?;
+    match follow {
+        Some(ReaderExit::Follow(tables)) if !cancel.is_cancelled() => Err(CaptureError::Follow(tables)),
+        _ => Ok(()),
+    }
 }
 
 /// Ends the table-joining task with the capture session that started it.

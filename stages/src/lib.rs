@@ -25,6 +25,7 @@ pub mod position;
 pub mod report;
 pub mod resolve;
 pub mod segment;
+pub mod snapshot;
 pub mod source;
 pub mod store;
 pub mod supervise;

@@ -20,7 +20,9 @@ use crate::position::Lsn;
 use crate::resolve::Resolved;
 use crate::source::DurableSender;
 use crate::store::checkpoints::{self, Checkpoint};
+use crate::snapshot::{ChunkDone, ChunkFate};
 use crate::store::dead_letters::{self, DeadLetter};
+use crate::store::snapshots;
 use crate::store::segments::{self, SegmentRow};
 use crate::telemetry;
 use builder::SegmentBuilder;
@@ -92,6 +94,8 @@ pub struct Enqueue {
     full: Vec<SegmentRow>,
     full_bytes: usize,
     rejected: Vec<DeadLetter>,
+    /// Snapshot chunks whose progress is written with the next checkpoint.
+    chunks: Vec<ChunkDone>,
     open: Option<Lsn>,
     /// Whether the open transaction had a change or a dead letter for us.
     open_changed: bool,
@@ -115,6 +119,7 @@ impl Enqueue {
             full: Vec::new(),
             full_bytes: 0,
             rejected: Vec::new(),
+            chunks: Vec::new(),
             open: None,
             open_changed: false,
             committed: None,
@@ -173,6 +178,8 @@ impl Enqueue {
         self.oldest.is_some_and(|t| t.elapsed() >= self.limits.max_age)
             || self.full_bytes + self.building_bytes >= self.limits.max_bytes
             || self.full.len() >= 16
+            // A snapshot reader waits for its chunk before it reads the next.
+            || !self.chunks.is_empty()
     }
 
     /// Writes the full segments of an open transaction, above the checkpoint (no checkpoint change).
@@ -202,8 +209,15 @@ impl Enqueue {
         for letter in &self.rejected {
             dead_letters::insert(&tx, &self.pipeline, letter).await?;
         }
+        for chunk in &self.chunks {
+            snapshots::advance(&tx, &self.pipeline, &chunk.progress).await?;
+        }
         checkpoints::save(&tx, &self.pipeline, checkpoint).await?;
         tx.commit().await?;
+        for chunk in self.chunks.drain(..) {
+            telemetry::metrics().snapshot_rows.add(chunk.rows_enqueued, &telemetry::table(&chunk.progress.table));
+            chunk.ack.send(ChunkFate::Durable);
+        }
         record_enqueued(&self.full);
         telemetry::metrics().checkpoint_lsn.record(checkpoint.commit_lsn.as_u64(), &[]);
         self.full.clear();
@@ -232,6 +246,11 @@ impl Enqueue {
                 if self.full_bytes >= self.limits.spill_bytes {
                     self.spill().await?;
                 }
+            }
+            Resolved::SnapshotDone(chunk) => {
+                self.open_changed = true;
+                self.oldest.get_or_insert_with(Instant::now);
+                self.chunks.push(chunk.as_ref().clone());
             }
             Resolved::Rejected(letter) => {
                 self.open_changed = true;

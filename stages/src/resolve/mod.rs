@@ -17,7 +17,11 @@ use tokio_postgres::{Client, Config};
 use crate::decode::{ChangeEvent, Decoded, Relation};
 use crate::position::Lsn;
 use crate::segment::SegmentEvent;
+use crate::op::Op;
+use crate::snapshot::window::Windows;
+use crate::snapshot::{ChunkDone, ChunkFate, Mailbox, Watermark};
 use crate::source::follow::{self, Followed, IcebergName};
+use crate::store::snapshots::ChunkProgress;
 use crate::table_id::TableId;
 use crate::source::setup;
 use crate::store::dead_letters::DeadLetter;
@@ -54,6 +58,9 @@ pub enum Resolved {
     },
     /// A change that could not be converted; stored as a dead letter, the pipeline goes on.
     Rejected(DeadLetter),
+    /// A snapshot chunk's progress. A chunk is a transaction of its own at its high watermark (Begin, its
+    /// `r` changes, this, Commit), so Enqueue writes the progress with the rows and the checkpoint.
+    SnapshotDone(Box<ChunkDone>),
     /// The transaction is complete.
     Commit {
         /// Its commit LSN.
@@ -113,6 +120,10 @@ pub struct SchemaResolve {
     /// (schema, table) → newest version known, from philotes.schemas and this session.
     latest: HashMap<TableId, Arc<TableVersion>>,
     open: Option<Lsn>,
+    /// Snapshot chunks read and waiting for their high watermark.
+    mailbox: Mailbox,
+    /// The keys changed since each chunk's low watermark.
+    windows: Windows,
 }
 
 impl SchemaResolve {
@@ -124,6 +135,7 @@ impl SchemaResolve {
         followed: Followed,
         iceberg_name: IcebergName,
         carry_unmapped_as_text: bool,
+        mailbox: Mailbox,
     ) -> Self {
         Self {
             pipeline: pipeline.to_string(),
@@ -139,6 +151,8 @@ impl SchemaResolve {
             relations: HashMap::new(),
             latest: HashMap::new(),
             open: None,
+            mailbox,
+            windows: Windows::default(),
         }
     }
 
@@ -278,6 +292,14 @@ impl SchemaResolve {
             self.relations.insert(relation.id, None);
             return Ok(());
         };
+        let version = self.version_of(key, relation, self.open.unwrap_or(Lsn::ZERO)).await?;
+        self.relations.insert(relation.id, Some(version));
+        Ok(())
+    }
+
+    /// The schema version of `key` that `relation` describes: the newest one when it has the same columns,
+    /// otherwise a new one, recorded in `philotes.schemas` at `at`.
+    async fn version_of(&mut self, key: TableId, relation: &Relation, at: Lsn) -> Result<Arc<TableVersion>, ResolveError> {
         if relation.columns.iter().any(|c| !self.resolver.knows(c.type_oid)) {
             // A type created after start (a new enum, a domain): read the catalog again.
             self.load_catalog().await?;
@@ -327,13 +349,74 @@ impl SchemaResolve {
                 };
                 // Recorded at once (idempotent): a segment must never name a version the buffer does not have.
                 let (_, buffer) = self.clients.as_ref().ok_or(ResolveError::NotStarted)?;
-                schema_store::insert(buffer, &self.pipeline, &row, self.open.unwrap_or(Lsn::ZERO)).await?;
+                schema_store::insert(buffer, &self.pipeline, &row, at).await?;
                 tracing::info!(table = %qualified, version = version.version, columns = %row.description, "new schema version");
                 self.latest.insert(key, version.clone());
                 version
             }
         };
-        self.relations.insert(relation.id, Some(version));
+        Ok(version)
+    }
+
+    /// A snapshot watermark of this pipeline at `lsn`: a low one opens its chunk's window; a high one turns the
+    /// chunk the reader left in the mailbox into a transaction of `r` changes at `lsn`, less the rows that
+    /// changed inside the window.
+    async fn watermark(&mut self, lsn: Lsn, watermark: Watermark, out: &mut Vec<Resolved>) -> Result<(), ResolveError> {
+        if !watermark.high {
+            self.windows.open(watermark.table(), watermark.chunk, watermark.key);
+            return Ok(());
+        }
+        // Not in the mailbox: a chunk of an earlier session (its reader reads it again).
+        let Some(read) = self.mailbox.take(watermark.chunk) else { return Ok(()) };
+        let version = self.version_of(read.table.clone(), &read.relation, lsn).await?;
+        let rows = read.rows.len();
+        let mut events = Vec::with_capacity(rows);
+        let mut rejected = Vec::new();
+        for (seq, row) in read.rows.into_iter().enumerate() {
+            let change = ChangeEvent {
+                commit_lsn: lsn,
+                xid: 0,
+                commit_ts: read.read_at,
+                relation_id: read.relation.id,
+                op: Op::Read,
+                old: None,
+                new: Some(row),
+                seq: seq as u64,
+            };
+            match convert::event(&version, &change) {
+                Ok(event) => events.push(event),
+                Err(convert::ConvertFailure::Binary) => return Err(ResolveError::Binary),
+                Err(convert::ConvertFailure::Value(reason)) => rejected.push(DeadLetter {
+                    stage: NAME.to_string(),
+                    table: Some(read.table.clone()),
+                    commit_lsn: Some(lsn),
+                    seq: Some(change.seq),
+                    reason,
+                    payload: convert::render(&change),
+                }),
+            }
+        }
+        let Some(kept) = self.windows.close(&read.table, watermark.chunk, &version.schema.columns, events) else {
+            read.ack.send(ChunkFate::Dropped);
+            return Ok(());
+        };
+        out.push(Resolved::Begin { commit_lsn: lsn });
+        let rows_enqueued = kept.len() as u64;
+        out.extend(kept.into_iter().map(|event| Resolved::Change { table: version.clone(), event }));
+        out.extend(rejected.into_iter().map(Resolved::Rejected));
+        out.push(Resolved::SnapshotDone(Box::new(ChunkDone {
+            progress: ChunkProgress {
+                table: read.table,
+                run: read.run,
+                last_key: read.last_key,
+                rows: rows as i64,
+                done: read.done,
+                lsn,
+            },
+            rows_enqueued,
+            ack: read.ack,
+        })));
+        out.push(Resolved::Commit { commit_lsn: lsn, end_lsn: lsn });
         Ok(())
     }
 
@@ -402,7 +485,17 @@ impl Stage for SchemaResolve {
                 Decoded::Relation(relation) => self.relation(relation).await.map_err(stage_error)?,
                 Decoded::Change(change) => {
                     if let Some(change) = self.change(change).map_err(stage_error)? {
+                        if self.windows.any() {
+                            if let Resolved::Change { table, event } = &change {
+                                self.windows.record(&table.schema.schema, &table.schema.table, &table.schema.columns, event);
+                            }
+                        }
                         resolved.push(change);
+                    }
+                }
+                Decoded::Message { commit_lsn: None, message } => {
+                    if let Some(watermark) = Watermark::decode(&message.prefix, &message.content, &self.pipeline) {
+                        self.watermark(message.lsn, watermark, &mut resolved).await.map_err(stage_error)?;
                     }
                 }
                 Decoded::Commit { commit_lsn, end_lsn, .. } => {

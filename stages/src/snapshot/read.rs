@@ -1,0 +1,393 @@
+//! The snapshot's SQL against the source: a table's shape (columns as pgoutput describes them, its chunk key),
+//! the watermarks, the wait for running transactions, and one chunk read with `COPY … TO STDOUT` into
+//! pgoutput's tuple form (so SchemaResolve types snapshot rows and streamed rows with the same code).
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio_postgres::{Client, GenericClient};
+
+use super::Watermark;
+use crate::decode::{ColumnData, Relation, RelationColumn, ReplicaIdentity, TupleData};
+use crate::position::Lsn;
+use crate::source::setup::quote_ident;
+
+/// How chunks are cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkKey {
+    /// By these unique, non-null columns (the primary key, or the replica identity index): `(name, SQL type)`.
+    Columns(Vec<(String, String)>),
+    /// By ranges of heap blocks (a table without a primary key, whose replica identity is FULL).
+    Ctid,
+}
+
+impl ChunkKey {
+    /// The names stored in `philotes.snapshots.key_columns`.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            ChunkKey::Columns(columns) => columns.iter().map(|(name, _)| name.clone()).collect(),
+            ChunkKey::Ctid => vec!["ctid".to_string()],
+        }
+    }
+}
+
+/// A table as the snapshot reads it.
+#[derive(Debug, Clone)]
+pub struct TableShape {
+    /// `schema.table` now (quoted), for the queries.
+    pub quoted: String,
+    /// `r` (table) or `p` (partitioned: read through its root, as its changes arrive).
+    pub kind: char,
+    /// The description pgoutput would send: published columns in attribute order, key flags per replica identity.
+    pub relation: Relation,
+    /// How chunks are cut.
+    pub chunk_key: ChunkKey,
+    /// The columns that identify a row in the table's changes (what a change touched is matched on).
+    pub match_key: Vec<String>,
+    /// `pg_class.reltuples` (`None`: never analyzed).
+    pub estimate: Option<i64>,
+    /// Whether the session's user may SELECT the table.
+    pub readable: bool,
+}
+
+/// Describes the table with OID `relid` (`None`: it no longer exists). Run it in the chunk's transaction, so the
+/// description and the rows agree.
+pub async fn describe(client: &impl GenericClient, relid: u32) -> Result<Option<TableShape>, tokio_postgres::Error> {
+    let Some(table) = client
+        .query_opt(
+            "SELECT n.nspname, c.relname, c.relkind::text, c.relreplident::text, c.reltuples::float8,
+                    has_table_privilege(c.oid, 'SELECT')
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            &[&relid],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (schema, name): (String, String) = (table.get(0), table.get(1));
+    let kind = table.get::<_, String>(2).chars().next().unwrap_or('r');
+    let identity = ReplicaIdentity::from_pgoutput(table.get::<_, String>(3).bytes().next().unwrap_or(b'd'))
+        .unwrap_or(ReplicaIdentity::Default);
+    let reltuples: f64 = table.get(4);
+    // Generated columns are not published (PostgreSQL 15): leave them out, as pgoutput does.
+    let columns = client
+        .query(
+            "SELECT a.attname, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod),
+                    coalesce((SELECT o FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY u(k, o)
+                              WHERE i.indrelid = a.attrelid AND i.indisprimary AND u.k = a.attnum), 0)::int4,
+                    coalesce((SELECT o FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY u(k, o)
+                              WHERE i.indrelid = a.attrelid AND i.indisreplident AND u.k = a.attnum), 0)::int4
+             FROM pg_attribute a
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+             ORDER BY a.attnum",
+            &[&relid],
+        )
+        .await?;
+    let key_of = |position: usize| -> Vec<(i32, String, String)> {
+        let mut key: Vec<(i32, String, String)> = columns
+            .iter()
+            .filter(|c| c.get::<_, i32>(position) > 0)
+            .map(|c| (c.get::<_, i32>(position), c.get::<_, String>(0), c.get::<_, String>(3)))
+            .collect();
+        key.sort();
+        key
+    };
+    let primary = key_of(4);
+    let identity_index = key_of(5);
+    let flagged = |name: &str| match identity {
+        ReplicaIdentity::Full => true,
+        ReplicaIdentity::Default => primary.iter().any(|(_, n, _)| n == name),
+        ReplicaIdentity::Index => identity_index.iter().any(|(_, n, _)| n == name),
+        ReplicaIdentity::Nothing => false,
+    };
+    let relation = Relation {
+        id: relid,
+        namespace: schema.clone(),
+        name: name.clone(),
+        replica_identity: identity,
+        columns: columns
+            .iter()
+            .map(|c| RelationColumn {
+                is_key: flagged(c.get(0)),
+                name: c.get(0),
+                type_oid: c.get(1),
+                type_modifier: c.get(2),
+            })
+            .collect(),
+    };
+    let names = |key: &[(i32, String, String)]| key.iter().map(|(_, n, _)| n.clone()).collect::<Vec<_>>();
+    // What identifies a row in the changes: the primary key where every change carries it (identity default or
+    // full), the identity index's columns, or the whole row (identity full without a key).
+    let match_key = match identity {
+        ReplicaIdentity::Default | ReplicaIdentity::Full if !primary.is_empty() => names(&primary),
+        ReplicaIdentity::Index => names(&identity_index),
+        ReplicaIdentity::Full => relation.columns.iter().map(|c| c.name.clone()).collect(),
+        _ => Vec::new(),
+    };
+    let ordered = if !primary.is_empty() { &primary } else { &identity_index };
+    let chunk_key = if ordered.is_empty() {
+        ChunkKey::Ctid
+    } else {
+        ChunkKey::Columns(ordered.iter().map(|(_, n, t)| (n.clone(), t.clone())).collect())
+    };
+    Ok(Some(TableShape {
+        quoted: format!("{}.{}", quote_ident(&schema), quote_ident(&name)),
+        kind,
+        relation,
+        chunk_key,
+        match_key,
+        estimate: (reltuples >= 0.0).then_some(reltuples as i64),
+        readable: table.get(5),
+    }))
+}
+
+/// An SQL string literal (`standard_conforming_strings` is on in every supported server).
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The COPY statement of the chunk after `after` (the previous chunk's upper key; `None` for the first).
+/// `blocks` is the chunk's size in heap blocks for [`ChunkKey::Ctid`] (`None`: to the end).
+pub fn chunk_copy(shape: &TableShape, after: Option<&[String]>, rows: usize, blocks: Option<(u64, Option<u64>)>) -> String {
+    let columns = shape.relation.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+    let only = if shape.kind == 'p' { "" } else { "ONLY " };
+    let select = match &shape.chunk_key {
+        ChunkKey::Columns(key) => {
+            let names = key.iter().map(|(n, _)| quote_ident(n)).collect::<Vec<_>>().join(", ");
+            let filter = match after {
+                Some(values) if values.len() == key.len() => {
+                    let values = key
+                        .iter()
+                        .zip(values)
+                        .map(|((_, sql_type), value)| format!("{}::{sql_type}", literal(value)))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!(" WHERE ({names}) > ({values})")
+                }
+                _ => String::new(),
+            };
+            format!("SELECT {columns} FROM {only}{}{filter} ORDER BY {names} LIMIT {rows}", shape.quoted)
+        }
+        ChunkKey::Ctid => {
+            let (from, to) = blocks.unwrap_or((0, None));
+            let upper = to.map(|to| format!(" AND ctid < '({to},0)'::tid")).unwrap_or_default();
+            format!("SELECT {columns} FROM {only}{} WHERE ctid >= '({from},0)'::tid{upper}", shape.quoted)
+        }
+    };
+    format!("COPY ({select}) TO STDOUT")
+}
+
+/// The table's size in heap blocks now.
+pub async fn blocks(client: &impl GenericClient, relid: u32) -> Result<u64, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT (pg_relation_size($1::oid) / current_setting('block_size')::int8)::int8", &[&relid])
+        .await?;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+}
+
+/// Reads one chunk: runs `copy` and parses its text rows into pgoutput tuples (values shared with the
+/// received buffer, no copy unless a value has escapes).
+pub async fn copy_rows(client: &tokio_postgres::Transaction<'_>, copy: &str) -> Result<Vec<TupleData>, tokio_postgres::Error> {
+    let stream = client.copy_out(copy).await?;
+    futures::pin_mut!(stream);
+    let mut pending = BytesMut::new();
+    let mut rows = Vec::new();
+    while let Some(data) = stream.next().await {
+        pending.extend_from_slice(&data?);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line = pending.split_to(end + 1).freeze();
+            rows.push(parse_copy_line(line.slice(..end)));
+        }
+    }
+    Ok(rows)
+}
+
+/// One line of COPY's text format: tab-separated values, `\N` for NULL, backslash escapes.
+pub fn parse_copy_line(line: Bytes) -> TupleData {
+    let mut values = Vec::new();
+    let mut start = 0;
+    let bytes = line.as_ref();
+    for i in 0..=bytes.len() {
+        if i == bytes.len() || bytes[i] == b'\t' {
+            let field = line.slice(start..i);
+            values.push(if field.as_ref() == b"\\N" {
+                ColumnData::Null
+            } else if field.contains(&b'\\') {
+                ColumnData::Text(Bytes::from(unescape(&field)))
+            } else {
+                ColumnData::Text(field)
+            });
+            start = i + 1;
+        }
+    }
+    values
+}
+
+/// Undoes COPY's escapes (`\\`, `\n`, `\t`, `\r`, `\b`, `\f`, `\v`, `\ooo`, `\xhh`).
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] != b'\\' || i + 1 == field.len() {
+            out.push(field[i]);
+            i += 1;
+            continue;
+        }
+        let next = field[i + 1];
+        i += 2;
+        match next {
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'r' => out.push(b'\r'),
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut value = u32::from(next - b'0');
+                for _ in 0..2 {
+                    match field.get(i) {
+                        Some(d @ b'0'..=b'7') => {
+                            value = value * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(value as u8);
+            }
+            b'x' => {
+                let mut value = 0u32;
+                let mut digits = 0;
+                while digits < 2 {
+                    match field.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                        Some(d) => {
+                            value = value * 16 + d;
+                            i += 1;
+                            digits += 1;
+                        }
+                        None => break,
+                    }
+                }
+                if digits == 0 {
+                    out.push(b'x');
+                } else {
+                    out.push(value as u8);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The chunk key's values of a row read by [`copy_rows`], in text form: where the next chunk starts.
+pub fn key_of(shape: &TableShape, row: &TupleData) -> Option<Vec<String>> {
+    let ChunkKey::Columns(key) = &shape.chunk_key else { return None };
+    key.iter()
+        .map(|(name, _)| {
+            let index = shape.relation.columns.iter().position(|c| &c.name == name)?;
+            match row.get(index)? {
+                ColumnData::Text(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Writes a watermark into the WAL (not transactional: it takes its place in the stream at once); returns its LSN.
+pub async fn emit(client: &Client, watermark: &Watermark) -> Result<Lsn, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_logical_emit_message(false, $1, $2::bytea)::text",
+            &[&super::MESSAGE_PREFIX, &watermark.encode()],
+        )
+        .await?;
+    Ok(row.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO))
+}
+
+/// The transactions running now (every xid that a snapshot taken now does not see, up to a new xid of ours):
+/// after a low watermark, these are the ones whose commit record may precede it while they are not yet visible.
+pub async fn running_transactions(client: &Client) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_current_xact_id()::text::int8, pg_snapshot_xmax(pg_current_snapshot())::text::int8,
+                    array(SELECT x::text::int8 FROM pg_snapshot_xip(pg_current_snapshot()) x)",
+            &[],
+        )
+        .await?;
+    let (ours, xmax, mut running): (i64, i64, Vec<i64>) = (row.get(0), row.get(1), row.get(2));
+    running.extend(xmax..ours);
+    running.retain(|x| *x != ours);
+    Ok(running)
+}
+
+/// How many of `xids` are still running (neither visible to a new snapshot nor aborted).
+pub async fn still_running(client: &Client, xids: &[i64]) -> Result<i64, tokio_postgres::Error> {
+    if xids.is_empty() {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM unnest($1::int8[]) x
+             WHERE NOT pg_visible_in_snapshot(x::text::xid8, pg_current_snapshot())
+               AND pg_xact_status(x::text::xid8) IS DISTINCT FROM 'aborted'",
+            &[&xids],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> ColumnData {
+        ColumnData::Text(Bytes::from(s.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn copy_lines_parse_into_tuples_with_nulls_and_escapes() {
+        let line = Bytes::from_static(b"1\t\\N\ta\\tb\\\\c\\nd\t\t\\101\\x42");
+        assert_eq!(
+            parse_copy_line(line),
+            vec![text("1"), ColumnData::Null, text("a\tb\\c\nd"), text(""), text("AB")]
+        );
+        assert_eq!(parse_copy_line(Bytes::from_static(b"")), vec![text("")]);
+    }
+
+    #[test]
+    fn chunk_statements_start_after_the_last_key_in_key_order() {
+        let shape = TableShape {
+            quoted: "\"public\".\"t\"".into(),
+            kind: 'r',
+            relation: Relation {
+                id: 1,
+                namespace: "public".into(),
+                name: "t".into(),
+                replica_identity: ReplicaIdentity::Default,
+                columns: vec![
+                    RelationColumn { is_key: true, name: "a".into(), type_oid: 23, type_modifier: -1 },
+                    RelationColumn { is_key: true, name: "b".into(), type_oid: 25, type_modifier: -1 },
+                ],
+            },
+            chunk_key: ChunkKey::Columns(vec![("a".into(), "integer".into()), ("b".into(), "text".into())]),
+            match_key: vec!["a".into(), "b".into()],
+            estimate: None,
+            readable: true,
+        };
+        assert_eq!(
+            chunk_copy(&shape, None, 10, None),
+            "COPY (SELECT \"a\", \"b\" FROM ONLY \"public\".\"t\" ORDER BY \"a\", \"b\" LIMIT 10) TO STDOUT"
+        );
+        assert_eq!(
+            chunk_copy(&shape, Some(&["3".into(), "it's".into()]), 10, None),
+            "COPY (SELECT \"a\", \"b\" FROM ONLY \"public\".\"t\" WHERE (\"a\", \"b\") > ('3'::integer, 'it''s'::text) \
+             ORDER BY \"a\", \"b\" LIMIT 10) TO STDOUT"
+        );
+        assert_eq!(key_of(&shape, &vec![text("3"), text("x")]), Some(vec!["3".to_string(), "x".to_string()]));
+        let ctid = TableShape { chunk_key: ChunkKey::Ctid, ..shape };
+        assert_eq!(
+            chunk_copy(&ctid, None, 10, Some((8, Some(16)))),
+            "COPY (SELECT \"a\", \"b\" FROM ONLY \"public\".\"t\" WHERE ctid >= '(8,0)'::tid AND ctid < '(16,0)'::tid) TO STDOUT"
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! Snapshots: the rows a table already has reach Iceberg as `_op = 'r'`, interleaved with the stream by
+//! watermarks, resumable by chunk. A real PostgreSQL, the real binary, read back with the iceberg crate and
+//! pyiceberg. The reference: the latest image per key in Iceberg equals the source table, row for row.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use philotes_testkit::TestDatabase;
+
+use crate::flush::{drained, last_commit, read_with_iceberg_crate, read_with_pyiceberg, Pipeline, Row};
+use crate::support::{wait_for, Philotes};
+
+/// The source table as rows of text values keyed by `key` (a JSON object per row from `select`).
+fn source_rows(db: &TestDatabase, select: &str) -> Vec<Row> {
+    let text = db.psql(&format!("SELECT row_to_json(s) FROM ({select}) s")).expect("source rows");
+    text.lines().map(|l| to_text(serde_json::from_str(l).expect("json"))).collect()
+}
+
+/// Every value as text (as the Iceberg readers render them), nulls left out.
+fn to_text(row: BTreeMap<String, serde_json::Value>) -> Row {
+    row.into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, serde_json::Value::String(text))
+        })
+        .collect()
+}
+
+/// The bookkeeping position of a changelog row.
+fn position(row: &Row) -> (i64, i64) {
+    let n = |k: &str| row[k].as_str().and_then(|s| s.parse::<i64>().ok()).unwrap_or_else(|| panic!("{k} in {row:?}"));
+    (n("_lsn"), n("_seq"))
+}
+
+/// The latest image per key of a changelog (`r`/`I`/`U` set the row, `D` removes it, `T` empties the table),
+/// applied in position order, with the `columns` of the source kept. Asserts that no position is doubled.
+fn latest_per_key(mut rows: Vec<Row>, key: &[&str], columns: &[&str]) -> BTreeMap<Vec<String>, Row> {
+    rows.sort_by_key(position);
+    let positions: BTreeSet<(i64, i64)> = rows.iter().map(position).collect();
+    assert_eq!(positions.len(), rows.len(), "no (_lsn, _seq) is doubled");
+    let mut table = BTreeMap::new();
+    for row in rows {
+        let op = row["_op"].as_str().expect("_op").to_string();
+        if op == "T" {
+            table.clear();
+            continue;
+        }
+        let id: Vec<String> = key.iter().map(|k| row.get(*k).and_then(|v| v.as_str()).unwrap_or("").to_string()).collect();
+        match op.as_str() {
+            "D" => {
+                table.remove(&id);
+            }
+            "r" | "I" | "U" => {
+                let kept: Row = row.into_iter().filter(|(k, v)| columns.contains(&k.as_str()) && !v.is_null()).collect();
+                table.insert(id, kept);
+            }
+            other => panic!("unexpected _op {other}"),
+        }
+    }
+    table
+}
+
+/// Asserts that both readers' latest image per key of `table` equals the source's `select`.
+async fn assert_latest_equals_source(db: &TestDatabase, pipeline: &Pipeline, table: &str, select: &str, key: &[&str], columns: &[&str]) -> Vec<Row> {
+    let expected: BTreeMap<Vec<String>, Row> = source_rows(db, select)
+        .into_iter()
+        .map(|row| (key.iter().map(|k| row.get(*k).and_then(|v| v.as_str()).unwrap_or("").to_string()).collect(), row))
+        .collect();
+    let crate_rows = read_with_iceberg_crate(pipeline, table).await;
+    let py_rows = read_with_pyiceberg(pipeline, table);
+    assert_eq!(crate_rows.len(), py_rows.len(), "{table}: both readers see the same number of rows");
+    for (reader, rows) in [("iceberg crate", crate_rows.clone()), ("pyiceberg", py_rows)] {
+        let latest = latest_per_key(rows, key, columns);
+        assert_eq!(latest.len(), expected.len(), "{table} ({reader}): keys in Iceberg vs rows in the source");
+        for (id, want) in &expected {
+            assert_eq!(latest.get(id), Some(want), "{table} ({reader}): row {id:?}");
+        }
+    }
+    crate_rows
+}
+
+/// A pipeline with `snapshot: initial` and the given `snapshot:` section.
+fn snapshot_pipeline(db: &TestDatabase, tables: &[&str], snapshot: &str) -> Pipeline {
+    let pipeline = Pipeline::new(db, tables, "{ workers: 2, max_events: 200000, interval: 200ms }");
+    pipeline.rewrite("    snapshot: never\n", "    snapshot: initial\n");
+    pipeline.rewrite("buffer:\n", &format!("snapshot: {snapshot}\nbuffer:\n"));
+    pipeline.rewrite("{ max_events: 500, max_bytes: 1MiB, max_age: 50ms }", "{ max_events: 10000, max_bytes: 8MiB, max_age: 50ms }");
+    pipeline
+}
+
+/// Slices as large as a flush's segments (the flush tests' small slices would only slow these tests down).
+const ENV: &[(&str, &str)] = &[("PHILOTES_PART_EVENTS", "50000")];
+
+/// Waits until every listed table's snapshot is done and everything up to a last marker transaction is in Iceberg.
+async fn wait_snapshots_done(db: &TestDatabase, pipeline: &Pipeline, run: &Philotes, marker: &str) {
+    let name = pipeline.name.clone();
+    run.wait_until("every snapshot done", Duration::from_secs(300), || async {
+        db.psql(&format!(
+            "SELECT count(*) = 0 FROM philotes.snapshots WHERE pipeline = '{name}' AND state NOT IN ('done', 'skipped')"
+        ))
+        .map(|v| v == "t")
+        .unwrap_or(false)
+    })
+    .await;
+    let after = last_commit(db, marker);
+    run.wait_until("every change in iceberg", Duration::from_secs(300), || async { drained(db, &pipeline.name, &after) }).await;
+}
+
+/// `(state, rows_done, chunks, reads)` of a table's snapshot.
+fn progress(db: &TestDatabase, pipeline: &str, table: &str) -> (String, i64, i64, i64) {
+    let out = db
+        .psql(&format!(
+            "SELECT state || ',' || rows_done || ',' || chunks || ',' || reads FROM philotes.snapshots
+             WHERE pipeline = '{pipeline}' AND source_table = '{table}'"
+        ))
+        .expect("progress");
+    let parts: Vec<&str> = out.trim().split(',').collect();
+    assert_eq!(parts.len(), 4, "progress row of {table}: {out:?}");
+    (parts[0].to_string(), parts[1].parse().unwrap(), parts[2].parse().unwrap(), parts[3].parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_rows_of_every_key_kind_reach_iceberg_once() {
+    let db = philotes_testkit::shared().database("snap_kinds").expect("database");
+    db.psql(
+        "CREATE TABLE composite (a int, b text, v text, PRIMARY KEY (a, b));
+         INSERT INTO composite SELECT g % 7, 'k' || g, 'v' || g FROM generate_series(1, 2500) g;
+         CREATE TABLE texts (id text PRIMARY KEY, v int);
+         INSERT INTO texts SELECT 'key ''' || g || E'\\t\\n' || repeat('é', g % 5), g FROM generate_series(1, 1500) g;
+         CREATE TABLE uuids (id uuid PRIMARY KEY, v int);
+         INSERT INTO uuids SELECT md5(g::text)::uuid, g FROM generate_series(1, 1200) g;
+         CREATE TABLE keyless (v int, w text);
+         ALTER TABLE keyless REPLICA IDENTITY FULL;
+         INSERT INTO keyless SELECT g, 'w' || g FROM generate_series(1, 3000) g;
+         CREATE TABLE empty (id int PRIMARY KEY, v text);
+         CREATE TABLE toasted (id int PRIMARY KEY, big text, small text);
+         INSERT INTO toasted SELECT g, CASE WHEN g = 2 THEN repeat(md5(g::text), 327680) END, 's' || g FROM generate_series(1, 3) g;",
+    )
+    .expect("tables");
+    let tables = ["public.composite", "public.texts", "public.uuids", "public.keyless", "public.empty", "public.toasted"];
+    let pipeline = snapshot_pipeline(&db, &tables, "{ chunk_rows: 1000, workers: 2 }");
+    let run = pipeline.start_streaming(&db, &[], ENV, "run.log").await;
+    wait_snapshots_done(&db, &pipeline, &run, "INSERT INTO empty VALUES (1, 'after')").await;
+    run.stop_cleanly().await;
+
+    assert_latest_equals_source(&db, &pipeline, "composite", "SELECT a::text, b, v FROM composite", &["a", "b"], &["a", "b", "v"]).await;
+    assert_latest_equals_source(&db, &pipeline, "texts", "SELECT id, v::text FROM texts", &["id"], &["id", "v"]).await;
+    assert_latest_equals_source(&db, &pipeline, "uuids", "SELECT id::text, v::text FROM uuids", &["id"], &["id", "v"]).await;
+    assert_latest_equals_source(&db, &pipeline, "keyless", "SELECT v::text, w FROM keyless", &["v", "w"], &["v", "w"]).await;
+    assert_latest_equals_source(&db, &pipeline, "empty", "SELECT id::text, v FROM empty", &["id"], &["id", "v"]).await;
+    let toasted =
+        assert_latest_equals_source(&db, &pipeline, "toasted", "SELECT id::text, big, small FROM toasted", &["id"], &["id", "big", "small"]).await;
+    assert!(toasted.iter().any(|r| r.get("big").and_then(|v| v.as_str()).is_some_and(|s| s.len() == 10 * 1024 * 1024)));
+    // Every row of a table without a change was read once, as 'r'.
+    for (table, rows) in [("composite", 2500), ("texts", 1500), ("uuids", 1200), ("keyless", 3000), ("empty", 0), ("toasted", 3)] {
+        let (state, done, chunks, reads) = progress(&db, &pipeline.name, table);
+        assert_eq!((state.as_str(), done), ("done", rows), "{table}: progress");
+        assert_eq!(chunks, reads, "{table}: no chunk read twice");
+    }
+    let composite = read_with_iceberg_crate(&pipeline, "composite").await;
+    assert_eq!(composite.iter().filter(|r| r["_op"] == "r").count(), 2500, "composite: one 'r' row per source row");
+}
+
+/// Random changes to `big` until `stop`: inserts past the end and into deleted gaps, updates and deletes of
+/// random rows, key changes, and updates of the rows around the current chunk's upper key.
+async fn write_randomly(client: tokio_postgres::Client, pipeline: String, stop: Arc<AtomicBool>) -> u64 {
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |n: i64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as i64 + 1
+    };
+    let mut done = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let near: Option<i64> = client
+            .query_opt(
+                "SELECT (last_key[1])::int8 FROM philotes.snapshots WHERE pipeline = $1 AND source_table = 'big' AND last_key IS NOT NULL",
+                &[&pipeline],
+            )
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.get(0));
+        let around = near.unwrap_or(1);
+        let statements = [
+            format!("INSERT INTO big VALUES ({}, 'new', 1.5, 'ins') ON CONFLICT (id) DO UPDATE SET name = 'reinserted'", 300_000 + next(50_000)),
+            format!("UPDATE big SET amount = amount + 1, note = 'upd' WHERE id = {}", next(300_000)),
+            format!("DELETE FROM big WHERE id = {}", next(300_000)),
+            format!("UPDATE big SET name = name || '+' WHERE id BETWEEN {} AND {}", around - 3, around + 40 + next(200)),
+            format!("DELETE FROM big WHERE id = {}", around + next(100)),
+            format!("INSERT INTO big VALUES ({}, 'gap', 2.5, 'gap') ON CONFLICT (id) DO NOTHING", around + next(100)),
+            format!("UPDATE big SET id = id + 1000000 WHERE id = {}", around + next(500)),
+        ];
+        for sql in &statements {
+            if client.batch_execute(sql).await.is_ok() {
+                done += 1;
+            }
+        }
+    }
+    done
+}
+
+async fn big_table_with_writer(hint: &str, kills: usize) {
+    let db = philotes_testkit::shared().database(hint).expect("database");
+    db.psql(
+        "CREATE TABLE big (id bigint PRIMARY KEY, name text, amount numeric(12,2), note text);
+         INSERT INTO big SELECT g, 'row ' || g, g * 0.25, NULL FROM generate_series(1, 300000) g;
+         ANALYZE big;",
+    )
+    .expect("table");
+    let pipeline = snapshot_pipeline(&db, &["public.big"], "{ chunk_rows: 20000, workers: 2 }");
+    let mut run = pipeline.start_streaming(&db, &[], ENV, "run-0.log").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, name, stop) = (crate::support::connect(&db).await, pipeline.name.clone(), stop.clone());
+        tokio::spawn(write_randomly(client, name, stop))
+    };
+    for kill in 1..=kills {
+        let name = pipeline.name.clone();
+        let target = kill as i64 * 3;
+        run.wait_until(&format!("{target} chunks enqueued"), Duration::from_secs(300), || async {
+            progress(&db, &name, "big").2 >= target
+        })
+        .await;
+        run.kill();
+        run = pipeline.start_streaming(&db, &[], ENV, &format!("run-{kill}.log")).await;
+    }
+    let name = pipeline.name.clone();
+    run.wait_until("the snapshot done", Duration::from_secs(300), || async { progress(&db, &name, "big").0 == "done" }).await;
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.await.expect("writer");
+    assert!(writes > 100, "the writer kept writing during the snapshot ({writes} statements)");
+    wait_snapshots_done(&db, &pipeline, &run, "UPDATE big SET note = 'last' WHERE id = 7").await;
+    run.stop_cleanly().await;
+
+    let rows = assert_latest_equals_source(
+        &db,
+        &pipeline,
+        "big",
+        "SELECT id::text, name, amount::text, note FROM big",
+        &["id"],
+        &["id", "name", "amount", "note"],
+    )
+    .await;
+    let (_, rows_done, chunks, reads) = progress(&db, &pipeline.name, "big");
+    assert!(rows_done >= 300_000, "every row was read ({rows_done})");
+    assert!(reads - chunks <= kills as i64, "at most one chunk read again per kill: {reads} reads, {chunks} chunks, {kills} kills");
+    let read_rows = rows.iter().filter(|r| r["_op"] == "r").count();
+    assert!(read_rows > 250_000, "most rows arrived as 'r' ({read_rows})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_under_concurrent_writes_leaves_the_latest_image_of_every_key_equal_to_the_source() {
+    big_table_with_writer("snap_writes", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_killed_three_times_resumes_at_its_next_chunk_and_still_equals_the_source() {
+    big_table_with_writer("snap_kills", 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_added_while_the_pipeline_runs_joins_with_every_row_once_on_request() {
+    let db = philotes_testkit::shared().database("snap_request").expect("database");
+    db.psql(
+        "CREATE TABLE first (id int PRIMARY KEY, v text);
+         INSERT INTO first SELECT g, 'f' || g FROM generate_series(1, 100) g;
+         CREATE TABLE later (id int PRIMARY KEY, v text);
+         INSERT INTO later SELECT g, 'l' || g FROM generate_series(1, 5000) g;",
+    )
+    .expect("tables");
+    let pipeline = snapshot_pipeline(&db, &["public.first"], "{ chunk_rows: 1000, workers: 2 }");
+    let run = pipeline.start_streaming(&db, &[], ENV, "run.log").await;
+    wait_snapshots_done(&db, &pipeline, &run, "INSERT INTO first VALUES (101, 'after')").await;
+    // The table joins the file's tables; the running pipeline is asked to snapshot it.
+    pipeline.rewrite("tables: [public.first]", "tables: [public.first, public.later]");
+    let file = pipeline.file.to_str().expect("path").to_string();
+    let out = crate::support::philotes(&["snapshot", &file, "--table", "public.later"], &[]);
+    assert!(out.status.success(), "philotes snapshot: {}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the requested snapshot done", Duration::from_secs(120), || async {
+        db.psql(&format!("SELECT state FROM philotes.snapshots WHERE pipeline = '{}' AND source_table = 'later'", pipeline.name))
+            .map(|v| v == "done")
+            .unwrap_or(false)
+    })
+    .await;
+    // Changes after the request stream in as well.
+    db.psql("UPDATE later SET v = 'changed' WHERE id <= 10").expect("update");
+    wait_snapshots_done(&db, &pipeline, &run, "DELETE FROM later WHERE id = 5000").await;
+    run.stop_cleanly().await;
+    let rows =
+        assert_latest_equals_source(&db, &pipeline, "later", "SELECT id::text, v FROM later", &["id"], &["id", "v"]).await;
+    assert_eq!(rows.iter().filter(|r| r["_op"] == "r").count(), 5000, "every row once, as 'r'");
+    assert_latest_equals_source(&db, &pipeline, "first", "SELECT id::text, v FROM first", &["id"], &["id", "v"]).await;
+}
