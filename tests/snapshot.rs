@@ -237,7 +237,7 @@ async fn big_table_with_writer(hint: &str, kills: usize) {
     stop.store(true, Ordering::Relaxed);
     let writes = writer.await.expect("writer");
     assert!(writes > 100, "the writer kept writing during the snapshot ({writes} statements)");
-    wait_snapshots_done(&db, &pipeline, &run, "UPDATE big SET note = 'last' WHERE id = 7").await;
+    wait_snapshots_done(&db, &pipeline, &run, "INSERT INTO big VALUES (5000000, 'last', 0, 'last')").await;
     run.stop_cleanly().await;
 
     let rows = assert_latest_equals_source(
