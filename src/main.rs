@@ -66,6 +66,15 @@ enum Command {
         #[arg(long = "table", required = true)]
         tables: Vec<String>,
     },
+    /// Copy the existing rows of tables again (online, while the pipeline runs): records the request for the
+    /// running capture and returns; follow it with `philotes status`. Exits 1 if any table was refused.
+    Snapshot {
+        /// The pipeline file.
+        file: PathBuf,
+        /// A table of the pipeline (`schema.table`, as in `source.postgres.tables`); repeat for several.
+        #[arg(long = "table", required = true)]
+        tables: Vec<String>,
+    },
     /// Show the pipeline's state: slot and replication lag, source checkpoint, buffer depth, dead letters. Exits 0
     /// when everything could be read, 2 when a part could not (it is marked and listed under errors).
     Status {
@@ -106,6 +115,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Resume { file, tables } => runtime.block_on(resume(&file, &tables, cli.log_format)),
+        Command::Snapshot { file, tables } => runtime.block_on(snapshot(&file, &tables, cli.log_format)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -199,6 +209,47 @@ async fn resume(file: &Path, tables: &[String], log_format: Option<LogFormatArg>
             None => anyhow::bail!("{name} is not stopped (see `philotes status {}`)", file.display()),
         }
     }
+    Ok(())
+}
+
+/// `philotes snapshot FILE --table T…`: checks each table (the file captures it; on the source it exists and the
+/// pipeline's role can read it) and records a pending snapshot run for it; a refused table is reported and the
+/// others are still requested. Returns once the requests are recorded: the running capture picks them up.
+async fn snapshot(file: &Path, tables: &[String], log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
+    let config = load(file, log_format)?;
+    let mut refused = Vec::new();
+    // The file's own check first: a table the pipeline does not capture needs no connection.
+    let mut wanted = Vec::new();
+    for text in tables {
+        match philotes::snapshot::captured(&config.source.postgres.tables, file, text) {
+            Ok(table) => wanted.push(table),
+            Err(e) => refused.push(e),
+        }
+    }
+    if !wanted.is_empty() {
+        let mut buffer = philotes::postgres::connect(&config.buffer.url)
+            .await
+            .with_context(|| format!("connecting to the buffer database {}", config.buffer.url))?;
+        philotes::migrate::migrate(&mut buffer).await?;
+        let source = philotes::postgres::connect(&config.source.postgres.url)
+            .await
+            .with_context(|| format!("connecting to the source database {}", config.source.postgres.url))?;
+        let source_db = philotes_stages::store::describe(config.source.postgres.url.config());
+        for table in wanted {
+            if let Err(e) = philotes::snapshot::check_source(&source, &source_db, &table).await {
+                refused.push(e);
+                continue;
+            }
+            let run = philotes_stages::store::snapshots::request(&buffer, &config.pipeline, &table)
+                .await
+                .with_context(|| format!("recording the snapshot request of {table} in the buffer database"))?;
+            println!("snapshot of {table} requested (run {run}); follow it with: philotes status {}", file.display());
+        }
+    }
+    for refusal in &refused {
+        eprintln!("philotes: {refusal}");
+    }
+    anyhow::ensure!(refused.is_empty(), "{} of {} tables refused, nothing requested for them", refused.len(), tables.len());
     Ok(())
 }
 

@@ -16,4 +16,5 @@ mod migrate;
 mod names;
 mod session;
 mod slot;
+mod snapshot;
 mod support;
