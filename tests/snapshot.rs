@@ -1,10 +1,10 @@
-//! `philotes snapshot FILE --table T`, run as a user would: the real
+//! `philotes snapshot FILE --table T` and the snapshot part of `philotes status`, run as a user would: the real
 //! binary against a real database. No capture runs here: these tests are about the request and how it is shown
 //! (the capture that reads a pending request has tests of its own).
 
 use std::process::Output;
 
-use crate::support::{database, philotes, pipeline_file, DEFAULT_SEGMENT};
+use crate::support::{database, philotes, pipeline_file, status_json, DEFAULT_SEGMENT};
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
@@ -94,4 +94,48 @@ fn a_table_the_source_role_cannot_read_is_refused_with_the_grant_that_fixes_it()
     assert!(!out.status.success(), "{printed}");
     assert!(printed.contains(&format!("the source role {role} cannot SELECT public.secret")), "{printed}");
     assert!(printed.contains(&format!("GRANT SELECT ON public.secret TO {role}")), "{printed}");
+}
+
+#[test]
+fn status_shows_a_requested_snapshot_in_json_and_in_text() {
+    let db = database("snap_status");
+    db.psql("CREATE TABLE public.orders (id int PRIMARY KEY)").expect("create");
+    let file = pipeline_file(&db, &["public.orders"], &[], DEFAULT_SEGMENT);
+    let out = snapshot(&file, &["public.orders"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let status = status_json(&file);
+    let snapshots = status["snapshots"].as_array().unwrap_or_else(|| panic!("a snapshots array: {status}"));
+    assert_eq!(snapshots.len(), 1, "{status}");
+    let orders = &snapshots[0];
+    let fields = [
+        "table",
+        "state",
+        "run",
+        "rows_done",
+        "rows_estimate",
+        "percent",
+        "rows_per_second",
+        "eta_seconds",
+        "elapsed_seconds",
+        "chunks",
+        "reads",
+        "snapshot_lsn",
+        "error",
+    ];
+    for field in fields {
+        assert!(orders.get(field).is_some(), "{field} in {orders}");
+    }
+    assert_eq!(orders["table"], "public.orders");
+    assert_eq!(orders["state"], "pending");
+    assert_eq!(orders["run"], 1);
+    assert_eq!(orders["rows_done"], 0);
+    assert!(orders["percent"].is_null() && orders["eta_seconds"].is_null(), "nothing read yet: {orders}");
+
+    let human = philotes(&["status", file.to_str().expect("utf-8 path")], &[]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("snapshot     public.orders  pending (run 1)"),
+        "{}",
+        text(&human)
+    );
 }
