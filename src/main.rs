@@ -303,6 +303,8 @@ async fn run(
         // Several processes of one pipeline on one host share the file: the second cannot bind the same port.
         Err(e) => tracing::warn!("{e}; this process runs without a metrics endpoint (pass --metrics ADDR to choose another)"),
     }
+    // Snapshot progress (bars on a terminal, log lines otherwise) where the capture runs; it never fails the run.
+    let progress = (role != Role::Flusher).then(|| tokio::spawn(philotes::progress::watch(config.clone(), cancel.clone())));
     let capture = async {
         if role == Role::Flusher {
             return Ok(());
@@ -323,6 +325,10 @@ async fn run(
         result.context("flusher")
     };
     let (captured, flushed) = tokio::join!(capture, flusher);
+    if let Some(progress) = progress {
+        // Both roles cancelled on their way out: the task clears its bars and ends.
+        let _ = progress.await;
+    }
     captured?;
     flushed?;
     tracing::info!("stopped");
