@@ -141,7 +141,7 @@ impl From<&SnapshotRow> for SnapshotStatus {
 impl SnapshotStatus {
     /// The human line's text after the table name.
     fn describe(&self) -> String {
-        let chunks = format!("{} chunks, {} reads", progress::count(self.chunks), progress::count(self.reads));
+        let chunks = format!("{}, {}", plural(self.chunks, "chunk"), plural(self.reads, "read"));
         match self.state.as_str() {
             "pending" => format!("pending (run {}): waiting for the capture to start it", self.run),
             "running" => format!("running (run {}): {}; {chunks}", self.run, self.progress_line()),
@@ -359,14 +359,20 @@ impl std::fmt::Display for Status {
                 write!(f, "\n  renamed    on the source to {now} (its changes keep flowing into the same Iceberg table)")?;
             }
         }
+        let width = self.snapshots.iter().map(|s| s.table.chars().count()).max().unwrap_or(0);
         for snapshot in &self.snapshots {
-            write!(f, "\nsnapshot     {}  {}", snapshot.table, snapshot.describe())?;
+            write!(f, "\nsnapshot     {:width$}  {}", snapshot.table, snapshot.describe())?;
         }
         for problem in &self.errors {
             write!(f, "\nerror        {}: {}", problem.part, problem.error)?;
         }
         Ok(())
     }
+}
+
+/// `1 chunk`, `12 chunks`.
+fn plural(n: i64, word: &str) -> String {
+    format!("{} {word}{}", progress::count(n), if n == 1 { "" } else { "s" })
 }
 
 fn human_bytes(bytes: i64) -> String {
