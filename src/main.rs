@@ -170,7 +170,7 @@ fn load(file: &Path, log_format: Option<LogFormatArg>) -> anyhow::Result<Pipelin
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn,philotes_engine=warn,sqlx=warn,opentelemetry=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(philotes::progress::log_writer);
     // A second init (tests calling twice) is harmless: keep the first.
     let _ = match format {
         LogFormat::Human => builder.try_init(),
