@@ -16,5 +16,5 @@ mod migrate;
 mod names;
 mod session;
 mod slot;
-mod snapshot;
+mod snapshot_cli;
 mod support;
