@@ -66,6 +66,15 @@ enum Command {
         #[arg(long = "table", required = true)]
         tables: Vec<String>,
     },
+    /// Copy the existing rows of tables again (online, while the pipeline runs): records the request for the
+    /// running capture and returns; follow it with `philotes status`. Exits 1 if any table was refused.
+    Snapshot {
+        /// The pipeline file.
+        file: PathBuf,
+        /// A table of the pipeline (`schema.table`, as in `source.postgres.tables`); repeat for several.
+        #[arg(long = "table", required = true)]
+        tables: Vec<String>,
+    },
     /// Show the pipeline's state: slot and replication lag, source checkpoint, buffer depth, dead letters. Exits 0
     /// when everything could be read, 2 when a part could not (it is marked and listed under errors).
     Status {
@@ -106,6 +115,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Resume { file, tables } => runtime.block_on(resume(&file, &tables, cli.log_format)),
+        Command::Snapshot { file, tables } => runtime.block_on(snapshot(&file, &tables, cli.log_format)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -160,7 +170,7 @@ fn load(file: &Path, log_format: Option<LogFormatArg>) -> anyhow::Result<Pipelin
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn,philotes_engine=warn,sqlx=warn,opentelemetry=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(philotes::progress::log_writer);
     // A second init (tests calling twice) is harmless: keep the first.
     let _ = match format {
         LogFormat::Human => builder.try_init(),
@@ -199,6 +209,47 @@ async fn resume(file: &Path, tables: &[String], log_format: Option<LogFormatArg>
             None => anyhow::bail!("{name} is not stopped (see `philotes status {}`)", file.display()),
         }
     }
+    Ok(())
+}
+
+/// `philotes snapshot FILE --table T…`: checks each table (the file captures it; on the source it exists and the
+/// pipeline's role can read it) and records a pending snapshot run for it; a refused table is reported and the
+/// others are still requested. Returns once the requests are recorded: the running capture picks them up.
+async fn snapshot(file: &Path, tables: &[String], log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
+    let config = load(file, log_format)?;
+    let mut refused = Vec::new();
+    // The file's own check first: a table the pipeline does not capture needs no connection.
+    let mut wanted = Vec::new();
+    for text in tables {
+        match philotes::snapshot::captured(&config.source.postgres.tables, file, text) {
+            Ok(table) => wanted.push(table),
+            Err(e) => refused.push(e),
+        }
+    }
+    if !wanted.is_empty() {
+        let mut buffer = philotes::postgres::connect(&config.buffer.url)
+            .await
+            .with_context(|| format!("connecting to the buffer database {}", config.buffer.url))?;
+        philotes::migrate::migrate(&mut buffer).await?;
+        let source = philotes::postgres::connect(&config.source.postgres.url)
+            .await
+            .with_context(|| format!("connecting to the source database {}", config.source.postgres.url))?;
+        let source_db = philotes_stages::store::describe(config.source.postgres.url.config());
+        for table in wanted {
+            if let Err(e) = philotes::snapshot::check_source(&source, &source_db, &table).await {
+                refused.push(e);
+                continue;
+            }
+            let run = philotes_stages::store::snapshots::request(&buffer, &config.pipeline, &table)
+                .await
+                .with_context(|| format!("recording the snapshot request of {table} in the buffer database"))?;
+            println!("snapshot of {table} requested (run {run}); follow it with: philotes status {}", file.display());
+        }
+    }
+    for refusal in &refused {
+        eprintln!("philotes: {refusal}");
+    }
+    anyhow::ensure!(refused.is_empty(), "{} of {} tables refused, nothing requested for them", refused.len(), tables.len());
     Ok(())
 }
 
@@ -249,6 +300,8 @@ async fn run(
         // Several processes of one pipeline on one host share the file: the second cannot bind the same port.
         Err(e) => tracing::warn!("{e}; this process runs without a metrics endpoint (pass --metrics ADDR to choose another)"),
     }
+    // Snapshot progress (bars on a terminal, log lines otherwise) where the capture runs; it never fails the run.
+    let progress = (role != Role::Flusher).then(|| tokio::spawn(philotes::progress::watch(config.clone(), cancel.clone())));
     let capture = async {
         if role == Role::Flusher {
             return Ok(());
@@ -269,6 +322,10 @@ async fn run(
         result.context("flusher")
     };
     let (captured, flushed) = tokio::join!(capture, flusher);
+    if let Some(progress) = progress {
+        // Both roles cancelled on their way out: the task clears its bars and ends.
+        let _ = progress.await;
+    }
     captured?;
     flushed?;
     tracing::info!("stopped");

@@ -1,5 +1,5 @@
 //! `philotes status`: what a person (or a script, with `--json`) needs to know about a running pipeline —
-//! slot lag, source checkpoint, buffer depth, dead letters. Each part is read on its own: with the source down the
+//! slot lag, source checkpoint, buffer depth, dead letters, snapshot progress. Each part is read on its own: with the source down the
 //! buffer's part is still shown, and what could not be read is marked and listed in `errors`.
 
 use std::time::Duration;
@@ -7,11 +7,13 @@ use std::time::Duration;
 use philotes_stages::report;
 use philotes_stages::source::setup::{self, SlotStatus};
 use philotes_stages::source::SourceError;
+use philotes_stages::store::snapshots::{self, SnapshotRow};
 use philotes_stages::store::{self, checkpoints, dead_letters, segments, source_tables, watermarks};
 use serde::Serialize;
 use tokio_postgres::Config;
 
 use crate::config::{PipelineConfig, TableId};
+use crate::progress::{self, Figures};
 
 /// A snapshot of a pipeline's state. A part that could not be read (the source down, the buffer unreachable) is
 /// `null` and named in [`Status::errors`]; the rest is still shown.
@@ -47,6 +49,8 @@ pub struct Status {
     pub dead_letters: Option<i64>,
     /// Per table: the last position committed to Iceberg, and why it stopped if it did.
     pub tables: Vec<TableStatus>,
+    /// Per table with a snapshot row: the copy of its existing rows (initial, or asked by `philotes snapshot`).
+    pub snapshots: Vec<SnapshotStatus>,
     /// What could not be read, and why; empty when the status is complete (`philotes status` then exits 0).
     pub errors: Vec<StatusProblem>,
 }
@@ -78,6 +82,94 @@ pub struct TableStatus {
     pub renamed_to: Option<String>,
     /// Why the capture does not follow the table (a keyless table it refused to publish).
     pub problem: Option<String>,
+}
+
+/// One table's snapshot: the copy of its existing rows, chunk by chunk.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotStatus {
+    /// `schema.table` at the source.
+    pub table: String,
+    /// `pending`, `running`, `done`, `failed` or `skipped`.
+    pub state: String,
+    /// Which request (1 for the first, one more per `philotes snapshot`).
+    pub run: i32,
+    /// Rows read and enqueued so far.
+    pub rows_done: i64,
+    /// The table's row estimate (`pg_class.reltuples`) when the run started; `null` before it starts or when the
+    /// table was never analyzed.
+    pub rows_estimate: Option<i64>,
+    /// `rows_done` of `rows_estimate` in percent (capped at 100); `null` without an estimate.
+    pub percent: Option<f64>,
+    /// Rows per second over the run (start to now, or to its end).
+    pub rows_per_second: Option<f64>,
+    /// Seconds left at that rate to reach the estimate; only while running.
+    pub eta_seconds: Option<f64>,
+    /// Seconds since the run started reading (to its end once it ended); `null` before it starts.
+    pub elapsed_seconds: Option<f64>,
+    /// Chunks enqueued.
+    pub chunks: i64,
+    /// Chunks read (more than `chunks` when a restart read a chunk again).
+    pub reads: i64,
+    /// The high watermark of the last enqueued chunk.
+    pub snapshot_lsn: Option<String>,
+    /// Why the snapshot failed.
+    pub error: Option<String>,
+}
+
+impl From<&SnapshotRow> for SnapshotStatus {
+    fn from(row: &SnapshotRow) -> Self {
+        let figures = Figures::of(row);
+        let round = |v: f64, places: i32| (v * 10f64.powi(places)).round() / 10f64.powi(places);
+        Self {
+            table: row.table.to_string(),
+            state: row.state.to_string(),
+            run: row.run,
+            rows_done: row.rows_done,
+            rows_estimate: row.rows_estimate,
+            percent: figures.percent.map(|p| round(p, 2)),
+            rows_per_second: figures.rate.map(|r| round(r, 1)),
+            eta_seconds: figures.eta_seconds.map(|e| round(e, 1)),
+            elapsed_seconds: row.running_seconds.map(|s| round(s, 3)),
+            chunks: row.chunks,
+            reads: row.reads,
+            snapshot_lsn: row.snapshot_lsn.map(|l| l.to_string()),
+            error: row.error.clone(),
+        }
+    }
+}
+
+impl SnapshotStatus {
+    /// The human line's text after the table name.
+    fn describe(&self) -> String {
+        let chunks = format!("{}, {}", plural(self.chunks, "chunk"), plural(self.reads, "read"));
+        match self.state.as_str() {
+            "pending" => format!("pending (run {}): waiting for the capture to start it", self.run),
+            "running" => format!("running (run {}): {}; {chunks}", self.run, self.progress_line()),
+            "done" => {
+                let mut text = format!("done (run {}): {} rows", self.run, progress::count(self.rows_done));
+                if let Some(seconds) = self.elapsed_seconds {
+                    text.push_str(&format!(" in {}", progress::duration(seconds)));
+                }
+                if let Some(rate) = self.rows_per_second {
+                    text.push_str(&format!(" ({} rows/s)", progress::count(rate.round() as i64)));
+                }
+                format!("{text}; {chunks}")
+            }
+            "failed" => format!(
+                "FAILED (run {}) after {} rows, {chunks}: {}",
+                self.run,
+                progress::count(self.rows_done),
+                self.error.as_deref().unwrap_or("no reason recorded")
+            ),
+            _ => format!("{} (existing rows not copied; `philotes snapshot` copies them)", self.state),
+        }
+    }
+
+    /// `120,000/300,000 rows (40%), 45,000 rows/s, ETA 4s`.
+    fn progress_line(&self) -> String {
+        let figures = Figures { percent: self.percent, rate: self.rows_per_second, eta_seconds: self.eta_seconds };
+        progress::line(self.rows_done, self.rows_estimate, figures)
+    }
 }
 
 /// Adds what the capture knows of each table (renames, refusals) to the flush states; a refused table that
@@ -125,6 +217,7 @@ pub async fn read(config: &PipelineConfig) -> Status {
         buffer_bytes: None,
         dead_letters: None,
         tables: Vec::new(),
+        snapshots: Vec::new(),
         errors: Vec::new(),
     };
     let source = config.source.postgres.url.config();
@@ -200,6 +293,14 @@ async fn read_buffer(config: &Config, pipeline: &str, status: &mut Status) -> Re
         })
         .collect();
     add_source_tables(&mut status.tables, source_tables::list(&buffer, pipeline).await?);
+    // A buffer migrated by an older philotes has no snapshot table yet: no snapshots, not an error.
+    let has_snapshots: bool = buffer
+        .query_one("SELECT to_regclass('philotes.snapshots') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if has_snapshots {
+        status.snapshots = snapshots::list(&buffer, pipeline).await?.iter().map(SnapshotStatus::from).collect();
+    }
     Ok(())
 }
 
@@ -258,11 +359,20 @@ impl std::fmt::Display for Status {
                 write!(f, "\n  renamed    on the source to {now} (its changes keep flowing into the same Iceberg table)")?;
             }
         }
+        let width = self.snapshots.iter().map(|s| s.table.chars().count()).max().unwrap_or(0);
+        for snapshot in &self.snapshots {
+            write!(f, "\nsnapshot     {:width$}  {}", snapshot.table, snapshot.describe())?;
+        }
         for problem in &self.errors {
             write!(f, "\nerror        {}: {}", problem.part, problem.error)?;
         }
         Ok(())
     }
+}
+
+/// `1 chunk`, `12 chunks`.
+fn plural(n: i64, word: &str) -> String {
+    format!("{} {word}{}", progress::count(n), if n == 1 { "" } else { "s" })
 }
 
 fn human_bytes(bytes: i64) -> String {

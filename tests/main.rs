@@ -17,4 +17,5 @@ mod names;
 mod session;
 mod slot;
 mod snapshot;
+mod snapshot_cli;
 mod support;
