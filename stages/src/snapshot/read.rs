@@ -306,17 +306,22 @@ pub async fn emit(client: &Client, watermark: &Watermark) -> Result<Lsn, tokio_p
 
 /// The transactions running now (every xid that a snapshot taken now does not see, up to a new xid of ours):
 /// after a low watermark, these are the ones whose commit record may precede it while they are not yet visible.
+/// philotes' own sessions (application name `philotes…`: the buffer's and the catalog's transactions when they
+/// share the source database, a flusher's lease held for seconds) never write a captured table: left out.
 pub async fn running_transactions(client: &Client) -> Result<Vec<i64>, tokio_postgres::Error> {
     let row = client
         .query_one(
             "SELECT pg_current_xact_id()::text::int8, pg_snapshot_xmax(pg_current_snapshot())::text::int8,
-                    array(SELECT x::text::int8 FROM pg_snapshot_xip(pg_current_snapshot()) x)",
+                    array(SELECT x::text::int8 FROM pg_snapshot_xip(pg_current_snapshot()) x),
+                    array(SELECT backend_xid::text::int8 FROM pg_stat_activity
+                          WHERE backend_xid IS NOT NULL AND application_name LIKE 'philotes%')",
             &[],
         )
         .await?;
-    let (ours, xmax, mut running): (i64, i64, Vec<i64>) = (row.get(0), row.get(1), row.get(2));
+    let (ours, xmax, mut running, own): (i64, i64, Vec<i64>, Vec<i64>) = (row.get(0), row.get(1), row.get(2), row.get(3));
     running.extend(xmax..ours);
-    running.retain(|x| *x != ours);
+    // pg_stat_activity shows 32-bit xids; the snapshot's are 64-bit (epoch in the high half).
+    running.retain(|x| *x != ours && !own.contains(&(x & 0xFFFF_FFFF)));
     Ok(running)
 }
 

@@ -75,6 +75,10 @@ pub fn describe(config: &Config) -> String {
 pub async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
     let mut config = config.clone();
     config.options(session_options(config.get_options()));
+    if config.get_application_name().is_none() {
+        // Our sessions name themselves: a snapshot does not wait for philotes' own buffer transactions.
+        config.application_name("philotes");
+    }
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
