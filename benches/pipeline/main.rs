@@ -1,11 +1,13 @@
 //! Throughput benchmarks of philotes, each beside its baseline on the same data in the same run
 //! (benches/README.md): capture vs `pg_recvlogical`, a COPY into a buffer-like table, flush vs a plain Parquet
-//! `ArrowWriter`, the flush of four tables with 1 and 2 flushers, and end to end vs `pg_recvlogical`.
+//! `ArrowWriter`, the flush of four tables with 1 and 2 flushers, end to end vs `pg_recvlogical`, and the initial
+//! snapshot of a filled table vs a binary `COPY … TO STDOUT` of it.
 //!
 //! `cargo bench --bench pipeline` (or `scripts/bench`). It starts its own PostgreSQL (philotes-testkit, fsync
 //! off), runs the release `philotes` binary as child processes, prints every run, the medians and a Markdown
 //! summary. `BENCH_ROWS` (default 1,000,000), `BENCH_RUNS` (default 3), `BENCH_ONLY` (comma list of `capture`,
-//! `copy`, `flush`, `flush-tables`, `e2e`; default all) choose what runs.
+//! `copy`, `flush`, `flush-tables`, `e2e`, `snapshot`; default all) and `BENCH_SNAPSHOT_ROWS` (default 2,000,000,
+//! or `BENCH_ROWS` when that is set smaller) choose what runs.
 
 mod procs;
 mod report;
@@ -19,14 +21,23 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context};
 use philotes_testkit::{Cluster, ClusterOptions};
 
-use report::{human_rate, median, rate, ratios, Line, Series};
+use report::{human_rate, median, megabytes, rate, ratios, Line, Memory, Series};
 use scenarios::{Db, Env};
 
-const SCENARIOS: [&str; 5] = ["capture", "copy", "flush", "flush-tables", "e2e"];
+const SCENARIOS: [&str; 6] = ["capture", "copy", "flush", "flush-tables", "e2e", "snapshot"];
+
+/// Rows of the snapshot scenario's table unless `BENCH_SNAPSHOT_ROWS` (or a smaller `BENCH_ROWS`) says otherwise.
+const DEFAULT_SNAPSHOT_ROWS: u64 = 2_000_000;
+/// The snapshot's targets (issue 10): at least this share of the COPY baseline's rows/s…
+const SNAPSHOT_TARGET_RATIO: f64 = 0.5;
+/// …and a peak RSS below this many bytes (512 MB).
+const SNAPSHOT_RSS_LIMIT: u64 = 512_000_000;
 
 /// What to run, from the environment.
 struct Settings {
     rows: u64,
+    /// Rows of the snapshot scenario's table.
+    snapshot_rows: u64,
     runs: usize,
     only: BTreeSet<String>,
 }
@@ -41,8 +52,11 @@ impl Settings {
         };
         let rows = number("BENCH_ROWS", 1_000_000)?;
         let runs = usize::try_from(number("BENCH_RUNS", 3)?)?;
-        if rows == 0 || runs == 0 {
-            bail!("BENCH_ROWS and BENCH_RUNS must be at least 1");
+        // A smoke run (`BENCH_ROWS` set small) keeps the snapshot small too, unless it is named on its own.
+        let small = std::env::var_os("BENCH_ROWS").is_some() && rows < DEFAULT_SNAPSHOT_ROWS;
+        let snapshot_rows = number("BENCH_SNAPSHOT_ROWS", if small { rows } else { DEFAULT_SNAPSHOT_ROWS })?;
+        if rows == 0 || runs == 0 || snapshot_rows == 0 {
+            bail!("BENCH_ROWS, BENCH_RUNS and BENCH_SNAPSHOT_ROWS must be at least 1");
         }
         let only: BTreeSet<String> = match std::env::var("BENCH_ONLY") {
             Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
@@ -51,7 +65,7 @@ impl Settings {
         if let Some(bad) = only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
             bail!("BENCH_ONLY: unknown measurement {bad:?} (known: {})", SCENARIOS.join(", "));
         }
-        Ok(Self { rows, runs, only })
+        Ok(Self { rows, snapshot_rows, runs, only })
     }
 
     fn wants(&self, scenario: &str) -> bool {
@@ -75,12 +89,16 @@ struct Results {
     e2e_workload: Series,
     e2e_philotes: Series,
     e2e_recvlogical: Series,
+    snapshot_copy: Series,
+    snapshot_philotes: Series,
+    /// philotes' peak RSS of each snapshot run, bytes.
+    snapshot_rss: Vec<u64>,
 }
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; nothing else is understood.
     if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
-        println!("cargo bench --bench pipeline   (env: BENCH_ROWS, BENCH_RUNS, BENCH_ONLY=capture,copy,flush,flush-tables,e2e); see benches/README.md");
+        println!("cargo bench --bench pipeline   (env: BENCH_ROWS, BENCH_RUNS, BENCH_ONLY=capture,copy,flush,flush-tables,e2e,snapshot, BENCH_SNAPSHOT_ROWS); see benches/README.md");
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -113,7 +131,14 @@ async fn run() -> anyhow::Result<()> {
     })?;
     let work = base.join("work");
     std::fs::create_dir_all(&work)?;
-    let env = Env { cluster: cluster.clone(), pg_bin: philotes_testkit::find_bin()?, work, rows: settings.rows, arrow_writer };
+    let env = Env {
+        cluster: cluster.clone(),
+        pg_bin: philotes_testkit::find_bin()?,
+        work,
+        rows: settings.rows,
+        snapshot_rows: settings.snapshot_rows,
+        arrow_writer,
+    };
     let result = measure(&env, &settings).await;
     if let Err(e) = cluster.stop() {
         eprintln!("warning: stopping the bench cluster: {e}");
@@ -215,6 +240,34 @@ async fn measure(env: &Env, settings: &Settings) -> anyhow::Result<()> {
             );
             println!("  end to end  pg_recvlogical, same WAL                      {}", timing(rows, e.recvlogical));
         }
+        if settings.wants("snapshot") {
+            let mut db = Db::create(env, "bench_snapshot").await?;
+            let s = scenarios::snapshot(env, &mut db).await?;
+            let snapshot_rows = settings.snapshot_rows;
+            r.snapshot_copy.push(s.copy);
+            r.snapshot_philotes.push(s.philotes);
+            r.snapshot_rss.push(s.peak_rss_bytes);
+            println!(
+                "  snapshot    {snapshot_rows} rows in public.{} ({:.1} MB), filled before any pipeline, VACUUM ANALYZE",
+                workload::TABLE,
+                s.table_bytes as f64 / 1e6
+            );
+            println!(
+                "  snapshot    COPY TO STDOUT (FORMAT binary), drained ({:.1} MB)  {}",
+                s.copy_bytes as f64 / 1e6,
+                timing(snapshot_rows, s.copy)
+            );
+            println!(
+                "  snapshot    philotes run, snapshot: initial, {} workers       {}   {:.2}× COPY binary (target ≥ {SNAPSHOT_TARGET_RATIO}×), peak RSS {:.0} MB (target < {:.0} MB), {} chunks of {}",
+                scenarios::SNAPSHOT_WORKERS,
+                timing(snapshot_rows, s.philotes),
+                s.copy / s.philotes,
+                megabytes(s.peak_rss_bytes),
+                megabytes(SNAPSHOT_RSS_LIMIT),
+                s.chunks,
+                scenarios::SNAPSHOT_CHUNK_ROWS
+            );
+        }
     }
     print_summary(&r, settings);
     println!("\nload average at the end: {}", load_average());
@@ -232,6 +285,14 @@ fn header(env: &Env, settings: &Settings) -> anyhow::Result<()> {
     println!("philotes      {} (bench profile = release)", procs::philotes_bin());
     println!("rows          {} per measurement, {} run(s), median reported; measurements: {}", settings.rows, settings.runs,
         settings.only.iter().cloned().collect::<Vec<_>>().join(", "));
+    if settings.wants("snapshot") {
+        println!(
+            "snapshot      {} rows in the table (BENCH_SNAPSHOT_ROWS), snapshot: {{ chunk_rows: {}, workers: {} }}",
+            settings.snapshot_rows,
+            scenarios::SNAPSHOT_CHUNK_ROWS,
+            scenarios::SNAPSHOT_WORKERS
+        );
+    }
     println!("machine       {} CPU(s), load average {}", std::thread::available_parallelism().map_or(0, |n| n.get()), load_average());
     println!("postgres      {} on 127.0.0.1:{} (philotes-testkit; the same server for philotes and every baseline)", show("server_version"), env.cluster.port());
     println!(
@@ -244,24 +305,26 @@ fn header(env: &Env, settings: &Settings) -> anyhow::Result<()> {
 }
 
 fn print_summary(r: &Results, settings: &Settings) {
-    let rows = settings.rows;
-    let series: [(&str, &Series); 13] = [
-        ("workload (10 transactions)", &r.workload),
-        ("capture: pg_recvlogical", &r.capture_recvlogical),
-        ("capture: philotes", &r.capture_philotes),
-        ("buffer: COPY binary 200-byte rows", &r.copy),
-        ("flush: ArrowWriter zstd 1", &r.arrow_writer),
-        ("flush: philotes workers 1", &r.flush_one),
-        ("flush: philotes workers 2", &r.flush_two),
-        ("flush 4 tables: workers 1", &r.tables_one),
-        ("flush 4 tables: workers 2", &r.tables_two),
-        ("flush 4 tables: 2 processes", &r.tables_processes),
-        ("e2e: workload", &r.e2e_workload),
-        ("e2e: philotes", &r.e2e_philotes),
-        ("e2e: pg_recvlogical", &r.e2e_recvlogical),
+    let (rows, snapshot_rows) = (settings.rows, settings.snapshot_rows);
+    let series: [(&str, &Series, u64); 15] = [
+        ("workload (10 transactions)", &r.workload, rows),
+        ("capture: pg_recvlogical", &r.capture_recvlogical, rows),
+        ("capture: philotes", &r.capture_philotes, rows),
+        ("buffer: COPY binary 200-byte rows", &r.copy, rows),
+        ("flush: ArrowWriter zstd 1", &r.arrow_writer, rows),
+        ("flush: philotes workers 1", &r.flush_one, rows),
+        ("flush: philotes workers 2", &r.flush_two, rows),
+        ("flush 4 tables: workers 1", &r.tables_one, rows),
+        ("flush 4 tables: workers 2", &r.tables_two, rows),
+        ("flush 4 tables: 2 processes", &r.tables_processes, rows),
+        ("e2e: workload", &r.e2e_workload, rows),
+        ("e2e: philotes", &r.e2e_philotes, rows),
+        ("e2e: pg_recvlogical", &r.e2e_recvlogical, rows),
+        ("snapshot: COPY TO STDOUT binary", &r.snapshot_copy, snapshot_rows),
+        ("snapshot: philotes", &r.snapshot_philotes, snapshot_rows),
     ];
     println!("\n## every run (rows/s) and the median");
-    for (name, s) in series {
+    for (name, s, rows) in series {
         if s.seconds.is_empty() {
             continue;
         }
@@ -275,6 +338,7 @@ fn print_summary(r: &Results, settings: &Settings) {
         ("ratio 4 tables w2 / w1", &r.tables_two, &r.tables_one),
         ("ratio 4 tables 2 processes / w1", &r.tables_processes, &r.tables_one),
         ("ratio e2e / pg_recvlogical", &r.e2e_philotes, &r.e2e_recvlogical),
+        ("ratio snapshot / COPY binary", &r.snapshot_philotes, &r.snapshot_copy),
     ] {
         let rs = ratios(p, b);
         if rs.is_empty() {
@@ -282,6 +346,11 @@ fn print_summary(r: &Results, settings: &Settings) {
         }
         let runs: Vec<String> = rs.iter().map(|x| format!("{x:.2}×")).collect();
         println!("{name:<36} {:<40} median {}", runs.join("  "), median(rs).map_or("—".into(), |m| format!("{m:.2}×")));
+    }
+    if !r.snapshot_rss.is_empty() {
+        let runs: Vec<String> = r.snapshot_rss.iter().map(|b| format!("{:.0} MB", megabytes(*b))).collect();
+        let mb: Vec<f64> = r.snapshot_rss.iter().map(|b| megabytes(*b)).collect();
+        println!("{:<36} {:<40} median {}", "snapshot: philotes peak RSS", runs.join("  "), median(mb).map_or("—".into(), |m| format!("{m:.0} MB")));
     }
 
     let mut lines = Vec::new();
@@ -292,6 +361,8 @@ fn print_summary(r: &Results, settings: &Settings) {
         baseline: baseline.clone(),
         target: target.into(),
         target_ratio,
+        rows,
+        memory: None,
     };
     if !r.capture_philotes.seconds.is_empty() {
         lines.push(line("capture: WAL → buffer (`--role capture`)", Some(&r.capture_philotes), "`pg_recvlogical`, same WAL", &r.capture_recvlogical, "≥ 0.8×", Some(0.8)));
@@ -312,8 +383,29 @@ fn print_summary(r: &Results, settings: &Settings) {
     if !r.e2e_philotes.seconds.is_empty() {
         lines.push(line("end to end: insert → Iceberg (`philotes run`)", Some(&r.e2e_philotes), "`pg_recvlogical`, same WAL", &r.e2e_recvlogical, "≥ 0.5×", Some(0.5)));
     }
+    let mut rows_note = format!("{rows} rows each");
+    if !r.snapshot_philotes.seconds.is_empty() {
+        let target = format!("≥ {SNAPSHOT_TARGET_RATIO}×, RSS < {:.0} MB", megabytes(SNAPSHOT_RSS_LIMIT));
+        lines.push(Line {
+            rows: snapshot_rows,
+            memory: Some(Memory { peak_bytes: r.snapshot_rss.clone(), limit_bytes: SNAPSHOT_RSS_LIMIT }),
+            ..line(
+                &format!("snapshot (initial, {} workers)", scenarios::SNAPSHOT_WORKERS),
+                Some(&r.snapshot_philotes),
+                "`COPY … TO STDOUT (FORMAT binary)`, same table",
+                &r.snapshot_copy,
+                &target,
+                Some(SNAPSHOT_TARGET_RATIO),
+            )
+        });
+        rows_note = if lines.len() == 1 {
+            format!("{snapshot_rows} rows each")
+        } else {
+            format!("{rows} rows each (snapshot: {snapshot_rows} rows)")
+        };
+    }
     println!("\n## summary (Markdown)\n");
-    print!("{}", report::summary(&lines, rows, settings.runs));
+    print!("{}", report::summary(&lines, settings.runs, &rows_note));
     println!(
         "\nPostgreSQL with fsync=off (test harness), {} CPU(s); commit {}.",
         std::thread::available_parallelism().map_or(0, |n| n.get()),

@@ -52,6 +52,22 @@ impl PipelineFile {
     }
 }
 
+impl PipelineFile {
+    /// Turns the file into one that reads the tables' existing rows first: `source.postgres.snapshot: initial`
+    /// and a top-level `snapshot: { chunk_rows, workers }` section (the other bench files say `never`).
+    pub fn snapshot_initial(self, chunk_rows: usize, workers: usize) -> anyhow::Result<Self> {
+        let yaml = std::fs::read_to_string(&self.path)?;
+        let never = "    snapshot: never\n";
+        if !yaml.contains(never) {
+            bail!("{} has no `{}` to turn into `initial`", self.path.display(), never.trim());
+        }
+        let yaml = yaml.replacen(never, "    snapshot: initial\n", 1)
+            + &format!("snapshot: {{ chunk_rows: {chunk_rows}, workers: {workers} }}\n");
+        std::fs::write(&self.path, yaml)?;
+        Ok(self)
+    }
+}
+
 /// philotes' replication slot of `pipeline` (the scenarios create it before the workload).
 pub fn slot(pipeline: &str) -> String {
     format!("{pipeline}_philotes")
@@ -116,6 +132,20 @@ impl Philotes {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The process's peak resident set so far (`VmHWM` of `/proc/PID/status`), in bytes. Read it before
+    /// [`Self::stop`]: once the process has exited the figure is gone.
+    pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no VmHWM in {path} (has {} exited?)", self.what))?;
+        Ok(kib * 1024)
     }
 
     /// SIGTERM (drain, last checkpoint) and wait up to a minute; SIGKILL after that.

@@ -69,15 +69,44 @@ pub struct Line {
     pub target: String,
     /// The target as a number, when there is one.
     pub target_ratio: Option<f64>,
+    /// Rows per run of both series.
+    pub rows: u64,
+    /// philotes' peak resident set, when the measurement has a bound on it.
+    pub memory: Option<Memory>,
 }
 
-/// The Markdown summary table (median of the runs; ratio = median of the per-run ratios).
-pub fn summary(lines: &[Line], rows: u64, runs: usize) -> String {
+/// Peak resident set per run beside a bound.
+#[derive(Debug, Clone)]
+pub struct Memory {
+    /// `VmHWM` of each run, bytes.
+    pub peak_bytes: Vec<u64>,
+    /// The target: below this many bytes.
+    pub limit_bytes: u64,
+}
+
+impl Memory {
+    /// The highest peak of the runs (a bound holds only if every run stays under it).
+    pub fn highest(&self) -> Option<u64> {
+        self.peak_bytes.iter().copied().max()
+    }
+}
+
+/// Bytes as MB (10^6), as the summary prints them.
+pub fn megabytes(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+/// The Markdown summary table (median of the runs; ratio = median of the per-run ratios; peak RSS = the highest
+/// of the runs). `rows_note` says how many rows a run measures.
+pub fn summary(lines: &[Line], runs: usize, rows_note: &str) -> String {
     let mut out = String::new();
-    out.push_str(&format!("Median of {runs} run(s), {rows} rows each; ratio = median of the per-run ratios (same data, same run).\n\n"));
-    out.push_str("| measurement | philotes rows/s | baseline | baseline rows/s | ratio | target |\n");
-    out.push_str("| --- | ---: | --- | ---: | ---: | --- |\n");
+    out.push_str(&format!(
+        "Median of {runs} run(s), {rows_note}; ratio = median of the per-run ratios (same data, same run); peak RSS = the highest of the runs.\n\n"
+    ));
+    out.push_str("| measurement | philotes rows/s | baseline | baseline rows/s | ratio | peak RSS | target |\n");
+    out.push_str("| --- | ---: | --- | ---: | ---: | ---: | --- |\n");
     for line in lines {
+        let rows = line.rows;
         let base = line.baseline.median_rate(rows).map_or("—".into(), human_rate);
         let (phil, ratio) = match &line.philotes {
             Some(p) => {
@@ -94,7 +123,16 @@ pub fn summary(lines: &[Line], rows: u64, runs: usize) -> String {
             }
             None => ("—".into(), "—".into()),
         };
-        out.push_str(&format!("| {} | {phil} | {} | {base} | {ratio} | {} |\n", line.what, line.baseline_name, line.target));
+        let memory = match &line.memory {
+            Some(m) => m.highest().map_or("—".into(), |peak| {
+                format!("{:.0} MB {}", megabytes(peak), if peak < m.limit_bytes { "✓" } else { "✗" })
+            }),
+            None => "—".into(),
+        };
+        out.push_str(&format!(
+            "| {} | {phil} | {} | {base} | {ratio} | {memory} | {} |\n",
+            line.what, line.baseline_name, line.target
+        ));
     }
     out
 }

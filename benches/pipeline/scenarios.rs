@@ -1,7 +1,7 @@
 //! The measurements of one run, each beside its baseline on the same data in the same run:
 //! capture vs `pg_recvlogical` (same WAL), COPY into a buffer-like table, flush vs a plain `ArrowWriter` (same
 //! rows), the flush of four tables with 1 and 2 flushers (vs itself with 1), and end to end vs `pg_recvlogical`
-//! (same WAL).
+//! (same WAL), and the initial snapshot of a filled table vs a binary `COPY … TO STDOUT` of it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,6 +23,8 @@ pub struct Env {
     pub work: PathBuf,
     /// Rows per workload.
     pub rows: u64,
+    /// Rows of the table the snapshot scenario reads (`BENCH_SNAPSHOT_ROWS`).
+    pub snapshot_rows: u64,
     /// The ArrowWriter baseline binary, when the flush scenario runs.
     pub arrow_writer: Option<PathBuf>,
 }
@@ -30,8 +32,13 @@ pub struct Env {
 impl Env {
     /// A generous bound for any one timed step: a minute plus 5k rows/s.
     pub fn timeout(&self) -> Duration {
-        Duration::from_secs(60 + self.rows / 5_000)
+        timeout(self.rows)
     }
+}
+
+/// A minute plus 5k rows/s for `rows` rows.
+fn timeout(rows: u64) -> Duration {
+    Duration::from_secs(60 + rows / 5_000)
 }
 
 /// A fresh database with a connection to it.
@@ -379,6 +386,89 @@ pub async fn end_to_end(env: &Env, db: &mut Db) -> anyhow::Result<EndToEnd> {
     let recvlogical = procs::recvlogical(&env.pg_bin, env.cluster.port(), db.db.name(), &recv_slot, &work.end_lsn, env.timeout()).await?;
     slot_passed(&db.client, &recv_slot, &work.last_commit_floor).await?;
     Ok(EndToEnd { workload_seconds: work.seconds, philotes: seconds, recvlogical })
+}
+
+/// `snapshot.chunk_rows` of the snapshot scenario (the default).
+pub const SNAPSHOT_CHUNK_ROWS: usize = 50_000;
+/// `snapshot.workers` of the snapshot scenario (the default; tables read at once).
+pub const SNAPSHOT_WORKERS: usize = 2;
+
+/// Snapshot: a table filled before any pipeline exists, read by a new pipeline with `snapshot: initial`
+/// (`philotes run`, all roles) into Iceberg, beside a binary `COPY … TO STDOUT` of the same table drained to
+/// nowhere: the cheapest way out of Postgres for those rows.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    /// Size of the table (heap, TOAST, free space map; `pg_table_size`), for context.
+    pub table_bytes: i64,
+    /// `COPY public.bench_rows TO STDOUT (FORMAT binary)` seconds, the bytes drained and dropped by the bench.
+    pub copy: f64,
+    /// Bytes the COPY sent.
+    pub copy_bytes: u64,
+    /// philotes seconds (process start → snapshot `done` and every row in Iceberg).
+    pub philotes: f64,
+    /// philotes' peak resident set (`VmHWM`), read when the rows were in Iceberg, before it was stopped.
+    pub peak_rss_bytes: u64,
+    /// Chunks the snapshot enqueued.
+    pub chunks: i64,
+}
+
+/// Runs the snapshot scenario in its own database: fills [`TABLE`] with `env.snapshot_rows` rows (no slot, no
+/// pipeline yet), `VACUUM ANALYZE`, times the COPY baseline, then a fresh pipeline's initial snapshot.
+pub async fn snapshot(env: &Env, db: &mut Db) -> anyhow::Result<Snapshot> {
+    use futures::TryStreamExt;
+
+    let name = db.db.name().to_string();
+    let rows = env.snapshot_rows;
+    // The publication only: the pipeline creates its slot itself, as a new pipeline does.
+    workload::prepare(&db.client, &[TABLE], &[]).await?;
+    workload::run(&mut db.client, &[TABLE], rows).await?;
+    db.client.batch_execute(&format!("VACUUM ANALYZE public.{TABLE}")).await.context("VACUUM ANALYZE")?;
+    let row = db.client.query_one(&format!("SELECT count(*), pg_table_size('public.{TABLE}') FROM public.{TABLE}"), &[]).await?;
+    let (count, table_bytes): (i64, i64) = (row.get(0), row.get(1));
+    ensure!(count == i64::try_from(rows)?, "public.{TABLE} holds {count} rows, expected {rows}");
+
+    db.checkpoint().await?;
+    let started = Instant::now();
+    let stream = db.client.copy_out(&format!("COPY public.{TABLE} TO STDOUT (FORMAT binary)")).await?;
+    futures::pin_mut!(stream);
+    let mut copy_bytes = 0u64;
+    while let Some(bytes) = stream.try_next().await.context("COPY TO STDOUT")? {
+        copy_bytes += bytes.len() as u64;
+    }
+    let copy = started.elapsed().as_secs_f64();
+
+    let namespace = "bench_snapshot";
+    let file = PipelineFile::write(&db.dir(env)?, "snapshot", &name, &db.db.url(), &[TABLE], namespace, None)?
+        .snapshot_initial(SNAPSHOT_CHUNK_ROWS, SNAPSHOT_WORKERS)?;
+    procs::migrate(&file)?;
+    db.checkpoint().await?;
+    let started = Instant::now();
+    let mut philotes = [Philotes::start(&file, "all", "snapshot")?];
+    // Done: every table's snapshot `done` (its last chunk enqueued) and no segment left (each flush deletes its
+    // segments only after its Iceberg commit). A failed snapshot ends the wait too, and is reported below.
+    let done = format!(
+        "SELECT coalesce((SELECT (bool_and(state = 'done') AND NOT EXISTS (SELECT 1 FROM philotes.segments WHERE pipeline = '{name}'))
+                                 OR bool_or(state = 'failed')
+                          FROM philotes.snapshots WHERE pipeline = '{name}'), false)"
+    );
+    let seconds = procs::wait_true(&db.client, &done, &mut philotes, started, timeout(rows)).await?;
+    let peak_rss_bytes = philotes[0].peak_rss_bytes()?;
+    let log = philotes[0].log_tail(40);
+    philotes[0].stop()?;
+
+    let row = db
+        .client
+        .query_one(
+            "SELECT state, rows_done, chunks, coalesce(error, '') FROM philotes.snapshots WHERE pipeline = $1 AND source_table = $2",
+            &[&name, &TABLE],
+        )
+        .await?;
+    let (state, rows_done, chunks, error): (String, i64, i64, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    ensure!(state == "done", "the snapshot of public.{TABLE} is {state}: {error}; the log ends with:\n{log}");
+    ensure!(rows_done == count, "the snapshot read {rows_done} rows of public.{TABLE}, expected {count}");
+    let table = iceberg_table(&db.client, namespace, TABLE).await?;
+    ensure!(table.records == rows, "Iceberg table {namespace}.{TABLE} holds {} rows, expected {rows}", table.records);
+    Ok(Snapshot { table_bytes, copy, copy_bytes, philotes: seconds, peak_rss_bytes, chunks })
 }
 
 /// Checks that `pg_recvlogical` really read the whole workload: on reaching `--endpos` it confirms what it
