@@ -76,7 +76,7 @@ fn the_modules_of_the_crate_depend_on_each_other_without_a_circle() {
 
 /// The only places a stage uses another stage: the type it takes as input (or hands back to the source), with
 /// why. Anything else between stages goes through the role that assembles them.
-const STAGE_EDGES: [(&str, &str, &str); 8] = [
+const STAGE_EDGES: [(&str, &str, &str); 10] = [
     ("decode", "source", "takes the replication stream's frames"),
     ("resolve", "decode", "takes Decode's events"),
     ("resolve", "source", "places relations among the followed tables"),
@@ -85,6 +85,8 @@ const STAGE_EDGES: [(&str, &str, &str); 8] = [
     ("arrow_batch", "claim", "takes the flush job's slices"),
     ("iceberg_commit", "claim", "takes the flush job's built slices"),
     ("checkpoint", "claim", "takes the flush job's outcome"),
+    ("snapshot", "decode", "reads chunks into pgoutput's relation and tuple form, for SchemaResolve"),
+    ("snapshot", "source", "quotes identifiers as the source setup does"),
 ];
 
 #[test]
