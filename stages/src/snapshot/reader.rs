@@ -85,10 +85,7 @@ impl Reader {
         let mut buffer = None;
         loop {
             while let Some(done) = tasks.try_join_next() {
-                if let Ok((table, run, result)) = done {
-                    active.remove(&table);
-                    self.finished(buffer.as_ref(), &table, run, result).await;
-                }
+                self.finished(buffer.as_ref(), &mut active, done).await;
             }
             if buffer.is_none() {
                 buffer = store::connect(&self.buffer).await.ok();
@@ -107,10 +104,7 @@ impl Reader {
                 () = cancel.cancelled() => return ReaderExit::Cancelled,
                 () = tokio::time::sleep(self.settings.poll) => {}
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Ok((table, run, result)) = done {
-                        active.remove(&table);
-                        self.finished(buffer.as_ref(), &table, run, result).await;
-                    }
+                    self.finished(buffer.as_ref(), &mut active, done).await;
                 }
             }
         }
@@ -169,31 +163,33 @@ impl Reader {
         Ok((!unfollowed.is_empty()).then_some(unfollowed))
     }
 
-    /// Records how a table's reading ended.
-    async fn finished(&self, buffer: Option<&tokio_postgres::Client>, table: &TableId, run: i32, result: Result<(), TableError>) {
-        match result {
-            Ok(()) => tracing::info!(table = %table, "snapshot done"),
-            Err(TableError::Ended) => {}
-            Err(TableError::Refused(reason)) => {
-                tracing::error!(table = %table, "snapshot failed: {reason}");
-                if let Some(buffer) = buffer {
-                    if let Err(error) = snapshots::fail(buffer, &self.pipeline, table, run, &reason).await {
-                        tracing::warn!(%error, table = %table, "could not record the failed snapshot");
-                    }
-                }
+    /// Records how a table's reading ended (its worker is free again).
+    async fn finished(
+        &self,
+        buffer: Option<&tokio_postgres::Client>,
+        active: &mut HashMap<TableId, i32>,
+        done: Result<(TableId, i32, Result<(), TableError>), tokio::task::JoinError>,
+    ) {
+        let Ok((table, run, result)) = done else { return };
+        active.remove(&table);
+        let reason = match result {
+            Ok(()) => {
+                tracing::info!(table = %table, "snapshot done");
+                return;
             }
+            Err(TableError::Ended) => return,
             Err(TableError::Sql(error)) if store::connection_lost(&error) => {
                 tracing::warn!(table = %table, error = %crate::report::chain(&error),
                     "snapshot lost its connection; it goes on from its last enqueued chunk");
+                return;
             }
-            Err(TableError::Sql(error)) => {
-                let reason = format!("reading the table failed: {}", crate::report::chain(&error));
-                tracing::error!(table = %table, "snapshot failed: {reason}");
-                if let Some(buffer) = buffer {
-                    if let Err(error) = snapshots::fail(buffer, &self.pipeline, table, run, &reason).await {
-                        tracing::warn!(%error, table = %table, "could not record the failed snapshot");
-                    }
-                }
+            Err(TableError::Refused(reason)) => reason,
+            Err(TableError::Sql(error)) => format!("reading the table failed: {}", crate::report::chain(&error)),
+        };
+        tracing::error!(table = %table, "snapshot failed: {reason}");
+        if let Some(buffer) = buffer {
+            if let Err(error) = snapshots::fail(buffer, &self.pipeline, &table, run, &reason).await {
+                tracing::warn!(%error, table = %table, "could not record the failed snapshot");
             }
         }
     }
