@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_snapshots.sql",
         sql: include_str!("../migrations/0006_snapshots.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_snapshot_lanes.sql",
+        sql: include_str!("../migrations/0007_snapshot_lanes.sql"),
+    },
 ];
 
 /// The advisory lock that serialises concurrent migrators ("philotes" in ASCII).

@@ -363,11 +363,14 @@ impl SchemaResolve {
     /// changed inside the window.
     async fn watermark(&mut self, lsn: Lsn, watermark: Watermark, out: &mut Vec<Resolved>) -> Result<(), ResolveError> {
         if !watermark.high {
-            self.windows.open(watermark.table(), watermark.chunk, watermark.key);
+            self.windows.open(watermark.table(), watermark.lane, watermark.chunk, watermark.key);
             return Ok(());
         }
-        // Not in the mailbox: a chunk of an earlier session (its reader reads it again).
-        let Some(read) = self.mailbox.take(watermark.chunk) else { return Ok(()) };
+        // Not in the mailbox: a chunk of an earlier session, or one its reader gave up (it is read again).
+        let Some(read) = self.mailbox.take(watermark.chunk) else {
+            self.windows.close(&watermark.table(), watermark.chunk, &[], Vec::new());
+            return Ok(());
+        };
         let version = self.version_of(read.table.clone(), &read.relation, lsn).await?;
         let rows = read.rows.len();
         let mut events = Vec::with_capacity(rows);
@@ -408,6 +411,7 @@ impl SchemaResolve {
             progress: ChunkProgress {
                 table: read.table,
                 run: read.run,
+                lane: read.lane,
                 last_key: read.last_key,
                 rows: rows as i64,
                 done: read.done,

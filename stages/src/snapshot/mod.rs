@@ -48,6 +48,10 @@ pub struct Watermark {
     pub table: String,
     /// The columns that identify a row in the table's changes (the primary key, or the replica identity).
     pub key: Vec<String>,
+    /// The lane (key range) the chunk was read in: one chunk per lane is in flight (0 in watermarks written
+    /// before lanes existed).
+    #[serde(default)]
+    pub lane: i32,
 }
 
 impl Watermark {
@@ -117,6 +121,8 @@ pub struct ReadChunk {
     pub table: TableId,
     /// The snapshot run it belongs to (`philotes.snapshots.run`).
     pub run: i32,
+    /// The lane it was read in.
+    pub lane: i32,
     /// The table's description when the chunk was read, as pgoutput would send it (columns in the rows' order).
     pub relation: Relation,
     /// The rows, in pgoutput's text form.
@@ -172,12 +178,16 @@ mod tests {
             schema: "public".into(),
             table: "t".into(),
             key: vec!["id".into()],
+            lane: 1,
         };
         let bytes = w.encode();
         assert_eq!(Watermark::decode(MESSAGE_PREFIX, &bytes, "orders"), Some(w.clone()));
         assert_eq!(Watermark::decode(MESSAGE_PREFIX, &bytes, "other"), None);
         assert_eq!(Watermark::decode("someone.else", &bytes, "orders"), None);
         assert_eq!(Watermark::decode(MESSAGE_PREFIX, b"garbage", "orders"), None);
+        // A watermark written before lanes existed (no `lane`) still decodes, as lane 0.
+        let old = rmp_serde::to_vec(&("orders", 7u64, true, "public", "t", vec!["id"])).expect("encode");
+        assert_eq!(Watermark::decode(MESSAGE_PREFIX, &old, "orders"), Some(Watermark { lane: 0, ..w }));
     }
 
     #[test]

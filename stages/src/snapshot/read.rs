@@ -145,15 +145,28 @@ fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// The COPY statement of the chunk after `after` (the previous chunk's upper key; `None` for the first).
-/// `blocks` is the chunk's size in heap blocks for [`ChunkKey::Ctid`] (`None`: to the end).
-pub fn chunk_copy(shape: &TableShape, after: Option<&[String]>, rows: usize, blocks: Option<(u64, Option<u64>)>) -> String {
+/// Where a chunk of a key-ordered table starts and what it may not pass (its lane).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyRange<'a> {
+    /// The previous chunk's upper key (the whole key, text form); `None` for the lane's first chunk.
+    pub after: Option<&'a [String]>,
+    /// The lane starts after this value of the leading key column (`None`: the table's start).
+    pub lower: Option<&'a str>,
+    /// The lane ends at this value of the leading key column, inclusive (`None`: the table's end).
+    pub upper: Option<&'a str>,
+}
+
+/// The COPY statement of a chunk: for a key-ordered table the `rows` first rows of `range`, for
+/// [`ChunkKey::Ctid`] the heap blocks `blocks` (`None` as the end: to the table's end).
+pub fn chunk_copy(shape: &TableShape, range: KeyRange<'_>, rows: usize, blocks: Option<(u64, Option<u64>)>) -> String {
     let columns = shape.relation.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
     let only = if shape.kind == 'p' { "" } else { "ONLY " };
     let select = match &shape.chunk_key {
         ChunkKey::Columns(key) => {
             let names = key.iter().map(|(n, _)| quote_ident(n)).collect::<Vec<_>>().join(", ");
-            let filter = match after {
+            let (lead, lead_type) = (quote_ident(&key[0].0), &key[0].1);
+            let mut filters = Vec::new();
+            match range.after {
                 Some(values) if values.len() == key.len() => {
                     let values = key
                         .iter()
@@ -161,10 +174,18 @@ pub fn chunk_copy(shape: &TableShape, after: Option<&[String]>, rows: usize, blo
                         .map(|((_, sql_type), value)| format!("{}::{sql_type}", literal(value)))
                         .collect::<Vec<_>>()
                         .join(", ");
-                    format!(" WHERE ({names}) > ({values})")
+                    filters.push(format!("({names}) > ({values})"));
                 }
-                _ => String::new(),
-            };
+                _ => {
+                    if let Some(lower) = range.lower {
+                        filters.push(format!("{lead} > {}::{lead_type}", literal(lower)));
+                    }
+                }
+            }
+            if let Some(upper) = range.upper {
+                filters.push(format!("{lead} <= {}::{lead_type}", literal(upper)));
+            }
+            let filter = if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) };
             format!("SELECT {columns} FROM {only}{}{filter} ORDER BY {names} LIMIT {rows}", shape.quoted)
         }
         ChunkKey::Ctid => {
@@ -174,6 +195,48 @@ pub fn chunk_copy(shape: &TableShape, after: Option<&[String]>, rows: usize, blo
         }
     };
     format!("COPY ({select}) TO STDOUT")
+}
+
+/// Where to cut a table into `lanes` ranges read at once: ascending values of the leading key column (from its
+/// minimum and maximum for integer keys, from its `pg_stats` histogram otherwise), or heap blocks for
+/// [`ChunkKey::Ctid`]. Fewer (none: one lane) when the table gives nothing to cut on.
+pub async fn split_points(client: &Client, shape: &TableShape, lanes: usize) -> Result<Vec<String>, tokio_postgres::Error> {
+    if lanes < 2 {
+        return Ok(Vec::new());
+    }
+    let cut = |low: i128, high: i128| -> Vec<String> {
+        let mut points: Vec<i128> = (1..lanes as i128).map(|i| low + (high - low) * i / lanes as i128).filter(|p| *p >= low && *p < high).collect();
+        points.dedup();
+        points.iter().map(i128::to_string).collect()
+    };
+    let ChunkKey::Columns(key) = &shape.chunk_key else {
+        return Ok(cut(0, i128::from(blocks(client, shape.relation.id).await?)));
+    };
+    let (lead, lead_type) = &key[0];
+    let only = if shape.kind == 'p' { "" } else { "ONLY " };
+    if matches!(lead_type.as_str(), "bigint" | "integer" | "smallint") {
+        let column = quote_ident(lead);
+        let row = client
+            .query_one(&format!("SELECT min({column})::int8, max({column})::int8 FROM {only}{}", shape.quoted), &[])
+            .await?;
+        return Ok(match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
+            (Some(low), Some(high)) => cut(i128::from(low), i128::from(high)),
+            _ => Vec::new(),
+        });
+    }
+    let bounds: Vec<String> = client
+        .query(
+            "SELECT u.b FROM pg_stats s, unnest(s.histogram_bounds::text::text[]) WITH ORDINALITY AS u(b, i)
+             WHERE s.schemaname = $1 AND s.tablename = $2 AND s.attname = $3 AND s.inherited = $4 ORDER BY u.i",
+            &[&shape.relation.namespace, &shape.relation.name, lead, &(shape.kind == 'p')],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut points: Vec<String> = (1..lanes).filter_map(|i| bounds.get(bounds.len() * i / lanes).cloned()).collect();
+    points.dedup();
+    Ok(points)
 }
 
 /// The table's size in heap blocks now.
@@ -380,18 +443,28 @@ mod tests {
             readable: true,
         };
         assert_eq!(
-            chunk_copy(&shape, None, 10, None),
+            chunk_copy(&shape, KeyRange::default(), 10, None),
             "COPY (SELECT \"a\", \"b\" FROM ONLY \"public\".\"t\" ORDER BY \"a\", \"b\" LIMIT 10) TO STDOUT"
         );
         assert_eq!(
-            chunk_copy(&shape, Some(&["3".into(), "it's".into()]), 10, None),
+            chunk_copy(&shape, KeyRange { after: Some(&["3".into(), "it's".into()]), ..KeyRange::default() }, 10, None),
             "COPY (SELECT \"a\", \"b\" FROM ONLY \"public\".\"t\" WHERE (\"a\", \"b\") > ('3'::integer, 'it''s'::text) \
              ORDER BY \"a\", \"b\" LIMIT 10) TO STDOUT"
+        );
+        assert_eq!(
+            chunk_copy(&shape, KeyRange { after: None, lower: Some("3"), upper: Some("9") }, 10, None),
+            "COPY (SELECT \"a\", \"b\" FROM ONLY \"public\".\"t\" WHERE \"a\" > '3'::integer AND \"a\" <= '9'::integer \
+             ORDER BY \"a\", \"b\" LIMIT 10) TO STDOUT"
+        );
+        assert_eq!(
+            chunk_copy(&shape, KeyRange { after: Some(&["4".into(), "x".into()]), lower: Some("3"), upper: Some("9") }, 10, None),
+            "COPY (SELECT \"a\", \"b\" FROM ONLY \"public\".\"t\" WHERE (\"a\", \"b\") > ('4'::integer, 'x'::text) \
+             AND \"a\" <= '9'::integer ORDER BY \"a\", \"b\" LIMIT 10) TO STDOUT"
         );
         assert_eq!(key_of(&shape, &vec![text("3"), text("x")]), Some(vec!["3".to_string(), "x".to_string()]));
         let ctid = TableShape { chunk_key: ChunkKey::Ctid, ..shape };
         assert_eq!(
-            chunk_copy(&ctid, None, 10, Some((8, Some(16)))),
+            chunk_copy(&ctid, KeyRange::default(), 10, Some((8, Some(16)))),
             "COPY (SELECT \"a\", \"b\" FROM ONLY \"public\".\"t\" WHERE ctid >= '(8,0)'::tid AND ctid < '(16,0)'::tid) TO STDOUT"
         );
     }

@@ -1,6 +1,8 @@
 //! The snapshot reader: runs beside the capture's stream, in its session. It polls `philotes.snapshots` for
-//! tables to read, reads up to `workers` tables at once, one chunk at a time per table, and waits for each chunk
-//! to be enqueued before reading the next (so a killed capture reads at most that one chunk again).
+//! tables to read and reads up to `workers` tables at once. A table is cut into up to `workers` key ranges
+//! (lanes, `philotes.snapshot_lanes`) read side by side, one chunk at a time per lane, and at most `workers`
+//! chunks are in flight in the whole pipeline: a chunk holds a worker from its low watermark until it is
+//! enqueued, so a killed capture reads at most `workers` chunks again.
 //!
 //! A table it cannot read (gone, not readable, no usable key) fails alone, with the reason in its progress row;
 //! the other tables and the stream go on. A lost source connection ends only that table's reading; it is
@@ -9,14 +11,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_postgres::{Config, IsolationLevel};
 use tokio_util::sync::CancellationToken;
 
-use super::read::{self, ChunkKey, TableShape};
+use super::read::{self, ChunkKey, KeyRange, TableShape};
 use super::{next_chunk_id, Ack, ChunkFate, Mailbox, ReadChunk, Watermark};
-use crate::store::snapshots::{self, SnapshotRow};
+use crate::store::snapshots::{self, Lane, SnapshotRow};
 use crate::store::{self, source_tables};
 use crate::table_id::TableId;
 
@@ -25,7 +29,7 @@ use crate::table_id::TableId;
 pub struct SnapshotSettings {
     /// Rows per chunk (`snapshot.chunk_rows`).
     pub chunk_rows: usize,
-    /// Tables read at once (`snapshot.workers`).
+    /// Chunks read at once, from as many tables or key ranges of a table (`snapshot.workers`).
     pub workers: usize,
     /// How often `philotes.snapshots` is polled for requests.
     pub poll: Duration,
@@ -83,6 +87,7 @@ impl Reader {
         let mut active: HashMap<TableId, i32> = HashMap::new();
         let mut tasks: JoinSet<(TableId, i32, Result<(), TableError>)> = JoinSet::new();
         let mut buffer = None;
+        let workers = Arc::new(Semaphore::new(self.settings.workers.max(1)));
         loop {
             while let Some(done) = tasks.try_join_next() {
                 self.finished(buffer.as_ref(), &mut active, done).await;
@@ -91,7 +96,7 @@ impl Reader {
                 buffer = store::connect(&self.buffer).await.ok();
             }
             if let Some(client) = &buffer {
-                match self.poll(client, &mut active, &mut tasks, &cancel).await {
+                match self.poll(client, &mut active, &mut tasks, &workers, &cancel).await {
                     Ok(Some(follow)) => return ReaderExit::Follow(follow),
                     Ok(None) => {}
                     Err(error) => {
@@ -117,6 +122,7 @@ impl Reader {
         buffer: &tokio_postgres::Client,
         active: &mut HashMap<TableId, i32>,
         tasks: &mut JoinSet<(TableId, i32, Result<(), TableError>)>,
+        workers: &Arc<Semaphore>,
         cancel: &CancellationToken,
     ) -> Result<Option<Vec<TableId>>, tokio_postgres::Error> {
         let requests = snapshots::open(buffer, &self.pipeline).await?;
@@ -150,11 +156,11 @@ impl Reader {
                 continue;
             }
             active.insert(request.table.clone(), request.run);
-            let (reader, relid, cancel) = (self.clone(), table.relid, cancel.clone());
+            let (reader, relid, workers, cancel) = (self.clone(), table.relid, workers.clone(), cancel.clone());
             tasks.spawn(async move {
                 let (table, run) = (request.table.clone(), request.run);
                 let result = tokio::select! {
-                    result = reader.read_table(&request, relid) => result,
+                    result = reader.read_table(&request, relid, &workers) => result,
                     () = cancel.cancelled() => Err(TableError::Ended),
                 };
                 (table, run, result)
@@ -194,34 +200,69 @@ impl Reader {
         }
     }
 
-    /// Reads one table chunk by chunk from where its progress row stands, until its end.
-    async fn read_table(&self, request: &SnapshotRow, relid: u32) -> Result<(), TableError> {
+    /// Reads one table from where its progress stands, its lanes side by side, until every lane's end.
+    async fn read_table(&self, request: &SnapshotRow, relid: u32, workers: &Semaphore) -> Result<(), TableError> {
         let table = &request.table;
-        let mut source = store::connect(&self.source).await?;
-        let buffer = store::connect(&self.buffer).await?;
+        let source = store::connect(&self.source).await?;
+        let mut buffer = store::connect(&self.buffer).await?;
         let shape = self.usable_shape(&source, table, relid).await?;
-        let mut after = request.last_key.clone();
-        if after.is_some() && request.key_columns.as_ref() != Some(&shape.chunk_key.names()) {
+        let key = shape.chunk_key.names();
+        let mut lanes = snapshots::lanes(&buffer, &self.pipeline, table, request.run).await?;
+        let mut resume = request.last_key.clone();
+        if request.key_columns.is_some() && request.key_columns.as_ref() != Some(&key) {
             tracing::warn!(table = %table, "the table's key changed since its snapshot started: reading it from its start again");
-            after = None;
+            (lanes, resume) = (Vec::new(), None);
         }
-        snapshots::start(&buffer, &self.pipeline, table, request.run, &shape.chunk_key.names(), shape.estimate).await?;
-        if after.is_none() {
-            tracing::info!(table = %table, rows_estimate = ?shape.estimate, key = %shape.chunk_key.names().join(", "), "snapshot starting");
+        snapshots::start(&buffer, &self.pipeline, table, request.run, &key, shape.estimate).await?;
+        if lanes.is_empty() {
+            // A run that started before lanes existed goes on as one lane from its last key.
+            let splits = match resume {
+                Some(_) => Vec::new(),
+                None => read::split_points(&source, &shape, self.lanes_for(&shape)).await?,
+            };
+            lanes = snapshots::plan(&mut buffer, &self.pipeline, table, request.run, &splits, resume.as_deref()).await?;
+            tracing::info!(table = %table, rows_estimate = ?shape.estimate, key = %key.join(", "), lanes = lanes.len(), "snapshot starting");
         } else {
-            tracing::info!(table = %table, rows_done = request.rows_done, "snapshot resuming after its last enqueued chunk");
+            tracing::info!(table = %table, rows_done = request.rows_done, lanes = lanes.iter().filter(|l| !l.done).count(),
+                "snapshot resuming after its last enqueued chunks");
         }
+        drop(source);
+        let lanes = lanes.into_iter().filter(|lane| !lane.done).map(|lane| self.read_lane(&buffer, request, relid, lane, workers));
+        futures::future::try_join_all(lanes).await?;
+        Ok(())
+    }
+
+    /// How many lanes a table is cut into: one per worker, but no lane of less than a chunk.
+    fn lanes_for(&self, shape: &TableShape) -> usize {
+        let workers = self.settings.workers.max(1);
+        match shape.estimate {
+            Some(rows) => workers.min((rows.max(0) as usize / self.settings.chunk_rows.max(1)).max(1)),
+            None => workers,
+        }
+    }
+
+    /// Reads one lane chunk by chunk, each chunk holding a worker until it is enqueued.
+    async fn read_lane(
+        &self,
+        buffer: &tokio_postgres::Client,
+        request: &SnapshotRow,
+        relid: u32,
+        mut lane: Lane,
+        workers: &Semaphore,
+    ) -> Result<(), TableError> {
+        let mut source = store::connect(&self.source).await?;
         loop {
-            let (fate, chunk) = self.read_chunk(&mut source, &buffer, request, relid, after.as_deref()).await?;
+            let Ok(_worker) = workers.acquire().await else { return Err(TableError::Ended) };
+            let (fate, chunk) = self.read_chunk(&mut source, buffer, request, relid, &lane).await?;
             match fate {
                 ChunkFate::Durable => {
                     if chunk.done {
                         return Ok(());
                     }
-                    after = chunk.last_key.or(after);
+                    lane.last_key = chunk.last_key.or(lane.last_key);
                 }
                 ChunkFate::Dropped | ChunkFate::Waiting => {
-                    tracing::debug!(table = %table, "chunk not placed by the stream; reading it again");
+                    tracing::debug!(table = %request.table, lane = lane.lane, "chunk not placed by the stream; reading it again");
                 }
             }
         }
@@ -251,14 +292,15 @@ impl Reader {
         Ok(shape)
     }
 
-    /// One chunk: low watermark, wait, read, mailbox, high watermark; then waits for the stream to enqueue it.
+    /// One chunk of `lane`: low watermark, wait, read, mailbox, high watermark; then waits for the stream to
+    /// enqueue it.
     async fn read_chunk(
         &self,
         source: &mut tokio_postgres::Client,
         buffer: &tokio_postgres::Client,
         request: &SnapshotRow,
         relid: u32,
-        after: Option<&[String]>,
+        lane: &Lane,
     ) -> Result<(ChunkFate, ChunkOutcome), TableError> {
         let table = &request.table;
         let shape = self.usable_shape(source, table, relid).await?;
@@ -270,52 +312,31 @@ impl Reader {
             schema: table.schema.clone(),
             table: table.name.clone(),
             key: shape.match_key.clone(),
+            lane: lane.lane,
         };
         read::emit(source, &watermark).await?;
-        wait_for_running(source, table).await?;
-
-        let tx = source
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let Some(now) = read::describe(&tx, relid).await? else {
-            return Err(TableError::Refused(format!("table {table} no longer exists on the source")));
-        };
-        if now.match_key != shape.match_key {
-            // The key changed between the watermark and the read: this chunk's window matched the old key.
-            tx.commit().await?;
-            return Ok((ChunkFate::Dropped, ChunkOutcome::default()));
-        }
-        let (rows, done, last_key) = match &now.chunk_key {
-            ChunkKey::Columns(_) => {
-                let rows = read::copy_rows(&tx, &read::chunk_copy(&now, after, self.settings.chunk_rows, None)).await?;
-                let done = rows.len() < self.settings.chunk_rows;
-                let last_key = rows.last().and_then(|row| read::key_of(&now, row));
-                (rows, done, last_key)
-            }
-            ChunkKey::Ctid => {
-                let total = read::blocks(&tx, relid).await?;
-                let from = after.and_then(|k| k.first()).and_then(|b| b.parse::<u64>().ok()).unwrap_or(0);
-                let per_block = now.estimate.filter(|e| *e > 0).map_or(100.0, |e| e as f64 / total.max(1) as f64);
-                let span = ((self.settings.chunk_rows as f64 / per_block.max(1.0)) as u64).max(1);
-                let to = (from + span < total).then_some(from + span);
-                let rows = read::copy_rows(&tx, &read::chunk_copy(&now, None, 0, Some((from, to)))).await?;
-                (rows, to.is_none(), Some(vec![to.unwrap_or(total).to_string()]))
+        let read = self.read_rows(source, request, relid, &shape, lane).await;
+        let (relation, rows, outcome) = match read {
+            Ok(Some(read)) => read,
+            Ok(None) => return Ok((ChunkFate::Dropped, ChunkOutcome::default())),
+            Err(error) => {
+                // Closes the chunk's window in the stream (best effort: the connection may be what failed).
+                watermark.high = true;
+                let _ = read::emit(source, &watermark).await;
+                return Err(error);
             }
         };
-        tx.commit().await?;
         let (ack, mut fate) = Ack::new();
         self.mailbox.put(
             chunk,
             ReadChunk {
                 table: table.clone(),
                 run: request.run,
-                relation: now.relation,
+                lane: lane.lane,
+                relation,
                 rows,
-                last_key: last_key.clone(),
-                done,
+                last_key: outcome.last_key.clone(),
+                done: outcome.done,
                 read_at: unix_micros(),
                 ack,
             },
@@ -327,7 +348,62 @@ impl Reader {
         }
         snapshots::count_read(buffer, &self.pipeline, table, request.run).await?;
         let fate = wait_for_fate(&mut fate).await?;
-        Ok((fate, ChunkOutcome { done, last_key }))
+        Ok((fate, outcome))
+    }
+
+    /// The chunk's rows, after its low watermark: waits for the transactions running then, and reads them in a
+    /// transaction of its own. `None` when the table's key changed since the watermark (the chunk's window
+    /// matched the old key: read it again).
+    async fn read_rows(
+        &self,
+        source: &mut tokio_postgres::Client,
+        request: &SnapshotRow,
+        relid: u32,
+        shape: &TableShape,
+        lane: &Lane,
+    ) -> Result<Option<(crate::decode::Relation, Vec<crate::decode::TupleData>, ChunkOutcome)>, TableError> {
+        let table = &request.table;
+        wait_for_running(source, table).await?;
+        let tx = source
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let Some(now) = read::describe(&tx, relid).await? else {
+            return Err(TableError::Refused(format!("table {table} no longer exists on the source")));
+        };
+        if now.match_key != shape.match_key {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let (rows, done, last_key) = match &now.chunk_key {
+            ChunkKey::Columns(_) => {
+                let range = KeyRange { after: lane.last_key.as_deref(), lower: lane.lower.as_deref(), upper: lane.upper.as_deref() };
+                let rows = read::copy_rows(&tx, &read::chunk_copy(&now, range, self.settings.chunk_rows, None)).await?;
+                let done = rows.len() < self.settings.chunk_rows;
+                let last_key = rows.last().and_then(|row| read::key_of(&now, row));
+                (rows, done, last_key)
+            }
+            ChunkKey::Ctid => {
+                // A lane of blocks [lower, upper); the last one runs to the table's end as it is now.
+                let total = read::blocks(&tx, relid).await?;
+                let block = |text: Option<&String>| text.and_then(|b| b.parse::<u64>().ok());
+                let from = block(lane.last_key.as_ref().and_then(|k| k.first())).or(block(lane.lower.as_ref())).unwrap_or(0);
+                let end = block(lane.upper.as_ref());
+                let per_block = now.estimate.filter(|e| *e > 0).map_or(100.0, |e| e as f64 / total.max(1) as f64);
+                let span = ((self.settings.chunk_rows as f64 / per_block.max(1.0)) as u64).max(1);
+                let to = from + span;
+                let (to, done) = match end {
+                    Some(end) => (Some(to.min(end)), to >= end),
+                    None => ((to < total).then_some(to), to >= total),
+                };
+                let rows = read::copy_rows(&tx, &read::chunk_copy(&now, KeyRange::default(), 0, Some((from, to)))).await?;
+                (rows, done, Some(vec![to.unwrap_or(total).to_string()]))
+            }
+        };
+        tx.commit().await?;
+        Ok(Some((now.relation, rows, ChunkOutcome { done, last_key })))
     }
 }
 

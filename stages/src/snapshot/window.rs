@@ -13,6 +13,8 @@ use crate::table_id::TableId;
 /// One open window.
 #[derive(Debug)]
 struct Window {
+    table: TableId,
+    lane: i32,
     chunk: u64,
     /// The columns that identify a row in the changes.
     key: Vec<String>,
@@ -22,10 +24,10 @@ struct Window {
     truncated: bool,
 }
 
-/// The open windows, one per table at most (a table reads one chunk at a time).
+/// The open windows, one per lane of a table at most (a lane reads one chunk at a time).
 #[derive(Debug, Default)]
 pub struct Windows {
-    open: Vec<(TableId, Window)>,
+    open: Vec<Window>,
 }
 
 /// The positions of `key`'s columns among `columns` (`None` when one is missing).
@@ -40,12 +42,13 @@ fn encode(values: &[Value], at: &[usize]) -> Option<Vec<u8>> {
 }
 
 impl Windows {
-    /// A low watermark: the window of `chunk` opens (replacing an older one of the table, whose chunk was not read).
-    pub fn open(&mut self, table: TableId, chunk: u64, key: Vec<String>) {
-        let window = Window { chunk, key, touched: HashSet::new(), truncated: false };
-        match self.open.iter_mut().find(|(t, _)| *t == table) {
-            Some((_, open)) => *open = window,
-            None => self.open.push((table, window)),
+    /// A low watermark: the window of `chunk` opens (replacing an older one of the same lane, whose chunk was
+    /// not read).
+    pub fn open(&mut self, table: TableId, lane: i32, chunk: u64, key: Vec<String>) {
+        let window = Window { table, lane, chunk, key, touched: HashSet::new(), truncated: false };
+        match self.open.iter_mut().find(|w| w.table == window.table && w.lane == lane) {
+            Some(open) => *open = window,
+            None => self.open.push(window),
         }
     }
 
@@ -54,21 +57,22 @@ impl Windows {
         !self.open.is_empty()
     }
 
-    /// A change of `table` (with its version's `columns`) in the stream: recorded when its window is open.
+    /// A change of `table` (with its version's `columns`) in the stream: recorded in each of its open windows.
     pub fn record(&mut self, schema: &str, name: &str, columns: &[ColumnSchema], event: &SegmentEvent) {
-        let Some((_, window)) = self.open.iter_mut().find(|(t, _)| t.schema == schema && t.name == name) else { return };
-        if event.op == Op::Truncate {
-            window.truncated = true;
-            return;
-        }
-        let Some(at) = positions(columns, &window.key) else {
-            // A key column is gone from the table: nothing can be matched, so nothing of the chunk may stay.
-            window.truncated = true;
-            return;
-        };
-        for values in [event.old.as_deref(), event.new.as_deref()].into_iter().flatten() {
-            if let Some(key) = encode(values, &at) {
-                window.touched.insert(key);
+        for window in self.open.iter_mut().filter(|w| w.table.schema == schema && w.table.name == name) {
+            if event.op == Op::Truncate {
+                window.truncated = true;
+                continue;
+            }
+            let Some(at) = positions(columns, &window.key) else {
+                // A key column is gone from the table: nothing can be matched, so nothing of the chunk may stay.
+                window.truncated = true;
+                continue;
+            };
+            for values in [event.old.as_deref(), event.new.as_deref()].into_iter().flatten() {
+                if let Some(key) = encode(values, &at) {
+                    window.touched.insert(key);
+                }
             }
         }
     }
@@ -82,8 +86,8 @@ impl Windows {
         columns: &[ColumnSchema],
         events: Vec<SegmentEvent>,
     ) -> Option<Vec<SegmentEvent>> {
-        let index = self.open.iter().position(|(t, w)| t == table && w.chunk == chunk)?;
-        let (_, window) = self.open.swap_remove(index);
+        let index = self.open.iter().position(|w| w.table == *table && w.chunk == chunk)?;
+        let window = self.open.swap_remove(index);
         if window.truncated {
             return Some(Vec::new());
         }
@@ -140,7 +144,7 @@ mod tests {
     fn rows_touched_between_the_watermarks_are_dropped_from_the_chunk() {
         let table = TableId::new("public", "t");
         let mut windows = Windows::default();
-        windows.open(table.clone(), 9, vec!["id".into()]);
+        windows.open(table.clone(), 0, 9, vec!["id".into()]);
         windows.record("public", "t", &columns(), &event(Op::Update, None, Some(2)));
         windows.record("public", "t", &columns(), &event(Op::Delete, Some(3), None));
         windows.record("public", "t", &columns(), &event(Op::Update, Some(4), Some(40)));
@@ -157,9 +161,32 @@ mod tests {
     fn a_truncate_between_the_watermarks_drops_the_whole_chunk() {
         let table = TableId::new("public", "t");
         let mut windows = Windows::default();
-        windows.open(table.clone(), 1, vec!["id".into()]);
+        windows.open(table.clone(), 0, 1, vec!["id".into()]);
         windows.record("public", "t", &columns(), &event(Op::Truncate, None, None));
         let chunk = vec![event(Op::Read, None, Some(1))];
         assert_eq!(windows.close(&table, 1, &columns(), chunk), Some(Vec::new()));
+    }
+
+    #[test]
+    fn two_lanes_of_a_table_keep_their_own_windows() {
+        let table = TableId::new("public", "t");
+        let mut windows = Windows::default();
+        windows.open(table.clone(), 0, 1, vec!["id".into()]);
+        windows.record("public", "t", &columns(), &event(Op::Update, None, Some(1)));
+        windows.open(table.clone(), 1, 2, vec!["id".into()]);
+        windows.record("public", "t", &columns(), &event(Op::Update, None, Some(7)));
+        // Lane 0 was opened before the change of row 1 and saw both; lane 1 only the one after its opening.
+        let lane0: Vec<SegmentEvent> = [1, 7, 2].iter().map(|id| event(Op::Read, None, Some(*id))).collect();
+        let lane1: Vec<SegmentEvent> = [1, 7, 8].iter().map(|id| event(Op::Read, None, Some(*id))).collect();
+        let kept = windows.close(&table, 2, &columns(), lane1).expect("lane 1 open");
+        assert_eq!(kept.iter().map(|e| e.new.as_ref().expect("row")[0].clone()).collect::<Vec<_>>(), vec![Value::Int64(1), Value::Int64(8)]);
+        let kept = windows.close(&table, 1, &columns(), lane0).expect("lane 0 open");
+        assert_eq!(kept.iter().map(|e| e.new.as_ref().expect("row")[0].clone()).collect::<Vec<_>>(), vec![Value::Int64(2)]);
+        // A new chunk of a lane replaces that lane's window only.
+        windows.open(table.clone(), 0, 3, vec!["id".into()]);
+        windows.open(table.clone(), 0, 4, vec!["id".into()]);
+        assert_eq!(windows.close(&table, 3, &columns(), Vec::new()), None, "replaced");
+        assert!(windows.close(&table, 4, &columns(), Vec::new()).is_some());
+        assert!(!windows.any());
     }
 }

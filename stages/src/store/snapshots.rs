@@ -199,6 +199,77 @@ pub async fn count_read(client: &impl GenericClient, pipeline: &str, table: &Tab
     Ok(())
 }
 
+/// One key range of a run, read chunk by chunk beside the others (`philotes.snapshot_lanes`, migration 0007).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lane {
+    /// Its number in the run, from 0 in key order.
+    pub lane: i32,
+    /// The leading key column's value it starts after (ctid: the heap block it starts at); `None`: the start.
+    pub lower: Option<String>,
+    /// The leading key column's value it ends at, inclusive (ctid: the block it ends before); `None`: the end.
+    pub upper: Option<String>,
+    /// The upper key of its last enqueued chunk; `None` before the first.
+    pub last_key: Option<Vec<String>>,
+    /// Whether its last chunk reached its end.
+    pub done: bool,
+}
+
+/// The lanes of `table`'s run `run`, in order (empty: not cut yet, or cut for another run).
+pub async fn lanes(client: &impl GenericClient, pipeline: &str, table: &TableId, run: i32) -> Result<Vec<Lane>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT lane, lower_key, upper_key, last_key, done FROM philotes.snapshot_lanes
+             WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND run = $4 ORDER BY lane",
+            &[&pipeline, &table.schema, &table.name, &run],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Lane { lane: r.get(0), lower: r.get(1), upper: r.get(2), last_key: r.get(3), done: r.get(4) })
+        .collect())
+}
+
+/// Cuts run `run` of `table` into lanes: one per range between consecutive `splits` (ascending values of the
+/// leading key column, or heap blocks), the first starting after `resume` (a run's `last_key` from before lanes
+/// existed). Replaces the lanes of any earlier run or cut. Returns them.
+pub async fn plan(
+    client: &mut tokio_postgres::Client,
+    pipeline: &str,
+    table: &TableId,
+    run: i32,
+    splits: &[String],
+    resume: Option<&[String]>,
+) -> Result<Vec<Lane>, tokio_postgres::Error> {
+    let bounds: Vec<Option<String>> = std::iter::once(None).chain(splits.iter().cloned().map(Some)).chain(std::iter::once(None)).collect();
+    let lanes: Vec<Lane> = bounds
+        .windows(2)
+        .enumerate()
+        .map(|(i, pair)| Lane {
+            lane: i as i32,
+            lower: pair[0].clone(),
+            upper: pair[1].clone(),
+            last_key: if i == 0 { resume.map(<[String]>::to_vec) } else { None },
+            done: false,
+        })
+        .collect();
+    let tx = client.transaction().await?;
+    tx.execute(
+        "DELETE FROM philotes.snapshot_lanes WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3",
+        &[&pipeline, &table.schema, &table.name],
+    )
+    .await?;
+    for lane in &lanes {
+        tx.execute(
+            "INSERT INTO philotes.snapshot_lanes (pipeline, source_schema, source_table, run, lane, lower_key, upper_key, last_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[&pipeline, &table.schema, &table.name, &run, &lane.lane, &lane.lower, &lane.upper, &lane.last_key],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(lanes)
+}
+
 /// What enqueuing one chunk moves forward.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkProgress {
@@ -206,25 +277,40 @@ pub struct ChunkProgress {
     pub table: TableId,
     /// The run the chunk belongs to.
     pub run: i32,
+    /// The lane it was read in.
+    pub lane: i32,
     /// The chunk's upper key (text form), where the next chunk starts; `None` for an empty chunk.
     pub last_key: Option<Vec<String>>,
     /// Rows the chunk read (before the rows a change replaced were dropped).
     pub rows: i64,
-    /// Whether the chunk found the table's end.
+    /// Whether the chunk found its lane's end.
     pub done: bool,
     /// Its high watermark.
     pub lsn: Lsn,
 }
 
-/// Moves a table's progress past one chunk. Call it in the transaction that enqueues the chunk, with the
-/// checkpoint; a chunk of an older run changes nothing.
+/// Moves a table's progress past one chunk: its lane's, and the table's totals (`done` with its last lane).
+/// Call it in the transaction that enqueues the chunk, with the checkpoint; a chunk of an older run changes
+/// nothing.
 pub async fn advance(client: &impl GenericClient, pipeline: &str, chunk: &ChunkProgress) -> Result<(), tokio_postgres::Error> {
+    // The lane's UPDATE is a CTE, so the table's row does not see it: its own lane is left out of the check.
     client
         .execute(
-            "UPDATE philotes.snapshots SET last_key = coalesce($5, last_key), rows_done = rows_done + $6,
+            "WITH lane AS (
+                 UPDATE philotes.snapshot_lanes SET last_key = coalesce($5, last_key), rows_done = rows_done + $6, done = $8
+                 WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND run = $4 AND lane = $9
+                   AND EXISTS (SELECT 1 FROM philotes.snapshots WHERE pipeline = $1 AND source_schema = $2
+                               AND source_table = $3 AND run = $4 AND state = 'running'))
+             UPDATE philotes.snapshots s SET last_key = coalesce($5, last_key), rows_done = rows_done + $6,
                  chunks = chunks + 1, snapshot_lsn = $7, updated_at = now(),
-                 state = CASE WHEN $8 THEN 'done' ELSE state END,
-                 finished_at = CASE WHEN $8 THEN now() ELSE finished_at END
+                 state = CASE WHEN $8 AND NOT EXISTS (SELECT 1 FROM philotes.snapshot_lanes l
+                                                     WHERE l.pipeline = $1 AND l.source_schema = $2 AND l.source_table = $3
+                                                       AND l.run = $4 AND l.lane <> $9 AND NOT l.done)
+                              THEN 'done' ELSE state END,
+                 finished_at = CASE WHEN $8 AND NOT EXISTS (SELECT 1 FROM philotes.snapshot_lanes l
+                                                     WHERE l.pipeline = $1 AND l.source_schema = $2 AND l.source_table = $3
+                                                       AND l.run = $4 AND l.lane <> $9 AND NOT l.done)
+                                    THEN now() ELSE finished_at END
              WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND run = $4 AND state = 'running'",
             &[
                 &pipeline,
@@ -235,6 +321,7 @@ pub async fn advance(client: &impl GenericClient, pipeline: &str, chunk: &ChunkP
                 &chunk.rows,
                 &pg_lsn(chunk.lsn),
                 &chunk.done,
+                &chunk.lane,
             ],
         )
         .await?;
