@@ -390,7 +390,7 @@ pub async fn end_to_end(env: &Env, db: &mut Db) -> anyhow::Result<EndToEnd> {
 
 /// `snapshot.chunk_rows` of the snapshot scenario (the default).
 pub const SNAPSHOT_CHUNK_ROWS: usize = 50_000;
-/// `snapshot.workers` of the snapshot scenario (the default; tables read at once).
+/// `snapshot.workers` of the snapshot scenario (the default; chunks read at once: the one table in two key ranges).
 pub const SNAPSHOT_WORKERS: usize = 2;
 
 /// Snapshot: a table filled before any pipeline exists, read by a new pipeline with `snapshot: initial`

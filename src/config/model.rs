@@ -373,7 +373,7 @@ pub struct FlushConfig {
 pub struct SnapshotConfig {
     /// Rows per chunk (one key range, read between two watermarks); default 50000.
     pub chunk_rows: usize,
-    /// Tables read at once; default 2.
+    /// Chunks read at once (tables side by side, and key ranges of a table); default 2.
     pub workers: usize,
 }
 

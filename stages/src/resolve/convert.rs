@@ -1,6 +1,6 @@
 //! pgoutput tuples → typed rows for a segment, column by column with the table version's types.
 
-use philotes_schemas::{parse_text, Value};
+use philotes_schemas::{has_binary, parse_binary, parse_text, Value};
 
 use super::TableVersion;
 use crate::decode::{ChangeEvent, ColumnData, OldKind, TupleData};
@@ -11,7 +11,8 @@ use crate::segment::SegmentEvent;
 pub(super) enum ConvertFailure {
     /// A value does not parse as its column's type: the reason names table, column and type.
     Value(String),
-    /// A binary value (never requested): the stream is not what we asked for.
+    /// A binary value of a type without a binary decoder: the stream is not what we asked for (only the
+    /// snapshot reads binary values, and only of types that have one).
     Binary,
 }
 
@@ -51,6 +52,14 @@ fn row(table: &TableVersion, data: &TupleData) -> Result<Vec<Value>, ConvertFail
         .map(|(column, value)| match value {
             ColumnData::Null => Ok(Value::Null),
             ColumnData::UnchangedToast => Ok(Value::Unchanged),
+            ColumnData::Binary(bytes) if has_binary(&column.pg_type) => parse_binary(&column.pg_type, bytes).map_err(|e| {
+                ConvertFailure::Value(format!(
+                    "{}: column {} ({}): {e}",
+                    table.schema.qualified_name(),
+                    column.name,
+                    column.pg_type
+                ))
+            }),
             ColumnData::Binary(_) => Err(ConvertFailure::Binary),
             ColumnData::Text(bytes) => {
                 let text = std::str::from_utf8(bytes).map_err(|_| {
@@ -74,14 +83,16 @@ fn row(table: &TableVersion, data: &TupleData) -> Result<Vec<Value>, ConvertFail
         .collect()
 }
 
-/// The change as a person reads it in `philotes.dead_letters.payload`: position, op and the raw text values.
+/// The change as a person reads it in `philotes.dead_letters.payload`: position, op and the raw values (text
+/// values quoted, binary ones, which only snapshots read, in hex).
 pub(super) fn render(change: &ChangeEvent) -> String {
     let tuple = |data: &TupleData| {
         data.iter()
             .map(|c| match c {
                 ColumnData::Null => "NULL".to_string(),
                 ColumnData::UnchangedToast => "(unchanged toast)".to_string(),
-                ColumnData::Text(b) | ColumnData::Binary(b) => format!("{:?}", String::from_utf8_lossy(b)),
+                ColumnData::Text(b) => format!("{:?}", String::from_utf8_lossy(b)),
+                ColumnData::Binary(b) => format!("\\x{}", b.iter().map(|byte| format!("{byte:02x}")).collect::<String>()),
             })
             .collect::<Vec<_>>()
             .join(", ")

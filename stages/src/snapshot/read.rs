@@ -1,9 +1,15 @@
 //! The snapshot's SQL against the source: a table's shape (columns as pgoutput describes them, its chunk key),
-//! the watermarks, the wait for running transactions, and one chunk read with `COPY … TO STDOUT` into
-//! pgoutput's tuple form (so SchemaResolve types snapshot rows and streamed rows with the same code).
+//! the watermarks, the wait for running transactions, and one chunk read with `COPY … TO STDOUT (FORMAT binary)`
+//! into pgoutput's tuple form (so SchemaResolve types snapshot rows and streamed rows with the same code).
+//!
+//! Binary, because it costs the source and us much less than text (no output functions, no text parsing): a
+//! column whose type philotes decodes from its binary form ([`has_binary`]) comes as [`ColumnData::Binary`];
+//! any other column is selected as its output function's text (`format('%s', c)`, what pgoutput sends) and
+//! comes as [`ColumnData::Text`]. The rows' values share the received buffers.
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use philotes_schemas::{has_binary, PgType};
 use tokio_postgres::{Client, GenericClient};
 
 use super::Watermark;
@@ -158,8 +164,23 @@ pub struct KeyRange<'a> {
 
 /// The COPY statement of a chunk: for a key-ordered table the `rows` first rows of `range`, for
 /// [`ChunkKey::Ctid`] the heap blocks `blocks` (`None` as the end: to the table's end).
+/// The key columns' text forms follow the table's columns in each row (see [`copy_rows`]).
 pub fn chunk_copy(shape: &TableShape, range: KeyRange<'_>, rows: usize, blocks: Option<(u64, Option<u64>)>) -> String {
-    let columns = shape.relation.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+    let as_text = |name: &str| {
+        let name = quote_ident(name);
+        format!("CASE WHEN {name} IS NULL THEN NULL ELSE format('%s', {name}) END")
+    };
+    let mut columns: Vec<String> = shape
+        .relation
+        .columns
+        .iter()
+        .zip(binary_columns(&shape.relation))
+        .map(|(c, binary)| if binary { quote_ident(&c.name) } else { as_text(&c.name) })
+        .collect();
+    if let ChunkKey::Columns(key) = &shape.chunk_key {
+        columns.extend(key.iter().map(|(name, _)| format!("format('%s', {})", quote_ident(name))));
+    }
+    let columns = columns.join(", ");
     let only = if shape.kind == 'p' { "" } else { "ONLY " };
     let select = match &shape.chunk_key {
         ChunkKey::Columns(key) => {
@@ -194,7 +215,16 @@ pub fn chunk_copy(shape: &TableShape, range: KeyRange<'_>, rows: usize, blocks: 
             format!("SELECT {columns} FROM {only}{} WHERE ctid >= '({from},0)'::tid{upper}", shape.quoted)
         }
     };
-    format!("COPY ({select}) TO STDOUT")
+    format!("COPY ({select}) TO STDOUT (FORMAT binary)")
+}
+
+/// Which columns of `relation` are read in binary (in order): those of a built-in type with a binary decoder.
+pub fn binary_columns(relation: &Relation) -> Vec<bool> {
+    relation
+        .columns
+        .iter()
+        .map(|c| PgType::from_builtin(c.type_oid, c.type_modifier).is_some_and(|t| has_binary(&t)))
+        .collect()
 }
 
 /// Where to cut a table into `lanes` ranges read at once: ascending values of the leading key column (from its
@@ -247,113 +277,174 @@ pub async fn blocks(client: &impl GenericClient, relid: u32) -> Result<u64, toki
     Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
 }
 
-/// Reads one chunk: runs `copy` and parses its text rows into pgoutput tuples (values shared with the
-/// received buffer, no copy unless a value has escapes).
-pub async fn copy_rows(client: &tokio_postgres::Transaction<'_>, copy: &str) -> Result<Vec<TupleData>, tokio_postgres::Error> {
+/// A chunk's COPY stream could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// The query failed.
+    #[error(transparent)]
+    Sql(#[from] tokio_postgres::Error),
+    /// The stream is not the binary COPY format we asked for.
+    #[error("the binary COPY stream is malformed: {0}")]
+    Format(String),
+}
+
+/// A chunk as read: its rows, and the text form of the last row's key (where the next chunk starts).
+#[derive(Debug, Default)]
+pub struct ChunkRows {
+    /// The rows, one value per column of the table's relation.
+    pub rows: Vec<TupleData>,
+    /// The last row's key values, as their output functions print them (`None`: no row, or a ctid chunk).
+    pub last_key: Option<Vec<String>>,
+}
+
+/// Reads one chunk: runs `copy` (from [`chunk_copy`] of `shape`) and parses its binary rows into pgoutput
+/// tuples whose values share the received buffers.
+pub async fn copy_rows(client: &tokio_postgres::Transaction<'_>, shape: &TableShape, copy: &str) -> Result<ChunkRows, CopyError> {
     let stream = client.copy_out(copy).await?;
     futures::pin_mut!(stream);
-    let mut pending = BytesMut::new();
-    let mut rows = Vec::new();
+    let key_fields = match &shape.chunk_key {
+        ChunkKey::Columns(key) => key.len(),
+        ChunkKey::Ctid => 0,
+    };
+    let mut parser = BinaryCopy::new(binary_columns(&shape.relation), key_fields);
     while let Some(data) = stream.next().await {
-        pending.extend_from_slice(&data?);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line = pending.split_to(end + 1).freeze();
-            rows.push(parse_copy_line(line.slice(..end)));
-        }
+        parser.feed(data?).map_err(CopyError::Format)?;
     }
-    Ok(rows)
+    parser.finish().map_err(CopyError::Format)
 }
 
-/// One line of COPY's text format: tab-separated values, `\N` for NULL, backslash escapes.
-pub fn parse_copy_line(line: Bytes) -> TupleData {
-    let mut values = Vec::new();
-    let mut start = 0;
-    let bytes = line.as_ref();
-    for i in 0..=bytes.len() {
-        if i == bytes.len() || bytes[i] == b'\t' {
-            let field = line.slice(start..i);
-            values.push(if field.as_ref() == b"\\N" {
-                ColumnData::Null
-            } else if field.contains(&b'\\') {
-                ColumnData::Text(Bytes::from(unescape(&field)))
-            } else {
-                ColumnData::Text(field)
-            });
-            start = i + 1;
-        }
-    }
-    values
+/// The signature that opens a binary COPY stream.
+const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+/// Parses a binary COPY stream message by message: header, then per row a field count and per field a length
+/// (-1: NULL) and its bytes, then -1. A message usually holds whole rows, which are sliced without a copy; a
+/// row cut across messages is joined first.
+#[derive(Debug)]
+struct BinaryCopy {
+    /// Per table column: read in binary (else as text).
+    binary: Vec<bool>,
+    /// Trailing text fields per row: the key's text forms.
+    key_fields: usize,
+    /// Bytes of a row not complete yet.
+    pending: Bytes,
+    header_done: bool,
+    ended: bool,
+    /// The rows so far.
+    rows: Vec<TupleData>,
+    /// The last row's key fields (length-prefixed, as in the stream).
+    last_key: Option<Bytes>,
 }
 
-/// Undoes COPY's escapes (`\\`, `\n`, `\t`, `\r`, `\b`, `\f`, `\v`, `\ooo`, `\xhh`).
-fn unescape(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        if field[i] != b'\\' || i + 1 == field.len() {
-            out.push(field[i]);
-            i += 1;
-            continue;
+fn be_i16(bytes: &[u8], at: usize) -> Option<i16> {
+    Some(i16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn be_i32(bytes: &[u8], at: usize) -> Option<i32> {
+    Some(i32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+impl BinaryCopy {
+    fn new(binary: Vec<bool>, key_fields: usize) -> Self {
+        Self { binary, key_fields, pending: Bytes::new(), header_done: false, ended: false, rows: Vec::new(), last_key: None }
+    }
+
+    fn feed(&mut self, data: Bytes) -> Result<(), String> {
+        let buf = if self.pending.is_empty() {
+            data
+        } else {
+            let mut joined = BytesMut::with_capacity(self.pending.len() + data.len());
+            joined.extend_from_slice(&self.pending);
+            joined.extend_from_slice(&data);
+            joined.freeze()
+        };
+        let mut at = 0;
+        if !self.header_done {
+            let Some(extension) = be_i32(&buf, SIGNATURE.len() + 4) else {
+                self.pending = buf;
+                return Ok(());
+            };
+            if !buf.starts_with(SIGNATURE) {
+                return Err("no PGCOPY signature".into());
+            }
+            at = SIGNATURE.len() + 8 + usize::try_from(extension).map_err(|_| "negative header extension length")?;
+            if buf.len() < at {
+                self.pending = buf;
+                return Ok(());
+            }
+            self.header_done = true;
         }
-        let next = field[i + 1];
-        i += 2;
-        match next {
-            b'n' => out.push(b'\n'),
-            b't' => out.push(b'\t'),
-            b'r' => out.push(b'\r'),
-            b'b' => out.push(8),
-            b'f' => out.push(12),
-            b'v' => out.push(11),
-            b'0'..=b'7' => {
-                let mut value = u32::from(next - b'0');
-                for _ in 0..2 {
-                    match field.get(i) {
-                        Some(d @ b'0'..=b'7') => {
-                            value = value * 8 + u32::from(d - b'0');
-                            i += 1;
+        let fields = self.binary.len() + self.key_fields;
+        while !self.ended {
+            let Some(count) = be_i16(&buf, at) else { break };
+            if count == -1 {
+                self.ended = true;
+                at += 2;
+                break;
+            }
+            if usize::try_from(count).ok() != Some(fields) {
+                return Err(format!("a row has {count} fields, expected {fields}"));
+            }
+            // Is the row complete in this buffer? (Lengths only; the values are sliced below.)
+            let mut end = at + 2;
+            let mut complete = true;
+            for _ in 0..fields {
+                let Some(length) = be_i32(&buf, end) else {
+                    complete = false;
+                    break;
+                };
+                end += 4 + usize::try_from(length).unwrap_or(0);
+                if end > buf.len() {
+                    complete = false;
+                    break;
+                }
+            }
+            if !complete {
+                break;
+            }
+            let mut row = Vec::with_capacity(self.binary.len());
+            let mut field = at + 2;
+            for binary in &self.binary {
+                let length = be_i32(&buf, field).unwrap_or(-1);
+                field += 4;
+                row.push(match usize::try_from(length) {
+                    Err(_) => ColumnData::Null,
+                    Ok(length) => {
+                        let bytes = buf.slice(field..field + length);
+                        field += length;
+                        if *binary {
+                            ColumnData::Binary(bytes)
+                        } else {
+                            ColumnData::Text(bytes)
                         }
-                        _ => break,
                     }
-                }
-                out.push(value as u8);
+                });
             }
-            b'x' => {
-                let mut value = 0u32;
-                let mut digits = 0;
-                while digits < 2 {
-                    match field.get(i).and_then(|d| (*d as char).to_digit(16)) {
-                        Some(d) => {
-                            value = value * 16 + d;
-                            i += 1;
-                            digits += 1;
-                        }
-                        None => break,
-                    }
-                }
-                if digits == 0 {
-                    out.push(b'x');
-                } else {
-                    out.push(value as u8);
-                }
+            self.rows.push(row);
+            if self.key_fields > 0 {
+                self.last_key = Some(buf.slice(field..end));
             }
-            other => out.push(other),
+            at = end;
         }
+        self.pending = buf.slice(at..);
+        Ok(())
     }
-    out
-}
 
-/// The chunk key's values of a row read by [`copy_rows`], in text form: where the next chunk starts.
-pub fn key_of(shape: &TableShape, row: &TupleData) -> Option<Vec<String>> {
-    let ChunkKey::Columns(key) = &shape.chunk_key else { return None };
-    key.iter()
-        .map(|(name, _)| {
-            let index = shape.relation.columns.iter().position(|c| &c.name == name)?;
-            match row.get(index)? {
-                ColumnData::Text(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-                _ => None,
-            }
-        })
-        .collect()
+    fn finish(self) -> Result<ChunkRows, String> {
+        if !self.ended || !self.pending.is_empty() {
+            return Err("the stream ended inside a row or without its trailer".into());
+        }
+        let last_key = self.last_key.map(|fields| {
+            let mut at = 0;
+            (0..self.key_fields)
+                .map(|_| {
+                    let length = usize::try_from(be_i32(&fields, at).unwrap_or(0)).unwrap_or(0);
+                    at += 4 + length;
+                    String::from_utf8_lossy(fields.get(at - length..at).unwrap_or_default()).into_owned()
+                })
+                .collect()
+        });
+        Ok(ChunkRows { rows: self.rows, last_key })
+    }
 }
 
 /// Writes a watermark into the WAL (not transactional: it takes its place in the stream at once); returns its LSN.
@@ -408,18 +499,67 @@ pub async fn still_running(client: &Client, xids: &[i64]) -> Result<i64, tokio_p
 mod tests {
     use super::*;
 
-    fn text(s: &str) -> ColumnData {
-        ColumnData::Text(Bytes::from(s.as_bytes().to_vec()))
+    /// A binary COPY stream of `rows` (fields: `None` = NULL).
+    fn stream(rows: &[Vec<Option<&[u8]>>]) -> Vec<u8> {
+        let mut out = SIGNATURE.to_vec();
+        out.extend_from_slice(&0i32.to_be_bytes());
+        out.extend_from_slice(&4i32.to_be_bytes());
+        out.extend_from_slice(b"ext!");
+        for row in rows {
+            out.extend_from_slice(&(row.len() as i16).to_be_bytes());
+            for field in row {
+                match field {
+                    None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                    Some(bytes) => {
+                        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+                        out.extend_from_slice(bytes);
+                    }
+                }
+            }
+        }
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        out
     }
 
     #[test]
-    fn copy_lines_parse_into_tuples_with_nulls_and_escapes() {
-        let line = Bytes::from_static(b"1\t\\N\ta\\tb\\\\c\\nd\t\t\\101\\x42");
-        assert_eq!(
-            parse_copy_line(line),
-            vec![text("1"), ColumnData::Null, text("a\tb\\c\nd"), text(""), text("AB")]
-        );
-        assert_eq!(parse_copy_line(Bytes::from_static(b"")), vec![text("")]);
+    fn binary_rows_parse_whatever_the_message_boundaries() {
+        let rows = vec![
+            vec![Some(&[0u8, 0, 0, 7][..]), None, Some(&b"a\tb"[..]), Some(&b"7"[..])],
+            vec![Some(&[0u8, 0, 0, 9][..]), Some(&b""[..]), None, Some(&b"9"[..])],
+        ];
+        let bytes = stream(&rows);
+        // Every way of cutting the stream in two, and one byte per message.
+        let cuts: Vec<Vec<usize>> = (0..=bytes.len()).map(|cut| vec![cut]).chain([(1..bytes.len()).collect()]).collect();
+        for cut in cuts {
+            let mut parser = BinaryCopy::new(vec![true, false, false], 1);
+            let mut from = 0;
+            for to in cut.into_iter().chain([bytes.len()]) {
+                parser.feed(Bytes::copy_from_slice(&bytes[from..to])).expect("feed");
+                from = to;
+            }
+            let read = parser.finish().expect("complete");
+            assert_eq!(
+                read.rows,
+                vec![
+                    vec![ColumnData::Binary(Bytes::from_static(&[0, 0, 0, 7])), ColumnData::Null, ColumnData::Text(Bytes::from_static(b"a\tb"))],
+                    vec![ColumnData::Binary(Bytes::from_static(&[0, 0, 0, 9])), ColumnData::Text(Bytes::new()), ColumnData::Null],
+                ]
+            );
+            assert_eq!(read.last_key, Some(vec!["9".to_string()]));
+        }
+    }
+
+    #[test]
+    fn a_malformed_or_cut_binary_stream_is_an_error() {
+        let mut parser = BinaryCopy::new(vec![true], 0);
+        assert!(parser.feed(Bytes::from_static(b"NOTCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0")).is_err(), "no signature");
+        let bytes = stream(&[vec![Some(&b"x"[..]), Some(&b"y"[..])]]);
+        let mut parser = BinaryCopy::new(vec![true], 0);
+        assert!(parser.feed(Bytes::from(bytes)).is_err(), "field count");
+        let bytes = stream(&[vec![Some(&b"x"[..])]]);
+        let mut parser = BinaryCopy::new(vec![true], 0);
+        parser.feed(Bytes::copy_from_slice(&bytes[..bytes.len() - 3])).expect("a partial row waits");
+        assert!(parser.finish().is_err(), "cut inside");
     }
 
     #[test]
@@ -435,6 +575,7 @@ mod tests {
                 columns: vec![
                     RelationColumn { is_key: true, name: "a".into(), type_oid: 23, type_modifier: -1 },
                     RelationColumn { is_key: true, name: "b".into(), type_oid: 25, type_modifier: -1 },
+                    RelationColumn { is_key: false, name: "c".into(), type_oid: 1007, type_modifier: -1 },
                 ],
             },
             chunk_key: ChunkKey::Columns(vec![("a".into(), "integer".into()), ("b".into(), "text".into())]),
@@ -442,30 +583,39 @@ mod tests {
             estimate: None,
             readable: true,
         };
+        assert_eq!(binary_columns(&shape.relation), vec![true, true, false], "int4 and text in binary, int4[] as text");
+        let select = "SELECT \"a\", \"b\", CASE WHEN \"c\" IS NULL THEN NULL ELSE format('%s', \"c\") END, \
+                      format('%s', \"a\"), format('%s', \"b\") FROM ONLY \"public\".\"t\"";
         assert_eq!(
             chunk_copy(&shape, KeyRange::default(), 10, None),
-            "COPY (SELECT \"a\", \"b\" FROM ONLY \"public\".\"t\" ORDER BY \"a\", \"b\" LIMIT 10) TO STDOUT"
+            format!("COPY ({select} ORDER BY \"a\", \"b\" LIMIT 10) TO STDOUT (FORMAT binary)")
         );
         assert_eq!(
             chunk_copy(&shape, KeyRange { after: Some(&["3".into(), "it's".into()]), ..KeyRange::default() }, 10, None),
-            "COPY (SELECT \"a\", \"b\" FROM ONLY \"public\".\"t\" WHERE (\"a\", \"b\") > ('3'::integer, 'it''s'::text) \
-             ORDER BY \"a\", \"b\" LIMIT 10) TO STDOUT"
+            format!(
+                "COPY ({select} WHERE (\"a\", \"b\") > ('3'::integer, 'it''s'::text) ORDER BY \"a\", \"b\" LIMIT 10) \
+                 TO STDOUT (FORMAT binary)"
+            )
         );
         assert_eq!(
             chunk_copy(&shape, KeyRange { after: None, lower: Some("3"), upper: Some("9") }, 10, None),
-            "COPY (SELECT \"a\", \"b\" FROM ONLY \"public\".\"t\" WHERE \"a\" > '3'::integer AND \"a\" <= '9'::integer \
-             ORDER BY \"a\", \"b\" LIMIT 10) TO STDOUT"
+            format!(
+                "COPY ({select} WHERE \"a\" > '3'::integer AND \"a\" <= '9'::integer ORDER BY \"a\", \"b\" LIMIT 10) \
+                 TO STDOUT (FORMAT binary)"
+            )
         );
         assert_eq!(
             chunk_copy(&shape, KeyRange { after: Some(&["4".into(), "x".into()]), lower: Some("3"), upper: Some("9") }, 10, None),
-            "COPY (SELECT \"a\", \"b\" FROM ONLY \"public\".\"t\" WHERE (\"a\", \"b\") > ('4'::integer, 'x'::text) \
-             AND \"a\" <= '9'::integer ORDER BY \"a\", \"b\" LIMIT 10) TO STDOUT"
+            format!(
+                "COPY ({select} WHERE (\"a\", \"b\") > ('4'::integer, 'x'::text) AND \"a\" <= '9'::integer \
+                 ORDER BY \"a\", \"b\" LIMIT 10) TO STDOUT (FORMAT binary)"
+            )
         );
-        assert_eq!(key_of(&shape, &vec![text("3"), text("x")]), Some(vec!["3".to_string(), "x".to_string()]));
         let ctid = TableShape { chunk_key: ChunkKey::Ctid, ..shape };
         assert_eq!(
             chunk_copy(&ctid, KeyRange::default(), 10, Some((8, Some(16)))),
-            "COPY (SELECT \"a\", \"b\" FROM ONLY \"public\".\"t\" WHERE ctid >= '(8,0)'::tid AND ctid < '(16,0)'::tid) TO STDOUT"
+            "COPY (SELECT \"a\", \"b\", CASE WHEN \"c\" IS NULL THEN NULL ELSE format('%s', \"c\") END FROM ONLY \"public\".\"t\" \
+             WHERE ctid >= '(8,0)'::tid AND ctid < '(16,0)'::tid) TO STDOUT (FORMAT binary)"
         );
     }
 }

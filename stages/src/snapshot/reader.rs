@@ -64,6 +64,15 @@ enum TableError {
     Ended,
 }
 
+impl From<read::CopyError> for TableError {
+    fn from(error: read::CopyError) -> Self {
+        match error {
+            read::CopyError::Sql(error) => TableError::Sql(error),
+            read::CopyError::Format(_) => TableError::Refused(error.to_string()),
+        }
+    }
+}
+
 /// The reader's connections and shared state for one capture session.
 #[derive(Clone)]
 pub struct Reader {
@@ -380,10 +389,9 @@ impl Reader {
         let (rows, done, last_key) = match &now.chunk_key {
             ChunkKey::Columns(_) => {
                 let range = KeyRange { after: lane.last_key.as_deref(), lower: lane.lower.as_deref(), upper: lane.upper.as_deref() };
-                let rows = read::copy_rows(&tx, &read::chunk_copy(&now, range, self.settings.chunk_rows, None)).await?;
-                let done = rows.len() < self.settings.chunk_rows;
-                let last_key = rows.last().and_then(|row| read::key_of(&now, row));
-                (rows, done, last_key)
+                let read = read::copy_rows(&tx, &now, &read::chunk_copy(&now, range, self.settings.chunk_rows, None)).await?;
+                let done = read.rows.len() < self.settings.chunk_rows;
+                (read.rows, done, read.last_key)
             }
             ChunkKey::Ctid => {
                 // A lane of blocks [lower, upper); the last one runs to the table's end as it is now.
@@ -398,8 +406,8 @@ impl Reader {
                     Some(end) => (Some(to.min(end)), to >= end),
                     None => ((to < total).then_some(to), to >= total),
                 };
-                let rows = read::copy_rows(&tx, &read::chunk_copy(&now, KeyRange::default(), 0, Some((from, to)))).await?;
-                (rows, done, Some(vec![to.unwrap_or(total).to_string()]))
+                let read = read::copy_rows(&tx, &now, &read::chunk_copy(&now, KeyRange::default(), 0, Some((from, to)))).await?;
+                (read.rows, done, Some(vec![to.unwrap_or(total).to_string()]))
             }
         };
         tx.commit().await?;

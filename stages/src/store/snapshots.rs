@@ -1,7 +1,8 @@
-//! `philotes.snapshots`: snapshot progress per source table (migration 0006).
+//! `philotes.snapshots`: snapshot progress per source table (migration 0006), and `philotes.snapshot_lanes`:
+//! the key ranges a run reads side by side (migration 0007).
 //!
 //! A row is `pending` until the capture starts reading it (`running`), and `done` once the chunk that found the
-//! table's end is enqueued. [`advance`] runs in the transaction that enqueues a chunk, with the checkpoint: the
+//! end of its last lane is enqueued. [`advance`] runs in the transaction that enqueues a chunk, with the checkpoint: the
 //! progress a restart resumes from is exactly what the buffer holds. Every write of a run names its `run`, so a
 //! new request (`philotes snapshot`) is never moved by an older run's chunk still in flight.
 
