@@ -1,6 +1,7 @@
 //! The integration test binary: every test here runs against a real PostgreSQL started by
 //! `philotes-testkit` (one cluster per test run, one fresh database per test), never a mock.
 
+mod binary_values;
 mod capture;
 mod capture_big;
 mod capture_faults;

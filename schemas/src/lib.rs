@@ -4,6 +4,8 @@
 //! ([`TypeResolver`]); each pgoutput text value parses into a [`Value`] ([`parse_text`]), which is what the
 //! buffer stores (MessagePack); the flusher writes it as the column's Arrow type (the one the `iceberg` crate
 //! derives from the column's Iceberg type) into the column's Iceberg type ([`iceberg_type`]). [`decide`] compares schema versions.
+//! A field of a binary `COPY` (the snapshot's fast path) of a type [`has_binary`] names decodes with
+//! [`parse_binary`] into the very `Value` [`parse_text`] gives for the type's text.
 //!
 //! # Type mapping
 //!
@@ -65,6 +67,7 @@
 //! applied; anything else is an [`IncompatibleSchema`] error naming the column and the old and new types.
 
 mod arrow;
+mod binary;
 mod civil;
 mod error;
 mod iceberg;
@@ -74,6 +77,7 @@ mod text;
 mod value;
 
 pub use crate::arrow::{decimal128_unscaled, iceberg_time_micros};
+pub use crate::binary::{has_binary, parse_binary};
 pub use crate::civil::{civil_from_days, days_from_civil};
 pub use crate::error::{
     ConvertError, IncompatibleSchema, ParseError, TypeConflict, UnsupportedType,
