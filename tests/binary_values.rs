@@ -12,7 +12,6 @@
 use futures::StreamExt;
 use philotes_schemas::{has_binary, parse_binary, parse_text, PgType, Value};
 use philotes_stages::decode::ColumnData;
-use philotes_stages::snapshot::read::parse_copy_line;
 
 use crate::support::{connect, database};
 
@@ -392,7 +391,7 @@ async fn binary_values_of_every_binary_type_decode_to_what_their_text_parses_to(
         let lines: Vec<&[u8]> = text.strip_suffix(b"\n").unwrap_or(&text).split(|b| *b == b'\n').collect();
         assert_eq!(lines.len(), rows, "text rows");
         for (i, line) in lines.iter().enumerate() {
-            let fields = parse_copy_line(line.to_vec().into());
+            let fields = parse_copy_line(line);
             assert_eq!(fields.len(), columns.len(), "text fields of row {i}");
             for (c, pg_type) in types.iter().enumerate() {
                 let what = || {
@@ -442,4 +441,74 @@ async fn binary_values_of_every_binary_type_decode_to_what_their_text_parses_to(
         mismatches.len(),
         mismatches.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
     );
+}
+
+/// One line of COPY's text format: tab-separated values, `\N` for NULL, backslash escapes.
+fn parse_copy_line(line: &[u8]) -> Vec<ColumnData> {
+    line.split(|b| *b == b'\t')
+        .map(|field| {
+            if field == b"\\N" {
+                ColumnData::Null
+            } else {
+                ColumnData::Text(unescape(field).into())
+            }
+        })
+        .collect()
+}
+
+/// Undoes COPY's escapes (`\\`, `\n`, `\t`, `\r`, `\b`, `\f`, `\v`, `\ooo`, `\xhh`).
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] != b'\\' || i + 1 == field.len() {
+            out.push(field[i]);
+            i += 1;
+            continue;
+        }
+        let next = field[i + 1];
+        i += 2;
+        match next {
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'r' => out.push(b'\r'),
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut value = u32::from(next - b'0');
+                for _ in 0..2 {
+                    match field.get(i) {
+                        Some(d @ b'0'..=b'7') => {
+                            value = value * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(value as u8);
+            }
+            b'x' => {
+                let mut value = 0u32;
+                let mut digits = 0;
+                while digits < 2 {
+                    match field.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                        Some(d) => {
+                            value = value * 16 + d;
+                            i += 1;
+                            digits += 1;
+                        }
+                        None => break,
+                    }
+                }
+                if digits == 0 {
+                    out.push(b'x');
+                } else {
+                    out.push(value as u8);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
