@@ -101,6 +101,10 @@ const ENV: &[(&str, &str)] = &[("PHILOTES_PART_EVENTS", "50000")];
 async fn wait_snapshots_done(db: &TestDatabase, pipeline: &Pipeline, run: &Philotes, marker: &str) {
     let name = pipeline.name.clone();
     run.wait_until("every snapshot done", Duration::from_secs(300), || async {
+        let failed = db
+            .psql(&format!("SELECT string_agg(source_table || ': ' || error, '; ') FROM philotes.snapshots WHERE pipeline = '{name}' AND state = 'failed'"))
+            .unwrap_or_default();
+        assert!(failed.is_empty(), "a snapshot failed: {failed}");
         db.psql(&format!(
             "SELECT count(*) = 0 FROM philotes.snapshots WHERE pipeline = '{name}' AND state NOT IN ('done', 'skipped')"
         ))
@@ -138,12 +142,15 @@ async fn existing_rows_of_every_key_kind_reach_iceberg_once() {
          CREATE TABLE keyless (v int, w text);
          ALTER TABLE keyless REPLICA IDENTITY FULL;
          INSERT INTO keyless SELECT g, 'w' || g FROM generate_series(1, 3000) g;
+         CREATE TABLE stamps (at timestamptz, n numeric, v int, PRIMARY KEY (at, n));
+         INSERT INTO stamps SELECT timestamptz '2020-01-01 00:00:00.5+00' + g * interval '1.25 second', g / 3.0, g
+           FROM generate_series(1, 2200) g;
          CREATE TABLE empty (id int PRIMARY KEY, v text);
          CREATE TABLE toasted (id int PRIMARY KEY, big text, small text);
          INSERT INTO toasted SELECT g, CASE WHEN g = 2 THEN repeat(md5(g::text), 327680) END, 's' || g FROM generate_series(1, 3) g;",
     )
     .expect("tables");
-    let tables = ["public.composite", "public.texts", "public.uuids", "public.keyless", "public.empty", "public.toasted"];
+    let tables = ["public.composite", "public.texts", "public.uuids", "public.stamps", "public.keyless", "public.empty", "public.toasted"];
     let pipeline = snapshot_pipeline(&db, &tables, "{ chunk_rows: 1000, workers: 2 }");
     let run = pipeline.start_streaming(&db, &[], ENV, "run.log").await;
     wait_snapshots_done(&db, &pipeline, &run, "INSERT INTO empty VALUES (1, 'after')").await;
@@ -152,13 +159,14 @@ async fn existing_rows_of_every_key_kind_reach_iceberg_once() {
     assert_latest_equals_source(&db, &pipeline, "composite", "SELECT a::text, b, v FROM composite", &["a", "b"], &["a", "b", "v"]).await;
     assert_latest_equals_source(&db, &pipeline, "texts", "SELECT id, v::text FROM texts", &["id"], &["id", "v"]).await;
     assert_latest_equals_source(&db, &pipeline, "uuids", "SELECT id::text, v::text FROM uuids", &["id"], &["id", "v"]).await;
+    assert_latest_equals_source(&db, &pipeline, "stamps", "SELECT v::text FROM stamps", &["v"], &["v"]).await;
     assert_latest_equals_source(&db, &pipeline, "keyless", "SELECT v::text, w FROM keyless", &["v", "w"], &["v", "w"]).await;
     assert_latest_equals_source(&db, &pipeline, "empty", "SELECT id::text, v FROM empty", &["id"], &["id", "v"]).await;
     let toasted =
         assert_latest_equals_source(&db, &pipeline, "toasted", "SELECT id::text, big, small FROM toasted", &["id"], &["id", "big", "small"]).await;
     assert!(toasted.iter().any(|r| r.get("big").and_then(|v| v.as_str()).is_some_and(|s| s.len() == 10 * 1024 * 1024)));
     // Every row of a table without a change was read once, as 'r'.
-    for (table, rows) in [("composite", 2500), ("texts", 1500), ("uuids", 1200), ("keyless", 3000), ("empty", 0), ("toasted", 3)] {
+    for (table, rows) in [("composite", 2500), ("texts", 1500), ("uuids", 1200), ("stamps", 2200), ("keyless", 3000), ("empty", 0), ("toasted", 3)] {
         let (state, done, chunks, reads) = progress(&db, &pipeline.name, table);
         assert_eq!((state.as_str(), done), ("done", rows), "{table}: progress");
         assert_eq!(chunks, reads, "{table}: no chunk read twice");

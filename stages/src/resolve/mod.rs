@@ -403,6 +403,8 @@ impl SchemaResolve {
             read.ack.send(ChunkFate::Dropped);
             return Ok(());
         };
+        // Sized once: a chunk is tens of thousands of rows, and growing by doubling copies them.
+        out.reserve(kept.len() + rejected.len() + 3);
         out.push(Resolved::Begin { commit_lsn: lsn });
         let rows_enqueued = kept.len() as u64;
         out.extend(kept.into_iter().map(|event| Resolved::Change { table: version.clone(), event }));

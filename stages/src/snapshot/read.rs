@@ -177,9 +177,10 @@ pub fn chunk_copy(shape: &TableShape, range: KeyRange<'_>, rows: usize, blocks: 
         .zip(binary_columns(&shape.relation))
         .map(|(c, binary)| if binary { quote_ident(&c.name) } else { as_text(&c.name) })
         .collect();
-    if let ChunkKey::Columns(key) = &shape.chunk_key {
-        columns.extend(key.iter().map(|(name, _)| format!("format('%s', {})", quote_ident(name))));
-    }
+    columns.extend(key_sources(shape).into_iter().filter_map(|source| match source {
+        KeySource::Printed(name) => Some(format!("format('%s', {})", quote_ident(&name))),
+        KeySource::Column(..) => None,
+    }));
     let columns = columns.join(", ");
     let only = if shape.kind == 'p' { "" } else { "ONLY " };
     let select = match &shape.chunk_key {
@@ -216,6 +217,51 @@ pub fn chunk_copy(shape: &TableShape, range: KeyRange<'_>, rows: usize, blocks: 
         }
     };
     format!("COPY ({select}) TO STDOUT (FORMAT binary)")
+}
+
+/// Where the text form of a key column (for the next chunk's `WHERE`) comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeySource {
+    /// Rendered from the binary value of the row's column at this index (integers, text types, uuid: their
+    /// text is what Postgres prints).
+    Column(usize, PgType),
+    /// Printed by the source: a `format('%s', k)` field after the row's columns.
+    Printed(String),
+}
+
+/// The chunk key's columns, each with where its text comes from (none for [`ChunkKey::Ctid`]).
+fn key_sources(shape: &TableShape) -> Vec<KeySource> {
+    let ChunkKey::Columns(key) = &shape.chunk_key else { return Vec::new() };
+    let binary = binary_columns(&shape.relation);
+    key.iter()
+        .map(|(name, _)| {
+            let index = shape.relation.columns.iter().position(|c| &c.name == name);
+            let rendered = index.and_then(|i| {
+                let column = &shape.relation.columns[i];
+                let pg_type = PgType::from_builtin(column.type_oid, column.type_modifier)?;
+                let simple = matches!(pg_type, PgType::Int2 | PgType::Int4 | PgType::Int8 | PgType::Text | PgType::Varchar(_) | PgType::Name | PgType::Uuid);
+                (binary[i] && simple).then_some(KeySource::Column(i, pg_type))
+            });
+            rendered.unwrap_or_else(|| KeySource::Printed(name.clone()))
+        })
+        .collect()
+}
+
+/// The text Postgres prints for a binary value of a [`KeySource::Column`] type.
+fn key_text(pg_type: &PgType, bytes: &[u8]) -> Option<String> {
+    Some(match pg_type {
+        PgType::Int2 => i16::from_be_bytes(bytes.try_into().ok()?).to_string(),
+        PgType::Int4 => i32::from_be_bytes(bytes.try_into().ok()?).to_string(),
+        PgType::Int8 => i64::from_be_bytes(bytes.try_into().ok()?).to_string(),
+        PgType::Uuid => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            if hex.len() != 32 {
+                return None;
+            }
+            format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+        }
+        _ => String::from_utf8(bytes.to_vec()).ok()?,
+    })
 }
 
 /// Which columns of `relation` are read in binary (in order): those of a built-in type with a binary decoder.
@@ -302,15 +348,27 @@ pub struct ChunkRows {
 pub async fn copy_rows(client: &tokio_postgres::Transaction<'_>, shape: &TableShape, copy: &str) -> Result<ChunkRows, CopyError> {
     let stream = client.copy_out(copy).await?;
     futures::pin_mut!(stream);
-    let key_fields = match &shape.chunk_key {
-        ChunkKey::Columns(key) => key.len(),
-        ChunkKey::Ctid => 0,
-    };
-    let mut parser = BinaryCopy::new(binary_columns(&shape.relation), key_fields);
+    let sources = key_sources(shape);
+    let printed = sources.iter().filter(|s| matches!(s, KeySource::Printed(_))).count();
+    let mut parser = BinaryCopy::new(binary_columns(&shape.relation), printed);
     while let Some(data) = stream.next().await {
         parser.feed(data?).map_err(CopyError::Format)?;
     }
-    parser.finish().map_err(CopyError::Format)
+    let (rows, printed) = parser.finish().map_err(CopyError::Format)?;
+    let Some(last) = rows.last().filter(|_| !sources.is_empty()) else { return Ok(ChunkRows { rows, last_key: None }) };
+    let mut printed = printed.unwrap_or_default().into_iter();
+    let last_key = sources
+        .iter()
+        .map(|source| match source {
+            KeySource::Printed(_) => printed.next(),
+            KeySource::Column(index, pg_type) => match last.get(*index) {
+                Some(ColumnData::Binary(bytes)) => key_text(pg_type, bytes),
+                _ => None,
+            },
+        })
+        .collect::<Option<Vec<String>>>()
+        .ok_or_else(|| CopyError::Format("the last row's key could not be read".into()))?;
+    Ok(ChunkRows { rows, last_key: Some(last_key) })
 }
 
 /// The signature that opens a binary COPY stream.
@@ -429,7 +487,8 @@ impl BinaryCopy {
         Ok(())
     }
 
-    fn finish(self) -> Result<ChunkRows, String> {
+    /// The rows, and the last row's printed key fields.
+    fn finish(self) -> Result<(Vec<TupleData>, Option<Vec<String>>), String> {
         if !self.ended || !self.pending.is_empty() {
             return Err("the stream ended inside a row or without its trailer".into());
         }
@@ -443,7 +502,7 @@ impl BinaryCopy {
                 })
                 .collect()
         });
-        Ok(ChunkRows { rows: self.rows, last_key })
+        Ok((self.rows, last_key))
     }
 }
 
@@ -537,15 +596,15 @@ mod tests {
                 parser.feed(Bytes::copy_from_slice(&bytes[from..to])).expect("feed");
                 from = to;
             }
-            let read = parser.finish().expect("complete");
+            let (rows, last_key) = parser.finish().expect("complete");
             assert_eq!(
-                read.rows,
+                rows,
                 vec![
                     vec![ColumnData::Binary(Bytes::from_static(&[0, 0, 0, 7])), ColumnData::Null, ColumnData::Text(Bytes::from_static(b"a\tb"))],
                     vec![ColumnData::Binary(Bytes::from_static(&[0, 0, 0, 9])), ColumnData::Text(Bytes::new()), ColumnData::Null],
                 ]
             );
-            assert_eq!(read.last_key, Some(vec!["9".to_string()]));
+            assert_eq!(last_key, Some(vec!["9".to_string()]));
         }
     }
 
@@ -584,8 +643,10 @@ mod tests {
             readable: true,
         };
         assert_eq!(binary_columns(&shape.relation), vec![true, true, false], "int4 and text in binary, int4[] as text");
-        let select = "SELECT \"a\", \"b\", CASE WHEN \"c\" IS NULL THEN NULL ELSE format('%s', \"c\") END, \
-                      format('%s', \"a\"), format('%s', \"b\") FROM ONLY \"public\".\"t\"";
+        // The key's text is rendered from its binary values (int4, text): nothing printed after the columns.
+        assert_eq!(key_sources(&shape), vec![KeySource::Column(0, PgType::Int4), KeySource::Column(1, PgType::Text)]);
+        let select = "SELECT \"a\", \"b\", CASE WHEN \"c\" IS NULL THEN NULL ELSE format('%s', \"c\") END \
+                      FROM ONLY \"public\".\"t\"";
         assert_eq!(
             chunk_copy(&shape, KeyRange::default(), 10, None),
             format!("COPY ({select} ORDER BY \"a\", \"b\" LIMIT 10) TO STDOUT (FORMAT binary)")
@@ -611,11 +672,26 @@ mod tests {
                  ORDER BY \"a\", \"b\" LIMIT 10) TO STDOUT (FORMAT binary)"
             )
         );
+        // A key whose text only the source prints (timestamptz) follows the columns.
+        let mut printed = shape.clone();
+        printed.relation.columns[0].type_oid = 1184;
+        printed.chunk_key = ChunkKey::Columns(vec![("a".into(), "timestamp with time zone".into()), ("b".into(), "text".into())]);
+        assert!(chunk_copy(&printed, KeyRange::default(), 10, None).contains("END, format('%s', \"a\") FROM ONLY"));
         let ctid = TableShape { chunk_key: ChunkKey::Ctid, ..shape };
         assert_eq!(
             chunk_copy(&ctid, KeyRange::default(), 10, Some((8, Some(16)))),
             "COPY (SELECT \"a\", \"b\", CASE WHEN \"c\" IS NULL THEN NULL ELSE format('%s', \"c\") END FROM ONLY \"public\".\"t\" \
              WHERE ctid >= '(8,0)'::tid AND ctid < '(16,0)'::tid) TO STDOUT (FORMAT binary)"
         );
+    }
+
+    #[test]
+    fn key_values_render_as_postgres_prints_them() {
+        assert_eq!(key_text(&PgType::Int8, &(-42i64).to_be_bytes()), Some("-42".into()));
+        assert_eq!(key_text(&PgType::Int2, &7i16.to_be_bytes()), Some("7".into()));
+        assert_eq!(key_text(&PgType::Int4, &[0, 0]), None, "wrong width");
+        let uuid = [0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd, 0x38, 0x0a, 0x11];
+        assert_eq!(key_text(&PgType::Uuid, &uuid), Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()));
+        assert_eq!(key_text(&PgType::Text, "it's é".as_bytes()), Some("it's é".into()));
     }
 }
