@@ -378,3 +378,57 @@ async fn a_table_added_while_the_pipeline_runs_joins_with_every_row_once_on_requ
     assert_eq!(rows.iter().filter(|r| r["_op"] == "r").count(), 5000, "every row once, as 'r'");
     assert_latest_equals_source(&db, &pipeline, "first", "SELECT id::text, v FROM first", &["id"], &["id", "v"]).await;
 }
+
+/// A table the snapshot cannot read fails alone, with its reason in its progress row and in `status`: here one
+/// dropped while it is being read, and one without a key or replica identity (its rows cannot be told apart).
+/// The other table's snapshot and the stream go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_the_snapshot_cannot_read_fails_alone_and_the_rest_goes_on() {
+    let db = philotes_testkit::shared().database("snap_bad").expect("database");
+    db.psql(
+        "CREATE TABLE good (id int PRIMARY KEY, v text);
+         INSERT INTO good SELECT g, 'g' || g FROM generate_series(1, 3000) g;
+         CREATE TABLE nokey (v int, w text);
+         INSERT INTO nokey SELECT g, 'n' || g FROM generate_series(1, 10) g;
+         CREATE TABLE doomed (id int PRIMARY KEY, v text);
+         INSERT INTO doomed SELECT g, 'd' || g FROM generate_series(1, 200000) g;",
+    )
+    .expect("tables");
+    let pipeline = snapshot_pipeline(&db, &["public.good", "public.nokey", "public.doomed"], "{ chunk_rows: 1000, workers: 1 }");
+    let run = pipeline.start_streaming(&db, &[], ENV, "run.log").await;
+    let name = pipeline.name.clone();
+    let state = |table: &'static str| {
+        let (db, name) = (&db, name.clone());
+        move || {
+            db.psql(&format!(
+                "SELECT state || ':' || coalesce(error, '') FROM philotes.snapshots WHERE pipeline = '{name}' AND source_table = '{table}'"
+            ))
+            .unwrap_or_default()
+        }
+    };
+    run.wait_until("doomed being read", Duration::from_secs(120), || async { progress(&db, &name, "doomed").2 >= 1 }).await;
+    db.psql("DROP TABLE doomed").expect("drop");
+    let doomed = state("doomed");
+    run.wait_until("doomed failed", Duration::from_secs(120), || async { doomed().starts_with("failed:") }).await;
+    assert!(doomed().contains("doomed") && doomed().contains("no longer exists"), "the reason names the table: {}", doomed());
+    // A table whose rows cannot be told apart is not captured at all (its UPDATEs would fail once published):
+    // no snapshot is requested for it, and `status` names it with the reason and the fix.
+    assert_eq!(state("nokey")(), "", "no snapshot of nokey");
+    let file = pipeline.file.to_str().expect("path").to_string();
+    let status = crate::support::philotes(&["status", &file], &[]);
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        status.lines().any(|l| l.contains("nokey") && l.contains("primary key")),
+        "status names nokey and why it is not captured:\n{status}"
+    );
+    assert!(status.lines().any(|l| l.contains("doomed") && l.contains("no longer exists")), "status shows the failed snapshot:\n{status}");
+    let good = state("good");
+    run.wait_until("good done", Duration::from_secs(120), || async { good().starts_with("done:") }).await;
+    // The stream goes on.
+    db.psql("UPDATE good SET v = 'changed' WHERE id <= 10").expect("update");
+    let after = last_commit(&db, "INSERT INTO good VALUES (3001, 'after')");
+    run.wait_until("every change in iceberg", Duration::from_secs(120), || async { drained(&db, &pipeline.name, &after) }).await;
+    run.stop_cleanly().await;
+    let rows = assert_latest_equals_source(&db, &pipeline, "good", "SELECT id::text, v FROM good", &["id"], &["id", "v"]).await;
+    assert_eq!(rows.iter().filter(|r| r["_op"] == "r").count(), 3000, "every row of good once, as 'r'");
+}
