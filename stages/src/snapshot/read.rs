@@ -273,6 +273,13 @@ pub fn binary_columns(relation: &Relation) -> Vec<bool> {
         .collect()
 }
 
+/// The table's rows, counted up to `limit` (a bounded count for a table without an estimate).
+pub async fn rows_up_to(client: &Client, shape: &TableShape, limit: i64) -> Result<i64, tokio_postgres::Error> {
+    let only = if shape.kind == 'p' { "" } else { "ONLY " };
+    let sql = format!("SELECT count(*) FROM (SELECT FROM {only}{} LIMIT {limit}) s", shape.quoted);
+    Ok(client.query_one(&sql, &[]).await?.get(0))
+}
+
 /// Where to cut a table into `lanes` ranges read at once: ascending values of the leading key column (from its
 /// minimum and maximum for integer keys, from its `pg_stats` histogram otherwise), or heap blocks for
 /// [`ChunkKey::Ctid`]. Fewer (none: one lane) when the table gives nothing to cut on.

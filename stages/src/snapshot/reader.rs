@@ -227,7 +227,7 @@ impl Reader {
             // A run that started before lanes existed goes on as one lane from its last key.
             let splits = match resume {
                 Some(_) => Vec::new(),
-                None => read::split_points(&source, &shape, self.lanes_for(&shape)).await?,
+                None => read::split_points(&source, &shape, self.lanes_for(&source, &shape).await?).await?,
             };
             lanes = snapshots::plan(&mut buffer, &self.pipeline, table, request.run, &splits, resume.as_deref()).await?;
             tracing::info!(table = %table, rows_estimate = ?shape.estimate, key = %key.join(", "), lanes = lanes.len(), "snapshot starting");
@@ -241,13 +241,16 @@ impl Reader {
         Ok(())
     }
 
-    /// How many lanes a table is cut into: one per worker, but no lane of less than a chunk.
-    fn lanes_for(&self, shape: &TableShape) -> usize {
-        let workers = self.settings.workers.max(1);
-        match shape.estimate {
-            Some(rows) => workers.min((rows.max(0) as usize / self.settings.chunk_rows.max(1)).max(1)),
-            None => workers,
-        }
+    /// How many lanes a table is cut into: one per worker, but no lane of less than a chunk. A table never
+    /// analyzed has no estimate: its rows are counted, up to what the workers' lanes would need.
+    async fn lanes_for(&self, source: &tokio_postgres::Client, shape: &TableShape) -> Result<usize, tokio_postgres::Error> {
+        let (workers, chunk) = (self.settings.workers.max(1), self.settings.chunk_rows.max(1));
+        let rows = match shape.estimate {
+            Some(rows) => rows,
+            None if workers > 1 => read::rows_up_to(source, shape, (workers * chunk) as i64).await?,
+            None => 0,
+        };
+        Ok(workers.min((rows.max(0) as usize / chunk).max(1)))
     }
 
     /// Reads one lane chunk by chunk, each chunk holding a worker until it is enqueued.
