@@ -23,14 +23,13 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use iceberg::io::FileIO;
 use iceberg::spec::{
     DataContentType, DataFile, DataFileFormat, FormatVersion, ManifestContentType, ManifestFile, ManifestListWriter,
     ManifestWriter, ManifestWriterBuilder, Operation, PartitionSpec, Snapshot, SnapshotReference, SnapshotRetention,
     SnapshotSummaryCollector, Summary, TableMetadata, MAIN_BRANCH,
 };
 use iceberg::table::Table;
-use iceberg::{MetadataLocation, TableIdent};
+use iceberg::{MetadataLocation, Runtime, TableIdent};
 use tokio_postgres::GenericClient;
 
 /// Summary keys the commit computes (the Iceberg spec's names); caller properties cannot shadow them.
@@ -96,11 +95,10 @@ pub enum RowDeltaError {
 /// until a catalog's compare-and-set moves the table to it.
 #[derive(Debug)]
 pub struct StagedRowDelta {
-    table: TableIdent,
-    file_io: FileIO,
+    /// The table as it is once the commit lands (built before the compare-and-set, so nothing can fail after it).
+    table: Table,
     base_location: String,
     location: String,
-    metadata: TableMetadata,
     snapshot_id: i64,
 }
 
@@ -122,17 +120,7 @@ impl StagedRowDelta {
 
     /// The table's metadata after the commit.
     pub fn metadata(&self) -> &TableMetadata {
-        &self.metadata
-    }
-
-    /// The table as it is once the commit landed.
-    fn into_table(self) -> Result<Table, RowDeltaError> {
-        Ok(Table::builder()
-            .identifier(self.table)
-            .file_io(self.file_io)
-            .metadata(self.metadata)
-            .metadata_location(self.location)
-            .build()?)
+        self.table.metadata()
     }
 }
 
@@ -270,14 +258,15 @@ pub async fn stage(base: &Table, delta: RowDelta) -> Result<StagedRowDelta, RowD
         .metadata;
     let location = MetadataLocation::from_str(&base_location)?.with_next_version().with_new_metadata(&new_metadata);
     new_metadata.write_to(base.file_io(), &location).await?;
-    Ok(StagedRowDelta {
-        table: ident,
-        file_io: base.file_io().clone(),
-        base_location,
-        location: location.to_string(),
-        metadata: new_metadata,
-        snapshot_id,
-    })
+    let location = location.to_string();
+    let table = Table::builder()
+        .identifier(ident)
+        .file_io(base.file_io().clone())
+        .metadata(new_metadata)
+        .metadata_location(location.clone())
+        .runtime(Runtime::try_current()?)
+        .build()?;
+    Ok(StagedRowDelta { table, base_location, location, snapshot_id })
 }
 
 /// The SQL catalog's compare-and-set, the statement `iceberg-catalog-sql` itself issues (pyiceberg and Java's
@@ -290,21 +279,22 @@ pub async fn commit_sql(
     catalog_name: &str,
     staged: StagedRowDelta,
 ) -> Result<Table, RowDeltaError> {
-    let namespace = staged.table.namespace().join(".");
+    let ident = staged.table.identifier();
+    let namespace = ident.namespace().join(".");
     let updated = client
         .execute(
             "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
              WHERE catalog_name = $3 AND table_name = $4 AND table_namespace = $5 \
                AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) \
                AND metadata_location = $2",
-            &[&staged.location, &staged.base_location, &catalog_name, &staged.table.name(), &namespace],
+            &[&staged.location, &staged.base_location, &catalog_name, &ident.name(), &namespace],
         )
         .await
-        .map_err(|source| RowDeltaError::Catalog { table: staged.table.clone(), source })?;
+        .map_err(|source| RowDeltaError::Catalog { table: ident.clone(), source })?;
     if updated == 0 {
-        return Err(RowDeltaError::StaleBase { table: staged.table, base: staged.base_location });
+        return Err(RowDeltaError::StaleBase { table: ident.clone(), base: staged.base_location });
     }
-    staged.into_table()
+    Ok(staged.table)
 }
 
 /// [`stage`] then [`commit_sql`]: one row delta on `base` through the SQL catalog `catalog_name`.
