@@ -373,3 +373,36 @@ async fn row_delta_refuses_a_data_file_given_as_a_delete_file() {
     assert!(matches!(refused, Err(RowDeltaError::Invalid { .. })), "{refused:?}");
     assert_eq!(fx.load().await.metadata_location(), base.metadata_location());
 }
+
+/// DuckDB 1.5.5's `iceberg_scan` (the venv `.ci/run` makes, or `PHILOTES_PYTHON`), offline with the extensions
+/// from their PyPI packages: the rows of the table at `metadata_location`, one `id|v` line each, sorted.
+fn duckdb_rows(metadata_location: &str) -> Vec<String> {
+    let python = std::env::var("PHILOTES_PYTHON").unwrap_or_else(|_| "/var/tmp/philotes-venv/bin/python".into());
+    let script = r#"
+import pathlib, sys, duckdb, duckdb_extension_avro, duckdb_extension_iceberg
+ext = lambda m, n: pathlib.Path(m.__file__).parent / "extensions" / f"v{duckdb.__version__}" / f"{n}.duckdb_extension"
+con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+con.execute(f"LOAD '{ext(duckdb_extension_avro, 'avro')}'"); con.execute(f"LOAD '{ext(duckdb_extension_iceberg, 'iceberg')}'")
+for id, v in con.sql(f"SELECT id, v FROM iceberg_scan('{sys.argv[1]}') ORDER BY id").fetchall():
+    print(f"{id}|{v}")
+"#;
+    let output = std::process::Command::new(&python)
+        .args(["-c", script, metadata_location])
+        .output()
+        .unwrap_or_else(|e| panic!("running {python} (make the venv with .ci/run or set PHILOTES_PYTHON): {e}"));
+    assert!(output.status.success(), "DuckDB failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn row_delta_is_read_the_same_by_duckdb() {
+    let fx = Fixture::new("row_delta_duckdb").await;
+    let (_, second) = commit_a_then_b_with_deletes(&fx).await;
+    let location = second.metadata_location().expect("metadata location");
+    assert_eq!(duckdb_rows(location), ["1|a1", "2|a2", "3|b3", "5|a5", "6|b6"]);
+    let truncated = fx
+        .commit(&second, RowDelta { remove_all: true, ..RowDelta::default() })
+        .await
+        .expect("truncate");
+    assert_eq!(duckdb_rows(truncated.metadata_location().expect("metadata location")), Vec::<String>::new());
+}
