@@ -32,7 +32,7 @@ use iceberg::table::Table;
 use iceberg::{MetadataLocation, Runtime, TableIdent};
 use tokio_postgres::GenericClient;
 
-/// Summary keys the commit computes (the Iceberg spec's names); caller properties cannot shadow them.
+/// The totals the commit keeps, each with the keys of what this snapshot added and removed (the spec's names).
 const TOTALS: [(&str, &str, &str); 6] = [
     ("total-data-files", "added-data-files", "deleted-data-files"),
     ("total-delete-files", "added-delete-files", "removed-delete-files"),
@@ -42,19 +42,23 @@ const TOTALS: [(&str, &str, &str); 6] = [
     ("total-equality-deletes", "added-equality-deletes", "removed-equality-deletes"),
 ];
 
+/// Prefixes of the summary keys the commit computes (counts of this snapshot and totals).
+const COMPUTED_PREFIXES: [&str; 6] = ["added-", "deleted-", "removed-", "total-", "changed-partition-count", "partitions."];
+
 /// What one snapshot adds to, or removes from, a table.
 #[derive(Debug, Clone, Default)]
 pub struct RowDelta {
     /// New data files (content `Data`), already written to the table's data location.
     pub data_files: Vec<DataFile>,
     /// New delete files (content `EqualityDeletes` with the key columns' field ids as `equality_ids`, or
-    /// `PositionDeletes`). They get this snapshot's sequence number, so they hit only strictly older data (and,
-    /// for position deletes, data of the same snapshot too).
+    /// `PositionDeletes`, accepted but not yet tested). They get this snapshot's sequence number, so equality
+    /// deletes hit only strictly older data (position deletes also data of the same snapshot).
     pub delete_files: Vec<DataFile>,
     /// Remove every live data and delete file of the parent first (a TRUNCATE); the new files then are all the
     /// table has.
     pub remove_all: bool,
-    /// Snapshot summary properties (`philotes.last-lsn`, …); computed totals override keys of the same name.
+    /// Snapshot summary properties (`philotes.last-lsn`, …); keys of the counts and totals the commit computes
+    /// (`added-*`, `deleted-*`, `removed-*`, `total-*`, partition summaries) are ignored.
     pub properties: HashMap<String, String>,
 }
 
@@ -226,6 +230,8 @@ pub async fn stage(base: &Table, delta: RowDelta) -> Result<StagedRowDelta, RowD
         (_, false) => Operation::Append,
     };
     let mut properties = delta.properties;
+    // The counts are ours: a caller's `added-records` would otherwise feed into the totals.
+    properties.retain(|key, _| !COMPUTED_PREFIXES.iter().any(|prefix| key.starts_with(prefix)));
     properties.extend(collector.build());
     update_totals(&mut properties, parent.map(|p| p.summary()), delta.remove_all);
     let summary = Summary { operation, additional_properties: properties };
