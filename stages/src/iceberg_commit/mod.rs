@@ -11,6 +11,7 @@
 //! removes them).
 
 mod dictionary;
+pub mod row_delta;
 mod writer;
 
 use std::collections::HashMap;
