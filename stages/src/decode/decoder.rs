@@ -228,8 +228,14 @@ impl Decoder {
                     out.extend([Decoded::Message { commit_lsn: Some(open.commit_lsn), message }]);
                 }
             }
-            PgOutputMessage::Message(message) => {
-                // Sent at once when decoded, so it sits in the stream at its own LSN, between transactions.
+            PgOutputMessage::Message(mut message) => {
+                // Sent at once when decoded, so it sits in the stream at its own place, between transactions.
+                // pgoutput gives it the *end* of its WAL record, where the next record starts: a transaction whose
+                // commit record comes right after it has that very LSN as its commit LSN. Its position is taken
+                // one byte earlier, inside its own record, so that every transaction committed after it is
+                // strictly above it (a transaction at its end LSN would otherwise be dropped as delivered, and
+                // tie with a snapshot chunk placed there).
+                message.lsn = Lsn(message.lsn.as_u64().saturating_sub(1));
                 if self.watermark.is_some_and(|w| message.lsn <= w) {
                     return Ok(());
                 }

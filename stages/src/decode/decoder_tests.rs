@@ -258,7 +258,27 @@ fn non_transactional_messages_flow_between_transactions_and_dedupe_by_lsn() {
             _ => None,
         })
         .collect();
-    assert_eq!(lsns, [0x150, 0x190]);
+    assert_eq!(lsns, [0x14F, 0x18F], "placed on the last byte of their record (pgoutput sends its end)");
+}
+
+#[test]
+fn a_transaction_committed_right_after_a_message_is_not_dropped() {
+    // pgoutput gives a non-transactional message the end of its record, which is where the next record, here a
+    // commit, starts: that transaction is after the message, never "at or below" it.
+    let msg = PgOutputMessage::Message(LogicalMessage {
+        transactional: false,
+        lsn: Lsn(0x200),
+        prefix: "philotes.snapshot".into(),
+        content: Bytes::from_static(b"hw"),
+    });
+    let mut d = Decoder::new();
+    let out = run(&mut d, [msg.clone(), begin(0x200, 7), commit(0x200)]);
+    assert!(out.iter().any(|o| matches!(o, Decoded::Begin { commit_lsn: Lsn(0x200), .. })), "delivered: {out:?}");
+    // After a restart whose checkpoint is the message's position, the same holds.
+    let mut d = Decoder::resume_after(Lsn(0x1FF));
+    let out = run(&mut d, [msg, begin(0x200, 7), commit(0x200)]);
+    assert!(!out.iter().any(|o| matches!(o, Decoded::Message { .. })), "the message itself was delivered before");
+    assert!(out.iter().any(|o| matches!(o, Decoded::Begin { commit_lsn: Lsn(0x200), .. })), "delivered: {out:?}");
 }
 
 #[test]
