@@ -9,7 +9,7 @@
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use philotes_schemas::{has_binary, PgType};
+use philotes_schemas::{has_binary, parse_binary, PgType, Value};
 use tokio_postgres::{Client, GenericClient};
 
 use super::Watermark;
@@ -249,18 +249,13 @@ fn key_sources(shape: &TableShape) -> Vec<KeySource> {
 
 /// The text Postgres prints for a binary value of a [`KeySource::Column`] type.
 fn key_text(pg_type: &PgType, bytes: &[u8]) -> Option<String> {
-    Some(match pg_type {
-        PgType::Int2 => i16::from_be_bytes(bytes.try_into().ok()?).to_string(),
-        PgType::Int4 => i32::from_be_bytes(bytes.try_into().ok()?).to_string(),
-        PgType::Int8 => i64::from_be_bytes(bytes.try_into().ok()?).to_string(),
-        PgType::Uuid => {
-            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            if hex.len() != 32 {
-                return None;
-            }
-            format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
-        }
-        _ => String::from_utf8(bytes.to_vec()).ok()?,
+    Some(match parse_binary(pg_type, bytes).ok()? {
+        Value::Int16(v) => v.to_string(),
+        Value::Int32(v) => v.to_string(),
+        Value::Int64(v) => v.to_string(),
+        Value::Text(text) => text,
+        Value::Uuid(v) => uuid::Uuid::from_bytes(v).hyphenated().to_string(),
+        _ => return None,
     })
 }
 

@@ -301,17 +301,16 @@ pub async fn advance(client: &impl GenericClient, pipeline: &str, chunk: &ChunkP
                  UPDATE philotes.snapshot_lanes SET last_key = coalesce($5, last_key), rows_done = rows_done + $6, done = $8
                  WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND run = $4 AND lane = $9
                    AND EXISTS (SELECT 1 FROM philotes.snapshots WHERE pipeline = $1 AND source_schema = $2
-                               AND source_table = $3 AND run = $4 AND state = 'running'))
+                               AND source_table = $3 AND run = $4 AND state = 'running')),
+             last AS (
+                 SELECT $8 AND NOT EXISTS (SELECT 1 FROM philotes.snapshot_lanes l
+                                           WHERE l.pipeline = $1 AND l.source_schema = $2 AND l.source_table = $3
+                                             AND l.run = $4 AND l.lane <> $9 AND NOT l.done) AS finished)
              UPDATE philotes.snapshots s SET last_key = coalesce($5, last_key), rows_done = rows_done + $6,
                  chunks = chunks + 1, snapshot_lsn = $7, updated_at = now(),
-                 state = CASE WHEN $8 AND NOT EXISTS (SELECT 1 FROM philotes.snapshot_lanes l
-                                                     WHERE l.pipeline = $1 AND l.source_schema = $2 AND l.source_table = $3
-                                                       AND l.run = $4 AND l.lane <> $9 AND NOT l.done)
-                              THEN 'done' ELSE state END,
-                 finished_at = CASE WHEN $8 AND NOT EXISTS (SELECT 1 FROM philotes.snapshot_lanes l
-                                                     WHERE l.pipeline = $1 AND l.source_schema = $2 AND l.source_table = $3
-                                                       AND l.run = $4 AND l.lane <> $9 AND NOT l.done)
-                                    THEN now() ELSE finished_at END
+                 state = CASE WHEN last.finished THEN 'done' ELSE state END,
+                 finished_at = CASE WHEN last.finished THEN now() ELSE finished_at END
+             FROM last
              WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND run = $4 AND state = 'running'",
             &[
                 &pipeline,
