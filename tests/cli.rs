@@ -81,12 +81,13 @@ fn run_refuses_features_not_built_yet_naming_each_key_before_touching_anything()
     let file = temp_file(
         "planned.yaml",
         "pipeline: planned\nsource:\n  postgres:\n    url: postgres://postgres@127.0.0.1:1/none\n    tables: [orders]\n\
-         sink:\n  iceberg:\n    warehouse: file:///tmp/philotes-cli-warehouse\n    mode: mirror\n\
+         sink:\n  iceberg:\n    catalog: { type: rest, uri: http://127.0.0.1:1/catalog }\n\
+         \x20   warehouse: file:///tmp/philotes-cli-warehouse\n    mode: mirror\n\
          \x20   tables:\n      public.orders: { partition: [ \"day(created_at)\" ] }\n",
     );
     let validate = philotes(&["validate", file.to_str().expect("utf-8 path")], &[]);
     assert!(!validate.status.success(), "{}", text(&validate));
-    assert!(text(&validate).contains("sink.iceberg.mode: mirror is not supported yet"), "{}", text(&validate));
+    assert!(text(&validate).contains("sink.iceberg.mode: mirror needs the SQL catalog"), "{}", text(&validate));
     assert!(text(&validate).contains("sink.iceberg.tables[public.orders].partition"), "{}", text(&validate));
 }
 

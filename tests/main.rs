@@ -14,6 +14,7 @@ mod flush_faults;
 mod hardening;
 mod infinity;
 mod migrate;
+mod mirror;
 mod names;
 mod session;
 mod slot;

@@ -13,7 +13,7 @@ use crate::flush::{drained, last_commit, read_with_duckdb, read_with_iceberg_cra
 use crate::support::{wait_for, Philotes};
 
 /// The source table as rows of text values keyed by `key` (a JSON object per row from `select`).
-fn source_rows(db: &TestDatabase, select: &str) -> Vec<Row> {
+pub fn source_rows(db: &TestDatabase, select: &str) -> Vec<Row> {
     let text = db.psql(&format!("SELECT row_to_json(s) FROM ({select}) s")).expect("source rows");
     text.lines().map(|l| to_text(serde_json::from_str(l).expect("json"))).collect()
 }
@@ -98,7 +98,7 @@ fn snapshot_pipeline(db: &TestDatabase, tables: &[&str], snapshot: &str) -> Pipe
 const ENV: &[(&str, &str)] = &[("PHILOTES_PART_EVENTS", "50000")];
 
 /// Waits until every listed table's snapshot is done and everything up to a last marker transaction is in Iceberg.
-async fn wait_snapshots_done(db: &TestDatabase, pipeline: &Pipeline, run: &Philotes, marker: &str) {
+pub async fn wait_snapshots_done(db: &TestDatabase, pipeline: &Pipeline, run: &Philotes, marker: &str) {
     let name = pipeline.name.clone();
     run.wait_until("every snapshot done", Duration::from_secs(300), || async {
         let failed = db

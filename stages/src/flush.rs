@@ -25,7 +25,7 @@ use crate::catalog::{self, CatalogSettings, GuardedCatalog};
 use crate::checkpoint::{Checkpoint, NAME as CHECKPOINT};
 use crate::claim::failures::FailureLog;
 use crate::claim::{self, Claim, ClaimSettings, TargetFn};
-use crate::iceberg_commit::{IcebergCommit, NAME as ICEBERG_COMMIT};
+use crate::iceberg_commit::{CatalogDatabase, IcebergCommit, NAME as ICEBERG_COMMIT};
 
 /// Everything a flusher needs, from the pipeline file.
 #[derive(Clone)]
@@ -76,6 +76,9 @@ pub enum FlushError {
     /// The catalog could not be reached or used.
     #[error("iceberg catalog: {0}")]
     Catalog(#[from] iceberg::Error),
+    /// The SQL catalog's URL does not parse as a PostgreSQL connection string.
+    #[error("iceberg SQL catalog url: {0}")]
+    CatalogUrl(#[from] tokio_postgres::Error),
     /// A stage stopped the flow.
     #[error(transparent)]
     Flow(#[from] FlowError),
@@ -91,6 +94,7 @@ impl FlushError {
     pub fn is_restartable(&self) -> bool {
         match self {
             FlushError::Pool(_) | FlushError::Catalog(_) => true,
+            FlushError::CatalogUrl(_) => false,
             FlushError::Flow(e) => e.is_session_lost(),
         }
     }
@@ -113,6 +117,11 @@ async fn run_once(settings: &FlushSettings, cancel: &CancellationToken) -> Resul
     }
     let pool = claim::pool(&buffer, settings.workers)?;
     let catalog = Arc::new(GuardedCatalog::new(catalog::connect(&settings.catalog).await?));
+    // Mirror tables commit their row deltas with a compare-and-set on the SQL catalog's own database.
+    let catalog_database = match &settings.catalog {
+        CatalogSettings::Sql { name, uri, .. } => Some(Arc::new(CatalogDatabase::new(name, uri)?)),
+        CatalogSettings::Rest { .. } => None,
+    };
     let retry = RetryPolicy { max_attempts: u32::MAX, ..settings.retry };
     let claim = Claim::new(
         ClaimSettings {
@@ -133,7 +142,7 @@ async fn run_once(settings: &FlushSettings, cancel: &CancellationToken) -> Resul
         .stage(ARROW_BATCH, settings.arrow_batch.clone().mode(Mode::Ordered).retry(retry), |_| ArrowBatch)
         .stage(ICEBERG_COMMIT, settings.iceberg_commit.clone().mode(Mode::Keyed).retry(retry), {
             let (pipeline, catalog, file_size) = (settings.pipeline.clone(), catalog.clone(), settings.target_file_size);
-            move |_| IcebergCommit::new(&pipeline, catalog.clone(), file_size)
+            move |_| IcebergCommit::new(&pipeline, catalog.clone(), file_size, catalog_database.clone())
         })
         .sink(CHECKPOINT, settings.checkpoint.clone().mode(Mode::Unordered), {
             let pipeline = settings.pipeline.clone();

@@ -20,6 +20,7 @@ pub mod enqueue;
 pub mod fault;
 pub mod flush;
 pub mod iceberg_commit;
+pub mod mirror;
 pub mod op;
 pub mod position;
 pub mod report;

@@ -6,7 +6,7 @@ Usage: read_iceberg.py [--duckdb] CATALOG_URI CATALOG_NAME NAMESPACE.TABLE [KEY=
   CATALOG_URI: the SQL catalog's Postgres URL (postgres://user@host:port/db).
   NAMESPACE.TABLE: split at the first dot, so a table name may hold dots (lake.t.dot).
   KEY=VALUE: catalog properties, e.g. s3.endpoint=http://127.0.0.1:9000 for a warehouse in S3.
-Rows come out ordered by (_lsn, _seq); every value is converted to Python objects (pyarrow's to_pylist(), or
+Rows come out ordered by (_lsn, _seq) (a mirror table's, which has neither, in the reader's order); every value is converted to Python objects (pyarrow's to_pylist(), or
 DuckDB's fetchall()) and rendered as text the way the Rust tests render Iceberg values, so the readers can be
 compared line by line. A value a reader cannot hold fails the read: it is never skipped.
 """
@@ -82,7 +82,8 @@ def main():
     # The namespace is one level: split at the first dot only, so a table name may hold dots ("lake.t.dot").
     table = catalog.load_table(tuple(ident.split(".", 1)))
     rows = read_with_duckdb(table) if duckdb else table.scan().to_arrow().to_pylist()
-    rows.sort(key=lambda r: (r["_lsn"], r["_seq"]))
+    # A changelog table in position order; a mirror table (no _lsn) in the reader's order.
+    rows.sort(key=lambda r: (r.get("_lsn") or 0, r.get("_seq") or 0))
     for row in rows:
         print(json.dumps({k: render(v) for k, v in row.items()}, sort_keys=True))
 

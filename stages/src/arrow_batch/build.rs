@@ -55,6 +55,9 @@ pub struct BatchBuilder {
     layout: Layout,
     builders: Vec<Builder>,
     rejected: Vec<RejectedRow>,
+    /// Mirror mode: an update with an old image is not this builder's to take from a payload (it must be split,
+    /// [`crate::mirror::split_updates`]).
+    mirror: bool,
 }
 
 impl BatchBuilder {
@@ -123,7 +126,14 @@ impl BatchBuilder {
             .zip(&bytes)
             .map(|(f, &bytes)| Builder::new(f.data_type(), rows, bytes))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { arrow_schema, layout, builders, rejected: Vec::new() })
+        Ok(Self { arrow_schema, layout, builders, rejected: Vec::new(), mirror: false })
+    }
+
+    /// For a mirror table's flush: [`BatchBuilder::append_payload`] leaves updates with an old image to the
+    /// general path, which the caller gives split updates.
+    pub fn mirror(mut self, mirror: bool) -> Self {
+        self.mirror = mirror;
+        self
     }
 
     /// Appends the changes of one segment straight from its payload, without owned values. `Ok(false)` when
@@ -140,6 +150,7 @@ impl BatchBuilder {
         let plan = Plan::new(version, target, &self.layout)?;
         let (layout, builders) = (&self.layout, &mut self.builders);
         let columns = version.columns.len();
+        let mirror = self.mirror;
         let mut cells = vec![Cell::Null; layout.kinds.len()];
         let mut usable = true;
         let mut failure = None;
@@ -150,7 +161,8 @@ impl BatchBuilder {
                 Op::Truncate => Some((Op::Truncate, &[][..])),
             };
             let unchanged = [event.old, event.new].into_iter().flatten().flatten().any(|v| *v == ValueRef::Unchanged);
-            let (Some((op, image)), false) = (taken, unchanged) else {
+            let split = mirror && event.op == Op::Update && event.old.is_some();
+            let (Some((op, image)), false, false) = (taken, unchanged, split) else {
                 usable = false;
                 return false;
             };

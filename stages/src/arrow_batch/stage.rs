@@ -57,8 +57,9 @@ impl Stage for ArrowBatch {
         let job = &slice.job;
         let rows = match job.prepared().await? {
             Prepared::Stopped(reason) => SliceRows::Stop(reason.clone()),
-            Prepared::Ready { table, committed } => {
-                ArrowBatch.build(job, slice.index, table.metadata().current_schema(), *committed).await?
+            Prepared::Ready { table, committed, mirror } => {
+                let schema = mirror.as_ref().map_or(table.metadata().current_schema(), |m| &m.working);
+                ArrowBatch.build(job, slice.index, schema, *committed).await?
             }
         };
         out.emit(BuiltSlice { slice: slice.clone(), rows });
@@ -123,7 +124,7 @@ async fn build_slice(
             let version = job.version(s)?;
             let builder = match &mut builder {
                 Some(builder) => builder,
-                None => builder.insert(BatchBuilder::from_payload(schema, rows, version, payload)?),
+                None => builder.insert(BatchBuilder::from_payload(schema, rows, version, payload)?.mirror(job.mirror)),
             };
             if !builder.append_payload(schema, version, payload)? {
                 streamed = false;
@@ -148,6 +149,9 @@ async fn build_slice(
         let Some(s) = segments.iter().find(|s| s.id == id) else { continue };
         let version = job.version(s)?;
         let mut events = segment::decode(payload)?;
+        if job.mirror {
+            events = crate::mirror::split_updates(events);
+        }
         if let Some(c) = committed.filter(|c| s.first <= *c) {
             let (old, new): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.position() <= c);
             if !old.is_empty() {

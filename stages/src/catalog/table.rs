@@ -12,6 +12,7 @@ use philotes_schemas::TableSchema;
 
 use super::{committed_position, GuardedCatalog};
 use crate::changelog::{self, SchemaError};
+use crate::mirror::MirrorLayout;
 use crate::position::Position;
 use crate::table_id::TableId;
 
@@ -25,6 +26,8 @@ pub enum Prepared {
         table: Box<Table>,
         /// The last position Iceberg has (older claimed changes are not written again).
         committed: Option<Position>,
+        /// A mirror table's key and working schema (`None`: a changelog table).
+        mirror: Option<Arc<MirrorLayout>>,
     },
     /// The table cannot take these changes (an incompatible schema change): it stops with this reason.
     Stopped(String),
@@ -44,36 +47,52 @@ impl Tables {
     }
 
     /// Makes `ident` ready for rows of `source` written with the schema versions `used` (`latest` is the
-    /// newest version, which a new table is created from) and reads its committed position. A catalog or
-    /// warehouse failure is an error (retried); a schema the table cannot follow is [`Prepared::Stopped`].
+    /// newest version, which a new table is created from) and reads its committed position; `mirror` asks for
+    /// the mirror layout instead of the changelog one. A catalog or warehouse failure is an error (retried); a
+    /// schema the table cannot follow (or a mirror table without a usable key, or a table made in the other
+    /// layout) is [`Prepared::Stopped`].
     pub async fn prepare(
         &self,
         ident: &TableIdent,
         source: &TableId,
         latest: &TableSchema,
         used: &[&Arc<TableSchema>],
+        mirror: bool,
     ) -> Result<Prepared, iceberg::Error> {
         let stopped = |e: SchemaError| {
             let reason = format!("{source}: {e}");
             tracing::error!(reason = %reason, "table stopped");
             Ok(Prepared::Stopped(reason))
         };
-        let table = match self.load_or_create(ident, latest).await {
+        if mirror {
+            if let Err(e) = crate::mirror::check_key(latest) {
+                return stopped(e);
+            }
+        }
+        let table = match self.load_or_create(ident, latest, mirror).await {
             Err(Failure::Schema(e)) => return stopped(e),
             Err(Failure::Catalog(e)) => return Err(e),
             Ok(table) => table,
         };
+        if let Err(e) = crate::mirror::check_mode(&table, mirror) {
+            return stopped(e);
+        }
         let table = match self.evolve(table, used).await {
             Err(Failure::Schema(e)) => return stopped(e),
             Err(Failure::Catalog(e)) => return Err(e),
             Ok(table) => table,
         };
+        let mirror = match mirror.then(|| MirrorLayout::new(&table, latest)).transpose() {
+            Err(e) => return stopped(e),
+            Ok(layout) => layout.map(Arc::new),
+        };
         let committed = committed_position(&table, &self.pipeline);
-        Ok(Prepared::Ready { committed, table: Box::new(table) })
+        Ok(Prepared::Ready { committed, table: Box::new(table), mirror })
     }
 
-    /// Loads the table, creating it (and its namespace) from `latest` when missing.
-    async fn load_or_create(&self, ident: &TableIdent, latest: &TableSchema) -> Result<Table, Failure> {
+    /// Loads the table, creating it (and its namespace) from `latest` when missing, in the mirror layout when
+    /// `mirror`.
+    async fn load_or_create(&self, ident: &TableIdent, latest: &TableSchema, mirror: bool) -> Result<Table, Failure> {
         let catalog = self.catalog.inner();
         match catalog.load_table(ident).await {
             Ok(table) => return Ok(table),
@@ -89,11 +108,17 @@ impl Tables {
                 }
             }
         }
-        let schema = changelog::changelog_schema(latest)?;
+        let (schema, mode) = if mirror {
+            (crate::mirror::mirror_schema(latest)?, crate::mirror::MIRROR)
+        } else {
+            (changelog::changelog_schema(latest)?, crate::mirror::CHANGELOG)
+        };
+        let mut properties = table_properties(&self.pipeline);
+        properties.insert(crate::mirror::MODE_PROPERTY.to_string(), mode.to_string());
         let creation = TableCreation::builder()
             .name(ident.name().to_string())
             .schema(schema)
-            .properties(table_properties(&self.pipeline))
+            .properties(properties)
             .build();
         match catalog.create_table(&namespace, creation).await {
             Ok(table) => {

@@ -2,7 +2,7 @@
 //! of a new table ([`changelog_schema`]) and what an existing one lacks for a newer source schema version
 //! ([`missing_columns`]). Table preparation (`catalog::table`) and ArrowBatch's builder both follow it.
 
-mod schema;
+pub(crate) mod schema;
 
 pub use schema::{changelog_schema, check_column, iceberg_spec_type, missing_columns, philotes_type, type_name};
 
@@ -81,6 +81,47 @@ pub enum SchemaError {
         table: String,
         /// The column.
         column: String,
+    },
+    /// `mode: mirror` for a table with no replica identity key: nothing says which row an update or a delete
+    /// replaces.
+    #[error(
+        "table {table}: mode mirror needs a key, and the table has no primary key and replica identity {identity}; \
+         add a primary key (ALTER TABLE {table} ADD PRIMARY KEY (…)) or run ALTER TABLE {table} REPLICA IDENTITY \
+         FULL, then `philotes resume --table {table}`; or use mode changelog for it"
+    )]
+    NoMirrorKey {
+        /// The source table (`schema.table`).
+        table: String,
+        /// Its replica identity (`nothing`, `default`).
+        identity: &'static str,
+    },
+    /// `mode: mirror` keys on a column Iceberg cannot use in an equality delete (floating point, list, struct).
+    #[error(
+        "table {table}: mode mirror keys on the replica identity columns, and column \"{column}\" ({column_type}) \
+         cannot be an Iceberg equality-delete key (no floating point, array or composite types); give the table a \
+         primary key or REPLICA IDENTITY USING INDEX on other columns, or use mode changelog for it"
+    )]
+    UnsupportedMirrorKey {
+        /// The source table (`schema.table`).
+        table: String,
+        /// The key column.
+        column: String,
+        /// Its Iceberg type.
+        column_type: String,
+    },
+    /// The Iceberg table exists in the other layout (a changelog table asked to mirror, or the reverse).
+    #[error(
+        "iceberg table {iceberg_table} was made by mode {found}, and the pipeline now asks for mode {wanted}; \
+         a table keeps its mode: drop the Iceberg table, or give this mode another table name \
+         (sink.iceberg.tables.<table>.name)"
+    )]
+    ModeMismatch {
+        /// The Iceberg table.
+        iceberg_table: String,
+        /// The layout it has.
+        found: &'static str,
+        /// The layout asked for.
+        wanted: &'static str,
     },
     /// The target schema lacks a changelog column or has it with another type (not a changelog table).
     #[error(

@@ -19,29 +19,35 @@ use super::{SchemaError, CHANGELOG_COLUMNS, COMMIT_TS, LSN, OP, SEQ, UNCHANGED, 
 /// list philotes writes, though never NULL).
 pub fn changelog_schema(source: &TableSchema) -> Result<Schema, SchemaError> {
     check_reserved(source)?;
-    let mut fields: Vec<(String, IcebergType, bool)> = source
-        .columns
-        .iter()
-        .map(|c| (c.name.clone(), iceberg_type(&c.pg_type), false))
-        .collect();
-    let required = |name: &str, ty| (name.to_owned(), ty, true);
-    fields.extend([
-        required(OP, IcebergType::String),
-        required(LSN, IcebergType::Long),
-        required(COMMIT_TS, IcebergType::Timestamptz),
-        required(XID, IcebergType::Long),
-        required(SEQ, IcebergType::Long),
-    ]);
-    fields.push((
-        UNCHANGED.to_owned(),
-        IcebergType::List(Box::new(IcebergType::String)),
-        false,
-    ));
+    let mut fields = source_fields(source);
+    fields.extend(changelog_fields());
     let fields = level_first(&fields, &mut 0);
     Ok(Schema::builder()
         .with_schema_id(0)
         .with_fields(fields)
         .build()?)
+}
+
+/// The source columns as new table fields (name, Iceberg type, required): all optional.
+pub(crate) fn source_fields(source: &TableSchema) -> Vec<(String, IcebergType, bool)> {
+    source
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), iceberg_type(&c.pg_type), false))
+        .collect()
+}
+
+/// The changelog columns as table fields (name, Iceberg type, required), in [`CHANGELOG_COLUMNS`] order.
+pub(crate) fn changelog_fields() -> Vec<(String, IcebergType, bool)> {
+    let required = |name: &str, ty| (name.to_owned(), ty, true);
+    vec![
+        required(OP, IcebergType::String),
+        required(LSN, IcebergType::Long),
+        required(COMMIT_TS, IcebergType::Timestamptz),
+        required(XID, IcebergType::Long),
+        required(SEQ, IcebergType::Long),
+        (UNCHANGED.to_owned(), IcebergType::List(Box::new(IcebergType::String)), false),
+    ]
 }
 
 /// What the table's `current` Iceberg schema lacks to hold rows of `version`: the columns to add (name and
@@ -186,7 +192,7 @@ pub fn type_name(ty: &Type) -> String {
 }
 
 /// Fields of one level: ids for all of them first, then for what is nested in each (the iceberg crate's order).
-fn level_first(fields: &[(String, IcebergType, bool)], next_id: &mut i32) -> Vec<NestedFieldRef> {
+pub(crate) fn level_first(fields: &[(String, IcebergType, bool)], next_id: &mut i32) -> Vec<NestedFieldRef> {
     let first = *next_id + 1;
     *next_id += fields.len() as i32;
     fields
@@ -203,7 +209,7 @@ fn level_first(fields: &[(String, IcebergType, bool)], next_id: &mut i32) -> Vec
         .collect()
 }
 
-fn check_reserved(source: &TableSchema) -> Result<(), SchemaError> {
+pub(crate) fn check_reserved(source: &TableSchema) -> Result<(), SchemaError> {
     match source
         .columns
         .iter()

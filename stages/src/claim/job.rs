@@ -28,6 +28,8 @@ pub struct FlushJob {
     pub id: u64,
     /// The Iceberg table the flush writes.
     pub target: TableIdent,
+    /// Whether the table is a mirror (`mode: mirror`): IcebergCommit folds the flush per key.
+    pub mirror: bool,
     /// The lease: the table, its checkpoint and watermark.
     pub lease: Lease,
     /// The claimed segments, oldest first (without payloads).
@@ -87,10 +89,8 @@ impl FlushJob {
                         used.push(version);
                     }
                 }
-                let latest = self.versions.iter().max_by_key(|(v, _)| **v).map(|(_, s)| s.clone()).ok_or_else(|| {
-                    StageError::fatal(JobError::MissingVersion { table: self.table().clone(), segment: self.segments[0].id, version: 0 })
-                })?;
-                match self.tables.prepare(&self.target, self.table(), &latest, &used).await {
+                let latest = self.latest_version()?;
+                match self.tables.prepare(&self.target, self.table(), latest, &used, self.mirror).await {
                     Ok(prepared) => Ok(prepared),
                     Err(e) => {
                         let failure = format!("preparing iceberg table {} (source {}): {}", self.target, self.table(), crate::report::chain(&e));
@@ -101,6 +101,15 @@ impl FlushJob {
                 }
             })
             .await
+    }
+
+    /// The table's newest schema version (a new Iceberg table is made from it; it names a mirror's key).
+    pub fn latest_version(&self) -> Result<&Arc<TableSchema>, JobError> {
+        self.versions.iter().max_by_key(|(v, _)| **v).map(|(_, s)| s).ok_or_else(|| JobError::MissingVersion {
+            table: self.table().clone(),
+            segment: self.segments[0].id,
+            version: 0,
+        })
     }
 
     /// The schema version a claimed segment was written with.

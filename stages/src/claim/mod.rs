@@ -31,6 +31,8 @@ pub struct TableTarget {
     pub namespace: String,
     /// Table name.
     pub name: String,
+    /// `mode: mirror` (the table equals the source by key) rather than `changelog`.
+    pub mirror: bool,
 }
 
 /// Maps a source table to its Iceberg table (YAML `sink.iceberg.namespace` / `tables`).
@@ -184,6 +186,7 @@ impl Claim {
         let job = Arc::new(FlushJob {
             id: self.jobs,
             target: TableIdent::new(NamespaceIdent::new(target.namespace), target.name),
+            mirror: target.mirror,
             lease,
             last: segments.iter().map(|s| s.last).max().unwrap_or_default(),
             segments,

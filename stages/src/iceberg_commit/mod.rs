@@ -11,8 +11,11 @@
 //! removes them).
 
 mod dictionary;
+mod mirror;
 pub mod row_delta;
 mod writer;
+
+pub use mirror::CatalogDatabase;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +52,39 @@ pub enum IcebergCommitError {
     /// Building the job again from the buffer failed (already classified by the builder).
     #[error(transparent)]
     Rebuild(StageError),
+    /// A mirror flush's row delta failed (a stale base is a conflict: retried).
+    #[error("iceberg_commit: {0}")]
+    RowDelta(#[from] row_delta::RowDeltaError),
+    /// A mirror flush's unchanged TOAST values could not be filled.
+    #[error("iceberg_commit: {0}")]
+    Fill(#[from] crate::mirror::toast::FillError),
+    /// The SQL catalog's database could not be reached for a row delta's compare-and-set.
+    #[error("iceberg_commit: SQL catalog database: {0}")]
+    CatalogDatabase(tokio_postgres::Error),
+}
+
+impl IcebergCommitError {
+    /// Whether another commit landed first (retried at once, logged without alarm).
+    fn is_conflict(&self) -> bool {
+        match self {
+            IcebergCommitError::Iceberg(e) => is_conflict(e),
+            IcebergCommitError::RowDelta(e) => matches!(e, row_delta::RowDeltaError::StaleBase { .. }),
+            _ => false,
+        }
+    }
+
+    /// Whether the catalog or the warehouse failed (retried with backoff, recorded for `philotes status`).
+    fn is_unavailable(&self) -> bool {
+        use crate::mirror::toast::FillError;
+        use row_delta::RowDeltaError;
+        matches!(
+            self,
+            IcebergCommitError::Iceberg(_)
+                | IcebergCommitError::CatalogDatabase(_)
+                | IcebergCommitError::RowDelta(RowDeltaError::Iceberg(_) | RowDeltaError::Catalog { .. })
+                | IcebergCommitError::Fill(FillError::Iceberg(_))
+        )
+    }
 }
 
 /// The IcebergCommit stage.
@@ -63,6 +99,8 @@ struct Committer {
     pipeline: String,
     catalog: Arc<GuardedCatalog>,
     target_file_size: usize,
+    /// Where mirror flushes commit (`None` with a REST catalog: mirror tables stop).
+    catalog_database: Option<Arc<CatalogDatabase>>,
 }
 
 /// A job being written.
@@ -76,6 +114,8 @@ struct Pending {
     stopped: Option<String>,
     /// The Parquet files being written as slices arrive.
     writer: Writer,
+    /// A mirror flush's slices, kept for the commit.
+    mirror: Option<mirror::MirrorSlices>,
 }
 
 /// The Parquet writing of a job ahead of its commit.
@@ -100,9 +140,16 @@ struct OpenWriter {
 }
 
 impl IcebergCommit {
-    /// A stage writing for `pipeline` into `catalog`, rolling files at `target_file_size`.
-    pub fn new(pipeline: &str, catalog: Arc<GuardedCatalog>, target_file_size: usize) -> Self {
-        Self { committer: Committer { pipeline: pipeline.to_string(), catalog, target_file_size }, open: HashMap::new() }
+    /// A stage writing for `pipeline` into `catalog`, rolling files at `target_file_size`; mirror tables commit
+    /// through `catalog_database` (the SQL catalog's).
+    pub fn new(
+        pipeline: &str,
+        catalog: Arc<GuardedCatalog>,
+        target_file_size: usize,
+        catalog_database: Option<Arc<CatalogDatabase>>,
+    ) -> Self {
+        let committer = Committer { pipeline: pipeline.to_string(), catalog, target_file_size, catalog_database };
+        Self { committer, open: HashMap::new() }
     }
 }
 
@@ -127,6 +174,10 @@ impl Committer {
         };
         let (None, Some(batch)) = (&pending.stopped, batch) else { return };
         let job = &built.slice.job;
+        if job.mirror {
+            mirror::keep(pending, job, batch).await;
+            return;
+        }
         let started = std::time::Instant::now();
         let written = self.write_ahead(&mut pending.writer, job, batch).await;
         tracing::debug!(flush = job.id, slice = index, rows = batch.num_rows(),
@@ -141,7 +192,7 @@ impl Committer {
         if let Writer::NotStarted = state {
             // The table as the job prepared it (no second catalog round trip); the commit reloads and checks it
             // anyway. A slice has rows only once its table is ready, so it is there.
-            let Ok(Prepared::Ready { table, committed }) = job.prepared().await else {
+            let Ok(Prepared::Ready { table, committed, .. }) = job.prepared().await else {
                 *state = Writer::Unusable;
                 return Ok(());
             };
@@ -173,6 +224,9 @@ impl Committer {
             // An earlier attempt (or a racing flusher) committed it: nothing more to write.
             pending.writer = Writer::Unusable;
             return Ok(self.written(c, pending));
+        }
+        if job.mirror {
+            return self.commit_mirror(job, pending, table, committed).await;
         }
         let started = std::time::Instant::now();
         // The files written ahead are used only if they were filtered against exactly this table state.
@@ -249,23 +303,19 @@ impl Committer {
     /// A catalog or warehouse failure is retried with backoff: a conflict (another commit landed first) is only
     /// logged, anything else is also recorded for `philotes status`.
     async fn stage_error(&self, job: &FlushJob, e: IcebergCommitError) -> StageError {
+        if e.is_conflict() {
+            tracing::info!(table = %job.target, error = %crate::report::chain(&e), "commit conflict; checking the table again");
+            return StageError::retryable(e);
+        }
+        if e.is_unavailable() {
+            let failure =
+                format!("committing to iceberg table {} (source {}): {}", job.target, job.table(), crate::report::chain(&e));
+            tracing::warn!(error = %failure,
+                "iceberg catalog or warehouse unavailable; retrying with backoff (the buffer keeps the changes)");
+            job.record_failure(&failure).await;
+            return StageError::retryable(e);
+        }
         match e {
-            IcebergCommitError::Iceberg(e) => {
-                if is_conflict(&e) {
-                    tracing::info!(table = %job.target, error = %crate::report::chain(&e), "commit conflict; checking the table again");
-                } else {
-                    let failure = format!(
-                        "committing to iceberg table {} (source {}): {}",
-                        job.target,
-                        job.table(),
-                        crate::report::chain(&e)
-                    );
-                    tracing::warn!(error = %failure,
-                        "iceberg catalog or warehouse unavailable; retrying with backoff (the buffer keeps the changes)");
-                    job.record_failure(&failure).await;
-                }
-                StageError::retryable(IcebergCommitError::Iceberg(e))
-            }
             IcebergCommitError::Rebuild(e) => e,
             e => StageError::fatal(e),
         }

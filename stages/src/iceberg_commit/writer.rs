@@ -1,12 +1,16 @@
 //! The Parquet data files of a flush: one rolling writer per flush, opened on the table state it was checked
-//! against, and the filter that leaves out rows Iceberg already has.
+//! against (and, for a mirror table, one for its equality deletes), and the filter that leaves out rows Iceberg
+//! already has.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
 use iceberg::spec::DataFileFormat;
 use iceberg::table::Table;
+use iceberg::arrow::arrow_schema_to_schema;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::base_writer::equality_delete_writer::{EqualityDeleteFileWriterBuilder, EqualityDeleteWriterConfig};
 use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
@@ -44,16 +48,41 @@ pub(super) async fn open(
     for column in dictionary::unique_columns(first) {
         properties = properties.set_column_dictionary_enabled(ColumnPath::new(vec![column]), false);
     }
-    let properties = properties.build();
-    let parquet = ParquetWriterBuilder::new(properties, table.metadata().current_schema().clone());
+    let parquet = ParquetWriterBuilder::new(properties.build(), table.metadata().current_schema().clone());
+    let rolling = rolling(pipeline, table, parquet, target_file_size)?;
+    Ok(Box::new(DataFileWriterBuilder::new(rolling).build(None).await?))
+}
+
+/// An equality-delete file writer for `table` on the columns `key` (field ids), zstd, rolling at
+/// `target_file_size`: it takes rows of the table's Arrow schema and writes their key columns.
+pub(super) async fn open_equality_deletes(
+    pipeline: &str,
+    table: &Table,
+    key: &[i32],
+    target_file_size: usize,
+) -> Result<Box<dyn IcebergWriter>, IcebergCommitError> {
+    let config = EqualityDeleteWriterConfig::new(key.to_vec(), table.metadata().current_schema().clone())?;
+    let delete_schema = arrow_schema_to_schema(config.projected_arrow_schema_ref())?;
+    let properties = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()));
+    let parquet = ParquetWriterBuilder::new(properties.build(), Arc::new(delete_schema));
+    let rolling = rolling(pipeline, table, parquet, target_file_size)?;
+    Ok(Box::new(EqualityDeleteFileWriterBuilder::new(rolling, config).build(None).await?))
+}
+
+/// Files of `table` named after the pipeline, this process and a counter, rolled at `target_file_size`.
+fn rolling(
+    pipeline: &str,
+    table: &Table,
+    parquet: ParquetWriterBuilder,
+    target_file_size: usize,
+) -> Result<RollingFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>, IcebergCommitError> {
     let locations = DefaultLocationGenerator::new(table.metadata())?;
     let names = DefaultFileNameGenerator::new(
         format!("philotes-{}-{}-{}", pipeline, std::process::id(), FILE_COUNTER.fetch_add(1, Ordering::Relaxed)),
         None,
         DataFileFormat::Parquet,
     );
-    let rolling = RollingFileWriterBuilder::new(parquet, target_file_size, table.file_io().clone(), locations, names);
-    Ok(Box::new(DataFileWriterBuilder::new(rolling).build(None).await?))
+    Ok(RollingFileWriterBuilder::new(parquet, target_file_size, table.file_io().clone(), locations, names))
 }
 
 /// The rows of `batch` after `position` (by the `_lsn`/`_seq` columns); all of them when `position` is `None`.

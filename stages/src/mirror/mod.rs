@@ -1,0 +1,148 @@
+//! The mirror table layout (DESIGN.md, "Iceberg tables", `mode: mirror`): an Iceberg table (format v2) with the
+//! source's columns only, which equals the source table at the committed position, row for row.
+//!
+//! A flush of a mirror table is built like a changelog flush, in the table's *working schema* ([`working_schema`]:
+//! its columns plus the changelog columns), so ArrowBatch's conversions, dead letters and unchanged-TOAST filling
+//! are the same code. IcebergCommit then folds the flush per key ([`fold`]): the last image of each key becomes a
+//! data row, and every key that may have a row in older data gets an equality delete on the key columns. The
+//! commit is a row delta ([`crate::iceberg_commit::row_delta`]).
+//!
+//! The key is the replica identity: the primary key, the columns of `REPLICA IDENTITY USING INDEX`, or every
+//! column under `REPLICA IDENTITY FULL` (so a table without a primary key mirrors as a set of distinct rows).
+
+pub mod fold;
+pub mod toast;
+
+use std::sync::Arc;
+
+use iceberg::spec::{NestedFieldRef, PrimitiveType, Schema, Type};
+use iceberg::table::Table;
+use philotes_schemas::{ReplicaIdentity, TableSchema};
+
+use crate::changelog::schema::{changelog_fields, check_reserved, level_first, source_fields};
+use crate::changelog::{type_name, SchemaError, OP};
+use crate::op::Op;
+use crate::segment::SegmentEvent;
+
+/// The table property naming the layout philotes made a table with.
+pub const MODE_PROPERTY: &str = "philotes.mode";
+/// [`MODE_PROPERTY`] of a mirror table.
+pub const MIRROR: &str = "mirror";
+/// [`MODE_PROPERTY`] of a changelog table.
+pub const CHANGELOG: &str = "changelog";
+
+/// What a flush of a mirror table needs besides the table: its key and the schema its slices are built in.
+#[derive(Debug, Clone)]
+pub struct MirrorLayout {
+    /// Field ids of the key columns (the equality-delete ids), in column order.
+    pub key: Vec<i32>,
+    /// The table's schema plus the changelog columns ([`working_schema`]).
+    pub working: Arc<Schema>,
+}
+
+impl MirrorLayout {
+    /// The layout of `table` for rows of `latest` (the newest source schema version, which names the key).
+    pub fn new(table: &Table, latest: &TableSchema) -> Result<Self, SchemaError> {
+        let schema = table.metadata().current_schema();
+        Ok(Self { key: key_field_ids(schema, latest)?, working: Arc::new(working_schema(schema)?) })
+    }
+}
+
+/// The Iceberg schema of a new mirror table for this source table version: the source columns, all optional.
+pub fn mirror_schema(source: &TableSchema) -> Result<Schema, SchemaError> {
+    check_reserved(source)?;
+    let fields = level_first(&source_fields(source), &mut 0);
+    Ok(Schema::builder().with_schema_id(0).with_fields(fields).build()?)
+}
+
+/// The schema a mirror table's slices are built in: the table's columns (same ids), then the changelog columns
+/// with ids above every id of the table. Its first `table.as_struct().fields().len()` columns are the table's.
+pub fn working_schema(table: &Schema) -> Result<Schema, SchemaError> {
+    let mut next_id = table.highest_field_id();
+    let mut fields: Vec<NestedFieldRef> = table.as_struct().fields().to_vec();
+    fields.extend(level_first(&changelog_fields(), &mut next_id));
+    Ok(Schema::builder().with_schema_id(table.schema_id()).with_fields(fields).build()?)
+}
+
+/// Checks that `source` has a key mirror mode can use, before its table is made.
+pub fn check_key(source: &TableSchema) -> Result<(), SchemaError> {
+    if source.key_columns().next().is_none() {
+        let identity = match source.replica_identity {
+            ReplicaIdentity::Nothing => "nothing",
+            _ => "default",
+        };
+        return Err(SchemaError::NoMirrorKey { table: source.qualified_name(), identity });
+    }
+    Ok(())
+}
+
+/// The field ids of `source`'s key columns in the table's schema. Equality deletes take primitive columns
+/// other than floating point ones (the Iceberg spec's rule for identifier fields, which the iceberg crate's
+/// writer enforces).
+pub fn key_field_ids(table: &Schema, source: &TableSchema) -> Result<Vec<i32>, SchemaError> {
+    check_key(source)?;
+    source
+        .key_columns()
+        .map(|column| {
+            let field = table.as_struct().field_by_name(&column.name).ok_or_else(|| SchemaError::ColumnNotInTarget {
+                table: source.qualified_name(),
+                column: column.name.clone(),
+            })?;
+            match &*field.field_type {
+                Type::Primitive(PrimitiveType::Float | PrimitiveType::Double) | Type::List(_) | Type::Struct(_) | Type::Map(_) => {
+                    Err(SchemaError::UnsupportedMirrorKey {
+                        table: source.qualified_name(),
+                        column: column.name.clone(),
+                        column_type: type_name(&field.field_type),
+                    })
+                }
+                Type::Primitive(_) => Ok(field.id),
+            }
+        })
+        .collect()
+}
+
+/// The layout philotes made `table` with: its [`MODE_PROPERTY`], else (tables made before the property) a
+/// changelog table when it has the `_op` column, a mirror table otherwise.
+pub fn table_mode(table: &Table) -> &'static str {
+    let metadata = table.metadata();
+    match metadata.properties().get(MODE_PROPERTY).map(String::as_str) {
+        Some(MIRROR) => MIRROR,
+        Some(_) => CHANGELOG,
+        None if metadata.current_schema().as_struct().field_by_name(OP).is_some() => CHANGELOG,
+        None => MIRROR,
+    }
+}
+
+/// Checks that `table` has the layout the pipeline asks for (`mirror` or not).
+pub fn check_mode(table: &Table, mirror: bool) -> Result<(), SchemaError> {
+    let wanted = if mirror { MIRROR } else { CHANGELOG };
+    let found = table_mode(table);
+    if found != wanted {
+        return Err(SchemaError::ModeMismatch { iceberg_table: table.identifier().to_string(), found, wanted });
+    }
+    Ok(())
+}
+
+/// A mirror flush's changes with every update that carries an old image (its key changed, or the table has
+/// `REPLICA IDENTITY FULL`) preceded by a delete of that old image, at the same position: the fold then retires
+/// the old key. (Under FULL the key usually did not change; the extra delete is then overridden by the update.)
+pub fn split_updates(events: Vec<SegmentEvent>) -> Vec<SegmentEvent> {
+    let extra = events.iter().filter(|e| carries_old_key(e)).count();
+    if extra == 0 {
+        return events;
+    }
+    let mut split = Vec::with_capacity(events.len() + extra);
+    for event in events {
+        if carries_old_key(&event) {
+            split.push(SegmentEvent { op: Op::Delete, new: None, ..event.clone() });
+        }
+        split.push(event);
+    }
+    split
+}
+
+/// Whether an event is an update with an old image ([`split_updates`]).
+pub fn carries_old_key(event: &SegmentEvent) -> bool {
+    event.op == Op::Update && event.old.is_some()
+}
