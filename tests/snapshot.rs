@@ -18,16 +18,21 @@ pub fn source_rows(db: &TestDatabase, select: &str) -> Vec<Row> {
     text.lines().map(|l| to_text(serde_json::from_str(l).expect("json"))).collect()
 }
 
-/// Every value as text (as the Iceberg readers render them), nulls left out.
+/// Every value as text (as the Iceberg readers render them; an array as a list of texts), nulls left out.
 fn to_text(row: BTreeMap<String, serde_json::Value>) -> Row {
     row.into_iter()
         .filter(|(_, v)| !v.is_null())
         .map(|(k, v)| {
-            let text = match v {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
+            let text = |v: serde_json::Value| match v {
+                serde_json::Value::String(s) => serde_json::Value::String(s),
+                other => serde_json::Value::String(other.to_string()),
             };
-            (k, serde_json::Value::String(text))
+            // An array stays a list of texts, as the readers render Iceberg lists.
+            let value = match v {
+                serde_json::Value::Array(items) => serde_json::Value::Array(items.into_iter().map(text).collect()),
+                other => text(other),
+            };
+            (k, value)
         })
         .collect()
 }

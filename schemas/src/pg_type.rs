@@ -299,6 +299,14 @@ pub mod oids {
     ];
 }
 
+/// The primary key's column names of one relation (`$1`, an oid), in key order; no row without a primary key.
+/// For a partitioned table this is its partitioned index, which each partition's key follows.
+pub const PRIMARY_KEY_SQL: &str = "\
+SELECT a.attname::text FROM pg_index i \
+CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n";
+
 /// The catalog query whose rows feed [`TypeResolver::with_catalog`]: every type except table row types and
 /// arrays of them (a few hundred rows), so that enums, domains, arrays of those and extension types resolve, and
 /// every unsupported type has a name. Columns, in order: `oid` (oid), `schema` (text), `name` (text), `kind`

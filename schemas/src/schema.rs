@@ -75,6 +75,11 @@ pub struct TableSchema {
     pub columns: Vec<ColumnSchema>,
     /// The table's replica identity.
     pub replica_identity: ReplicaIdentity,
+    /// The primary key's columns, read from the catalog under `REPLICA IDENTITY FULL` only (where the key flags
+    /// mark every column): a mirror table keys on them, since full old images carry them. Empty otherwise, and
+    /// in versions recorded before this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub primary_key: Vec<String>,
 }
 
 impl TableSchema {
@@ -91,6 +96,16 @@ impl TableSchema {
     /// The key columns, in column order.
     pub fn key_columns(&self) -> impl Iterator<Item = &ColumnSchema> {
         self.columns.iter().filter(|c| c.part_of_key)
+    }
+
+    /// The columns that identify a row, in column order: the primary key under `REPLICA IDENTITY FULL` when the
+    /// table has one, else the replica identity's key columns (every column under FULL without a primary key).
+    pub fn row_key(&self) -> Vec<&ColumnSchema> {
+        let primary: Vec<&ColumnSchema> = self.columns.iter().filter(|c| self.primary_key.contains(&c.name)).collect();
+        if self.replica_identity == ReplicaIdentity::Full && !primary.is_empty() && primary.len() == self.primary_key.len() {
+            return primary;
+        }
+        self.key_columns().collect()
     }
 }
 
@@ -259,6 +274,7 @@ mod tests {
             table: "orders".into(),
             columns,
             replica_identity: ReplicaIdentity::Default,
+            primary_key: Vec::new(),
         }
     }
 

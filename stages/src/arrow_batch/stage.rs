@@ -150,7 +150,7 @@ async fn build_slice(
         let version = job.version(s)?;
         let mut events = segment::decode(payload)?;
         if job.mirror {
-            events = crate::mirror::split_updates(events);
+            events = crate::mirror::split_updates(events, version);
         }
         if let Some(c) = committed.filter(|c| s.first <= *c) {
             let (old, new): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.position() <= c);

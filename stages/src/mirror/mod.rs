@@ -7,8 +7,9 @@
 //! data row, and every key that may have a row in older data gets an equality delete on the key columns. The
 //! commit is a row delta ([`crate::iceberg_commit::row_delta`]).
 //!
-//! The key is the replica identity: the primary key, the columns of `REPLICA IDENTITY USING INDEX`, or every
-//! column under `REPLICA IDENTITY FULL` (so a table without a primary key mirrors as a set of distinct rows).
+//! The key ([`TableSchema::row_key`]) is the primary key (under `REPLICA IDENTITY DEFAULT` or `FULL`), the
+//! columns of `REPLICA IDENTITY USING INDEX`, or every column under `REPLICA IDENTITY FULL` without a primary
+//! key (such a table mirrors as a set: rows equal in every column are one row in the mirror).
 
 pub mod fold;
 pub mod toast;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use iceberg::spec::{NestedFieldRef, PrimitiveType, Schema, Type};
 use iceberg::table::Table;
-use philotes_schemas::{ReplicaIdentity, TableSchema};
+use philotes_schemas::{ReplicaIdentity, TableSchema, Value};
 
 use crate::changelog::schema::{changelog_fields, check_reserved, level_first, source_fields};
 use crate::changelog::{type_name, SchemaError, OP};
@@ -66,7 +67,7 @@ pub fn working_schema(table: &Schema) -> Result<Schema, SchemaError> {
 
 /// Checks that `source` has a key mirror mode can use, before its table is made.
 pub fn check_key(source: &TableSchema) -> Result<(), SchemaError> {
-    if source.key_columns().next().is_none() {
+    if source.row_key().is_empty() {
         let identity = match source.replica_identity {
             ReplicaIdentity::Nothing => "nothing",
             _ => "default",
@@ -82,7 +83,8 @@ pub fn check_key(source: &TableSchema) -> Result<(), SchemaError> {
 pub fn key_field_ids(table: &Schema, source: &TableSchema) -> Result<Vec<i32>, SchemaError> {
     check_key(source)?;
     source
-        .key_columns()
+        .row_key()
+        .into_iter()
         .map(|column| {
             let field = table.as_struct().field_by_name(&column.name).ok_or_else(|| SchemaError::ColumnNotInTarget {
                 table: source.qualified_name(),
@@ -124,20 +126,34 @@ pub fn check_mode(table: &Table, mirror: bool) -> Result<(), SchemaError> {
     Ok(())
 }
 
-/// A mirror flush's changes with every update that carries an old image (its key changed, or the table has
-/// `REPLICA IDENTITY FULL`) preceded by a delete of that old image, at the same position: the fold then retires
-/// the old key. (Under FULL the key usually did not change; the extra delete is then overridden by the update.)
-pub fn split_updates(events: Vec<SegmentEvent>) -> Vec<SegmentEvent> {
+/// A mirror flush's changes of one schema version, made ready for the fold: every update that carries an old
+/// image (its key changed, or the table has `REPLICA IDENTITY FULL`) is preceded by a delete of that old image
+/// at the same position, so the fold retires the old key (under FULL the key usually did not change; the extra
+/// delete is then overridden by the update). Every delete keeps only the key's values ([`TableSchema::row_key`]):
+/// a delete needs nothing else, and a value of another column that Iceberg cannot hold must not keep a deleted
+/// row in the mirror (or dead-letter the delete).
+pub fn split_updates(events: Vec<SegmentEvent>, version: &TableSchema) -> Vec<SegmentEvent> {
+    let key: Vec<bool> = {
+        let row_key = version.row_key();
+        version.columns.iter().map(|c| row_key.iter().any(|k| k.name == c.name)).collect()
+    };
+    let key_only = |mut event: SegmentEvent| {
+        if let Some(old) = &mut event.old {
+            for (value, &in_key) in old.iter_mut().zip(&key) {
+                if !in_key {
+                    *value = Value::Null;
+                }
+            }
+        }
+        event
+    };
     let extra = events.iter().filter(|e| carries_old_key(e)).count();
-    if extra == 0 {
-        return events;
-    }
     let mut split = Vec::with_capacity(events.len() + extra);
     for event in events {
         if carries_old_key(&event) {
-            split.push(SegmentEvent { op: Op::Delete, new: None, ..event.clone() });
+            split.push(key_only(SegmentEvent { op: Op::Delete, new: None, ..event.clone() }));
         }
-        split.push(event);
+        split.push(if event.op == Op::Delete { key_only(event) } else { event });
     }
     split
 }

@@ -11,7 +11,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use philotes_engine::{Emitter, Stage, StageError};
-use philotes_schemas::{CatalogType, ColumnSchema, PgType, TableSchema, TypeResolver, CATALOG_TYPES_SQL};
+use philotes_schemas::{
+    CatalogType, ColumnSchema, PgType, ReplicaIdentity, TableSchema, TypeResolver, CATALOG_TYPES_SQL, PRIMARY_KEY_SQL,
+};
 use tokio_postgres::{Client, Config};
 
 use crate::decode::{ChangeEvent, Decoded, Relation};
@@ -327,11 +329,19 @@ impl SchemaResolve {
         if !unmappable.is_empty() {
             self.stop_table(&key, &mut unmappable).await?;
         }
+        // Under FULL the key flags mark every column; the primary key says which of them identify a row.
+        let primary_key = if relation.replica_identity == ReplicaIdentity::Full {
+            let (source, _) = self.clients.as_ref().ok_or(ResolveError::NotStarted)?;
+            source.query(PRIMARY_KEY_SQL, &[&relation.id]).await?.iter().map(|r| r.get(0)).collect()
+        } else {
+            Vec::new()
+        };
         let schema = TableSchema {
             schema: key.schema.clone(),
             table: key.name.clone(),
             columns,
             replica_identity: relation.replica_identity,
+            primary_key,
         };
         let version = match self.latest.get(&key) {
             Some(current) if current.schema == schema => current.clone(),

@@ -47,6 +47,7 @@ fn table(columns: Vec<ColumnSchema>) -> Arc<TableSchema> {
         table: "t".into(),
         columns,
         replica_identity: ReplicaIdentity::Default,
+        primary_key: Vec::new(),
     })
 }
 
