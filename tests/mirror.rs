@@ -216,3 +216,41 @@ async fn a_table_whose_key_iceberg_cannot_delete_by_stops_alone() {
     assert_mirror_equals_source(&db, &pipeline, "fine", fine, &["id"]).await;
     run.stop_cleanly().await;
 }
+
+/// Two commits race on one mirror table: an outside commit lands while the flush holds its own (staged on the
+/// state before). The compare-and-set refuses the flush's; it is built again on the new state and lands; the
+/// outside snapshot stays in the table's history and the mirror still equals the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_commit_that_loses_the_race_is_built_again_on_the_new_state() {
+    use philotes_stages::iceberg_commit::row_delta::{commit_row_delta_sql, RowDelta};
+
+    let db = philotes_testkit::shared().database("mirror_race").expect("database");
+    db.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;")
+        .expect("schema");
+    let pipeline = mirror_pipeline(&db, &["t"]);
+    let run = pipeline.start_streaming(&db, &[], &[], "first.log").await;
+    wait_snapshots_done(&db, &pipeline, &run, "INSERT INTO t VALUES (1000, 'marker')").await;
+    run.stop_cleanly().await;
+
+    let run = pipeline.start_streaming(&db, &[], &[("PHILOTES_FAULT_DELAY_BEFORE_COMMIT_MS", "4000")], "race.log").await;
+    let after = last_commit(&db, "UPDATE t SET v = 'changed' WHERE id <= 50; DELETE FROM t WHERE id > 90 AND id < 1000");
+    run.wait_until("the flush holding its commit", Duration::from_secs(60), || async {
+        run.log().contains("holding the iceberg commit")
+    })
+    .await;
+    let catalog = philotes_stages::catalog::connect(&pipeline.catalog()).await.expect("catalog");
+    let ident = iceberg::TableIdent::from_strs(["lake", "t"]).expect("ident");
+    let base = catalog.load_table(&ident).await.expect("table");
+    let client = db.connect().await.expect("catalog connection");
+    let outside = RowDelta { properties: [("by".to_string(), "an outside writer".to_string())].into(), ..RowDelta::default() };
+    let landed = commit_row_delta_sql(&client, "philotes", &base, outside).await.expect("the outside commit lands first");
+    let outside_id = landed.metadata().current_snapshot_id().expect("a snapshot");
+
+    run.wait_until("the flush in iceberg", Duration::from_secs(60), || async { drained(&db, &pipeline.name, &after) }).await;
+    assert!(run.log().contains("commit conflict"), "the flush's first commit lost the race:\n{}", run.log());
+    assert_mirror_equals_source(&db, &pipeline, "t", "SELECT id::text AS id, v FROM t", &["id"]).await;
+    let table = catalog.load_table(&ident).await.expect("table");
+    let current = table.metadata().current_snapshot().expect("a snapshot");
+    assert_eq!(current.parent_snapshot_id(), Some(outside_id), "the flush was built on the outside commit");
+    run.stop_cleanly().await;
+}
