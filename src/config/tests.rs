@@ -64,11 +64,16 @@ fn every_example_pipeline_parses_and_validates_as_it_is() {
 
 #[test]
 fn examples_mean_what_their_comments_say() {
-    let mirror = parse_ok(include_str!("../../examples/planned/mirror.yaml"));
-    assert_eq!(mirror.sink.iceberg.mode, TableMode::Mirror);
-    let audit = mirror.iceberg_target(&TableId::parse("audit_log").unwrap());
+    let mirror = parse_ok(include_str!("../../examples/mirror.yaml"));
+    assert_eq!(mirror.iceberg_target(&TableId::parse("orders").unwrap()).mode, TableMode::Mirror);
+    let customers = mirror.iceberg_target(&TableId::parse("customers").unwrap());
+    assert_eq!((customers.name.as_str(), customers.mode), ("customers_changelog", TableMode::Changelog));
+
+    let planned = parse_ok(include_str!("../../examples/planned/partitions.yaml"));
+    assert_eq!(planned.sink.iceberg.mode, TableMode::Mirror);
+    let audit = planned.iceberg_target(&TableId::parse("audit_log").unwrap());
     assert_eq!(audit.mode, TableMode::Changelog);
-    let invoices = mirror.iceberg_target(&TableId::parse("sales.invoices").unwrap());
+    let invoices = planned.iceberg_target(&TableId::parse("sales.invoices").unwrap());
     assert_eq!(
         (invoices.namespace.as_str(), invoices.name.as_str()),
         ("finance", "invoices")
