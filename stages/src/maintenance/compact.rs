@@ -130,14 +130,15 @@ pub(crate) async fn compact_with(
             properties.insert(SUMMARY_LAST_LSN.to_string(), position.commit_lsn.to_string());
             properties.insert(SUMMARY_LAST_SEQ.to_string(), position.seq.to_string());
         }
-        let staged = match row_delta::stage_rewrite(&base, files.clone(), properties).await {
+        let mut unused: Vec<String> = files.iter().map(|f| f.file_path().to_string()).collect();
+        let staged = match row_delta::stage_rewrite(&base, files, properties).await {
             Ok(staged) => staged,
             Err(e) => {
-                delete_unused(&base, files.iter().map(|f| f.file_path().to_string())).await;
+                delete_unused(&base, unused).await;
                 return Err(e.into());
             }
         };
-        let written: Vec<String> = staged.written_files().to_vec();
+        unused.extend_from_slice(staged.written_files());
         before_commit(attempt).await;
         match row_delta::commit_sql(&catalog.client, &catalog.name, staged).await {
             Ok(table) => {
@@ -148,7 +149,7 @@ pub(crate) async fn compact_with(
             }
             Err(RowDeltaError::StaleBase { .. }) => {
                 tracing::info!(table = %ident, attempt, "compaction: another commit landed first; compacting the new state");
-                delete_unused(&base, files.iter().map(|f| f.file_path().to_string()).chain(written)).await;
+                delete_unused(&base, unused).await;
             }
             // Whether the compare-and-set happened is unknown (the catalog database failed): the files stay.
             Err(e) => return Err(e.into()),
@@ -216,7 +217,7 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, arrow
 }
 
 /// Deletes files of an attempt that did not land (no snapshot references them); a failure leaves an orphan.
-async fn delete_unused(table: &Table, paths: impl IntoIterator<Item = String>) {
+async fn delete_unused(table: &Table, paths: Vec<String>) {
     for path in paths {
         if let Err(e) = table.file_io().delete(&path).await {
             tracing::warn!(file = %path, error = %crate::report::chain(&e), "could not delete a file of a compaction that did not land");
