@@ -41,6 +41,19 @@ async fn flushed_transactions(db: &TestDatabase, pipeline: &Pipeline, run: &Phil
     }
 }
 
+/// A pipeline of `orders` on a fresh database (`hint`) whose table got `transactions` flushes (a data file each),
+/// stopped.
+async fn flushed_orders(hint: &str, transactions: i64) -> (TestDatabase, Pipeline) {
+    let db = philotes_testkit::shared().database(hint).expect("database");
+    db.psql(SCHEMA).expect("schema");
+    create_table(&db, "orders");
+    let pipeline = Pipeline::new(&db, &["public.orders"], "{ workers: 1, max_events: 100000, interval: 100ms }");
+    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
+    flushed_transactions(&db, &pipeline, &run, 1, transactions).await;
+    run.stop_cleanly().await;
+    (db, pipeline)
+}
+
 /// `philotes compact FILE ARGS…`, with its output.
 fn compact(pipeline: &Pipeline, args: &[&str]) -> std::process::Output {
     let file = pipeline.file.to_str().expect("utf-8 path");
@@ -49,13 +62,7 @@ fn compact(pipeline: &Pipeline, args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_cli_rewrites_a_changelog_table_into_one_file_with_the_same_rows_and_flushing_goes_on() {
-    let db = philotes_testkit::shared().database("compact_cli").expect("database");
-    db.psql(SCHEMA).expect("schema");
-    create_table(&db, "orders");
-    let pipeline = Pipeline::new(&db, &["public.orders"], "{ workers: 1, max_events: 100000, interval: 100ms }");
-    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
-    flushed_transactions(&db, &pipeline, &run, 1, 5).await;
-    run.stop_cleanly().await;
+    let (db, pipeline) = flushed_orders("compact_cli", 5).await;
 
     let rows_before = read_with_iceberg_crate(&pipeline, "orders").await;
     let (files_before, position_before) = orders_state(&pipeline).await;
@@ -95,13 +102,7 @@ async fn compact_cli_rewrites_a_changelog_table_into_one_file_with_the_same_rows
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_cli_waits_for_the_flush_lease_and_skips_a_table_whose_lease_stays_held() {
-    let db = philotes_testkit::shared().database("compact_lease").expect("database");
-    db.psql(SCHEMA).expect("schema");
-    create_table(&db, "orders");
-    let pipeline = Pipeline::new(&db, &["public.orders"], "{ workers: 1, max_events: 100000, interval: 100ms }");
-    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
-    flushed_transactions(&db, &pipeline, &run, 1, 2).await;
-    run.stop_cleanly().await;
+    let (db, pipeline) = flushed_orders("compact_lease", 2).await;
 
     // A flusher's lease: the table's watermark row locked in an open transaction.
     let holder = db.connect().await.expect("connect");

@@ -253,3 +253,32 @@ async fn expire_keeps_every_snapshot_back_to_the_one_carrying_the_position_and_t
     }
     assert_eq!(report.deleted_files, 1, "{report}");
 }
+
+#[tokio::test]
+async fn compaction_of_rows_older_than_a_new_column_writes_them_with_the_column_null() {
+    use arrow::array::{Array, RecordBatch};
+    use futures::TryStreamExt;
+    use iceberg::spec::{PrimitiveType, Type};
+    use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
+
+    let fx = Fixture::new("compact_new_column").await;
+    let expected = mirror_table(&fx).await;
+    // A flush added a column and failed before its data commit: the current snapshot has the older schema.
+    let table = fx.load().await;
+    let tx = Transaction::new(&table);
+    let tx = tx.update_schema().add_column(AddColumn::optional("w", Type::Primitive(PrimitiveType::Long))).apply(tx).expect("add");
+    let evolved = tx.commit(fx.catalog.as_ref()).await.expect("schema change");
+    assert_ne!(evolved.metadata().current_snapshot().expect("snapshot").schema_id(), Some(evolved.metadata().current_schema_id()));
+
+    let catalog = maintenance_catalog(&fx).await;
+    let report = compact(&catalog, &fx.ident, &options(2)).await.expect("compact");
+    assert_compacted(&report, 7);
+    let loaded = fx.load().await;
+    assert_eq!(loaded.metadata().current_snapshot().expect("snapshot").schema_id(), Some(loaded.metadata().current_schema_id()));
+    assert_eq!(scan(&loaded).await, expected);
+    let batches: Vec<RecordBatch> =
+        loaded.scan().select(["w"]).build().expect("scan").to_arrow().await.expect("stream").try_collect().await.expect("read");
+    let nulls: usize = batches.iter().map(|b| b.column(0).null_count()).sum();
+    assert_eq!(nulls, 7, "every row predates the column");
+    assert_eq!(pyiceberg_rows(&fx).expect("pyiceberg"), lines(&expected));
+}
