@@ -55,10 +55,10 @@ pub const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(60);
 pub enum MaintenanceError {
     /// The pipeline's catalog is not the SQL catalog.
     #[error(
-        "compaction and snapshot expiry commit through the SQL catalog's compare-and-set; the REST catalog \
-         {0} is not supported yet"
+        "compaction and snapshot expiry commit through the SQL catalog's compare-and-set; a REST catalog \
+         (sink.iceberg.catalog.type: rest) is not supported yet"
     )]
-    RestCatalog(String),
+    RestCatalog,
     /// Loading, reading or writing the table failed.
     #[error("iceberg table {table}: {source}")]
     Iceberg {
@@ -124,7 +124,7 @@ impl MaintenanceCatalog {
     pub async fn connect(settings: &CatalogSettings) -> Result<Self, MaintenanceError> {
         let (name, uri) = match settings {
             CatalogSettings::Sql { name, uri, .. } => (name.clone(), uri.clone()),
-            CatalogSettings::Rest { uri, .. } => return Err(MaintenanceError::RestCatalog(uri.clone())),
+            CatalogSettings::Rest { .. } => return Err(MaintenanceError::RestCatalog),
         };
         let catalog = catalog::connect(settings).await.map_err(MaintenanceError::Catalog)?;
         let config: Config = uri.parse().map_err(MaintenanceError::CatalogDatabase)?;
