@@ -1,4 +1,5 @@
-//! The `philotes` command line: `run`, `validate`, `migrate` (DESIGN.md, "Running it").
+//! The `philotes` command line: `run`, `validate`, `migrate`, `status`, `snapshot`, `resume`, `compact` (DESIGN.md,
+//! "Running it").
 //!
 //! Thin by design: every verb loads the pipeline file through `philotes::config` and calls into the library;
 //! `anyhow` lives here only, to add the context a person needs to act on an error.
@@ -75,6 +76,25 @@ enum Command {
         #[arg(long = "table", required = true)]
         tables: Vec<String>,
     },
+    /// Compact the pipeline's Iceberg tables (their rows, deletes applied, into few large files in one snapshot)
+    /// and expire snapshots older than `sink.iceberg.retention`, one table at a time under its flush lease.
+    /// Prints a line per table. Exits 0 when every table was done, 2 when some were skipped (lease held too
+    /// long, never flushed), 1 when one failed.
+    Compact {
+        /// The pipeline file.
+        file: PathBuf,
+        /// A source table of the pipeline (`schema.table`, as `philotes status` names it); repeat for several.
+        /// Default: every table the pipeline has flushed.
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        /// Leave tables whose current snapshot reads fewer data + delete files alone. Default:
+        /// `sink.iceberg.compaction.min_files`, else 2.
+        #[arg(long)]
+        min_files: Option<usize>,
+        /// How long to wait for a flush that holds a table's lease before skipping the table (`30s`, `2m`).
+        #[arg(long, default_value = "60s", value_parser = parse_wait)]
+        wait: std::time::Duration,
+    },
     /// Show the pipeline's state: slot and replication lag, source checkpoint, buffer depth, dead letters. Exits 0
     /// when everything could be read, 2 when a part could not (it is marked and listed under errors).
     Status {
@@ -116,6 +136,12 @@ fn main() -> ExitCode {
         },
         Command::Resume { file, tables } => runtime.block_on(resume(&file, &tables, cli.log_format)),
         Command::Snapshot { file, tables } => runtime.block_on(snapshot(&file, &tables, cli.log_format)),
+        Command::Compact { file, tables, min_files, wait } => {
+            match runtime.block_on(compact(&file, &tables, min_files, wait, cli.log_format)) {
+                Ok(code) => return code,
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -253,6 +279,31 @@ async fn snapshot(file: &Path, tables: &[String], log_format: Option<LogFormatAr
     Ok(())
 }
 
+/// `--wait`: a duration as the pipeline file writes them.
+fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+    config::units::parse_duration(text)
+}
+
+/// `philotes compact FILE [--table T…]`: maintenance of each table in turn, a line per table as it is done.
+async fn compact(
+    file: &Path,
+    tables: &[String],
+    min_files: Option<usize>,
+    wait: std::time::Duration,
+    log_format: Option<LogFormatArg>,
+) -> anyhow::Result<ExitCode> {
+    let config = load(file, log_format)?;
+    let settings = philotes::compact::settings(&config, min_files, wait);
+    let tally = philotes::compact::run(&settings, tables, |line| println!("{line}")).await?;
+    Ok(if tally.failed > 0 {
+        ExitCode::FAILURE
+    } else if tally.skipped > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 /// `philotes status FILE`: prints everything it can read; exits 0 when the status is complete, 2 when a part could
 /// not be read (the output then marks it and lists it under errors / `errors`), 1 when nothing could be tried
 /// (the file is invalid).
@@ -317,8 +368,13 @@ async fn run(
             return Ok(());
         }
         let settings = philotes::pipeline::flush_settings(&config);
+        // Periodic compaction beside the flushes (sink.iceberg.compaction); it ends with the flusher.
+        let compaction = philotes::compact::periodic(&config, cancel.clone()).map(tokio::spawn);
         let result = philotes_stages::flush::run(&settings, cancel.clone()).await;
         cancel.cancel();
+        if let Some(compaction) = compaction {
+            let _ = compaction.await;
+        }
         result.context("flusher")
     };
     let (captured, flushed) = tokio::join!(capture, flusher);

@@ -8,6 +8,7 @@ mod capture_faults;
 mod capture_types;
 mod cli;
 mod cluster;
+mod compact;
 mod errors;
 mod flush;
 mod flush_faults;

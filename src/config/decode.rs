@@ -39,6 +39,8 @@ const ICEBERG_KEYS: &[&str] = &[
     "namespace",
     "mode",
     "target_file_size",
+    "compaction",
+    "retention",
     "tables",
 ];
 const CATALOG_KEYS: &[&str] = &[
@@ -297,6 +299,14 @@ fn sink(
     let namespace = w.opt_checked(&iceberg, "namespace", validate::iceberg_namespace);
     let mode = w.opt_keyword(&iceberg, "mode", TableMode::Changelog);
     let target_file_size = w.bytes(&iceberg, "target_file_size", DEFAULT_TARGET_FILE_SIZE);
+    let compaction = iceberg.field("compaction").map(|_| {
+        let compaction = w.section(&iceberg, "compaction", &["interval", "min_files"]);
+        CompactionConfig {
+            interval: w.duration(&compaction, "interval", DEFAULT_COMPACTION_INTERVAL),
+            min_files: w.opt_count(&compaction, "min_files").unwrap_or(DEFAULT_COMPACTION_MIN_FILES),
+        }
+    });
+    let retention = w.duration(&iceberg, "retention", DEFAULT_RETENTION);
     let (tables, overridden) = table_overrides(w, &iceberg, source_tables);
     if let Some((selection, listed)) = source {
         // With `all` the tables are only known at run time (checked there); the overridden ones are known now.
@@ -319,6 +329,8 @@ fn sink(
         namespace,
         mode,
         target_file_size,
+        compaction,
+        retention,
         tables,
     })
 }

@@ -31,6 +31,15 @@ pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_CATALOG_NAME: &str = "philotes";
 /// Default `sink.iceberg.target_file_size` (the Iceberg `write.target-file-size-bytes` default).
 pub const DEFAULT_TARGET_FILE_SIZE: u64 = 512 << 20;
+/// Default `sink.iceberg.compaction.interval`: how often the flusher role compacts its tables.
+pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(3600);
+/// Default `sink.iceberg.compaction.min_files`: a table whose current snapshot reads fewer data + delete files
+/// is not compacted.
+pub const DEFAULT_COMPACTION_MIN_FILES: usize = 10;
+/// Default `sink.iceberg.retention`: snapshots older than this are expired by compaction (a week of time travel;
+/// Java's default is 5 days). The current snapshot, and every one back to the snapshot carrying the pipeline's
+/// position, is always kept.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 /// Default `source.postgres.status_interval`: standby status updates to the server, at least this often.
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// Default `telemetry.metrics`: the Prometheus `/metrics` listen address.
@@ -163,6 +172,11 @@ pub struct IcebergSinkConfig {
     pub mode: TableMode,
     /// Target size of written Parquet data files; default 512MiB. (Added key.)
     pub target_file_size: u64,
+    /// When set, the flusher role compacts the pipeline's tables periodically (`philotes compact` does it on
+    /// request either way). (Added key.)
+    pub compaction: Option<CompactionConfig>,
+    /// Snapshots older than this are expired by every compaction run; default 7d. (Added key.)
+    pub retention: Duration,
     /// Per-source-table overrides, keyed by source table.
     pub tables: BTreeMap<TableId, TableOverride>,
 }
@@ -196,6 +210,15 @@ pub(crate) fn resolve_target(
             .map(|t| t.partition.clone())
             .unwrap_or_default(),
     }
+}
+
+/// `sink.iceberg.compaction:` — periodic compaction in the flusher role. (Added key.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactionConfig {
+    /// Time between two compaction rounds over every table of the pipeline; default 1h.
+    pub interval: Duration,
+    /// Tables whose current snapshot reads fewer data + delete files are left alone; default 10.
+    pub min_files: usize,
 }
 
 /// `sink.iceberg.catalog:`.

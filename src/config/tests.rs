@@ -222,6 +222,8 @@ fn defaults_are_applied_for_everything_left_out() {
     assert_eq!(config.flush.interval, Duration::from_secs(1));
     assert_eq!(config.telemetry.metrics.to_string(), DEFAULT_METRICS_ADDR);
     assert_eq!(config.telemetry.log_format, LogFormat::Human);
+    assert_eq!(config.sink.iceberg.compaction, None, "no periodic compaction unless asked for");
+    assert_eq!(config.sink.iceberg.retention, Duration::from_secs(7 * 86_400));
     for stage in StageName::ALL {
         assert_eq!(config.stages.get(stage), StageConfig::default());
     }
@@ -306,6 +308,36 @@ fn units_set_in_the_file_are_used() {
     assert_eq!(config.buffer.segment.max_bytes, 512 * 1024);
     assert_eq!(config.buffer.segment.max_age, Duration::from_secs(1));
     assert_eq!(config.sink.iceberg.target_file_size, 128 << 20);
+}
+
+#[test]
+fn compaction_and_retention_are_read_with_their_defaults() {
+    let config = parse_ok(&format!("{MINIMAL}    compaction: {{ interval: 30m, min_files: 4 }}\n    retention: 2d\n"));
+    let compaction = config.sink.iceberg.compaction.expect("compaction is set");
+    assert_eq!(compaction, CompactionConfig { interval: Duration::from_secs(1800), min_files: 4 });
+    assert_eq!(config.sink.iceberg.retention, Duration::from_secs(2 * 86_400));
+    let config = parse_ok(&format!("{MINIMAL}    compaction: {{}}\n"));
+    assert_eq!(
+        config.sink.iceberg.compaction,
+        Some(CompactionConfig { interval: DEFAULT_COMPACTION_INTERVAL, min_files: DEFAULT_COMPACTION_MIN_FILES })
+    );
+    assert_eq!((DEFAULT_COMPACTION_INTERVAL, DEFAULT_COMPACTION_MIN_FILES), (Duration::from_secs(3600), 10));
+}
+
+#[test]
+fn bad_compaction_and_retention_values_are_named_with_their_key_and_line() {
+    let text = format!("{MINIMAL}    compaction: {{ interval: 0s, min_files: none, every: 1h }}\n    retention: a week\n");
+    let found = problems(&text);
+    assert_eq!(found.len(), 4, "{}", ProblemList(&found));
+    let interval = problem_at(&found, "sink.iceberg.compaction.interval");
+    assert_eq!(interval.line, 9);
+    assert!(interval.message.contains("longer than 0"), "{}", interval.message);
+    let min_files = problem_at(&found, "sink.iceberg.compaction.min_files");
+    assert!(min_files.message.contains("expected a whole number"), "{}", min_files.message);
+    let unknown = problem_at(&found, "sink.iceberg.compaction.every");
+    assert!(unknown.message.contains("unknown key \"every\""), "{}", unknown.message);
+    let retention = problem_at(&found, "sink.iceberg.retention");
+    assert_eq!(retention.line, 10);
 }
 
 #[test]

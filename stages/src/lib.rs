@@ -5,6 +5,7 @@
 //!   [`enqueue`];
 //! - flusher role ([`flush`]): [`claim`] (the flush job, [`claim::job`]) → [`arrow_batch`] → [`iceberg_commit`]
 //!   → [`checkpoint`];
+//! - maintenance ([`maintenance`]): compaction and snapshot expiry of the tables, under their flush leases;
 //! - shared: [`store`] (SQL of the buffer's tables), [`catalog`] (the Iceberg catalog and table preparation),
 //!   [`changelog`] (the changelog table layout), [`op`] (the kind of a change), [`segment`] (the buffer's payload format), [`position`],
 //!   [`table_id`].
@@ -20,6 +21,7 @@ pub mod enqueue;
 pub mod fault;
 pub mod flush;
 pub mod iceberg_commit;
+pub mod maintenance;
 pub mod mirror;
 pub mod op;
 pub mod position;

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 
 /// The stage folders; each may use the shared modules and the flush job (`claim::job`), never another stage.
 const STAGES: [&str; 8] = ["source", "decode", "resolve", "enqueue", "claim", "arrow_batch", "iceberg_commit", "checkpoint"];
-/// The roles: the only modules that put stages together.
-const ROLES: [&str; 2] = ["capture", "flush"];
+/// The roles: the only modules that put stages together. `maintenance` (compaction and snapshot expiry, run by
+/// `philotes compact` and beside the flusher role) assembles the commit module of `iceberg_commit` with the
+/// lease and the table names of `claim`, as a role does.
+const ROLES: [&str; 3] = ["capture", "flush", "maintenance"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read src") {

@@ -1,5 +1,7 @@
 //! A commit of our own for row deltas: new data files, new delete files and, for a TRUNCATE, the removal of
-//! every live file, in one snapshot of a format-v2 table.
+//! every live file, in one snapshot of a format-v2 table. The same commit carries a compaction's rewrite (every
+//! live file replaced by new ones holding the same rows: operation `replace`, [`stage_rewrite`]) and
+//! metadata-only changes such as the expiry of snapshots ([`commit_metadata_sql`]).
 //!
 //! The iceberg crate (0.10.1) writes equality-delete files but cannot commit them: its `TableCommit` builder and
 //! `TransactionAction` are crate-private, and its only snapshot action, the fast append, refuses delete files.
@@ -104,6 +106,7 @@ pub struct StagedRowDelta {
     base_location: String,
     location: String,
     snapshot_id: i64,
+    written: Vec<String>,
 }
 
 impl StagedRowDelta {
@@ -126,6 +129,12 @@ impl StagedRowDelta {
     pub fn metadata(&self) -> &TableMetadata {
         self.table.metadata()
     }
+
+    /// Every file [`stage`] wrote (manifests, manifest list, metadata JSON; not the caller's data and delete
+    /// files): unreferenced once a compare-and-set refused the delta, so a caller may delete them then.
+    pub fn written_files(&self) -> &[String] {
+        &self.written
+    }
 }
 
 /// Writes `delta` on `base` (the table as loaded from the catalog) as one new snapshot: its manifests, its
@@ -134,6 +143,25 @@ impl StagedRowDelta {
 /// The operation is `append` when only data files are added, `delete` when nothing is added but deletes or a
 /// removal, `overwrite` otherwise (as Java's `RowDelta`).
 pub async fn stage(base: &Table, delta: RowDelta) -> Result<StagedRowDelta, RowDeltaError> {
+    stage_as(base, delta, None).await
+}
+
+/// Writes a rewrite of `base` as one new snapshot: every live data and delete file of `base` removed, `data_files`
+/// (the same rows, deletes applied: a compaction) added, operation `replace` (the spec's "data and delete files
+/// were added and removed without changing table data"; Java's `RewriteFiles`). Readers that follow only
+/// appends and overwrites (incremental reads, Flink's streaming source) skip it, as they should: no row
+/// changed. `properties` as for [`RowDelta::properties`]. Nothing is visible until a compare-and-set.
+pub async fn stage_rewrite(
+    base: &Table,
+    data_files: Vec<DataFile>,
+    properties: HashMap<String, String>,
+) -> Result<StagedRowDelta, RowDeltaError> {
+    let delta = RowDelta { data_files, delete_files: Vec::new(), remove_all: true, properties };
+    stage_as(base, delta, Some(Operation::Replace)).await
+}
+
+/// [`stage`] with the snapshot's operation given (`None`: derived from the delta).
+async fn stage_as(base: &Table, delta: RowDelta, operation: Option<Operation>) -> Result<StagedRowDelta, RowDeltaError> {
     let ident = base.identifier().clone();
     let invalid = |reason: String| RowDeltaError::Invalid { table: ident.clone(), reason };
     let metadata = base.metadata();
@@ -173,6 +201,7 @@ pub async fn stage(base: &Table, delta: RowDelta) -> Result<StagedRowDelta, RowD
     let spec = metadata.default_partition_spec().clone();
     let mut manifests = ManifestNames { location: metadata.location().to_string(), commit, next: 0 };
     let mut collector = SnapshotSummaryCollector::default();
+    let mut written = Vec::new();
 
     let parent = metadata.current_snapshot();
     let parent_manifests = match parent {
@@ -206,6 +235,7 @@ pub async fn stage(base: &Table, delta: RowDelta) -> Result<StagedRowDelta, RowD
                 writer.add_delete_file(entry.data_file().clone(), sequence, entry.file_sequence_number)?;
             }
             list.push(writer.write_manifest_file().await?);
+            written.push(list.last().map(|m| m.manifest_path.clone()).unwrap_or_default());
         }
     } else {
         list.extend(parent_manifests);
@@ -222,13 +252,15 @@ pub async fn stage(base: &Table, delta: RowDelta) -> Result<StagedRowDelta, RowD
             writer.add_file(file.clone(), -1)?;
         }
         list.push(writer.write_manifest_file().await?);
+        written.push(list.last().map(|m| m.manifest_path.clone()).unwrap_or_default());
     }
 
-    let operation = match (!delta.data_files.is_empty(), !delta.delete_files.is_empty() || delta.remove_all) {
+    let derived = match (!delta.data_files.is_empty(), !delta.delete_files.is_empty() || delta.remove_all) {
         (true, true) => Operation::Overwrite,
         (false, true) => Operation::Delete,
         (_, false) => Operation::Append,
     };
+    let operation = operation.unwrap_or(derived);
     let mut properties = delta.properties;
     // The counts are ours: a caller's `added-records` would otherwise feed into the totals.
     properties.retain(|key, _| !COMPUTED_PREFIXES.iter().any(|prefix| key.starts_with(prefix)));
@@ -241,6 +273,7 @@ pub async fn stage(base: &Table, delta: RowDelta) -> Result<StagedRowDelta, RowD
     let mut list_writer = ManifestListWriter::v2(output, snapshot_id, metadata.current_snapshot_id(), sequence_number);
     list_writer.add_manifests(list.into_iter())?;
     list_writer.close().await?;
+    written.push(list_path.clone());
 
     let timestamp_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -262,22 +295,35 @@ pub async fn stage(base: &Table, delta: RowDelta) -> Result<StagedRowDelta, RowD
         .set_ref(MAIN_BRANCH, SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)))?
         .build()?
         .metadata;
-    let location = MetadataLocation::from_str(&base_location)?.with_next_version().with_new_metadata(&new_metadata);
-    new_metadata.write_to(base.file_io(), &location).await?;
+    let (table, location) = write_metadata(base, &base_location, new_metadata).await?;
+    written.push(location.clone());
+    Ok(StagedRowDelta { table, base_location, location, snapshot_id, written })
+}
+
+/// Writes `metadata` (built on `base`, whose metadata is at `base_location`) as the table's next metadata JSON;
+/// nothing is visible yet. Returns the table as it is once a compare-and-set moves the catalog there, and where
+/// the JSON was written.
+async fn write_metadata(
+    base: &Table,
+    base_location: &str,
+    metadata: TableMetadata,
+) -> Result<(Table, String), RowDeltaError> {
+    let location = MetadataLocation::from_str(base_location)?.with_next_version().with_new_metadata(&metadata);
+    metadata.write_to(base.file_io(), &location).await?;
     let location = location.to_string();
     let table = Table::builder()
-        .identifier(ident)
+        .identifier(base.identifier().clone())
         .file_io(base.file_io().clone())
-        .metadata(new_metadata)
+        .metadata(metadata)
         .metadata_location(location.clone())
         .runtime(Runtime::try_current()?)
         .build()?;
-    Ok(StagedRowDelta { table, base_location, location, snapshot_id })
+    Ok((table, location))
 }
 
-/// The SQL catalog's compare-and-set, the statement `iceberg-catalog-sql` itself issues (pyiceberg and Java's
-/// JDBC catalog issue the same): the table's row moves to the staged metadata only if it still points at the
-/// metadata the delta was built on. Runs on any client, so a caller may hold it in a transaction of its own.
+/// Makes a staged delta visible: the SQL catalog's compare-and-set moves the table's row to the staged metadata
+/// only if it still points at the metadata the delta was built on. Runs on any client, so a caller may hold it
+/// in a transaction of its own.
 ///
 /// Returns the table as committed, or [`RowDeltaError::StaleBase`] when no row matched.
 pub async fn commit_sql(
@@ -285,7 +331,45 @@ pub async fn commit_sql(
     catalog_name: &str,
     staged: StagedRowDelta,
 ) -> Result<Table, RowDeltaError> {
-    let ident = staged.table.identifier();
+    compare_and_set_sql(client, catalog_name, staged.table.identifier(), &staged.base_location, &staged.location).await?;
+    Ok(staged.table)
+}
+
+/// Commits a change of `base`'s metadata that adds no snapshot (the expiry of snapshots): `metadata` (built
+/// from `base.metadata().clone().into_builder(Some(base location))`) is written as the next metadata JSON and
+/// the SQL catalog's compare-and-set moves the table there, only if it still points at `base`. On
+/// [`RowDeltaError::StaleBase`] the JSON written is deleted again (no reader can know it).
+pub async fn commit_metadata_sql(
+    client: &impl GenericClient,
+    catalog_name: &str,
+    base: &Table,
+    metadata: TableMetadata,
+) -> Result<Table, RowDeltaError> {
+    let base_location = base.metadata_location_result()?.to_string();
+    let (table, location) = write_metadata(base, &base_location, metadata).await?;
+    match compare_and_set_sql(client, catalog_name, base.identifier(), &base_location, &location).await {
+        Ok(()) => Ok(table),
+        Err(e) => {
+            if matches!(e, RowDeltaError::StaleBase { .. }) {
+                if let Err(cleanup) = base.file_io().delete(&location).await {
+                    tracing::warn!(file = %location, error = %crate::report::chain(&cleanup), "could not delete an unused metadata file");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The SQL catalog's compare-and-set, the statement `iceberg-catalog-sql` itself issues (pyiceberg and Java's
+/// JDBC catalog issue the same): `ident`'s row moves from `base_location` to `location`, or
+/// [`RowDeltaError::StaleBase`] when it no longer points at `base_location`.
+async fn compare_and_set_sql(
+    client: &impl GenericClient,
+    catalog_name: &str,
+    ident: &TableIdent,
+    base_location: &str,
+    location: &str,
+) -> Result<(), RowDeltaError> {
     let namespace = ident.namespace().join(".");
     let updated = client
         .execute(
@@ -293,14 +377,14 @@ pub async fn commit_sql(
              WHERE catalog_name = $3 AND table_name = $4 AND table_namespace = $5 \
                AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) \
                AND metadata_location = $2",
-            &[&staged.location, &staged.base_location, &catalog_name, &ident.name(), &namespace],
+            &[&location, &base_location, &catalog_name, &ident.name(), &namespace],
         )
         .await
         .map_err(|source| RowDeltaError::Catalog { table: ident.clone(), source })?;
     if updated == 0 {
-        return Err(RowDeltaError::StaleBase { table: ident.clone(), base: staged.base_location });
+        return Err(RowDeltaError::StaleBase { table: ident.clone(), base: base_location.to_string() });
     }
-    Ok(staged.table)
+    Ok(())
 }
 
 /// [`stage`] then [`commit_sql`]: one row delta on `base` through the SQL catalog `catalog_name`.
@@ -311,6 +395,21 @@ pub async fn commit_row_delta_sql(
     delta: RowDelta,
 ) -> Result<Table, RowDeltaError> {
     commit_sql(client, catalog_name, stage(base, delta).await?).await
+}
+
+/// A Parquet data-file writer for rows of `table` set up exactly as the flush's (zstd, row-group bounds, no
+/// dictionary for columns whose `first` rows are all distinct, rolling at `target_file_size`), for a commit of
+/// this module that rewrites rows (a compaction). Files are named `philotes-{pipeline}-…`.
+pub async fn data_writer(
+    pipeline: &str,
+    table: &Table,
+    first: &arrow::array::RecordBatch,
+    target_file_size: usize,
+) -> Result<Box<dyn iceberg::writer::IcebergWriter>, RowDeltaError> {
+    super::writer::open(pipeline, table, first, target_file_size).await.map_err(|e| match e {
+        super::IcebergCommitError::Iceberg(e) => RowDeltaError::Iceberg(e),
+        other => RowDeltaError::Invalid { table: table.identifier().clone(), reason: other.to_string() },
+    })
 }
 
 /// Names of the commit's manifests: `metadata/{commit uuid}-m{n}.avro`, as the crate's snapshot producer names them.
@@ -376,4 +475,4 @@ fn update_totals(properties: &mut HashMap<String, String>, parent: Option<&Summa
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

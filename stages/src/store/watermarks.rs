@@ -306,3 +306,27 @@ pub async fn resume(
         .await?;
     Ok(row.map(|r| r.get(0)))
 }
+
+/// Takes one table's lease for maintenance (compaction, snapshot expiry): the same row lock a flusher's claim
+/// holds, so no flush of the table runs while it is held, and a flush that holds it is waited for, up to
+/// `wait` (then the server answers `lock_not_available`, SQLSTATE 55P03). Call inside a transaction and end it
+/// to release the lease; nothing in the row is changed, so the flush schedule is not disturbed. Returns whether
+/// the table has a lease row at all (none: it was never flushed).
+pub async fn lock_for_maintenance(
+    client: &impl GenericClient,
+    pipeline: &str,
+    table: &TableId,
+    wait: Duration,
+) -> Result<bool, tokio_postgres::Error> {
+    // SET LOCAL takes no parameters; the value is our own number of milliseconds, never text from a user.
+    client.batch_execute(&format!("SET LOCAL lock_timeout = {}", wait.as_millis().max(1))).await?;
+    let row = client
+        .query_opt(
+            "SELECT 1 FROM philotes.table_watermarks
+             WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3
+             FOR UPDATE",
+            &[&pipeline, &table.schema, &table.name],
+        )
+        .await?;
+    Ok(row.is_some())
+}

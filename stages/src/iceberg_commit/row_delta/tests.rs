@@ -22,20 +22,21 @@ use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent};
 use parquet::file::properties::WriterProperties;
 use philotes_testkit::TestDatabase;
 
-use super::{commit_row_delta_sql, stage, RowDelta, RowDeltaError};
+use super::{commit_metadata_sql, commit_row_delta_sql, commit_sql, stage, stage_rewrite, RowDelta, RowDeltaError};
 use crate::catalog::{CatalogSettings, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ};
 
-const CATALOG: &str = "philotes";
+pub(crate) const CATALOG: &str = "philotes";
 /// Field id of the key column `id`.
 const ID: i32 = 1;
 
 /// One test's catalog database, warehouse folder and table `mirror.t` (`id int` required key, `v string`).
-struct Fixture {
-    _db: TestDatabase,
-    warehouse: PathBuf,
-    catalog: Arc<dyn Catalog>,
-    client: tokio_postgres::Client,
-    ident: TableIdent,
+/// Shared with the maintenance tests (compaction and expiry commit through this module).
+pub(crate) struct Fixture {
+    pub(crate) db: TestDatabase,
+    pub(crate) warehouse: PathBuf,
+    pub(crate) catalog: Arc<dyn Catalog>,
+    pub(crate) client: tokio_postgres::Client,
+    pub(crate) ident: TableIdent,
 }
 
 impl Drop for Fixture {
@@ -45,7 +46,7 @@ impl Drop for Fixture {
 }
 
 impl Fixture {
-    async fn new(hint: &str) -> Self {
+    pub(crate) async fn new(hint: &str) -> Self {
         let db = philotes_testkit::shared().database(hint).expect("test database");
         let warehouse = std::env::temp_dir().join(format!("philotes-row-delta-{hint}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&warehouse);
@@ -70,20 +71,20 @@ impl Fixture {
         let creation = TableCreation::builder().name("t".into()).schema(schema).build();
         catalog.create_table(&namespace, creation).await.expect("table");
         let client = db.connect().await.expect("catalog connection");
-        Self { _db: db, warehouse, catalog, client, ident: TableIdent::new(namespace, "t".into()) }
+        Self { db, warehouse, catalog, client, ident: TableIdent::new(namespace, "t".into()) }
     }
 
-    async fn load(&self) -> Table {
+    pub(crate) async fn load(&self) -> Table {
         self.catalog.load_table(&self.ident).await.expect("load table")
     }
 
-    async fn commit(&self, base: &Table, delta: RowDelta) -> Result<Table, RowDeltaError> {
+    pub(crate) async fn commit(&self, base: &Table, delta: RowDelta) -> Result<Table, RowDeltaError> {
         commit_row_delta_sql(&self.client, CATALOG, base, delta).await
     }
 }
 
 /// A batch of the table's schema.
-fn rows(table: &Table, rows: &[(i32, &str)]) -> RecordBatch {
+pub(crate) fn rows(table: &Table, rows: &[(i32, &str)]) -> RecordBatch {
     let schema = Arc::new(schema_to_arrow_schema(table.metadata().current_schema()).expect("arrow schema"));
     let ids = Int32Array::from_iter_values(rows.iter().map(|r| r.0));
     let values = StringArray::from_iter_values(rows.iter().map(|r| r.1));
@@ -96,7 +97,7 @@ fn names(prefix: &str) -> DefaultFileNameGenerator {
 }
 
 /// A data file holding `data`, written with the crate's data-file writer.
-async fn data_file(table: &Table, data: &[(i32, &str)]) -> DataFile {
+pub(crate) async fn data_file(table: &Table, data: &[(i32, &str)]) -> DataFile {
     let parquet = ParquetWriterBuilder::new(WriterProperties::default(), table.metadata().current_schema().clone());
     let locations = DefaultLocationGenerator::new(table.metadata()).expect("locations");
     let rolling =
@@ -109,7 +110,7 @@ async fn data_file(table: &Table, data: &[(i32, &str)]) -> DataFile {
 }
 
 /// An equality-delete file on `id` for `ids`, written with the crate's equality-delete writer.
-async fn equality_delete(table: &Table, ids: &[i32]) -> DataFile {
+pub(crate) async fn equality_delete(table: &Table, ids: &[i32]) -> DataFile {
     let schema = table.metadata().current_schema().clone();
     let config = EqualityDeleteWriterConfig::new(vec![ID], schema).expect("delete config");
     let delete_schema = arrow_schema_to_schema(config.projected_arrow_schema_ref()).expect("delete schema");
@@ -130,7 +131,7 @@ async fn equality_delete(table: &Table, ids: &[i32]) -> DataFile {
 }
 
 /// The table's rows as the crate's scan reads them (deletes applied), by id.
-async fn scan(table: &Table) -> Vec<(i32, String)> {
+pub(crate) async fn scan(table: &Table) -> Vec<(i32, String)> {
     let batches: Vec<RecordBatch> = table
         .scan()
         .build()
@@ -153,11 +154,11 @@ async fn scan(table: &Table) -> Vec<(i32, String)> {
     out
 }
 
-fn owned(rows: &[(i32, &str)]) -> Vec<(i32, String)> {
+pub(crate) fn owned(rows: &[(i32, &str)]) -> Vec<(i32, String)> {
     rows.iter().map(|(id, v)| (*id, (*v).to_string())).collect()
 }
 
-fn positions(lsn: &str, seq: u64) -> HashMap<String, String> {
+pub(crate) fn positions(lsn: &str, seq: u64) -> HashMap<String, String> {
     HashMap::from([(SUMMARY_LAST_LSN.to_string(), lsn.to_string()), (SUMMARY_LAST_SEQ.to_string(), seq.to_string())])
 }
 
@@ -170,7 +171,7 @@ fn bogus_counts(mut properties: HashMap<String, String>) -> HashMap<String, Stri
 }
 
 /// The current snapshot's summary value for `key` (None when absent).
-fn summary(table: &Table, key: &str) -> Option<String> {
+pub(crate) fn summary(table: &Table, key: &str) -> Option<String> {
     table.metadata().current_snapshot().expect("snapshot").summary().additional_properties.get(key).cloned()
 }
 
@@ -184,7 +185,7 @@ const ROWS_A: [(i32, &str); 5] = [(1, "a1"), (2, "a2"), (3, "a3"), (4, "a4"), (5
 const ROWS_B: [(i32, &str); 2] = [(3, "b3"), (6, "b6")];
 
 /// Commits data file A (ids 1..=5), then data file B (ids 3, 6) with an equality delete of ids {3, 4}.
-async fn commit_a_then_b_with_deletes(fx: &Fixture) -> (Table, Table) {
+pub(crate) async fn commit_a_then_b_with_deletes(fx: &Fixture) -> (Table, Table) {
     let empty = fx.load().await;
     let a = data_file(&empty, &ROWS_A).await;
     let first = fx
@@ -383,10 +384,81 @@ async fn row_delta_refuses_a_data_file_given_as_a_delete_file() {
     assert_eq!(fx.load().await.metadata_location(), base.metadata_location());
 }
 
+#[tokio::test]
+async fn row_delta_rewrite_replaces_every_live_file_in_one_replace_snapshot() {
+    let fx = Fixture::new("row_delta_rewrite").await;
+    let (_, second) = commit_a_then_b_with_deletes(&fx).await;
+    let rows = scan(&second).await;
+    let borrowed: Vec<(i32, &str)> = rows.iter().map(|(id, v)| (*id, v.as_str())).collect();
+    let compacted = data_file(&second, &borrowed).await;
+
+    let staged = stage_rewrite(&second, vec![compacted], positions("0/20", 7)).await.expect("stage");
+    // Manifests, the manifest list and the metadata JSON are written before the commit, nothing is visible yet.
+    let written = staged.written_files().to_vec();
+    assert_eq!(written.len(), 6, "three manifests of removed files, one of the new file, a list, a JSON: {written:?}");
+    assert!(written.iter().any(|p| p.ends_with(".metadata.json")) && written.iter().any(|p| p.contains("/snap-")));
+    for path in &written {
+        assert!(second.file_io().exists(path).await.expect("exists"), "{path} is written");
+    }
+    assert_eq!(fx.load().await.metadata_location(), second.metadata_location());
+
+    let committed = commit_sql(&fx.client, CATALOG, staged).await.expect("commit");
+    let loaded = fx.load().await;
+    assert_eq!(loaded.metadata_location(), committed.metadata_location());
+    assert_eq!(scan(&loaded).await, rows);
+    let snapshot = loaded.metadata().current_snapshot().expect("snapshot").clone();
+    assert_eq!(snapshot.summary().operation, Operation::Replace);
+    summary_counts(
+        &loaded,
+        &[
+            ("total-data-files", "1"),
+            ("total-delete-files", "0"),
+            ("total-records", "5"),
+            ("total-equality-deletes", "0"),
+            ("added-data-files", "1"),
+            ("deleted-data-files", "2"),
+            ("removed-delete-files", "1"),
+            (SUMMARY_LAST_LSN, "0/20"),
+            (SUMMARY_LAST_SEQ, "7"),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn row_delta_metadata_commit_lands_only_on_its_base_and_leaves_no_file_when_refused() {
+    let fx = Fixture::new("row_delta_metadata").await;
+    let base = fx.load().await;
+    let with_property = |table: &Table| {
+        let location = table.metadata_location().expect("location").to_string();
+        let properties = HashMap::from([("philotes.test".to_string(), "set".to_string())]);
+        table.metadata().clone().into_builder(Some(location)).set_properties(properties).expect("property").build().expect("build").metadata
+    };
+    let metadata_files = || {
+        let dir = fx.warehouse.join("mirror/t/metadata");
+        std::fs::read_dir(dir).expect("metadata dir").filter(|e| {
+            e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".metadata.json"))
+        }).count()
+    };
+    // Another commit lands first: the change is refused and its JSON deleted again.
+    let (_, moved) = commit_a_then_b_with_deletes(&fx).await;
+    let files = metadata_files();
+    let refused = commit_metadata_sql(&fx.client, CATALOG, &base, with_property(&base)).await;
+    assert!(matches!(refused, Err(RowDeltaError::StaleBase { .. })), "{refused:?}");
+    assert_eq!(metadata_files(), files, "the refused metadata JSON is deleted");
+    assert_eq!(fx.load().await.metadata_location(), moved.metadata_location());
+
+    // On the current state it lands, with the snapshots untouched.
+    let committed = commit_metadata_sql(&fx.client, CATALOG, &moved, with_property(&moved)).await.expect("commit");
+    let loaded = fx.load().await;
+    assert_eq!(loaded.metadata_location(), committed.metadata_location());
+    assert_eq!(loaded.metadata().properties().get("philotes.test").map(String::as_str), Some("set"));
+    assert_eq!(loaded.metadata().current_snapshot_id(), moved.metadata().current_snapshot_id());
+    assert_eq!(scan(&loaded).await, scan(&moved).await);
+}
+
 /// DuckDB 1.5.5's `iceberg_scan` (the venv `.ci/run` makes, or `PHILOTES_PYTHON`), offline with the extensions
 /// from their PyPI packages: the rows of the table at `metadata_location`, one `id|v` line each, sorted.
-fn duckdb_rows(metadata_location: &str) -> Vec<String> {
-    let python = std::env::var("PHILOTES_PYTHON").unwrap_or_else(|_| "/var/tmp/philotes-venv/bin/python".into());
+pub(crate) fn duckdb_rows(metadata_location: &str) -> Vec<String> {
     let script = r#"
 import pathlib, sys, duckdb, duckdb_extension_avro, duckdb_extension_iceberg
 ext = lambda m, n: pathlib.Path(m.__file__).parent / "extensions" / f"v{duckdb.__version__}" / f"{n}.duckdb_extension"
@@ -395,12 +467,43 @@ con.execute(f"LOAD '{ext(duckdb_extension_avro, 'avro')}'"); con.execute(f"LOAD 
 for id, v in con.sql(f"SELECT id, v FROM iceberg_scan('{sys.argv[1]}') ORDER BY id").fetchall():
     print(f"{id}|{v}")
 "#;
+    python_lines("DuckDB", script, &[metadata_location])
+}
+
+/// pyiceberg 0.12 (the venv `.ci/run` makes, or `PHILOTES_PYTHON`), through the SQL catalog in the fixture's
+/// database: the rows of `mirror.t`, one `id|v` line each, sorted; `Err` with pyiceberg's message when it
+/// refuses the table (it does not apply equality deletes).
+pub(crate) fn pyiceberg_rows(fx: &Fixture) -> Result<Vec<String>, String> {
+    let script = r#"
+import sys
+from pyiceberg.catalog.sql import SqlCatalog
+uri = "postgresql+psycopg2://" + sys.argv[1][len("postgres://"):]
+table = SqlCatalog(sys.argv[2], uri=uri).load_table(("mirror", "t"))
+for row in sorted(table.scan().to_arrow().to_pylist(), key=lambda r: r["id"]):
+    print(f"{row['id']}|{row['v']}")
+"#;
+    python_output(script, &[&fx.db.url(), CATALOG])
+}
+
+/// Runs `script` with the venv's Python and returns its output lines, failing the test when it fails.
+fn python_lines(what: &str, script: &str, args: &[&str]) -> Vec<String> {
+    python_output(script, args).unwrap_or_else(|stderr| panic!("{what} failed: {stderr}"))
+}
+
+/// Runs `script` with the venv's Python: its output lines, or its stderr when it fails. A missing Python fails
+/// the test (never a skip).
+fn python_output(script: &str, args: &[&str]) -> Result<Vec<String>, String> {
+    let python = std::env::var("PHILOTES_PYTHON").unwrap_or_else(|_| "/var/tmp/philotes-venv/bin/python".into());
     let output = std::process::Command::new(&python)
-        .args(["-c", script, metadata_location])
+        .arg("-c")
+        .arg(script)
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("running {python} (make the venv with .ci/run or set PHILOTES_PYTHON): {e}"));
-    assert!(output.status.success(), "DuckDB failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect()
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect())
 }
 
 #[tokio::test]
