@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use philotes_testkit::TestDatabase;
 
-use crate::flush::{drained, last_commit, read_with_duckdb, read_with_iceberg_crate, Pipeline, Row};
+use crate::flush::{drained, last_commit, read_with_duckdb, read_with_iceberg_crate, read_with_pyiceberg, Pipeline, Row};
 use crate::snapshot::{source_rows, wait_snapshots_done};
-use crate::support::{status_json, status_table, Philotes};
+use crate::support::{philotes, status_json, status_table, Philotes};
 
 /// A pipeline in mirror mode over `tables`, with the initial snapshot (snapshot rows are upserts) and small
 /// flushes, so one workload spans many commits.
@@ -35,11 +35,26 @@ fn by_key(rows: Vec<Row>, key: &[&str], reader: &str, table: &str) -> BTreeMap<V
 
 /// Asserts that the iceberg crate and DuckDB both read `table` as exactly the source's `select` (columns as text).
 pub async fn assert_mirror_equals_source(db: &TestDatabase, pipeline: &Pipeline, table: &str, select: &str, key: &[&str]) {
-    let expected = by_key(source_rows(db, select), key, "source", table);
-    for (reader, rows) in [
+    let readings = vec![
         ("iceberg crate", read_with_iceberg_crate(pipeline, table).await),
         ("duckdb", read_with_duckdb(pipeline, table)),
-    ] {
+    ];
+    assert_readings_equal_source(db, table, select, key, readings);
+}
+
+/// As [`assert_mirror_equals_source`], and pyiceberg too (a compacted table has no delete file it refuses).
+async fn assert_compacted_mirror_equals_source(db: &TestDatabase, pipeline: &Pipeline, table: &str, select: &str, key: &[&str]) {
+    let readings = vec![
+        ("iceberg crate", read_with_iceberg_crate(pipeline, table).await),
+        ("duckdb", read_with_duckdb(pipeline, table)),
+        ("pyiceberg", read_with_pyiceberg(pipeline, table)),
+    ];
+    assert_readings_equal_source(db, table, select, key, readings);
+}
+
+fn assert_readings_equal_source(db: &TestDatabase, table: &str, select: &str, key: &[&str], readings: Vec<(&str, Vec<Row>)>) {
+    let expected = by_key(source_rows(db, select), key, "source", table);
+    for (reader, rows) in readings {
         let got = by_key(rows, key, reader, table);
         let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
         let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
@@ -52,6 +67,14 @@ pub async fn assert_mirror_equals_source(db: &TestDatabase, pipeline: &Pipeline,
             }
         }
     }
+}
+
+/// The live files of the mirror table `lake.<table>`.
+async fn files(pipeline: &Pipeline, table: &str) -> philotes_stages::maintenance::FileCounts {
+    let catalog = philotes_stages::catalog::connect(&pipeline.catalog()).await.expect("catalog");
+    let ident = iceberg::TableIdent::from_strs(["lake", table]).expect("ident");
+    let loaded = catalog.load_table(&ident).await.expect("table exists");
+    philotes_stages::maintenance::FileCounts::of(&loaded).await.expect("files")
 }
 
 /// A small deterministic generator (xorshift), so a failing workload can be replayed.
@@ -144,15 +167,48 @@ async fn a_mirror_table_equals_the_source_row_for_row_after_any_workload() {
     wait_snapshots_done(&db, &pipeline, &run, "INSERT INTO full_set VALUES ('marker', 0)").await;
     let client = db.connect().await.expect("connect");
     let mut random = Random(0x9e37_79b9_7f4a_7c15);
+    let drain = |r: u64| {
+        let (db, pipeline, run) = (&db, &pipeline, &run);
+        async move {
+            let after = last_commit(db, &format!("INSERT INTO full_set VALUES ('marker', {r})"));
+            run.wait_until("the round in iceberg", Duration::from_secs(120), || async { drained(db, &pipeline.name, &after) }).await;
+        }
+    };
     for r in 1..=5 {
         round(&client, &mut random, r).await;
         // Each round in Iceberg before the next: its unchanged TOAST values are then only in Iceberg's files.
-        let after = last_commit(&db, &format!("INSERT INTO full_set VALUES ('marker', {r})"));
-        run.wait_until("the round in iceberg", Duration::from_secs(120), || async { drained(&db, &pipeline.name, &after) }).await;
+        drain(r).await;
     }
-    assert_mirror_equals_source(&db, &pipeline, "items", ITEMS, &["id"]).await;
-    assert_mirror_equals_source(&db, &pipeline, "pairs", PAIRS, &["a", "b"]).await;
-    assert_mirror_equals_source(&db, &pipeline, "full_set", FULL_SET, &["k", "v"]).await;
+    let tables = [("items", ITEMS, &["id"][..]), ("pairs", PAIRS, &["a", "b"][..]), ("full_set", FULL_SET, &["k", "v"][..])];
+    for (table, select, key) in tables {
+        assert_mirror_equals_source(&db, &pipeline, table, select, key).await;
+    }
+
+    // Compaction while changes flow (it takes each table's lease between flushes), then once more at rest:
+    // every table is one data file and no delete file, which pyiceberg reads too.
+    let file = pipeline.file.to_str().expect("utf-8 path").to_string();
+    let compact = {
+        let file = file.clone();
+        move || philotes(&["compact", &file, "--min-files", "1", "--table", "public.items", "--table", "public.pairs", "--table", "public.full_set"], &[])
+    };
+    let during = tokio::task::spawn_blocking(compact.clone());
+    round(&client, &mut random, 6).await;
+    let during = during.await.expect("compaction");
+    assert!(during.status.success(), "compaction while flushing: {}", String::from_utf8_lossy(&during.stdout));
+    drain(6).await;
+    let at_rest = compact();
+    assert!(at_rest.status.success(), "{}{}", String::from_utf8_lossy(&at_rest.stdout), String::from_utf8_lossy(&at_rest.stderr));
+    for (table, select, key) in tables {
+        let counts = files(&pipeline, table).await;
+        assert_eq!((counts.data, counts.deletes), (1, 0), "{table}: one data file, no delete file after compaction");
+        assert_compacted_mirror_equals_source(&db, &pipeline, table, select, key).await;
+    }
+    // The megabyte values, untouched by updates after the compaction, come from the compacted file.
+    round(&client, &mut random, 7).await;
+    drain(7).await;
+    for (table, select, key) in tables {
+        assert_mirror_equals_source(&db, &pipeline, table, select, key).await;
+    }
     assert!(!run.log().contains("written NULL"), "every unchanged TOAST value was found:\n{}", run.log());
     run.stop_cleanly().await;
 }
