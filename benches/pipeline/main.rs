@@ -24,7 +24,9 @@ use philotes_testkit::{Cluster, ClusterOptions};
 use report::{human_rate, median, megabytes, rate, ratios, Line, Memory, Series};
 use scenarios::{Db, Env};
 
-const SCENARIOS: [&str; 6] = ["capture", "copy", "flush", "flush-tables", "e2e", "snapshot"];
+const SCENARIOS: [&str; 7] = ["capture", "copy", "flush", "flush-tables", "e2e", "snapshot", "mirror"];
+/// The mirror flush's target (issue 11): at least this share of the changelog flush's rows/s, same buffer.
+const MIRROR_TARGET_RATIO: f64 = 0.6;
 
 /// Rows of the snapshot scenario's table unless `BENCH_SNAPSHOT_ROWS` (or a smaller `BENCH_ROWS`) says otherwise.
 const DEFAULT_SNAPSHOT_ROWS: u64 = 2_000_000;
@@ -93,12 +95,18 @@ struct Results {
     snapshot_philotes: Series,
     /// philotes' peak RSS of each snapshot run, bytes.
     snapshot_rss: Vec<u64>,
+    mirror_changelog: Series,
+    mirror_flush: Series,
+    mirror_compact: Series,
+    mirror_arrow_writer: Series,
+    /// Rows of the compacted mirror table (the same every run).
+    mirror_live_rows: u64,
 }
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; nothing else is understood.
     if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
-        println!("cargo bench --bench pipeline   (env: BENCH_ROWS, BENCH_RUNS, BENCH_ONLY=capture,copy,flush,flush-tables,e2e,snapshot, BENCH_SNAPSHOT_ROWS); see benches/README.md");
+        println!("cargo bench --bench pipeline   (env: BENCH_ROWS, BENCH_RUNS, BENCH_ONLY=capture,copy,flush,flush-tables,e2e,snapshot,mirror, BENCH_SNAPSHOT_ROWS); see benches/README.md");
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -119,7 +127,7 @@ fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    let arrow_writer = if settings.wants("flush") { Some(procs::build_arrow_writer()?) } else { None };
+    let arrow_writer = if settings.wants("flush") || settings.wants("mirror") { Some(procs::build_arrow_writer()?) } else { None };
 
     let base = PathBuf::from(format!("/tmp/philotes-bench-{}", std::process::id()));
     // The testkit's guardian stops the server and deletes `base` once this process exits, even after a panic.
@@ -268,6 +276,29 @@ async fn measure(env: &Env, settings: &Settings) -> anyhow::Result<()> {
                 scenarios::SNAPSHOT_CHUNK_ROWS
             );
         }
+        if settings.wants("mirror") {
+            let mut db = Db::create(env, "bench_mirror").await?;
+            let helper = env.arrow_writer.as_deref().context("the ArrowWriter baseline was not built")?;
+            let m = scenarios::mirror(env, &mut db, helper).await?;
+            r.mirror_changelog.push(m.changelog);
+            r.mirror_flush.push(m.mirror);
+            r.mirror_compact.push(m.compact);
+            r.mirror_arrow_writer.push(m.arrow_writer);
+            r.mirror_live_rows = m.live_rows;
+            println!("  mirror      {rows} changes: 70% inserts, 20% updates, 10% deletes; {} rows left", m.live_rows);
+            println!("  mirror      changelog flush of the buffer, workers: 1          {}", timing(rows, m.changelog));
+            println!(
+                "  mirror      mirror flush of the same buffer, workers: 1        {}   {:.2}× changelog (target ≥ {MIRROR_TARGET_RATIO}×)",
+                timing(rows, m.mirror),
+                m.changelog / m.mirror
+            );
+            println!("  mirror      ArrowWriter read + write of the compacted rows       {}", timing(m.live_rows, m.arrow_writer));
+            println!(
+                "  mirror      philotes compact of the mirror table                {}   {:.2}× ArrowWriter",
+                timing(m.live_rows, m.compact),
+                m.arrow_writer / m.compact
+            );
+        }
     }
     print_summary(&r, settings);
     println!("\nload average at the end: {}", load_average());
@@ -306,7 +337,8 @@ fn header(env: &Env, settings: &Settings) -> anyhow::Result<()> {
 
 fn print_summary(r: &Results, settings: &Settings) {
     let (rows, snapshot_rows) = (settings.rows, settings.snapshot_rows);
-    let series: [(&str, &Series, u64); 15] = [
+    let live = r.mirror_live_rows;
+    let series: [(&str, &Series, u64); 19] = [
         ("workload (10 transactions)", &r.workload, rows),
         ("capture: pg_recvlogical", &r.capture_recvlogical, rows),
         ("capture: philotes", &r.capture_philotes, rows),
@@ -322,6 +354,10 @@ fn print_summary(r: &Results, settings: &Settings) {
         ("e2e: pg_recvlogical", &r.e2e_recvlogical, rows),
         ("snapshot: COPY TO STDOUT binary", &r.snapshot_copy, snapshot_rows),
         ("snapshot: philotes", &r.snapshot_philotes, snapshot_rows),
+        ("mirror: changelog flush", &r.mirror_changelog, rows),
+        ("mirror: mirror flush", &r.mirror_flush, rows),
+        ("mirror: ArrowWriter compacted rows", &r.mirror_arrow_writer, live),
+        ("mirror: philotes compact", &r.mirror_compact, live),
     ];
     println!("\n## every run (rows/s) and the median");
     for (name, s, rows) in series {
@@ -339,6 +375,8 @@ fn print_summary(r: &Results, settings: &Settings) {
         ("ratio 4 tables 2 processes / w1", &r.tables_processes, &r.tables_one),
         ("ratio e2e / pg_recvlogical", &r.e2e_philotes, &r.e2e_recvlogical),
         ("ratio snapshot / COPY binary", &r.snapshot_philotes, &r.snapshot_copy),
+        ("ratio mirror / changelog flush", &r.mirror_flush, &r.mirror_changelog),
+        ("ratio compact / ArrowWriter", &r.mirror_compact, &r.mirror_arrow_writer),
     ] {
         let rs = ratios(p, b);
         if rs.is_empty() {
@@ -403,6 +441,13 @@ fn print_summary(r: &Results, settings: &Settings) {
         } else {
             format!("{rows} rows each (snapshot: {snapshot_rows} rows)")
         };
+    }
+    if !r.mirror_flush.seconds.is_empty() {
+        lines.push(line("mirror flush: buffer → mirror table, `workers: 1`", Some(&r.mirror_flush), "changelog flush of the same buffer", &r.mirror_changelog, "≥ 0.6×", Some(MIRROR_TARGET_RATIO)));
+        lines.push(Line {
+            rows: live,
+            ..line("compaction of the mirror table (`philotes compact`)", Some(&r.mirror_compact), "ArrowWriter read + write of its rows", &r.mirror_arrow_writer, "—", None)
+        });
     }
     println!("\n## summary (Markdown)\n");
     print!("{}", report::summary(&lines, settings.runs, &rows_note));

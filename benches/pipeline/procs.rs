@@ -53,6 +53,17 @@ impl PipelineFile {
 }
 
 impl PipelineFile {
+    /// Turns the file into a mirror pipeline (`sink.iceberg.mode: mirror`).
+    pub fn mirror(self) -> anyhow::Result<Self> {
+        let yaml = std::fs::read_to_string(&self.path)?;
+        let sink = "sink:\n  iceberg:\n";
+        if !yaml.contains(sink) {
+            bail!("{} has no `sink.iceberg` section", self.path.display());
+        }
+        std::fs::write(&self.path, yaml.replacen(sink, &format!("{sink}    mode: mirror\n"), 1))?;
+        Ok(self)
+    }
+
     /// Turns the file into one that reads the tables' existing rows first: `source.postgres.snapshot: initial`
     /// and a top-level `snapshot: { chunk_rows, workers }` section (the other bench files say `never`).
     pub fn snapshot_initial(self, chunk_rows: usize, workers: usize) -> anyhow::Result<Self> {
@@ -92,6 +103,22 @@ pub fn migrate(file: &PipelineFile) -> anyhow::Result<()> {
         bail!("philotes migrate failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
+}
+
+/// `philotes compact FILE --table public.<table> --min-files 1`, timed (seconds) and checked to succeed.
+pub fn compact(file: &PipelineFile, table: &str) -> anyhow::Result<f64> {
+    let started = std::time::Instant::now();
+    let out = Command::new(philotes_bin())
+        .arg("compact")
+        .arg(&file.path)
+        .args(["--table", &format!("public.{table}"), "--min-files", "1"])
+        .stdin(Stdio::null())
+        .output()?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("philotes compact failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(seconds)
 }
 
 /// `philotes run FILE --role ROLE` as a child process, its log in a file next to the pipeline file.

@@ -1,7 +1,8 @@
 //! The measurements of one run, each beside its baseline on the same data in the same run:
 //! capture vs `pg_recvlogical` (same WAL), COPY into a buffer-like table, flush vs a plain `ArrowWriter` (same
 //! rows), the flush of four tables with 1 and 2 flushers (vs itself with 1), and end to end vs `pg_recvlogical`
-//! (same WAL), and the initial snapshot of a filled table vs a binary `COPY … TO STDOUT` of it.
+//! (same WAL), the initial snapshot of a filled table vs a binary `COPY … TO STDOUT` of it, and the mirror flush
+//! vs the changelog flush of the same buffer (with its compaction vs a plain ArrowWriter rewrite).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -274,6 +275,73 @@ pub async fn flush_tables(env: &Env, db: &mut Db) -> anyhow::Result<FlushTables>
     }
     drop_saved_buffer(db).await?;
     Ok(FlushTables { one_worker: seconds[0], two_workers: seconds[1], two_processes: seconds[2] })
+}
+
+/// Mirror flush: one buffer of N changes on [`TABLE`] (70% inserts, 20% updates of rows an earlier flush
+/// wrote, 10% deletes) drained twice, each into a namespace of its own, `flush.workers: 1`: as a changelog,
+/// then as a mirror (fold per key, equality deletes, row-delta commit). Then the mirror table is compacted
+/// (`philotes compact`), beside a plain ArrowWriter rewriting the compacted file's rows.
+#[derive(Debug, Clone, Copy)]
+pub struct MirrorFlush {
+    /// The changelog flush (process start → buffer empty).
+    pub changelog: f64,
+    /// The mirror flush of the same buffer.
+    pub mirror: f64,
+    /// `philotes compact` of the mirror table (process start → exit).
+    pub compact: f64,
+    /// ArrowWriter reading and writing the compacted rows.
+    pub arrow_writer: f64,
+    /// Rows of the compacted table (the source's rows).
+    pub live_rows: u64,
+}
+
+/// Runs the mirror scenario in its own database.
+pub async fn mirror(env: &Env, db: &mut Db, helper: &Path) -> anyhow::Result<MirrorFlush> {
+    let name = db.db.name().to_string();
+    workload::prepare(&db.client, &[TABLE], &[&procs::slot(&name)]).await?;
+    let capture = PipelineFile::write(&db.dir(env)?, "capture", &name, &db.db.url(), &[TABLE], "bench_mirror_capture", None)?;
+    procs::migrate(&capture)?;
+    let work = workload::run_mixed(&mut db.client, env.rows).await?;
+    fill_buffer(env, db, &capture, &work).await?;
+    save_buffer(db).await?;
+    let changelog = PipelineFile::write(&db.dir(env)?, "flush-changelog", &name, &db.db.url(), &[TABLE], "bench_changelog", Some(1))?;
+    let changelog_seconds = drain(env, db, &[changelog]).await?;
+    restore_buffer(db).await?;
+    let mirror = PipelineFile::write(&db.dir(env)?, "flush-mirror", &name, &db.db.url(), &[TABLE], "bench_mirror", Some(1))?.mirror()?;
+    let mirror_seconds = drain(env, db, std::slice::from_ref(&mirror)).await?;
+    drop_saved_buffer(db).await?;
+
+    db.checkpoint().await?;
+    let compact = procs::compact(&mirror, TABLE)?;
+    let table = iceberg_table(&db.client, "bench_mirror", TABLE).await?;
+    let live_rows = workload::mixed_live_rows(env.rows);
+    ensure!(table.records == live_rows, "the compacted mirror holds {} rows, the source {live_rows}", table.records);
+    // The compacted file is the newest data file: the baseline reads and writes its rows.
+    let newest = newest_parquet(&table.location.join("data"))?;
+    let scratch = db.dir(env)?.join("compacted");
+    std::fs::create_dir_all(&scratch)?;
+    std::fs::copy(&newest, scratch.join("compacted.parquet"))?;
+    let baseline = procs::arrow_writer(helper, &scratch, &db.dir(env)?)?;
+    ensure!(baseline.rows == live_rows, "the ArrowWriter baseline read {} rows, expected {live_rows}", baseline.rows);
+    Ok(MirrorFlush { changelog: changelog_seconds, mirror: mirror_seconds, compact, arrow_writer: baseline.seconds, live_rows })
+}
+
+/// The most recently written Parquet file under `dir`.
+fn newest_parquet(dir: &Path) -> anyhow::Result<PathBuf> {
+    fn walk(dir: &Path, found: &mut Vec<(std::time::SystemTime, PathBuf)>) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                walk(&path, found)?;
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                found.push((std::fs::metadata(&path)?.modified()?, path));
+            }
+        }
+        Ok(())
+    }
+    let mut found = Vec::new();
+    walk(dir, &mut found)?;
+    found.into_iter().max_by_key(|(modified, _)| *modified).map(|(_, p)| p).with_context(|| format!("no parquet file under {}", dir.display()))
 }
 
 /// Copies the pipeline's segments aside (`public.bench_saved_segments`), so the same buffer can be drained

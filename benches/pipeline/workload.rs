@@ -122,3 +122,38 @@ pub fn table_rows(rows: u64, tables: usize, index: usize) -> u64 {
     let (n, i) = (tables as u64, index as u64);
     rows * (i + 1) / n - rows * i / n
 }
+
+/// The mirror scenario's changes on [`TABLE`]: `rows` changes in all, 70% inserts (ids 1..=I, in
+/// [`TRANSACTIONS`] transactions), 20% updates (ids 1..=U, rows flushed by an earlier flush, in five
+/// transactions) and 10% deletes (the last D inserted ids, in one transaction).
+pub async fn run_mixed(client: &mut Client, rows: u64) -> anyhow::Result<Workload> {
+    let (inserts, updates) = (rows * 7 / 10, rows * 2 / 10);
+    let deletes = rows - inserts - updates;
+    let mut work = run(client, &[TABLE], inserts).await?;
+    let started = Instant::now();
+    let parts = 5u64.min(updates.max(1));
+    for p in 0..parts {
+        let (lo, hi) = (i64::try_from(updates * p / parts + 1)?, i64::try_from(updates * (p + 1) / parts)?);
+        client
+            .execute(
+                &format!("UPDATE public.{TABLE} SET amount = amount + 1, label = label || '+' WHERE id BETWEEN $1 AND $2"),
+                &[&lo, &hi],
+            )
+            .await
+            .context("workload update")?;
+    }
+    let tx = client.transaction().await?;
+    let first_deleted = i64::try_from(inserts - deletes + 1)?;
+    tx.execute(&format!("DELETE FROM public.{TABLE} WHERE id >= $1"), &[&first_deleted]).await.context("workload delete")?;
+    work.last_commit_floor = tx.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await?.get(0);
+    tx.commit().await?;
+    work.seconds += started.elapsed().as_secs_f64();
+    work.end_lsn = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+    Ok(work)
+}
+
+/// The rows [`run_mixed`] leaves in the table.
+pub fn mixed_live_rows(rows: u64) -> u64 {
+    let (inserts, updates) = (rows * 7 / 10, rows * 2 / 10);
+    inserts - (rows - inserts - updates)
+}
