@@ -18,7 +18,6 @@ use std::time::Instant;
 use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch};
 use arrow::datatypes::{Schema as ArrowSchema, SchemaRef};
 use futures::future::BoxFuture;
-use futures::TryStreamExt;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
@@ -29,6 +28,7 @@ use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
 use super::{human_bytes, plural, FileCounts, MaintenanceCatalog, MaintenanceError, MAX_ATTEMPTS};
 use crate::catalog::{committed_position, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE};
 use crate::iceberg_commit::row_delta::{self, RowDeltaError};
+use crate::mirror::live::LiveRows;
 use crate::position::Position;
 
 /// How a table is compacted.
@@ -162,12 +162,12 @@ pub(crate) async fn compact_with(
 async fn rewrite(base: &Table, options: &CompactOptions) -> Result<(Vec<DataFile>, u64), MaintenanceError> {
     let ident = base.identifier();
     let schema = Arc::new(schema_to_arrow_schema(base.metadata().current_schema()).map_err(MaintenanceError::iceberg(ident))?);
-    let scan = base.scan().select_all().build().map_err(MaintenanceError::iceberg(ident))?;
-    let mut batches = scan.to_arrow().await.map_err(MaintenanceError::iceberg(ident))?;
+    // Equality deletes applied by hashing, not by the crate's scan (one predicate term per deleted key).
+    let mut batches = LiveRows::open(base, None).await.map_err(MaintenanceError::iceberg(ident))?;
     let mut writer: Option<Box<dyn IcebergWriter>> = None;
     let mut rows = 0u64;
     let written = async {
-        while let Some(batch) = batches.try_next().await.map_err(MaintenanceError::iceberg(ident))? {
+        while let Some(batch) = batches.next().await.map_err(MaintenanceError::iceberg(ident))? {
             if batch.num_rows() == 0 {
                 continue;
             }

@@ -12,6 +12,7 @@
 //! key (such a table mirrors as a set: rows equal in every column are one row in the mirror).
 
 pub mod fold;
+pub mod live;
 pub mod toast;
 
 use std::sync::Arc;

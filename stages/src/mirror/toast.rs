@@ -16,12 +16,12 @@ use arrow::compute::{interleave, take};
 use arrow::datatypes::{DataType, Schema as ArrowSchema};
 use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
-use futures::TryStreamExt;
-use iceberg::expr::{Predicate, Reference};
+use iceberg::expr::Reference;
 use iceberg::spec::Datum;
 use iceberg::table::Table;
 
 use super::fold::{Folded, NONE};
+use super::live::LiveRows;
 use crate::changelog::UNCHANGED;
 
 /// The rows to write and the values no image had.
@@ -87,7 +87,7 @@ pub async fn fill(
     } else {
         let mut wanted: Vec<u32> = lookups.iter().map(|(out, _)| folded.upserts[*out]).collect();
         wanted.dedup();
-        current_rows(table, batch, &wanted, key, &names).await?
+        current_rows(table, batch, &wanted, key).await?
     };
     let found = find_current(batch, key, &lookups, folded, &current)?;
     let looked_up: HashSet<(usize, usize)> = lookups.iter().copied().collect();
@@ -132,16 +132,15 @@ pub async fn fill(
     Ok(Filled { rows: RecordBatch::try_new(target.clone(), arrays)?, unknown })
 }
 
-/// The table's current rows of the keys of `rows` (batch rows), columns `names` (the table's columns, in order).
+/// The table's current rows (every column, in its order) of the keys of `rows` (batch rows).
 /// A single integer or string key column is pushed down as a filter; other keys read the whole table.
 async fn current_rows(
     table: &Table,
     batch: &RecordBatch,
     rows: &[u32],
     key: &[usize],
-    names: &[&str],
 ) -> Result<Vec<RecordBatch>, FillError> {
-    let mut scan = table.scan().select(names.iter().map(|n| n.to_string()));
+    let mut filter = None;
     if let [column] = key {
         let values = batch.column(*column);
         let datums: Option<Vec<Datum>> = rows
@@ -159,11 +158,10 @@ async fn current_rows(
             .collect();
         if let Some(datums) = datums {
             let name = batch.schema().field(*column).name().clone();
-            let filter: Predicate = Reference::new(name).is_in(datums);
-            scan = scan.with_filter(filter);
+            filter = Some(Reference::new(name).is_in(datums));
         }
     }
-    Ok(scan.build()?.to_arrow().await?.try_collect().await?)
+    Ok(LiveRows::open(table, filter).await?.collect().await?)
 }
 
 /// For each looked-up upsert, where its key's row is among `current` (batch index, row).
