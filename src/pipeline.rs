@@ -72,18 +72,7 @@ pub fn capture_settings(config: &PipelineConfig) -> CaptureSettings {
 pub fn unsupported(config: &PipelineConfig) -> Vec<String> {
     let iceberg = &config.sink.iceberg;
     let mut problems = Vec::new();
-    // Mirror tables are committed with philotes' own row-delta commit, whose compare-and-set is written for the
-    // SQL catalog only so far.
-    let rest = matches!(iceberg.catalog.kind, CatalogKind::Rest { .. });
-    if rest && iceberg.mode == TableMode::Mirror {
-        problems.push("sink.iceberg.mode: mirror needs the SQL catalog (sink.iceberg.catalog.type: sql) for now; \
-            committing row deltas through a REST catalog is not built yet".to_string());
-    }
     for (table, table_override) in &iceberg.tables {
-        if rest && table_override.mode == Some(TableMode::Mirror) {
-            problems.push(format!("sink.iceberg.tables[{table}].mode: mirror needs the SQL catalog \
-                (sink.iceberg.catalog.type: sql) for now; committing row deltas through a REST catalog is not built yet"));
-        }
         if !table_override.partition.is_empty() {
             problems.push(format!("sink.iceberg.tables[{table}].partition: partitioned tables are not supported yet"));
         }

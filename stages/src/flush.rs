@@ -25,7 +25,7 @@ use crate::catalog::{self, CatalogSettings, GuardedCatalog};
 use crate::checkpoint::{Checkpoint, NAME as CHECKPOINT};
 use crate::claim::failures::FailureLog;
 use crate::claim::{self, Claim, ClaimSettings, TargetFn};
-use crate::iceberg_commit::{CatalogDatabase, IcebergCommit, NAME as ICEBERG_COMMIT};
+use crate::iceberg_commit::{CommitCatalog, IcebergCommit, NAME as ICEBERG_COMMIT};
 
 /// Everything a flusher needs, from the pipeline file.
 #[derive(Clone)]
@@ -117,11 +117,9 @@ async fn run_once(settings: &FlushSettings, cancel: &CancellationToken) -> Resul
     }
     let pool = claim::pool(&buffer, settings.workers)?;
     let catalog = Arc::new(GuardedCatalog::new(catalog::connect(&settings.catalog).await?));
-    // Mirror tables commit their row deltas with a compare-and-set on the SQL catalog's own database.
-    let catalog_database = match &settings.catalog {
-        CatalogSettings::Sql { name, uri, .. } => Some(Arc::new(CatalogDatabase::new(name, uri)?)),
-        CatalogSettings::Rest { .. } => None,
-    };
+    // Mirror tables commit their row deltas themselves (the crate cannot): the SQL catalog's compare-and-set or a
+    // REST catalog's commit request.
+    let commit_catalog = Arc::new(CommitCatalog::new(&settings.catalog)?);
     let retry = RetryPolicy { max_attempts: u32::MAX, ..settings.retry };
     let claim = Claim::new(
         ClaimSettings {
@@ -142,7 +140,7 @@ async fn run_once(settings: &FlushSettings, cancel: &CancellationToken) -> Resul
         .stage(ARROW_BATCH, settings.arrow_batch.clone().mode(Mode::Ordered).retry(retry), |_| ArrowBatch)
         .stage(ICEBERG_COMMIT, settings.iceberg_commit.clone().mode(Mode::Keyed).retry(retry), {
             let (pipeline, catalog, file_size) = (settings.pipeline.clone(), catalog.clone(), settings.target_file_size);
-            move |_| IcebergCommit::new(&pipeline, catalog.clone(), file_size, catalog_database.clone())
+            move |_| IcebergCommit::new(&pipeline, catalog.clone(), file_size, commit_catalog.clone())
         })
         .sink(CHECKPOINT, settings.checkpoint.clone().mode(Mode::Unordered), {
             let pipeline = settings.pipeline.clone();

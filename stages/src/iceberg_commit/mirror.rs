@@ -1,7 +1,8 @@
 //! IcebergCommit for a mirror table: the flush's slices are kept until the last one, folded per key
 //! ([`crate::mirror::fold`]), their unchanged TOAST values filled ([`crate::mirror::toast`]), written as one set
 //! of data files and one of equality-delete files, and committed as one row delta ([`super::row_delta`]) whose
-//! compare-and-set lands only on the table state the flush was checked against.
+//! compare-and-set (the SQL catalog's, or a REST catalog's commit request with its requirements) lands only on the
+//! table state the flush was checked against.
 //!
 //! Nothing is written ahead: a key's last image is known only at the flush's end. A commit that loses the
 //! compare-and-set (another commit landed: only an operator's tool or `philotes compact` can do that while the
@@ -18,10 +19,11 @@ use iceberg::table::Table;
 use tokio::sync::Mutex;
 use tokio_postgres::Config;
 
+use super::row_delta::rest::RestCommitter;
 use super::row_delta::{self, RowDelta, RowDeltaError};
 use super::{writer, Committer, IcebergCommitError, Pending, Writer};
 use crate::catalog::table::Prepared;
-use crate::catalog::{SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE};
+use crate::catalog::{CatalogSettings, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE};
 use crate::claim::job::{FlushJob, Outcome, SliceRows};
 use crate::fault;
 use crate::mirror::{fold, toast, MirrorLayout};
@@ -37,28 +39,58 @@ pub(super) struct MirrorSlices {
     batches: Vec<RecordBatch>,
 }
 
-/// The SQL catalog's database, where a row delta's compare-and-set runs (one session per IcebergCommit worker,
-/// opened on first use and again after it broke).
-pub struct CatalogDatabase {
-    name: String,
-    config: Config,
-    client: Mutex<Option<tokio_postgres::Client>>,
+/// Where a mirror flush's row delta is made visible: the SQL catalog's compare-and-set on its own database (one
+/// session per flusher, opened on first use and again after it broke), or a REST catalog's commit request.
+pub enum CommitCatalog {
+    /// The SQL catalog `name` (`iceberg_tables.catalog_name`) in the database `config` points at.
+    Sql {
+        /// The catalog's name.
+        name: String,
+        /// Its database.
+        config: Config,
+        /// The session.
+        client: Mutex<Option<tokio_postgres::Client>>,
+    },
+    /// A REST catalog.
+    Rest(Box<RestCommitter>),
 }
 
-impl CatalogDatabase {
-    /// The catalog `name` (`iceberg_tables.catalog_name`) in the database at `url`.
-    pub fn new(name: &str, url: &str) -> Result<Self, tokio_postgres::Error> {
-        Ok(Self { name: name.to_string(), config: url.parse()?, client: Mutex::new(None) })
+impl CommitCatalog {
+    /// The catalog `settings` name.
+    pub fn new(settings: &CatalogSettings) -> Result<Self, tokio_postgres::Error> {
+        Ok(match settings {
+            CatalogSettings::Sql { name, uri, .. } => {
+                CommitCatalog::Sql { name: name.clone(), config: uri.parse()?, client: Mutex::new(None) }
+            }
+            CatalogSettings::Rest { uri, warehouse, props, .. } => {
+                CommitCatalog::Rest(Box::new(RestCommitter::new(uri, warehouse.clone(), props.clone())))
+            }
+        })
     }
 
-    /// Runs the compare-and-set of `staged` on the catalog's database.
-    async fn commit(&self, staged: row_delta::StagedRowDelta) -> Result<Table, IcebergCommitError> {
-        let mut client = self.client.lock().await;
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            *client = Some(crate::store::connect(&self.config).await.map_err(IcebergCommitError::CatalogDatabase)?);
+    /// Makes `staged` visible, or says why not ([`RowDeltaError::StaleBase`]: another commit landed first).
+    async fn commit(&self, staged: row_delta::StagedRowDelta) -> Result<(), IcebergCommitError> {
+        match self {
+            CommitCatalog::Sql { name, config, client } => {
+                let mut client = client.lock().await;
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    *client = Some(crate::store::connect(config).await.map_err(IcebergCommitError::CatalogDatabase)?);
+                }
+                let session = client.as_ref().expect("connected above");
+                row_delta::commit_sql(session, name, staged).await?;
+            }
+            CommitCatalog::Rest(rest) => rest.commit(staged).await?,
         }
-        let session = client.as_ref().expect("connected above");
-        Ok(row_delta::commit_sql(session, &self.name, staged).await?)
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for CommitCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommitCatalog::Sql { name, .. } => write!(f, "SQL catalog {name}"),
+            CommitCatalog::Rest(_) => write!(f, "REST catalog"),
+        }
     }
 }
 
@@ -95,12 +127,6 @@ impl Committer {
         committed: Option<Position>,
     ) -> Result<Outcome, IcebergCommitError> {
         let started = std::time::Instant::now();
-        let Some(catalog) = &self.catalog_database else {
-            return Ok(Outcome::Stopped(format!(
-                "{}: mode mirror needs the SQL catalog (its row-delta commit is not built for REST catalogs yet)",
-                job.table()
-            )));
-        };
         let latest = job.latest_version().map_err(|e| IcebergCommitError::Rebuild(e.into()))?;
         let layout = match MirrorLayout::new(&table, latest) {
             Ok(layout) => layout,
@@ -171,7 +197,7 @@ impl Committer {
             staged => staged?,
         };
         fault::delay_before_commit(&job.target.to_string()).await;
-        catalog.commit(staged).await?;
+        self.commit_catalog.commit(staged).await?;
         fault::hit(fault::AFTER_ICEBERG_COMMIT);
         tracing::debug!(flush = job.id, changes = batch.num_rows(), rows, deletes = deleted, files,
             truncate = folded.truncate, commit_ms = started.elapsed().as_millis() as u64, "mirror flush committed");

@@ -15,7 +15,7 @@ mod mirror;
 pub mod row_delta;
 mod writer;
 
-pub use mirror::CatalogDatabase;
+pub use mirror::CommitCatalog;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,7 +81,7 @@ impl IcebergCommitError {
             self,
             IcebergCommitError::Iceberg(_)
                 | IcebergCommitError::CatalogDatabase(_)
-                | IcebergCommitError::RowDelta(RowDeltaError::Iceberg(_) | RowDeltaError::Catalog { .. })
+                | IcebergCommitError::RowDelta(RowDeltaError::Iceberg(_) | RowDeltaError::Catalog { .. } | RowDeltaError::Rest { .. })
                 | IcebergCommitError::Fill(FillError::Iceberg(_))
         )
     }
@@ -99,8 +99,8 @@ struct Committer {
     pipeline: String,
     catalog: Arc<GuardedCatalog>,
     target_file_size: usize,
-    /// Where mirror flushes commit (`None` with a REST catalog: mirror tables stop).
-    catalog_database: Option<Arc<CatalogDatabase>>,
+    /// Where mirror flushes commit their row deltas.
+    commit_catalog: Arc<CommitCatalog>,
 }
 
 /// A job being written.
@@ -141,14 +141,14 @@ struct OpenWriter {
 
 impl IcebergCommit {
     /// A stage writing for `pipeline` into `catalog`, rolling files at `target_file_size`; mirror tables commit
-    /// through `catalog_database` (the SQL catalog's).
+    /// through `commit_catalog`.
     pub fn new(
         pipeline: &str,
         catalog: Arc<GuardedCatalog>,
         target_file_size: usize,
-        catalog_database: Option<Arc<CatalogDatabase>>,
+        commit_catalog: Arc<CommitCatalog>,
     ) -> Self {
-        let committer = Committer { pipeline: pipeline.to_string(), catalog, target_file_size, catalog_database };
+        let committer = Committer { pipeline: pipeline.to_string(), catalog, target_file_size, commit_catalog };
         Self { committer, open: HashMap::new() }
     }
 }

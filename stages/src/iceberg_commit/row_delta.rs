@@ -87,6 +87,14 @@ pub enum RowDeltaError {
     /// Reading the table's manifests or writing the new ones, the manifest list or the metadata failed.
     #[error("row delta: {0}")]
     Iceberg(#[from] iceberg::Error),
+    /// The REST catalog could not be reached or refused the commit for another reason than a conflict.
+    #[error("row delta on {table}: REST catalog: {reason}")]
+    Rest {
+        /// The table.
+        table: TableIdent,
+        /// What happened.
+        reason: String,
+    },
     /// The SQL catalog's database refused or lost the compare-and-set.
     #[error("row delta on {table}: SQL catalog: {source}")]
     Catalog {
@@ -476,3 +484,5 @@ fn update_totals(properties: &mut HashMap<String, String>, parent: Option<&Summa
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+pub mod rest;
