@@ -42,26 +42,28 @@ pub(super) struct MirrorSlices {
 /// Where a mirror flush's row delta is made visible: the SQL catalog's compare-and-set on its own database (one
 /// session per flusher, opened on first use and again after it broke), or a REST catalog's commit request.
 pub enum CommitCatalog {
-    /// The SQL catalog `name` (`iceberg_tables.catalog_name`) in the database `config` points at.
-    Sql {
-        /// The catalog's name.
-        name: String,
-        /// Its database.
-        config: Config,
-        /// The session.
-        client: Mutex<Option<tokio_postgres::Client>>,
-    },
+    /// The SQL catalog's database.
+    Sql(Box<SqlCatalogSession>),
     /// A REST catalog.
     Rest(Box<RestCommitter>),
+}
+
+/// The SQL catalog `name` (`iceberg_tables.catalog_name`) in the database `config` points at, and the session.
+pub struct SqlCatalogSession {
+    name: String,
+    config: Config,
+    client: Mutex<Option<tokio_postgres::Client>>,
 }
 
 impl CommitCatalog {
     /// The catalog `settings` name.
     pub fn new(settings: &CatalogSettings) -> Result<Self, tokio_postgres::Error> {
         Ok(match settings {
-            CatalogSettings::Sql { name, uri, .. } => {
-                CommitCatalog::Sql { name: name.clone(), config: uri.parse()?, client: Mutex::new(None) }
-            }
+            CatalogSettings::Sql { name, uri, .. } => CommitCatalog::Sql(Box::new(SqlCatalogSession {
+                name: name.clone(),
+                config: uri.parse()?,
+                client: Mutex::new(None),
+            })),
             CatalogSettings::Rest { uri, warehouse, props, .. } => {
                 CommitCatalog::Rest(Box::new(RestCommitter::new(uri, warehouse.clone(), props.clone())))
             }
@@ -71,13 +73,13 @@ impl CommitCatalog {
     /// Makes `staged` visible, or says why not ([`RowDeltaError::StaleBase`]: another commit landed first).
     async fn commit(&self, staged: row_delta::StagedRowDelta) -> Result<(), IcebergCommitError> {
         match self {
-            CommitCatalog::Sql { name, config, client } => {
-                let mut client = client.lock().await;
+            CommitCatalog::Sql(sql) => {
+                let mut client = sql.client.lock().await;
                 if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    *client = Some(crate::store::connect(config).await.map_err(IcebergCommitError::CatalogDatabase)?);
+                    *client = Some(crate::store::connect(&sql.config).await.map_err(IcebergCommitError::CatalogDatabase)?);
                 }
                 let session = client.as_ref().expect("connected above");
-                row_delta::commit_sql(session, name, staged).await?;
+                row_delta::commit_sql(session, &sql.name, staged).await?;
             }
             CommitCatalog::Rest(rest) => rest.commit(staged).await?,
         }
@@ -88,7 +90,7 @@ impl CommitCatalog {
 impl std::fmt::Debug for CommitCatalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CommitCatalog::Sql { name, .. } => write!(f, "SQL catalog {name}"),
+            CommitCatalog::Sql(sql) => write!(f, "SQL catalog {}", sql.name),
             CommitCatalog::Rest(_) => write!(f, "REST catalog"),
         }
     }
