@@ -378,24 +378,26 @@ async fn mirror_flusher_killed_before_buffer_commit_writes_nothing_twice() {
     flusher_crash_at_is_repaired_on_restart(fault::BEFORE_PG_COMMIT, true).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_flushers_with_one_killed_midway_write_200k_changes_of_six_tables_exactly_once_in_order() {
-    let started = Instant::now();
-    let tables = ["t1", "t2", "t3", "t4", "t5", "t6"];
-    let db = database("flush_scale", &tables);
-    let pipeline = pipeline(&db, &tables, "{ workers: 2, max_events: 20000, interval: 1s }");
+/// Four flushers drain `tables` while `transactions` workload transactions of 300 rows each run; one flusher is
+/// SIGKILLed once `midway` changes are recorded and the flushers are at work, and restarted. Returns when
+/// everything is in Iceberg and every process has stopped cleanly.
+async fn four_flushers_with_one_killed(hint: &str, tables: &[&str], transactions: i64, mirror: bool, midway: i64) -> (TestDatabase, Pipeline) {
+    let db = database(hint, tables);
+    let pipeline = pipeline(&db, tables, "{ workers: 2, max_events: 20000, interval: 1s }");
     pipeline.rewrite("max_events: 500, max_bytes: 1MiB, max_age: 50ms", "max_events: 5000, max_bytes: 4MiB, max_age: 200ms");
+    if mirror {
+        pipeline.rewrite("    namespace: lake\n", "    namespace: lake\n    mode: mirror\n");
+    }
     let capture = pipeline.start_streaming(&db, &["--role", "capture"], &[], "capture.log").await;
     let mut flushers: Vec<Philotes> = (0..4).map(|i| flusher(&pipeline, &[], &format!("flusher-{i}.log"))).collect();
 
-    // 6 tables × 73 transactions × (300 inserts + 100 updates + 60 deletes) = 201,480 changes.
-    let sql = workload_sql(&tables, 1, 73, 300);
+    let sql = workload_sql(tables, 1, transactions, 300);
     let name = db.name().to_string();
     let writer = std::thread::spawn(move || philotes_testkit::shared().psql(&name, &sql).map(|_| ()));
     // Midway: the flushers are at work and much is still to come.
     wait_for("the flushers midway", Duration::from_secs(120), || async {
-        count(&db, &format!("SELECT count(*) FROM philotes.table_watermarks WHERE pipeline = '{}' AND last_lsn IS NOT NULL", pipeline.name)) >= 3
-            && count(&db, "SELECT count(*) FROM history") >= 70_000
+        count(&db, &format!("SELECT count(*) FROM philotes.table_watermarks WHERE pipeline = '{}' AND last_lsn IS NOT NULL", pipeline.name)) >= tables.len() as i64 / 2
+            && count(&db, "SELECT count(*) FROM history") >= midway
     })
     .await;
     let buffered = segments(&db, &pipeline);
@@ -404,8 +406,6 @@ async fn four_flushers_with_one_killed_midway_write_200k_changes_of_six_tables_e
     killed.kill();
     flushers.push(flusher(&pipeline, &[], "flusher-1-restarted.log"));
     writer.join().expect("the workload thread").expect("the workload");
-    let total = count(&db, "SELECT count(*) FROM history");
-    assert!(total >= 200_000, "the workload made {total} changes");
     let procs: Vec<&Philotes> = std::iter::once(&capture).chain(&flushers).collect();
     wait_drained(&db, &pipeline, tables[0], Duration::from_secs(240), &procs).await;
     assert_status_clean(&pipeline.file);
@@ -413,6 +413,17 @@ async fn four_flushers_with_one_killed_midway_write_200k_changes_of_six_tables_e
         flusher.stop_cleanly().await;
     }
     capture.stop_cleanly().await;
+    (db, pipeline)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_flushers_with_one_killed_midway_write_200k_changes_of_six_tables_exactly_once_in_order() {
+    let started = Instant::now();
+    let tables = ["t1", "t2", "t3", "t4", "t5", "t6"];
+    // 6 tables × 73 transactions × (300 inserts + 100 updates + 60 deletes) = 201,480 changes.
+    let (db, pipeline) = four_flushers_with_one_killed("flush_scale", &tables, 73, false, 70_000).await;
+    let total = count(&db, "SELECT count(*) FROM history");
+    assert!(total >= 200_000, "the workload made {total} changes");
     let mut snapshots = 0;
     for table in tables {
         let rows = assert_exactly_once(&db, &pipeline, table).await;
@@ -427,33 +438,8 @@ async fn four_flushers_with_one_killed_midway_write_200k_changes_of_six_tables_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_mirror_flushers_with_one_killed_midway_leave_every_table_equal_to_the_source() {
     let tables = ["m1", "m2", "m3", "m4"];
-    let db = database("flush_scale_mirror", &tables);
-    let pipeline = pipeline(&db, &tables, "{ workers: 2, max_events: 5000, interval: 500ms }");
-    pipeline.rewrite("    namespace: lake\n", "    namespace: lake\n    mode: mirror\n");
-    pipeline.rewrite("max_events: 500, max_bytes: 1MiB, max_age: 50ms", "max_events: 2000, max_bytes: 4MiB, max_age: 200ms");
-    let capture = pipeline.start_streaming(&db, &["--role", "capture"], &[], "capture.log").await;
-    let mut flushers: Vec<Philotes> = (0..4).map(|i| flusher(&pipeline, &[], &format!("flusher-{i}.log"))).collect();
-
     // 4 tables × 30 transactions × (300 inserts + 100 updates + 60 deletes) = 55,200 changes.
-    let sql = workload_sql(&tables, 1, 30, 300);
-    let name = db.name().to_string();
-    let writer = std::thread::spawn(move || philotes_testkit::shared().psql(&name, &sql).map(|_| ()));
-    wait_for("the flushers midway", Duration::from_secs(120), || async {
-        count(&db, &format!("SELECT count(*) FROM philotes.table_watermarks WHERE pipeline = '{}' AND last_lsn IS NOT NULL", pipeline.name)) >= 2
-            && count(&db, "SELECT count(*) FROM history") >= 20_000
-    })
-    .await;
-    let killed = flushers.remove(1);
-    killed.kill();
-    flushers.push(flusher(&pipeline, &[], "flusher-1-restarted.log"));
-    writer.join().expect("the workload thread").expect("the workload");
-    let procs: Vec<&Philotes> = std::iter::once(&capture).chain(&flushers).collect();
-    wait_drained(&db, &pipeline, tables[0], Duration::from_secs(240), &procs).await;
-    assert_status_clean(&pipeline.file);
-    for flusher in &flushers {
-        flusher.stop_cleanly().await;
-    }
-    capture.stop_cleanly().await;
+    let (db, pipeline) = four_flushers_with_one_killed("flush_scale_mirror", &tables, 30, true, 20_000).await;
     for table in tables {
         crate::mirror::assert_mirror_equals_source(&db, &pipeline, table, &current_rows_sql(table), &["id"]).await;
     }
