@@ -4,7 +4,9 @@
 //! payloads on the lease's connection and drops every change that Iceberg already has (its snapshot summary
 //! records the last committed position): the repair after a crash between the Iceberg commit and the buffer
 //! checkpoint. CPU-heavy, its own pool, ordered, so the next slices are read and built while IcebergCommit
-//! writes the previous one.
+//! writes the previous one. A mirror table's slices are built the same way, in its working schema (its columns
+//! plus the changelog ones), with every update that carries an old key split into a delete and the update
+//! ([`crate::mirror::split_updates`]).
 
 use std::sync::Arc;
 

@@ -9,6 +9,10 @@
 //! ahead cannot be used is written again from the buffer ([`FlushJob::build`]: the lease holds its segments).
 //! Files written by an attempt that did not commit stay in the warehouse unreferenced (an orphan-file cleanup
 //! removes them).
+//!
+//! A mirror table's job (`mode: mirror`) is kept slice by slice and committed at its end as one row delta
+//! (`mirror.rs`): folded per key, data files plus equality-delete files, through the commit of our own
+//! (`row_delta`), since the crate cannot commit delete files.
 
 mod dictionary;
 mod mirror;
