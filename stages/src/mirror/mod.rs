@@ -163,3 +163,79 @@ pub fn split_updates(events: Vec<SegmentEvent>, version: &TableSchema) -> Vec<Se
 pub fn carries_old_key(event: &SegmentEvent) -> bool {
     event.op == Op::Update && event.old.is_some()
 }
+
+#[cfg(test)]
+mod tests {
+    use philotes_schemas::{oids, ColumnSchema, PgType};
+
+    use super::*;
+    use crate::position::Lsn;
+
+    fn column(name: &str, pg_type: PgType, oid: u32, part_of_key: bool) -> ColumnSchema {
+        ColumnSchema { name: name.into(), pg_type, type_oid: oid, type_modifier: -1, part_of_key }
+    }
+
+    /// `t (id int, x double precision, note text)` under `identity`; `full` marks every column as key (what
+    /// pgoutput says under FULL), `primary_key` the catalog's primary key.
+    fn table(identity: ReplicaIdentity, primary_key: &[&str]) -> TableSchema {
+        let full = identity == ReplicaIdentity::Full;
+        TableSchema {
+            schema: "public".into(),
+            table: "t".into(),
+            columns: vec![
+                column("id", PgType::Int4, oids::INT4, full || identity == ReplicaIdentity::Default),
+                column("x", PgType::Float8, oids::FLOAT8, full),
+                column("note", PgType::Text, oids::TEXT, full),
+            ],
+            replica_identity: identity,
+            primary_key: primary_key.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_key_is_the_primary_key_even_under_full_and_every_column_without_one() {
+        let schema = mirror_schema(&table(ReplicaIdentity::Default, &[])).unwrap();
+        assert_eq!(key_field_ids(&schema, &table(ReplicaIdentity::Default, &[])).unwrap(), vec![1]);
+        assert_eq!(key_field_ids(&schema, &table(ReplicaIdentity::Full, &["id"])).unwrap(), vec![1]);
+        let e = key_field_ids(&schema, &table(ReplicaIdentity::Full, &[])).unwrap_err();
+        assert!(e.to_string().contains("column \"x\" (double)"), "{e}");
+        let e = check_key(&table(ReplicaIdentity::Nothing, &[])).unwrap_err();
+        assert!(e.to_string().contains("REPLICA IDENTITY FULL") && e.to_string().contains("identity nothing"), "{e}");
+    }
+
+    #[test]
+    fn the_working_schema_keeps_the_table_ids_and_adds_the_changelog_columns_above_them() {
+        let schema = mirror_schema(&table(ReplicaIdentity::Default, &[])).unwrap();
+        let working = working_schema(&schema).unwrap();
+        let names: Vec<&str> = working.as_struct().fields().iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["id", "x", "note", "_op", "_lsn", "_commit_ts", "_xid", "_seq", "_unchanged"]);
+        assert!(working.as_struct().fields()[..3].iter().zip(schema.as_struct().fields()).all(|(a, b)| a == b));
+        assert!(working.as_struct().fields()[3..].iter().all(|f| f.id > schema.highest_field_id()));
+    }
+
+    #[test]
+    fn an_update_with_an_old_key_is_split_and_deletes_keep_only_the_key() {
+        let version = table(ReplicaIdentity::Full, &["id"]);
+        let row = |id: i32, note: &str| Some(vec![Value::Int32(id), Value::Float64(1.5), Value::Text(note.into())]);
+        let event = |op, old: Option<Vec<Value>>, new| SegmentEvent {
+            op,
+            commit_lsn: Lsn(7),
+            seq: 1,
+            xid: 1,
+            commit_ts: 0,
+            old_is_full: old.as_ref().map(|_| true),
+            old,
+            new,
+        };
+        let split = split_updates(
+            vec![event(Op::Insert, None, row(1, "a")), event(Op::Update, row(1, "a"), row(2, "b")), event(Op::Delete, row(2, "b"), None)],
+            &version,
+        );
+        let ops: Vec<Op> = split.iter().map(|e| e.op).collect();
+        assert_eq!(ops, [Op::Insert, Op::Delete, Op::Update, Op::Delete]);
+        let key_only = Some(vec![Value::Int32(1), Value::Null, Value::Null]);
+        assert_eq!(split[1].old, key_only, "the old key's delete keeps only the key");
+        assert_eq!(split[2].new, row(2, "b"));
+        assert_eq!(split[3].old, Some(vec![Value::Int32(2), Value::Null, Value::Null]));
+    }
+}
