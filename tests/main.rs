@@ -17,6 +17,7 @@ mod infinity;
 mod migrate;
 mod mirror;
 mod names;
+mod rest;
 mod session;
 mod slot;
 mod snapshot;
