@@ -380,4 +380,23 @@ async fn a_mirror_table_through_rest_equals_the_source_and_a_lost_race_is_commit
     run.stop_cleanly().await;
     assert_mirror_equals_source(&db, &pipeline, "t", SELECT, &["id"]).await;
     assert_built_on(&pipeline, "t", outside).await;
+
+    // Compaction and expiry through REST: the replace snapshot and the removal of old snapshots are commit
+    // requests too; afterwards pyiceberg (no equality deletes) reads the mirror.
+    pipeline.rewrite("    mode: mirror\n", "    mode: mirror\n    retention: 1s\n");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let file = pipeline.file.to_str().expect("utf-8 path");
+    let out = philotes(&["compact", file, "--table", "public.t", "--min-files", "1"], &[]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("compacted") && text.contains("expired"), "{text}");
+    assert!(server.answered("POST /v1/namespaces/lake/tables/t ", 200), "{}", server.log());
+    let ident = iceberg::TableIdent::from_strs(["lake", "t"]).expect("ident");
+    let table = catalog::connect(&pipeline.catalog()).await.expect("catalog").load_table(&ident).await.expect("table");
+    let files = philotes_stages::maintenance::FileCounts::of(&table).await.expect("files");
+    assert_eq!((files.data, files.deletes), (1, 0), "one data file, no delete file");
+    assert!(table.metadata().snapshots().count() < 5, "old snapshots expired: {}", table.metadata().snapshots().count());
+    assert!(catalog::committed_position(&table, &pipeline.name).is_some(), "the position survives compaction and expiry");
+    let expected = crate::snapshot::source_rows(&db, SELECT).len();
+    assert_eq!(crate::flush::read_with_pyiceberg(&pipeline, "t").len(), expected, "pyiceberg reads the compacted mirror");
+    assert_mirror_equals_source(&db, &pipeline, "t", SELECT, &["id"]).await;
 }

@@ -118,6 +118,11 @@ pub struct StagedRowDelta {
 }
 
 impl StagedRowDelta {
+    /// The table.
+    pub fn identifier(&self) -> &TableIdent {
+        self.table.identifier()
+    }
+
     /// The new snapshot's id.
     pub fn snapshot_id(&self) -> i64 {
         self.snapshot_id

@@ -140,19 +140,19 @@ pub(crate) async fn compact_with(
         };
         unused.extend_from_slice(staged.written_files());
         before_commit(attempt).await;
-        match row_delta::commit_sql(&catalog.client, &catalog.name, staged).await {
+        match catalog.commit(staged).await {
             Ok(table) => {
                 report.after = Some(FileCounts::of(&table).await.map_err(MaintenanceError::iceberg(ident))?);
                 report.rows = rows;
                 report.seconds = started.elapsed().as_secs_f64();
                 return Ok(report);
             }
-            Err(RowDeltaError::StaleBase { .. }) => {
+            Err(MaintenanceError::Commit(RowDeltaError::StaleBase { .. })) => {
                 tracing::info!(table = %ident, attempt, "compaction: another commit landed first; compacting the new state");
                 delete_unused(&base, unused).await;
             }
             // Whether the compare-and-set happened is unknown (the catalog database failed): the files stay.
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     Err(MaintenanceError::Contended { table: ident.clone(), attempts: MAX_ATTEMPTS })

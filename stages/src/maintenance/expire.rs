@@ -29,7 +29,7 @@ use iceberg::{Runtime, TableIdent};
 
 use super::{manifests, plural, MaintenanceCatalog, MaintenanceError, MAX_ATTEMPTS};
 use crate::catalog::{committed_position, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE};
-use crate::iceberg_commit::row_delta::{self, RowDeltaError};
+use crate::iceberg_commit::row_delta::RowDeltaError;
 
 /// What an expiry did.
 #[derive(Debug, Clone, Default)]
@@ -106,7 +106,7 @@ pub async fn expire(
             .metadata;
         check_position(&base, &new_metadata, pipeline)?;
         let unreferenced = unreferenced_files(&base, &expired).await?;
-        match row_delta::commit_metadata_sql(&catalog.client, &catalog.name, &base, new_metadata).await {
+        match catalog.commit_expiry(&base, new_metadata, &expired).await {
             Ok(_) => {
                 report.expired = expired.len();
                 for path in unreferenced {
@@ -121,10 +121,10 @@ pub async fn expire(
                 }
                 return Ok(report);
             }
-            Err(RowDeltaError::StaleBase { .. }) => {
+            Err(MaintenanceError::Commit(RowDeltaError::StaleBase { .. })) => {
                 tracing::info!(table = %ident, "snapshot expiry: another commit landed first; planning again");
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     Err(MaintenanceError::Contended { table: ident.clone(), attempts: MAX_ATTEMPTS })

@@ -27,15 +27,16 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iceberg::spec::{DataContentType, ManifestFile, SnapshotRef};
+use iceberg::spec::{DataContentType, ManifestFile, SnapshotRef, TableMetadata};
 use iceberg::table::Table;
-use iceberg::{Catalog, NamespaceIdent, TableIdent};
+use iceberg::{Catalog, NamespaceIdent, TableIdent, TableUpdate};
 use tokio_postgres::Config;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{self, CatalogSettings};
 use crate::claim::TargetFn;
-use crate::iceberg_commit::row_delta::RowDeltaError;
+use crate::iceberg_commit::row_delta::rest::RestCommitter;
+use crate::iceberg_commit::row_delta::{self, RowDeltaError, StagedRowDelta};
 use crate::store::watermarks;
 use crate::table_id::TableId;
 use compact::{CompactOptions, CompactReport};
@@ -53,12 +54,6 @@ pub const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(60);
 /// Why maintenance of a table failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MaintenanceError {
-    /// The pipeline's catalog is not the SQL catalog.
-    #[error(
-        "compaction and snapshot expiry commit through the SQL catalog's compare-and-set; a REST catalog \
-         (sink.iceberg.catalog.type: rest) is not supported yet"
-    )]
-    RestCatalog,
     /// Loading, reading or writing the table failed.
     #[error("iceberg table {table}: {source}")]
     Iceberg {
@@ -111,34 +106,68 @@ impl MaintenanceError {
     }
 }
 
-/// A catalog that maintenance can commit to: the catalog (to load tables) and a session on the SQL catalog's
-/// database (for the compare-and-set), with the catalog's name (part of every `iceberg_tables` row).
+/// A catalog that maintenance can commit to: the catalog (to load tables) and where commits go: a session on
+/// the SQL catalog's database (for the compare-and-set) with the catalog's name (part of every
+/// `iceberg_tables` row), or a REST catalog's commit request.
 pub struct MaintenanceCatalog {
     catalog: Arc<dyn Catalog>,
-    client: tokio_postgres::Client,
-    name: String,
+    commits: Commits,
+}
+
+enum Commits {
+    Sql { client: tokio_postgres::Client, name: String },
+    Rest(Box<RestCommitter>),
 }
 
 impl MaintenanceCatalog {
-    /// Connects to the configured catalog; a REST catalog is refused.
+    /// Connects to the configured catalog.
     pub async fn connect(settings: &CatalogSettings) -> Result<Self, MaintenanceError> {
-        let (name, uri) = match settings {
-            CatalogSettings::Sql { name, uri, .. } => (name.clone(), uri.clone()),
-            CatalogSettings::Rest { .. } => return Err(MaintenanceError::RestCatalog),
-        };
         let catalog = catalog::connect(settings).await.map_err(MaintenanceError::Catalog)?;
-        let config: Config = uri.parse().map_err(MaintenanceError::CatalogDatabase)?;
-        let client = crate::store::connect(&config).await.map_err(MaintenanceError::CatalogDatabase)?;
-        Ok(Self::new(catalog, client, &name))
+        match settings {
+            CatalogSettings::Sql { name, uri, .. } => {
+                let config: Config = uri.parse().map_err(MaintenanceError::CatalogDatabase)?;
+                let client = crate::store::connect(&config).await.map_err(MaintenanceError::CatalogDatabase)?;
+                Ok(Self::new(catalog, client, name))
+            }
+            CatalogSettings::Rest { uri, warehouse, props, .. } => Ok(Self {
+                catalog,
+                commits: Commits::Rest(Box::new(RestCommitter::new(uri, warehouse.clone(), props.clone()))),
+            }),
+        }
     }
 
     /// From parts already connected (`client` on the SQL catalog `name`'s database).
     pub fn new(catalog: Arc<dyn Catalog>, client: tokio_postgres::Client, name: &str) -> Self {
-        Self { catalog, client, name: name.to_string() }
+        Self { catalog, commits: Commits::Sql { client, name: name.to_string() } }
     }
 
     async fn load(&self, table: &TableIdent) -> Result<Table, MaintenanceError> {
         self.catalog.load_table(table).await.map_err(MaintenanceError::iceberg(table))
+    }
+
+    /// Makes a staged rewrite visible; the table as committed.
+    async fn commit(&self, staged: StagedRowDelta) -> Result<Table, MaintenanceError> {
+        match &self.commits {
+            Commits::Sql { client, name } => Ok(row_delta::commit_sql(client, name, staged).await?),
+            Commits::Rest(rest) => {
+                let ident = staged.identifier().clone();
+                rest.commit(staged).await?;
+                self.load(&ident).await
+            }
+        }
+    }
+
+    /// Commits `new_metadata` (built on `base` without the snapshots `expired`).
+    async fn commit_expiry(&self, base: &Table, new_metadata: TableMetadata, expired: &[i64]) -> Result<(), MaintenanceError> {
+        match &self.commits {
+            Commits::Sql { client, name } => {
+                row_delta::commit_metadata_sql(client, name, base, new_metadata).await?;
+            }
+            Commits::Rest(rest) => {
+                rest.commit_updates(base, vec![TableUpdate::RemoveSnapshots { snapshot_ids: expired.to_vec() }]).await?;
+            }
+        }
+        Ok(())
     }
 }
 

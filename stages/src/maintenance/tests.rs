@@ -283,19 +283,6 @@ async fn compaction_of_rows_older_than_a_new_column_writes_them_with_the_column_
     assert_eq!(pyiceberg_rows(&fx).expect("pyiceberg"), lines(&expected));
 }
 
-#[tokio::test]
-async fn compaction_refuses_a_rest_catalog_without_naming_its_uri() {
-    let settings = crate::catalog::CatalogSettings::Rest {
-        name: "lake".into(),
-        uri: "https://user:secret@rest.example".into(),
-        warehouse: None,
-        props: HashMap::new(),
-    };
-    let refused = MaintenanceCatalog::connect(&settings).await.err().expect("refused");
-    let message = refused.to_string();
-    assert!(message.contains("sink.iceberg.catalog.type: rest") && !message.contains("secret"), "{message}");
-}
-
 #[test]
 fn compaction_reports_sizes_and_counts_for_a_person() {
     assert_eq!(super::human_bytes(512), "512 B");

@@ -2,7 +2,8 @@
 //! /v1/{prefix}/namespaces/{ns}/tables/{table}`) with the updates `add-snapshot` and `set-snapshot-ref` (main)
 //! and the requirements `assert-table-uuid` and `assert-ref-snapshot-id` (main is still the snapshot the delta
 //! was built on). The server applies them to its metadata and writes the metadata JSON itself; a requirement
-//! that no longer holds is its `409 Conflict`, our [`RowDeltaError::StaleBase`].
+//! that no longer holds is its `409 Conflict`, our [`RowDeltaError::StaleBase`]. Metadata-only changes (the
+//! expiry's `remove-snapshots`) go the same way ([`RestCommitter::commit_updates`]).
 //!
 //! The iceberg crate's REST client cannot send such a commit (its `TableCommit` cannot be built outside the
 //! crate), so this module speaks the protocol itself, with the crate's own serializable `TableUpdate` and
@@ -13,7 +14,7 @@
 use std::collections::HashMap;
 
 use iceberg::spec::{SnapshotReference, SnapshotRetention, MAIN_BRANCH};
-use iceberg::{TableRequirement, TableUpdate};
+use iceberg::{TableIdent, TableRequirement, TableUpdate};
 use tokio::sync::Mutex;
 
 use super::{RowDeltaError, StagedRowDelta};
@@ -51,24 +52,51 @@ impl RestCommitter {
     /// Sends `staged`'s commit; on success the metadata JSON `stage` wrote is deleted (the server wrote its own).
     pub async fn commit(&self, staged: StagedRowDelta) -> Result<(), RowDeltaError> {
         let table = staged.table.identifier().clone();
-        let failed = |reason: String| RowDeltaError::Rest { table: table.clone(), reason };
         let metadata = staged.table.metadata();
-        let snapshot = metadata
-            .snapshot_by_id(staged.snapshot_id)
-            .ok_or_else(|| failed("the staged snapshot is not in its metadata".into()))?;
+        let snapshot = metadata.snapshot_by_id(staged.snapshot_id).ok_or_else(|| RowDeltaError::Rest {
+            table: table.clone(),
+            reason: "the staged snapshot is not in its metadata".into(),
+        })?;
+        let updates = vec![
+            TableUpdate::AddSnapshot { snapshot: (**snapshot).clone() },
+            TableUpdate::SetSnapshotRef {
+                ref_name: MAIN_BRANCH.to_string(),
+                reference: SnapshotReference::new(staged.snapshot_id, SnapshotRetention::branch(None, None, None)),
+            },
+        ];
+        self.send(&table, metadata.uuid(), snapshot.parent_snapshot_id(), updates, &staged.base_location).await?;
+        if let Err(e) = staged.table.file_io().delete(&staged.location).await {
+            tracing::debug!(file = %staged.location, error = %crate::report::chain(&e), "could not delete the unused staged metadata");
+        }
+        Ok(())
+    }
+
+    /// Commits `updates` of `base`'s metadata that add no snapshot (the expiry of snapshots: `remove-snapshots`),
+    /// only if `main` is still at `base`'s current snapshot.
+    pub async fn commit_updates(&self, base: &iceberg::table::Table, updates: Vec<TableUpdate>) -> Result<(), RowDeltaError> {
+        let metadata = base.metadata();
+        let location = base.metadata_location().unwrap_or_default().to_string();
+        self.send(base.identifier(), metadata.uuid(), metadata.current_snapshot_id(), updates, &location).await
+    }
+
+    /// The commit request: `updates` under the requirements that the table is still `uuid` and its `main` is at
+    /// `main` (`base_location` names that state in a [`RowDeltaError::StaleBase`]).
+    async fn send(
+        &self,
+        table: &TableIdent,
+        uuid: uuid::Uuid,
+        main: Option<i64>,
+        updates: Vec<TableUpdate>,
+        base_location: &str,
+    ) -> Result<(), RowDeltaError> {
+        let failed = |reason: String| RowDeltaError::Rest { table: table.clone(), reason };
         let body = serde_json::json!({
             "identifier": { "namespace": table.namespace().as_ref(), "name": table.name() },
             "requirements": [
-                TableRequirement::UuidMatch { uuid: metadata.uuid() },
-                TableRequirement::RefSnapshotIdMatch { r#ref: MAIN_BRANCH.to_string(), snapshot_id: snapshot.parent_snapshot_id() },
+                TableRequirement::UuidMatch { uuid },
+                TableRequirement::RefSnapshotIdMatch { r#ref: MAIN_BRANCH.to_string(), snapshot_id: main },
             ],
-            "updates": [
-                TableUpdate::AddSnapshot { snapshot: (**snapshot).clone() },
-                TableUpdate::SetSnapshotRef {
-                    ref_name: MAIN_BRANCH.to_string(),
-                    reference: SnapshotReference::new(staged.snapshot_id, SnapshotRetention::branch(None, None, None)),
-                },
-            ],
+            "updates": updates,
         });
         let session = self.session().await.map_err(&failed)?;
         let namespace: Vec<String> = table.namespace().iter().map(|part| encode(part)).collect();
@@ -81,14 +109,11 @@ impl RestCommitter {
         let response = request.send().await.map_err(|e| failed(format!("POST {url}: {}", crate::report::chain(&e))))?;
         let status = response.status();
         if status == reqwest::StatusCode::CONFLICT {
-            return Err(RowDeltaError::StaleBase { table, base: staged.base_location });
+            return Err(RowDeltaError::StaleBase { table: table.clone(), base: base_location.to_string() });
         }
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
             return Err(failed(format!("POST {url}: {status}: {}", text.chars().take(500).collect::<String>())));
-        }
-        if let Err(e) = staged.table.file_io().delete(&staged.location).await {
-            tracing::debug!(file = %staged.location, error = %crate::report::chain(&e), "could not delete the unused staged metadata");
         }
         Ok(())
     }
