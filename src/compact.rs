@@ -26,7 +26,7 @@ pub enum CompactError {
         /// Why it does not parse.
         reason: String,
     },
-    /// The catalog or the buffer could not be reached, or the catalog is not the SQL catalog.
+    /// The catalog or the buffer could not be reached.
     #[error(transparent)]
     Maintenance(#[from] MaintenanceError),
 }

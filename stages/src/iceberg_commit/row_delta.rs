@@ -17,9 +17,9 @@
 //! wrong rows). Unlike the crate's `Transaction::commit`, nothing is re-applied on a newer table behind the
 //! caller's back. The files of an attempt that did not land stay unreferenced in the warehouse.
 //!
-//! Only the SQL catalog (the `iceberg_tables` layout of `iceberg-catalog-sql`, pyiceberg and Java's JDBC
-//! catalog) is done. Not done: the REST catalog's commit request (`POST …/tables/{t}` with
-//! `assert-ref-snapshot-id`), format v1/v3 tables, partitioned tables.
+//! Catalogs: the SQL catalog (the `iceberg_tables` layout of `iceberg-catalog-sql`, pyiceberg and Java's JDBC
+//! catalog) here, the REST catalog's commit request in [`rest`]. Not done: format v1/v3 tables, partitioned
+//! tables.
 
 use std::collections::HashMap;
 use std::str::FromStr;

@@ -15,7 +15,8 @@
 //! ([`crate::iceberg_commit::row_delta`]): a commit that lands in between makes the work start again from the
 //! new state. The lease only avoids that wasted work; the compare-and-set is what makes it safe.
 //!
-//! Only the SQL catalog is done (the compare-and-set is its `UPDATE iceberg_tables`); a REST catalog is refused.
+//! Commits go through the SQL catalog's compare-and-set (its `UPDATE iceberg_tables`) or a REST catalog's
+//! commit request (`row_delta::rest`), both landing only on the table state read.
 
 pub mod compact;
 pub mod expire;
