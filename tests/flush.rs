@@ -446,14 +446,9 @@ pub async fn assert_both_readers_hold(pipeline: &Pipeline, table: &str, expected
     (crate_rows, py_rows)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_reach_iceberg_exactly_as_the_source_made_them_for_both_readers() {
-    let db = philotes_testkit::shared().database("flush_e2e").expect("database");
-    db.psql(SCHEMA).expect("schema");
-    create_table(&db, "orders");
-    create_table(&db, "customers");
-    let pipeline = Pipeline::new(&db, &["public.orders", "public.customers"], "{ workers: 2, max_events: 1000, interval: 200ms }");
-    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
+/// A workload of inserts, updates, deletes, a rolled-back transaction, NULLs, a TOASTed value and a TRUNCATE
+/// over `orders` and `customers`; returns the WAL position of its last transaction (see [`last_commit`]).
+pub fn workload(db: &TestDatabase) -> String {
     // One psql call per transaction: a multi-statement `psql -c` is one implicit transaction, so a ROLLBACK
     // inside it would undo everything before it.
     for sql in [
@@ -471,7 +466,18 @@ async fn changes_reach_iceberg_exactly_as_the_source_made_them_for_both_readers(
     ] {
         db.psql(sql).expect("workload");
     }
-    let after = last_commit(&db, "INSERT INTO customers VALUES (3, 'after truncate', -5.50, false, now(), '[1, 2]', ARRAY['x'], 'y')");
+    last_commit(db, "INSERT INTO customers VALUES (3, 'after truncate', -5.50, false, now(), '[1, 2]', ARRAY['x'], 'y')")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_iceberg_exactly_as_the_source_made_them_for_both_readers() {
+    let db = philotes_testkit::shared().database("flush_e2e").expect("database");
+    db.psql(SCHEMA).expect("schema");
+    create_table(&db, "orders");
+    create_table(&db, "customers");
+    let pipeline = Pipeline::new(&db, &["public.orders", "public.customers"], "{ workers: 2, max_events: 1000, interval: 200ms }");
+    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
+    let after = workload(&db);
     run.wait_until("every change in iceberg", Duration::from_secs(120), || async { drained(&db, &pipeline.name, &after) }).await;
     assert_status_clean(&pipeline.file);
     run.stop_cleanly().await;

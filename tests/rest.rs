@@ -9,11 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use philotes_stages::catalog::{self, CatalogSettings};
-use philotes_testkit::TestDatabase;
 
 use crate::flush::{
     assert_both_readers_see_the_source, comparable, create_table, drained, expected_history, last_commit, read_with_iceberg_crate,
-    read_with_pyiceberg, Pipeline, SCHEMA,
+    read_with_pyiceberg, workload, Pipeline, SCHEMA,
 };
 use crate::mirror::{assert_mirror_equals_source, mirror_pipeline};
 use crate::snapshot::wait_snapshots_done;
@@ -132,28 +131,6 @@ async fn assert_rest_and_sql_agree(pipeline: &Pipeline, rest: &CatalogSettings, 
         catalog::committed_position(&over_rest, &pipeline.name).is_some(),
         "{table}: the snapshot summary carries the pipeline's position"
     );
-}
-
-/// A workload of inserts, updates, deletes, a rolled-back transaction, NULLs, a TOASTed value and a TRUNCATE
-/// over `orders` and `customers`; returns the WAL position of its last transaction (see [`last_commit`]).
-fn workload(db: &TestDatabase) -> String {
-    // One psql call per transaction: a ROLLBACK inside a multi-statement `psql -c` would undo everything before it.
-    for sql in [
-        "INSERT INTO orders SELECT g, 'order ' || g, g * 1.25, g % 2 = 0,
-                '2024-03-10 01:59:59.123456-05'::timestamptz + g * interval '1 hour',
-                jsonb_build_object('g', g), ARRAY['a' || g, NULL], repeat('x', 10) FROM generate_series(1, 300) g",
-        "INSERT INTO customers VALUES (1, 'ann', 0.01, true, '1969-12-31 23:59:59.999999+00', '{\"vip\": true}', '{}',
-                repeat('long text ', 200000))",
-        "UPDATE orders SET amount = amount + 1, flag = NOT flag WHERE id % 7 = 0",
-        "UPDATE customers SET name = 'ann b' WHERE id = 1",
-        "DELETE FROM orders WHERE id > 290",
-        "BEGIN; INSERT INTO orders VALUES (999, 'rolled back'); ROLLBACK",
-        "INSERT INTO customers VALUES (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
-        "TRUNCATE customers",
-    ] {
-        db.psql(sql).expect("workload");
-    }
-    last_commit(db, "INSERT INTO customers VALUES (3, 'after truncate', -5.50, false, now(), '[1, 2]', ARRAY['x'], 'y')")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

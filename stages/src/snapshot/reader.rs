@@ -199,6 +199,10 @@ impl Reader {
                 return;
             }
             Err(TableError::Refused(reason)) => reason,
+            // Dropped between the chunk's description (its snapshot still sees the table) and its read.
+            Err(TableError::Sql(error)) if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                format!("table {table} no longer exists on the source ({})", crate::report::chain(&error))
+            }
             Err(TableError::Sql(error)) => format!("reading the table failed: {}", crate::report::chain(&error)),
         };
         tracing::error!(table = %table, "snapshot failed: {reason}");
