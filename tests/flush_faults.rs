@@ -290,14 +290,24 @@ fn current_rows_sql(table: &str) -> String {
 }
 
 /// A flusher aborts at `point` while the capture runs; a flusher restarted without the fault repairs. With
-/// `mirror`, the tables are mirrors (keyed on their primary key under REPLICA IDENTITY FULL).
-async fn flusher_crash_at_is_repaired_on_restart(point: &str, mirror: bool) {
+/// `mirror`, the tables are mirrors (keyed on their primary key under REPLICA IDENTITY FULL); with `rest`, the
+/// catalog is the tests' REST catalog server (over the same SQL catalog, which the checks read).
+async fn flusher_crash_at_is_repaired_on_restart(point: &str, mirror: bool, rest: bool) {
     let tables = ["orders", "customers"];
-    let db = database(&format!("fault_{point}{}", if mirror { "_mirror" } else { "" }), &tables);
+    let hint = format!("fault_{point}{}{}", if mirror { "_mirror" } else { "" }, if rest { "_rest" } else { "" });
+    let db = database(&hint, &tables);
     let pipeline = pipeline(&db, &tables, "{ workers: 2, max_events: 2000, interval: 200ms }");
     if mirror {
         pipeline.rewrite("    namespace: lake\n", "    namespace: lake\n    mode: mirror\n");
     }
+    let server = match rest {
+        true => {
+            let server = crate::rest::RestCatalogServer::start(&pipeline, &[]).await;
+            crate::rest::use_rest_catalog(&pipeline, server.uri(), "");
+            Some(server)
+        }
+        false => None,
+    };
     let capture = pipeline.start_streaming(&db, &["--role", "capture"], &[], "capture.log").await;
     workload(&db, &tables, 1, 3, 200);
     unconvertible(&db, &tables, 1);
@@ -327,6 +337,9 @@ async fn flusher_crash_at_is_repaired_on_restart(point: &str, mirror: bool) {
     restarted.stop_cleanly().await;
     capture.stop_cleanly().await;
 
+    if let Some(server) = &server {
+        assert!(server.answered("POST /v1/namespaces/lake/tables/orders ", 200), "commits went through REST:\n{}", server.log());
+    }
     // The repair (no change written twice, snapshots in position order) is what the checks below read.
     for table in tables {
         if mirror {
@@ -350,32 +363,32 @@ async fn flusher_crash_at_is_repaired_on_restart(point: &str, mirror: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flusher_killed_after_parquet_written_loses_and_doubles_nothing() {
-    flusher_crash_at_is_repaired_on_restart(fault::AFTER_PARQUET, false).await;
+    flusher_crash_at_is_repaired_on_restart(fault::AFTER_PARQUET, false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flusher_killed_after_iceberg_commit_writes_nothing_twice() {
-    flusher_crash_at_is_repaired_on_restart(fault::AFTER_ICEBERG_COMMIT, false).await;
+    flusher_crash_at_is_repaired_on_restart(fault::AFTER_ICEBERG_COMMIT, false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flusher_killed_before_buffer_commit_writes_nothing_twice() {
-    flusher_crash_at_is_repaired_on_restart(fault::BEFORE_PG_COMMIT, false).await;
+    flusher_crash_at_is_repaired_on_restart(fault::BEFORE_PG_COMMIT, false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_flusher_killed_after_parquet_written_loses_and_doubles_nothing() {
-    flusher_crash_at_is_repaired_on_restart(fault::AFTER_PARQUET, true).await;
+    flusher_crash_at_is_repaired_on_restart(fault::AFTER_PARQUET, true, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_flusher_killed_after_iceberg_commit_writes_nothing_twice() {
-    flusher_crash_at_is_repaired_on_restart(fault::AFTER_ICEBERG_COMMIT, true).await;
+    flusher_crash_at_is_repaired_on_restart(fault::AFTER_ICEBERG_COMMIT, true, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_flusher_killed_before_buffer_commit_writes_nothing_twice() {
-    flusher_crash_at_is_repaired_on_restart(fault::BEFORE_PG_COMMIT, true).await;
+    flusher_crash_at_is_repaired_on_restart(fault::BEFORE_PG_COMMIT, true, false).await;
 }
 
 /// Four flushers drain `tables` while `transactions` workload transactions of 300 rows each run; one flusher is
@@ -604,5 +617,14 @@ async fn a_value_iceberg_cannot_hold_is_dead_lettered_with_its_reason_and_the_re
     for table in tables {
         assert_exactly_once(&db, &pipeline, table).await;
         assert_dead_lettered(&db, &pipeline, table, false);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_rest_a_flusher_killed_at_each_crash_point_is_repaired_in_both_modes() {
+    for mirror in [false, true] {
+        for point in [fault::AFTER_PARQUET, fault::AFTER_ICEBERG_COMMIT, fault::BEFORE_PG_COMMIT] {
+            flusher_crash_at_is_repaired_on_restart(point, mirror, true).await;
+        }
     }
 }

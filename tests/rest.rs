@@ -101,7 +101,7 @@ fn python() -> String {
 }
 
 /// Points the pipeline's sink at the REST catalog `uri` with extra catalog keys (`token: …`).
-fn use_rest_catalog(pipeline: &Pipeline, uri: &str, extra: &str) {
+pub fn use_rest_catalog(pipeline: &Pipeline, uri: &str, extra: &str) {
     pipeline.rewrite(
         "    namespace: lake\n",
         &format!("    namespace: lake\n    catalog: {{ type: rest, name: philotes, uri: \"{uri}\"{extra} }}\n"),
