@@ -207,7 +207,7 @@ async fn a_wrong_rest_catalog_token_fails_clearly_and_the_right_one_delivers_eve
             status_table(&status, "public.orders")["failing"].as_str().map(str::to_string)
         })
         .await;
-    assert!(failing.contains("401"), "the failure names the HTTP status 401: {failing}");
+    assert!(failing.contains("401") && failing.contains("refused the credentials"), "the failure names the HTTP status 401 and what to check: {failing}");
     assert!(failing.contains("missing or wrong bearer token"), "the failure quotes the server's message: {failing}");
     assert!(!drained(&db, &pipeline.name, &after), "nothing could have been flushed");
     assert!(server.answered("GET /v1/config", 401), "the server refused the token; its log:\n{}", server.log());

@@ -93,7 +93,7 @@ impl FlushJob {
                 match self.tables.prepare(&self.target, self.table(), latest, &used, self.mirror).await {
                     Ok(prepared) => Ok(prepared),
                     Err(e) => {
-                        let failure = format!("preparing iceberg table {} (source {}): {}", self.target, self.table(), crate::report::chain(&e));
+                        let failure = format!("preparing iceberg table {} (source {}): {}", self.target, self.table(), crate::report::catalog_failure(&e));
                         tracing::warn!(error = %failure, "iceberg catalog or warehouse unavailable; retrying with backoff");
                         self.record_failure(&failure).await;
                         Err(StageError::retryable(e))

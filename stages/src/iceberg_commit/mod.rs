@@ -313,7 +313,7 @@ impl Committer {
         }
         if e.is_unavailable() {
             let failure =
-                format!("committing to iceberg table {} (source {}): {}", job.target, job.table(), crate::report::chain(&e));
+                format!("committing to iceberg table {} (source {}): {}", job.target, job.table(), crate::report::catalog_failure(&e));
             tracing::warn!(error = %failure,
                 "iceberg catalog or warehouse unavailable; retrying with backoff (the buffer keeps the changes)");
             job.record_failure(&failure).await;
