@@ -344,9 +344,11 @@ async fn run(
         return Ok(());
     }
     let metrics_addr = metrics.unwrap_or(config.telemetry.metrics);
-    match philotes::telemetry::serve_metrics(metrics_addr, cancel.clone()).await {
+    let readiness = philotes::telemetry::Readiness::default();
+    match philotes::telemetry::serve_metrics(metrics_addr, readiness.clone(), cancel.clone()).await {
         Ok(()) => {
-            tokio::spawn(philotes::telemetry::poll_status(config.clone(), std::time::Duration::from_secs(5), cancel.clone()));
+            let every = std::time::Duration::from_secs(5);
+            tokio::spawn(philotes::telemetry::poll_status(config.clone(), every, readiness, cancel.clone()));
         }
         // Several processes of one pipeline on one host share the file: the second cannot bind the same port.
         Err(e) => tracing::warn!("{e}; this process runs without a metrics endpoint (pass --metrics ADDR to choose another)"),

@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -45,9 +46,51 @@ pub enum TelemetryError {
     },
 }
 
+/// What `GET /readyz` answers: the verdict of the last status poll ([`poll_status`]), `None` before the first.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<RwLock<Option<Vec<String>>>>);
+
+impl Readiness {
+    /// Records why the pipeline is not ready (empty: it is).
+    fn set(&self, reasons: Vec<String>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(reasons);
+    }
+
+    /// The status code and JSON body of `/readyz`.
+    fn answer(&self) -> (StatusCode, Vec<u8>) {
+        let reasons = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let reasons = reasons.unwrap_or_else(|| vec!["starting: the first status check has not run yet".to_string()]);
+        let ready = reasons.is_empty();
+        let body = serde_json::json!({ "ready": ready, "reasons": reasons });
+        let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        (status, format!("{body}\n").into_bytes())
+    }
+}
+
+/// Why a pipeline in `status` is not ready to serve: a part that could not be read (source, buffer), a slot that
+/// is missing or lost its WAL, a stopped table, a table whose flushes keep failing (catalog or warehouse).
+pub fn not_ready(status: &crate::status::Status) -> Vec<String> {
+    let mut reasons: Vec<String> = status.errors.iter().map(|p| format!("{} unreachable: {}", p.part, p.error)).collect();
+    if status.slot_exists == Some(false) {
+        reasons.push(format!("replication slot {} does not exist", status.slot));
+    }
+    if status.slot_wal_status.as_deref() == Some("lost") {
+        reasons.push(format!("replication slot {} is invalidated (its WAL is lost)", status.slot));
+    }
+    for table in &status.tables {
+        if let Some(error) = &table.error {
+            reasons.push(format!("table {} stopped: {error}", table.table));
+        }
+        if let Some(failing) = &table.failing {
+            reasons.push(format!("table {} failing: {failing}", table.table));
+        }
+    }
+    reasons
+}
+
 /// Installs the global meter provider and serves `/metrics` and `/healthz` on `addr` until `cancel` fires.
 /// Returns once the address is bound; the server runs on a task of its own.
-pub async fn serve_metrics(addr: SocketAddr, cancel: CancellationToken) -> Result<(), TelemetryError> {
+pub async fn serve_metrics(addr: SocketAddr, readiness: Readiness, cancel: CancellationToken) -> Result<(), TelemetryError> {
     let registry = Registry::new();
     let exporter = opentelemetry_prometheus::exporter()
         .with_registry(registry.clone())
@@ -58,14 +101,14 @@ pub async fn serve_metrics(addr: SocketAddr, cancel: CancellationToken) -> Resul
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
     opentelemetry::global::set_meter_provider(SdkMeterProvider::builder().with_reader(exporter).build());
     let listener = TcpListener::bind(addr).await.map_err(|source| TelemetryError::Bind { addr, source })?;
-    tracing::info!(%addr, "serving metrics on /metrics, health on /healthz");
-    tokio::spawn(serve(listener, registry, cancel));
+    tracing::info!(%addr, "serving metrics on /metrics, health on /healthz and /readyz");
+    tokio::spawn(serve(listener, registry, readiness, cancel));
     Ok(())
 }
 
 /// Accepts HTTP/1 connections on `listener` until `cancel` fires, then stops accepting and gives open
 /// connections [`SHUTDOWN_GRACE`] to finish the request they are in (keep-alive connections are closed after it).
-async fn serve(listener: TcpListener, registry: Registry, cancel: CancellationToken) {
+async fn serve(listener: TcpListener, registry: Registry, readiness: Readiness, cancel: CancellationToken) {
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -80,9 +123,9 @@ async fn serve(listener: TcpListener, registry: Registry, cancel: CancellationTo
                 continue;
             }
         };
-        let registry = registry.clone();
+        let (registry, readiness) = (registry.clone(), readiness.clone());
         let service = service_fn(move |request: Request<Incoming>| {
-            let response = respond(&request, &registry);
+            let response = respond(&request, &registry, &readiness);
             async move { Ok::<_, Infallible>(response) }
         });
         // The timer bounds how long a client may take to send its request head (hyper's default: 30s).
@@ -101,7 +144,7 @@ async fn serve(listener: TcpListener, registry: Registry, cancel: CancellationTo
 }
 
 /// The response to one request: the metrics, the health answer, or 404 (405 for another method on a known path).
-fn respond(request: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+fn respond(request: &Request<Incoming>, registry: &Registry, readiness: &Readiness) -> Response<Full<Bytes>> {
     let (status, body) = match (request.method(), request.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
             let mut body = Vec::new();
@@ -111,28 +154,36 @@ fn respond(request: &Request<Incoming>, registry: &Registry) -> Response<Full<By
             (StatusCode::OK, body)
         }
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, b"ok".to_vec()),
-        (_, "/metrics" | "/healthz") => (StatusCode::METHOD_NOT_ALLOWED, b"use GET\n".to_vec()),
-        _ => (StatusCode::NOT_FOUND, b"philotes serves /metrics and /healthz\n".to_vec()),
+        (&Method::GET | &Method::HEAD, "/readyz") => readiness.answer(),
+        (_, "/metrics" | "/healthz" | "/readyz") => (StatusCode::METHOD_NOT_ALLOWED, b"use GET\n".to_vec()),
+        _ => (StatusCode::NOT_FOUND, b"philotes serves /metrics, /healthz and /readyz\n".to_vec()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT));
+    let json = request.uri().path() == "/readyz" && status != StatusCode::METHOD_NOT_ALLOWED;
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(if json { "application/json" } else { CONTENT_TYPE_TEXT }));
     if status == StatusCode::METHOD_NOT_ALLOWED {
         headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
     response
 }
 
-/// Every `every`, reads the pipeline's status and records buffer depth and replication lag as gauges.
-pub async fn poll_status(config: PipelineConfig, every: Duration, cancel: CancellationToken) {
+/// Every `every` (the first time at once), reads the pipeline's status, records buffer depth and replication lag
+/// as gauges and the readiness verdict for `/readyz`.
+pub async fn poll_status(config: PipelineConfig, every: Duration, readiness: Readiness, cancel: CancellationToken) {
     let metrics = philotes_stages::telemetry::metrics();
+    let mut first = true;
     loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+        if !first {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
         }
+        first = false;
         let status = crate::status::read(&config).await;
+        readiness.set(not_ready(&status));
         for problem in &status.errors {
             tracing::debug!(part = problem.part, error = %problem.error, "status poll could not read a part");
         }
@@ -175,7 +226,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
         let addr = listener.local_addr().expect("address");
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, registry, cancel.clone()));
+        let readiness = Readiness::default();
+        let server = tokio::spawn(serve(listener, registry, readiness.clone(), cancel.clone()));
 
         let metrics = get(addr, "/metrics").await;
         assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
@@ -184,6 +236,16 @@ mod tests {
 
         let health = get(addr, "/healthz").await;
         assert!(health.starts_with("HTTP/1.1 200 OK\r\n") && health.ends_with("\r\n\r\nok"), "{health}");
+
+        // Not ready before the first status check, then whatever it found, with the reasons.
+        let starting = get(addr, "/readyz").await;
+        assert!(starting.starts_with("HTTP/1.1 503 Service Unavailable\r\n") && starting.contains("starting"), "{starting}");
+        readiness.set(vec!["table public.t stopped: a reason".into()]);
+        let stopped = get(addr, "/readyz").await;
+        assert!(stopped.contains(r#"{"ready":false,"reasons":["table public.t stopped: a reason"]}"#), "{stopped}");
+        readiness.set(Vec::new());
+        let ready = get(addr, "/readyz").await;
+        assert!(ready.starts_with("HTTP/1.1 200 OK\r\n") && ready.contains(r#"{"ready":true,"reasons":[]}"#), "{ready}");
 
         let missing = get(addr, "/metricsz").await;
         assert!(missing.starts_with("HTTP/1.1 404 Not Found\r\n"), "{missing}");

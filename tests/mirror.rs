@@ -77,6 +77,18 @@ async fn files(pipeline: &Pipeline, table: &str) -> philotes_stages::maintenance
     philotes_stages::maintenance::FileCounts::of(&loaded).await.expect("files")
 }
 
+/// `GET path` on `addr`, the whole response as text (empty when nothing answers).
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return String::new() };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut response = Vec::new();
+    if stream.write_all(request.as_bytes()).await.is_err() || stream.read_to_end(&mut response).await.is_err() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}
+
 /// A small deterministic generator (xorshift), so a failing workload can be replayed.
 struct Random(u64);
 
@@ -163,7 +175,9 @@ async fn a_mirror_table_equals_the_source_row_for_row_after_any_workload() {
     )
     .expect("schema");
     let pipeline = mirror_pipeline(&db, &["items", "pairs", "full_set"]);
-    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let metrics = format!("127.0.0.1:{port}");
+    let run = pipeline.start_streaming(&db, &["--metrics", &metrics], &[], "run.log").await;
     wait_snapshots_done(&db, &pipeline, &run, "INSERT INTO full_set VALUES ('marker', 0)").await;
     let client = db.connect().await.expect("connect");
     let mut random = Random(0x9e37_79b9_7f4a_7c15);
@@ -179,6 +193,11 @@ async fn a_mirror_table_equals_the_source_row_for_row_after_any_workload() {
         // Each round in Iceberg before the next: its unchanged TOAST values are then only in Iceberg's files.
         drain(r).await;
     }
+    // Everything reachable, nothing stopped: /readyz answers 200 (once its 5-second status poll has run).
+    run.wait_until("/readyz ready", Duration::from_secs(30), || async {
+        http_get(&metrics, "/readyz").await.contains(r#"{"ready":true,"reasons":[]}"#)
+    })
+    .await;
     let tables = [("items", ITEMS, &["id"][..]), ("pairs", PAIRS, &["a", "b"][..]), ("full_set", FULL_SET, &["k", "v"][..])];
     for (table, select, key) in tables {
         assert_mirror_equals_source(&db, &pipeline, table, select, key).await;
@@ -250,7 +269,9 @@ async fn a_table_whose_key_iceberg_cannot_delete_by_stops_alone() {
     )
     .expect("schema");
     let pipeline = mirror_pipeline(&db, &["floaty", "fine"]);
-    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let metrics = format!("127.0.0.1:{port}");
+    let run = pipeline.start_streaming(&db, &["--metrics", &metrics], &[], "run.log").await;
     db.psql("INSERT INTO fine VALUES (2, 'b'); UPDATE fine SET v = 'c' WHERE id = 1; INSERT INTO floaty VALUES (2, 2.5);")
         .expect("changes");
     let file = pipeline.file.clone();
@@ -261,6 +282,14 @@ async fn a_table_whose_key_iceberg_cannot_delete_by_stops_alone() {
         })
         .await;
     assert!(error.contains("column \"x\"") && error.contains("equality-delete key"), "{error}");
+    // /readyz says the pipeline is not ready, and why (the status poll runs every 5 s).
+    let ready = run
+        .wait_until("/readyz to name the stopped table", Duration::from_secs(30), || async {
+            let answer = http_get(&metrics, "/readyz").await;
+            answer.contains("table public.floaty stopped").then_some(answer)
+        })
+        .await;
+    assert!(ready.starts_with("HTTP/1.1 503") && ready.contains(r#""ready":false"#), "{ready}");
     let fine = "SELECT id::text AS id, v FROM fine";
     let expected = source_rows(&db, fine).len();
     run.wait_until("fine mirrored", Duration::from_secs(60), || async {
