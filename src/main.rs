@@ -95,6 +95,13 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = parse_wait)]
         wait: std::time::Duration,
     },
+    /// List, show or drop the changes that could not be converted (`philotes.dead_letters`).
+    DeadLetters {
+        /// The pipeline file.
+        file: PathBuf,
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
     /// Show the pipeline's state: slot and replication lag, source checkpoint, buffer depth, dead letters. Exits 0
     /// when everything could be read, 2 when a part could not (it is marked and listed under errors).
     Status {
@@ -103,6 +110,31 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// What `philotes dead-letters FILE` does.
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// A line per dead letter: id, stage, table, position, reason (`--json`: every field).
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter, whole: the change as it was rendered, and why it was refused.
+    Show {
+        /// Its id (from `list`).
+        id: i64,
+    },
+    /// Deletes dead letters (after looking at them: they are the only record of those changes).
+    Drop {
+        /// The ids to delete.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<i64>,
+        /// Delete every dead letter of the pipeline.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -135,6 +167,10 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Resume { file, tables } => runtime.block_on(resume(&file, &tables, cli.log_format)),
+        Command::DeadLetters { file, action } => match runtime.block_on(dead_letters(&file, action, cli.log_format)) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Snapshot { file, tables } => runtime.block_on(snapshot(&file, &tables, cli.log_format)),
         Command::Compact { file, tables, min_files, wait } => {
             match runtime.block_on(compact(&file, &tables, min_files, wait, cli.log_format)) {
@@ -236,6 +272,49 @@ async fn resume(file: &Path, tables: &[String], log_format: Option<LogFormatArg>
         }
     }
     Ok(())
+}
+
+/// `philotes dead-letters FILE list|show ID|drop ID…|drop --all`; exits 1 when `show` or `drop` names an id the
+/// pipeline has no dead letter with.
+async fn dead_letters(file: &Path, action: DeadLetterAction, log_format: Option<LogFormatArg>) -> anyhow::Result<ExitCode> {
+    use philotes_stages::store::dead_letters as store;
+    let config = load(file, log_format)?;
+    let client = philotes::postgres::connect(&config.buffer.url)
+        .await
+        .with_context(|| format!("connecting to the buffer database {}", config.buffer.url))?;
+    let pipeline = &config.pipeline;
+    match action {
+        DeadLetterAction::List { json: true } => println!("{}", serde_json::to_string_pretty(&store::list(&client, pipeline).await?)?),
+        DeadLetterAction::List { json: false } => {
+            let letters = store::list(&client, pipeline).await?;
+            for l in &letters {
+                let (table, position) = (l.table.as_deref().unwrap_or("-"), l.position.as_deref().unwrap_or("-"));
+                println!("{:>6}  {}  {:<14}  {table}  {position}  {}", l.id, l.stored_at, l.stage, l.reason);
+            }
+            println!("{} dead letter{} in pipeline {pipeline}", letters.len(), if letters.len() == 1 { "" } else { "s" });
+        }
+        DeadLetterAction::Show { id } => match store::get(&client, pipeline, id).await? {
+            Some(l) => {
+                println!("id        {}\nstored    {}\nstage     {}", l.id, l.stored_at, l.stage);
+                println!("table     {}\nposition  {}", l.table.as_deref().unwrap_or("-"), l.position.as_deref().unwrap_or("-"));
+                println!("reason    {}\nchange    {}", l.reason, l.payload.as_deref().unwrap_or("-"));
+            }
+            None => {
+                eprintln!("pipeline {pipeline} has no dead letter {id} (see `philotes dead-letters {} list`)", file.display());
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        DeadLetterAction::Drop { ids, all } => {
+            let deleted = store::drop(&client, pipeline, (!all).then_some(ids.as_slice())).await?;
+            println!("dropped {} dead letter{}", deleted.len(), if deleted.len() == 1 { "" } else { "s" });
+            let missing: Vec<String> = ids.iter().filter(|id| !deleted.contains(id)).map(|id| id.to_string()).collect();
+            if !all && !missing.is_empty() {
+                eprintln!("pipeline {pipeline} has no dead letter {}", missing.join(", "));
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `philotes snapshot FILE --table T…`: checks each table (the file captures it; on the source it exists and the

@@ -628,3 +628,36 @@ async fn through_rest_a_flusher_killed_at_each_crash_point_is_repaired_in_both_m
         }
     }
 }
+
+/// `philotes dead-letters FILE list|show|drop`: the unconvertible changes are listed with their reason and
+/// position, one is shown whole, dropped ones are gone, an unknown id is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_shown_and_dropped_by_the_cli() {
+    let tables = ["orders"];
+    let db = database("dead_letter_cli", &tables);
+    let pipeline = pipeline(&db, &tables, "{ workers: 1, max_events: 2000, interval: 200ms }");
+    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
+    unconvertible(&db, &tables, 1);
+    wait_drained(&db, &pipeline, tables[0], Duration::from_secs(60), &[&run]).await;
+    run.stop_cleanly().await;
+    let file = pipeline.file.to_str().expect("utf-8 path");
+    let cli = |args: &[&str]| {
+        let out = crate::support::philotes(&[&["dead-letters", file], args].concat(), &[]);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, list) = cli(&["list"]);
+    assert_eq!(code, Some(0), "{list}");
+    assert!(list.contains("3 dead letters in pipeline") && list.contains("public.orders") && list.contains("amount"), "{list}");
+    let letters: serde_json::Value = serde_json::from_str(&cli(&["list", "--json"]).1).expect("json");
+    let ids: Vec<i64> = letters.as_array().expect("a list").iter().map(|l| l["id"].as_i64().expect("id")).collect();
+    assert_eq!(ids.len(), 3, "{letters}");
+    let (code, shown) = cli(&["show", &ids[0].to_string()]);
+    assert!(code == Some(0) && shown.contains("reason") && shown.contains("NaN"), "{shown}");
+    let (code, dropped) = cli(&["drop", &ids[0].to_string(), &ids[1].to_string()]);
+    assert!(code == Some(0) && dropped.contains("dropped 2 dead letters"), "{dropped}");
+    let (code, missing) = cli(&["show", &ids[0].to_string()]);
+    assert!(code == Some(1) && missing.contains(&format!("no dead letter {}", ids[0])), "{missing}");
+    assert!(cli(&["list"]).1.contains("1 dead letter in pipeline"));
+    let (code, all) = cli(&["drop", "--all"]);
+    assert!(code == Some(0) && all.contains("dropped 1 dead letter"), "{all}");
+}
