@@ -95,6 +95,16 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = parse_wait)]
         wait: std::time::Duration,
     },
+    /// Remove a pipeline from its source and buffer: the replication slot, the publication if philotes created
+    /// it, and every row the pipeline has in the buffer database (changes not yet in Iceberg included). The
+    /// Iceberg tables are kept. Without `--yes` it only says what it would remove. The pipeline must be stopped.
+    Drop {
+        /// The pipeline file.
+        file: PathBuf,
+        /// Really remove them.
+        #[arg(long)]
+        yes: bool,
+    },
     /// List, show or drop the changes that could not be converted (`philotes.dead_letters`).
     DeadLetters {
         /// The pipeline file.
@@ -167,6 +177,10 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Resume { file, tables } => runtime.block_on(resume(&file, &tables, cli.log_format)),
+        Command::Drop { file, yes } => match runtime.block_on(drop_pipeline(&file, yes, cli.log_format)) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::DeadLetters { file, action } => match runtime.block_on(dead_letters(&file, action, cli.log_format)) {
             Ok(code) => return code,
             Err(e) => Err(e),
@@ -272,6 +286,47 @@ async fn resume(file: &Path, tables: &[String], log_format: Option<LogFormatArg>
         }
     }
     Ok(())
+}
+
+/// `philotes drop FILE [--yes]`: refuses while a capture streams from the slot; without `--yes` says what it
+/// would remove and exits 2.
+async fn drop_pipeline(file: &Path, yes: bool, log_format: Option<LogFormatArg>) -> anyhow::Result<ExitCode> {
+    use philotes_stages::source::setup;
+    let config = load(file, log_format)?;
+    let source = &config.source.postgres;
+    let (pipeline, slot, publication) = (&config.pipeline, &source.slot, &source.publication);
+    let source_client = philotes::postgres::connect(&source.url)
+        .await
+        .with_context(|| format!("connecting to the source database {}", source.url))?;
+    if setup::slot_active(&source_client, slot).await? {
+        eprintln!("a capture streams from slot {slot} now: stop every process of pipeline {pipeline} first");
+        return Ok(ExitCode::FAILURE);
+    }
+    if !yes {
+        println!(
+            "would drop: replication slot {slot}, publication {publication} (if philotes created it), and every row of \
+             pipeline {pipeline} in the buffer database {} (changes not yet in Iceberg included); the Iceberg tables \
+             are kept. Run again with --yes to do it.",
+            config.buffer.url
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let dropped = setup::drop_source(&source_client, slot, publication, pipeline).await?;
+    println!("replication slot {slot}: {}", if dropped.slot_dropped { "dropped" } else { "not there" });
+    println!(
+        "publication {publication}: {}",
+        match dropped.publication_dropped {
+            Some(true) => "dropped",
+            Some(false) => "kept (philotes did not create it)",
+            None => "not there",
+        }
+    );
+    let mut buffer = philotes::postgres::connect(&config.buffer.url)
+        .await
+        .with_context(|| format!("connecting to the buffer database {}", config.buffer.url))?;
+    let segments = philotes_stages::store::pipelines::forget(&mut buffer, pipeline).await?;
+    println!("buffer: pipeline {pipeline} removed ({segments} segment{} not yet in Iceberg deleted)", if segments == 1 { "" } else { "s" });
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `philotes dead-letters FILE list|show ID|drop ID…|drop --all`; exits 1 when `show` or `drop` names an id the

@@ -52,3 +52,51 @@ async fn an_invalidated_slot_stops_the_capture_with_what_happened_and_the_way_ba
     drop(db);
     let _ = cluster.stop();
 }
+
+/// `philotes drop FILE`: refused while the capture streams, says what it would do without `--yes`, then removes
+/// the slot, the publication philotes created and every buffer row of the pipeline; a publication philotes did
+/// not create is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_removes_the_slot_the_publication_it_made_and_the_buffer_rows_only_when_stopped_and_confirmed() {
+    let count = |db: &philotes_testkit::TestDatabase, sql: &str| db.psql(sql).expect("count");
+    for own_publication in [false, true] {
+        let db = philotes_testkit::shared().database(if own_publication { "drop_own_pub" } else { "drop_made_pub" }).expect("database");
+        db.psql("CREATE TABLE t (id bigint PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')").expect("table");
+        let pipeline = crate::flush::Pipeline::new(&db, &["public.t"], "{ workers: 1, max_events: 1000, interval: 100ms }");
+        let name = pipeline.name.clone();
+        let publication = format!("philotes_{name}");
+        if own_publication {
+            db.psql(&format!("CREATE PUBLICATION {publication} FOR TABLE t")).expect("a publication of the user's");
+        }
+        let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
+        let file = pipeline.file.to_str().expect("utf-8 path").to_string();
+        let refused = crate::support::philotes(&["drop", &file, "--yes"], &[]);
+        assert_eq!(refused.status.code(), Some(1), "refused while streaming: {}", String::from_utf8_lossy(&refused.stderr));
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("stop every process"));
+        run.stop_cleanly().await;
+
+        let dry = crate::support::philotes(&["drop", &file], &[]);
+        assert_eq!(dry.status.code(), Some(2), "{}", String::from_utf8_lossy(&dry.stdout));
+        assert!(String::from_utf8_lossy(&dry.stdout).contains("--yes"));
+        let slot = crate::support::slot_name(&db);
+        assert_eq!(count(&db, &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'")), "1", "nothing dropped yet");
+
+        let done = crate::support::philotes(&["drop", &file, "--yes"], &[]);
+        let text = String::from_utf8_lossy(&done.stdout).to_string();
+        assert_eq!(done.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&done.stderr));
+        assert!(text.contains(&format!("replication slot {slot}: dropped")), "{text}");
+        assert_eq!(count(&db, &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'")), "0");
+        let publications = count(&db, &format!("SELECT count(*) FROM pg_publication WHERE pubname = '{publication}'"));
+        if own_publication {
+            assert!(text.contains("kept (philotes did not create it)"), "{text}");
+            assert_eq!(publications, "1", "the user's publication is kept");
+        } else {
+            assert!(text.contains(&format!("publication {publication}: dropped")), "{text}");
+            assert_eq!(publications, "0");
+        }
+        for table in ["pipelines", "checkpoints", "schemas", "table_watermarks", "source_tables", "snapshots"] {
+            let column = if table == "pipelines" { "name" } else { "pipeline" };
+            assert_eq!(count(&db, &format!("SELECT count(*) FROM philotes.{table} WHERE {column} = '{name}'")), "0", "philotes.{table}");
+        }
+    }
+}

@@ -147,7 +147,7 @@ pub async fn prepare(
     let partitioned = followed.iter().any(|(t, _)| t.kind == 'p');
     match &state {
         None => {
-            setup::create_publication(source, publication, &missing).await.map_err(|e| context(e, publication))?;
+            setup::create_publication(source, publication, &missing, pipeline).await.map_err(|e| context(e, publication))?;
             tracing::info!(publication, tables = missing.len(), "publication created");
         }
         Some(state) => {

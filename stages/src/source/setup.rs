@@ -201,16 +201,60 @@ pub async fn publication(client: &Client, name: &str) -> Result<Option<Publicati
     Ok(Some(PublicationState { all_tables: row.get(1), via_root: row.get(2), members }))
 }
 
-/// Creates the publication for `tables`, sending partitions' changes under their root's name.
-pub async fn create_publication(client: &Client, name: &str, tables: &[CatalogTable]) -> Result<(), SourceError> {
+/// Creates the publication for `tables`, sending partitions' changes under their root's name, and marks it as
+/// `pipeline`'s ([`publication_marker`]), so `philotes drop` removes only a publication philotes made.
+pub async fn create_publication(client: &Client, name: &str, tables: &[CatalogTable], pipeline: &str) -> Result<(), SourceError> {
     let list = if tables.is_empty() { String::new() } else { format!(" FOR TABLE {}", table_list(tables)) };
     client
         .batch_execute(&format!(
-            "CREATE PUBLICATION {}{list} WITH (publish_via_partition_root = true)",
-            quote_ident(name)
+            "CREATE PUBLICATION {name}{list} WITH (publish_via_partition_root = true);
+             COMMENT ON PUBLICATION {name} IS '{marker}'",
+            name = quote_ident(name),
+            marker = publication_marker(pipeline).replace('\'', "''"),
         ))
         .await?;
     Ok(())
+}
+
+/// The comment philotes puts on a publication it created for `pipeline`.
+pub fn publication_marker(pipeline: &str) -> String {
+    format!("created by philotes pipeline {pipeline}")
+}
+
+/// What [`drop_source`] did with the slot and the publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceDrop {
+    /// Whether the slot existed (and is now dropped).
+    pub slot_dropped: bool,
+    /// Whether the publication was dropped; `Some(false)`: it exists but philotes did not create it (kept).
+    pub publication_dropped: Option<bool>,
+}
+
+/// Whether a process streams from `slot` now.
+pub async fn slot_active(client: &Client, slot: &str) -> Result<bool, SourceError> {
+    let row = client.query_opt("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await?;
+    Ok(row.is_some_and(|r| r.get::<_, bool>(0)))
+}
+
+/// Drops `pipeline`'s slot and, when philotes created it for this pipeline, its publication.
+pub async fn drop_source(client: &Client, slot: &str, publication: &str, pipeline: &str) -> Result<SourceDrop, SourceError> {
+    let slot_dropped = client
+        .query_opt("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await?
+        .is_some();
+    let comment = client
+        .query_opt("SELECT coalesce(obj_description(oid, 'pg_publication'), '') FROM pg_publication WHERE pubname = $1", &[&publication])
+        .await?
+        .map(|r| r.get::<_, String>(0));
+    let publication_dropped = match comment {
+        None => None,
+        Some(comment) if comment == publication_marker(pipeline) => {
+            client.batch_execute(&format!("DROP PUBLICATION {}", quote_ident(publication))).await?;
+            Some(true)
+        }
+        Some(_) => Some(false),
+    };
+    Ok(SourceDrop { slot_dropped, publication_dropped })
 }
 
 /// Adds tables to an existing publication (never removes any: another pipeline may share it).

@@ -31,3 +31,17 @@ pub async fn lock_capture(client: &impl GenericClient, pipeline: &str) -> Result
         .await?;
     Ok(())
 }
+
+/// Deletes everything `pipeline` has in the buffer database, in one transaction: its segments, checkpoint,
+/// schema versions, watermarks and leases, dead letters, followed tables, failures, snapshot progress and its
+/// registry row (`philotes drop`). Returns the segments deleted (changes not yet in Iceberg).
+pub async fn forget(client: &mut tokio_postgres::Client, pipeline: &str) -> Result<u64, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let segments = tx.execute("DELETE FROM philotes.segments WHERE pipeline = $1", &[&pipeline]).await?;
+    for table in ["checkpoints", "schemas", "table_watermarks", "dead_letters", "source_tables", "table_failures", "snapshots"] {
+        tx.execute(&format!("DELETE FROM philotes.{table} WHERE pipeline = $1"), &[&pipeline]).await?;
+    }
+    tx.execute("DELETE FROM philotes.pipelines WHERE name = $1", &[&pipeline]).await?;
+    tx.commit().await?;
+    Ok(segments)
+}
