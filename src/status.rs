@@ -35,6 +35,11 @@ pub struct Status {
     pub source_current_lsn: Option<String>,
     /// WAL bytes the capture is behind.
     pub replication_lag_bytes: Option<i64>,
+    /// WAL bytes the slot keeps on the source (from its restart position).
+    pub slot_retained_wal_bytes: Option<i64>,
+    /// Above this many retained bytes philotes warns (`source.postgres.max_retained_wal`, or 80% of the server's
+    /// `max_slot_wal_keep_size`); `null`: no limit.
+    pub slot_retained_wal_limit_bytes: Option<i64>,
     /// Commit LSN of the last transaction fully in the buffer.
     pub checkpoint_lsn: Option<String>,
     /// Seconds since the checkpoint was last written (how stale the buffer's view of the source is).
@@ -210,6 +215,8 @@ pub async fn read(config: &PipelineConfig) -> Status {
         slot_wal_status: None,
         source_current_lsn: None,
         replication_lag_bytes: None,
+        slot_retained_wal_bytes: None,
+        slot_retained_wal_limit_bytes: None,
         checkpoint_lsn: None,
         checkpoint_age_seconds: None,
         buffer_segments: None,
@@ -229,6 +236,10 @@ pub async fn read(config: &PipelineConfig) -> Status {
             status.slot_wal_status = slot.as_ref().and_then(|s| s.wal_status.clone());
             status.source_current_lsn = slot.as_ref().map(|s| s.current.to_string());
             status.replication_lag_bytes = slot.as_ref().and_then(|s| s.lag_bytes);
+            status.slot_retained_wal_bytes = slot.as_ref().and_then(|s| s.retained_bytes);
+            let server_limit = slot.as_ref().and_then(|s| s.keep_size_bytes).map(|keep| keep / 10 * 8);
+            let ours = config.source.postgres.max_retained_wal.and_then(|b| i64::try_from(b).ok());
+            status.slot_retained_wal_limit_bytes = ours.or(server_limit);
         }
         Err(e) => status.errors.push(StatusProblem {
             part: "source",
@@ -320,10 +331,16 @@ impl std::fmt::Display for Status {
                 )?;
                 writeln!(
                     f,
-                    "  confirmed  {}   source at {}   lag {}",
+                    "  confirmed  {}   source at {}   lag {}   WAL kept {}{}",
                     or_none(&self.slot_confirmed_lsn),
                     or_none(&self.source_current_lsn),
-                    self.replication_lag_bytes.map_or_else(|| "-".into(), human_bytes)
+                    self.replication_lag_bytes.map_or_else(|| "-".into(), human_bytes),
+                    self.slot_retained_wal_bytes.map_or_else(|| "-".into(), human_bytes),
+                    match (self.slot_retained_wal_bytes, self.slot_retained_wal_limit_bytes) {
+                        (Some(kept), Some(limit)) if kept > limit => format!(" (OVER the limit of {})", human_bytes(limit)),
+                        (_, Some(limit)) => format!(" (limit {})", human_bytes(limit)),
+                        _ => String::new(),
+                    }
                 )?;
             }
             Some(false) => writeln!(f, "slot         {} (not created yet: `philotes run` creates it)", self.slot)?,

@@ -174,6 +174,8 @@ fn respond(request: &Request<Incoming>, registry: &Registry, readiness: &Readine
 pub async fn poll_status(config: PipelineConfig, every: Duration, readiness: Readiness, cancel: CancellationToken) {
     let metrics = philotes_stages::telemetry::metrics();
     let mut first = true;
+    // Warned once per excursion above the retained-WAL limit, not every poll.
+    let mut over_limit = false;
     loop {
         if !first {
             tokio::select! {
@@ -194,6 +196,21 @@ pub async fn poll_status(config: PipelineConfig, every: Duration, readiness: Rea
         }
         if let Some(lag) = status.replication_lag_bytes {
             metrics.lag_bytes.record(lag, &[]);
+        }
+        if let Some(kept) = status.slot_retained_wal_bytes {
+            metrics.retained_wal_bytes.record(kept, &[]);
+            match status.slot_retained_wal_limit_bytes {
+                Some(limit) if kept > limit => {
+                    if !over_limit {
+                        tracing::warn!(slot = %status.slot, retained_bytes = kept, limit_bytes = limit,
+                            "the replication slot keeps more WAL on the source than source.postgres.max_retained_wal \
+                             (or 80% of max_slot_wal_keep_size): is the capture running and keeping up? Past \
+                             max_slot_wal_keep_size the server invalidates the slot");
+                    }
+                    over_limit = true;
+                }
+                _ => over_limit = false,
+            }
         }
         if let Some(seconds) = status.checkpoint_age_seconds {
             metrics.lag_seconds.record(seconds, &[]);

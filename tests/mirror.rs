@@ -77,18 +77,6 @@ async fn files(pipeline: &Pipeline, table: &str) -> philotes_stages::maintenance
     philotes_stages::maintenance::FileCounts::of(&loaded).await.expect("files")
 }
 
-/// `GET path` on `addr`, the whole response as text (empty when nothing answers).
-async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return String::new() };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut response = Vec::new();
-    if stream.write_all(request.as_bytes()).await.is_err() || stream.read_to_end(&mut response).await.is_err() {
-        return String::new();
-    }
-    String::from_utf8_lossy(&response).into_owned()
-}
-
 /// A small deterministic generator (xorshift), so a failing workload can be replayed.
 struct Random(u64);
 
@@ -195,7 +183,7 @@ async fn a_mirror_table_equals_the_source_row_for_row_after_any_workload() {
     }
     // Everything reachable, nothing stopped: /readyz answers 200 (once its 5-second status poll has run).
     run.wait_until("/readyz ready", Duration::from_secs(30), || async {
-        http_get(&metrics, "/readyz").await.contains(r#"{"ready":true,"reasons":[]}"#)
+        crate::support::http_get(&metrics, "/readyz").await.contains(r#"{"ready":true,"reasons":[]}"#)
     })
     .await;
     let tables = [("items", ITEMS, &["id"][..]), ("pairs", PAIRS, &["a", "b"][..]), ("full_set", FULL_SET, &["k", "v"][..])];
@@ -285,7 +273,7 @@ async fn a_table_whose_key_iceberg_cannot_delete_by_stops_alone() {
     // /readyz says the pipeline is not ready, and why (the status poll runs every 5 s).
     let ready = run
         .wait_until("/readyz to name the stopped table", Duration::from_secs(30), || async {
-            let answer = http_get(&metrics, "/readyz").await;
+            let answer = crate::support::http_get(&metrics, "/readyz").await;
             answer.contains("table public.floaty stopped").then_some(answer)
         })
         .await;

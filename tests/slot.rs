@@ -100,3 +100,29 @@ async fn drop_removes_the_slot_the_publication_it_made_and_the_buffer_rows_only_
         }
     }
 }
+
+/// The WAL a slot keeps is a metric and in `status`; past `source.postgres.max_retained_wal` a warning says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_kept_by_the_slot_past_max_retained_wal_is_warned_about_and_measured() {
+    let db = philotes_testkit::shared().database("retained_wal").expect("database");
+    db.psql("CREATE TABLE t (id bigint PRIMARY KEY, v text)").expect("table");
+    let pipeline = crate::flush::Pipeline::new(&db, &["public.t"], "{ workers: 1, max_events: 1000, interval: 100ms }");
+    pipeline.rewrite("    status_interval: 1s\n", "    status_interval: 1s\n    max_retained_wal: 1\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let metrics = format!("127.0.0.1:{port}");
+    let run = pipeline.start_streaming(&db, &["--metrics", &metrics], &[], "run.log").await;
+    db.psql("INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 2000) g").expect("rows");
+    run.wait_until("the retained-WAL warning", Duration::from_secs(30), || async {
+        run.log().contains("the replication slot keeps more WAL on the source than source.postgres.max_retained_wal")
+    })
+    .await;
+    let file = pipeline.file.to_str().expect("utf-8 path");
+    let status = String::from_utf8_lossy(&crate::support::philotes(&["status", file], &[]).stdout).into_owned();
+    assert!(status.contains("WAL kept") && status.contains("OVER the limit of 1 B"), "{status}");
+    let json = crate::support::status_json(&pipeline.file);
+    assert!(json["slot_retained_wal_bytes"].as_i64().is_some_and(|b| b > 1), "{json}");
+    let body = crate::support::http_get(&metrics, "/metrics").await;
+    assert!(body.contains("philotes_slot_retained_wal_bytes"), "{body}");
+    assert_eq!(run.log().matches("keeps more WAL on the source").count(), 1, "warned once per excursion");
+    run.stop_cleanly().await;
+}

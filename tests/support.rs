@@ -355,3 +355,15 @@ pub async fn start_capture(db: &TestDatabase, file: &Path) -> Philotes {
     capture.wait_streaming(db, &slot_name(db)).await;
     capture
 }
+
+/// `GET path` on `addr` (`host:port`), the whole response as text (empty when nothing answers).
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return String::new() };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut response = Vec::new();
+    if stream.write_all(request.as_bytes()).await.is_err() || stream.read_to_end(&mut response).await.is_err() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}

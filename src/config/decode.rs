@@ -31,6 +31,7 @@ const POSTGRES_KEYS: &[&str] = &[
     "snapshot",
     "unmapped_types",
     "status_interval",
+    "max_retained_wal",
 ];
 const ICEBERG_KEYS: &[&str] = &[
     "catalog",
@@ -149,6 +150,7 @@ fn source(w: &mut Walker<'_, '_>, top: &Section<'_>, pipeline: Option<&str>) -> 
     let snapshot = w.opt_keyword(&pg, "snapshot", SnapshotMode::Initial);
     let unmapped_types = w.opt_keyword(&pg, "unmapped_types", UnmappedTypes::Error);
     let status_interval = w.duration(&pg, "status_interval", DEFAULT_STATUS_INTERVAL);
+    let max_retained_wal = w.bytes(&pg, "max_retained_wal", 0);
     let config = match (&url, publication, slot, &tables) {
         (Some(url), Some(publication), Some(slot), Some((tables, _))) => {
             Some(PostgresSourceConfig {
@@ -159,6 +161,7 @@ fn source(w: &mut Walker<'_, '_>, top: &Section<'_>, pipeline: Option<&str>) -> 
                 snapshot,
                 unmapped_types,
                 status_interval,
+                max_retained_wal: (max_retained_wal > 0).then_some(max_retained_wal),
             })
         }
         _ => None,

@@ -105,6 +105,9 @@ pub struct PostgresSourceConfig {
     /// Longest time between standby status updates sent to the server (keeps the connection alive
     /// past `wal_sender_timeout` when idle); default 10s. (Added key.)
     pub status_interval: Duration,
+    /// WAL the slot may hold back before philotes warns (`source.postgres.max_retained_wal`, e.g. `8GiB`);
+    /// `None`: 80% of the server's `max_slot_wal_keep_size` when it sets one, else no warning. (Added key.)
+    pub max_retained_wal: Option<u64>,
 }
 
 /// `source.postgres.tables`: [`PublishedTables`] (`all`, or the tables listed, in the order written).

@@ -26,6 +26,8 @@ pub const BUFFER_EVENTS: &str = "philotes_buffer_events";
 pub const BUFFER_BYTES: &str = "philotes_buffer_bytes";
 /// WAL bytes between the slot's confirmed position and the source's current one.
 pub const REPLICATION_LAG_BYTES: &str = "philotes_replication_lag_bytes";
+/// WAL bytes the slot keeps on the source (from its restart position).
+pub const SLOT_RETAINED_WAL_BYTES: &str = "philotes_slot_retained_wal_bytes";
 /// Seconds since the last checkpoint's source commit (an upper bound of the capture's delay).
 pub const REPLICATION_LAG_SECONDS: &str = "philotes_replication_lag_seconds";
 /// Existing rows read by snapshots and enqueued (per table).
@@ -57,6 +59,8 @@ pub struct Metrics {
     pub buffer_bytes: Gauge<i64>,
     /// [`REPLICATION_LAG_BYTES`].
     pub lag_bytes: Gauge<i64>,
+    /// [`SLOT_RETAINED_WAL_BYTES`].
+    pub retained_wal_bytes: Gauge<i64>,
     /// [`REPLICATION_LAG_SECONDS`].
     pub lag_seconds: Gauge<f64>,
     /// [`SNAPSHOT_ROWS`].
@@ -85,6 +89,10 @@ pub fn metrics() -> &'static Metrics {
             buffer_events: meter.i64_gauge(BUFFER_EVENTS).with_description("Changes waiting in the buffer").build(),
             buffer_bytes: meter.i64_gauge(BUFFER_BYTES).with_description("Payload bytes waiting in the buffer").build(),
             lag_bytes: meter.i64_gauge(REPLICATION_LAG_BYTES).with_description("WAL bytes the slot has not confirmed").build(),
+            retained_wal_bytes: meter
+                .i64_gauge(SLOT_RETAINED_WAL_BYTES)
+                .with_description("WAL bytes the slot keeps on the source")
+                .build(),
             lag_seconds: meter.f64_gauge(REPLICATION_LAG_SECONDS).with_description("Seconds since the source commit of the last checkpoint").build(),
             snapshot_rows: meter.u64_counter(SNAPSHOT_ROWS).with_description("Existing rows read by snapshots and enqueued").build(),
             snapshot_tables_pending: meter

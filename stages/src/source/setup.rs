@@ -335,6 +335,10 @@ pub struct SlotStatus {
     pub current: Lsn,
     /// Bytes of WAL between the confirmed position and the current one: how far capture is behind.
     pub lag_bytes: Option<i64>,
+    /// Bytes of WAL the slot keeps on the server (from its `restart_lsn`): what fills the source's disk.
+    pub retained_bytes: Option<i64>,
+    /// The server's `max_slot_wal_keep_size` in bytes (`None`: unlimited, -1).
+    pub keep_size_bytes: Option<i64>,
 }
 
 /// The slot's state, `None` when it does not exist.
@@ -342,7 +346,8 @@ pub async fn slot_status(client: &Client, slot: &str) -> Result<Option<SlotStatu
     let row = client
         .query_opt(
             "SELECT active, confirmed_flush_lsn, wal_status, pg_current_wal_lsn(),
-                    (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
+                    (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, (pg_current_wal_lsn() - restart_lsn)::bigint,
+                    nullif(pg_size_bytes(current_setting('max_slot_wal_keep_size')), -1)
              FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
@@ -353,5 +358,7 @@ pub async fn slot_status(client: &Client, slot: &str) -> Result<Option<SlotStatu
         wal_status: r.get(2),
         current: Lsn(u64::from(r.get::<_, PgLsn>(3))),
         lag_bytes: r.get(4),
+        retained_bytes: r.get(5),
+        keep_size_bytes: r.get(6),
     }))
 }
