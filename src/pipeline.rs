@@ -55,6 +55,7 @@ pub fn capture_settings(config: &PipelineConfig) -> CaptureSettings {
             ..SnapshotSettings::default()
         },
         status_interval: source.status_interval,
+        heartbeat: source.heartbeat,
         limits: EnqueueLimits {
             max_events: usize::try_from(segment.max_events).unwrap_or(usize::MAX),
             max_bytes: usize::try_from(segment.max_bytes).unwrap_or(usize::MAX),

@@ -126,3 +126,36 @@ async fn wal_kept_by_the_slot_past_max_retained_wal_is_warned_about_and_measured
     assert_eq!(run.log().matches("keeps more WAL on the source").count(), 1, "warned once per excursion");
     run.stop_cleanly().await;
 }
+
+/// With the published tables idle while another database of the server writes WAL, the slot confirms past that
+/// WAL instead of holding it; the capture writes a heartbeat (a transactional message in the source database)
+/// every `heartbeat`, which a second slot of the test sees in the WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_is_written_and_the_slot_moves_past_the_wal_of_busy_neighbours_while_the_tables_are_idle() {
+    let db = philotes_testkit::shared().database("heartbeat").expect("database");
+    let neighbour = philotes_testkit::shared().database("heartbeat_neighbour").expect("database");
+    db.psql("CREATE TABLE t (id bigint PRIMARY KEY)").expect("table");
+    let probe = format!("{}_probe", crate::support::slot_name(&db));
+    db.psql(&format!("SELECT pg_create_logical_replication_slot('{probe}', 'test_decoding')")).expect("probe slot");
+    let pipeline = crate::flush::Pipeline::new(&db, &["public.t"], "{ workers: 1, max_events: 1000, interval: 100ms }");
+    pipeline.rewrite("    status_interval: 1s\n", "    status_interval: 1s\n    heartbeat: 1s\n");
+    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
+    neighbour.psql("CREATE TABLE busy AS SELECT g, repeat('x', 100) AS v FROM generate_series(1, 100000) g").expect("neighbour WAL");
+    let after = neighbour.psql("SELECT pg_current_wal_lsn()").expect("lsn");
+    let slot = crate::support::slot_name(&db);
+    run.wait_until("the slot past the neighbour's WAL", Duration::from_secs(30), || async {
+        db.psql(&format!("SELECT confirmed_flush_lsn >= '{after}'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"))
+            .map(|v| v == "t")
+            .unwrap_or(false)
+    })
+    .await;
+    let beats = format!(
+        "SELECT count(*) FROM pg_logical_slot_peek_changes('{probe}', NULL, NULL) WHERE data LIKE 'message: transactional: 1 prefix: philotes.heartbeat%'"
+    );
+    run.wait_until("two heartbeats in the WAL", Duration::from_secs(30), || async {
+        db.psql(&beats).ok().and_then(|n| n.parse::<i64>().ok()).is_some_and(|n| n >= 2)
+    })
+    .await;
+    run.stop_cleanly().await;
+    db.psql(&format!("SELECT pg_drop_replication_slot('{probe}')")).expect("drop the probe slot");
+}

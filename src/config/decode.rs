@@ -32,6 +32,7 @@ const POSTGRES_KEYS: &[&str] = &[
     "unmapped_types",
     "status_interval",
     "max_retained_wal",
+    "heartbeat",
 ];
 const ICEBERG_KEYS: &[&str] = &[
     "catalog",
@@ -151,6 +152,12 @@ fn source(w: &mut Walker<'_, '_>, top: &Section<'_>, pipeline: Option<&str>) -> 
     let unmapped_types = w.opt_keyword(&pg, "unmapped_types", UnmappedTypes::Error);
     let status_interval = w.duration(&pg, "status_interval", DEFAULT_STATUS_INTERVAL);
     let max_retained_wal = w.bytes(&pg, "max_retained_wal", 0);
+    // `0s` or `off` turns the heartbeat off (a duration key elsewhere must be longer than 0).
+    let heartbeat = match w.optional(&pg, "heartbeat") {
+        Some((_, text)) if text == "off" => None,
+        Some((field, text)) => w.check(&field, super::units::parse_duration(&text)).map_or(Some(DEFAULT_HEARTBEAT), |d| (!d.is_zero()).then_some(d)),
+        None => Some(DEFAULT_HEARTBEAT),
+    };
     let config = match (&url, publication, slot, &tables) {
         (Some(url), Some(publication), Some(slot), Some((tables, _))) => {
             Some(PostgresSourceConfig {
@@ -162,6 +169,7 @@ fn source(w: &mut Walker<'_, '_>, top: &Section<'_>, pipeline: Option<&str>) -> 
                 unmapped_types,
                 status_interval,
                 max_retained_wal: (max_retained_wal > 0).then_some(max_retained_wal),
+                heartbeat,
             })
         }
         _ => None,

@@ -40,6 +40,8 @@ pub const DEFAULT_COMPACTION_MIN_FILES: usize = 10;
 /// Java's default is 5 days). The current snapshot, and every one back to the snapshot carrying the pipeline's
 /// position, is always kept.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+/// Default `source.postgres.heartbeat`.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 /// Default `source.postgres.status_interval`: standby status updates to the server, at least this often.
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// Default `telemetry.metrics`: the Prometheus `/metrics` listen address.
@@ -108,6 +110,9 @@ pub struct PostgresSourceConfig {
     /// WAL the slot may hold back before philotes warns (`source.postgres.max_retained_wal`, e.g. `8GiB`);
     /// `None`: 80% of the server's `max_slot_wal_keep_size` when it sets one, else no warning. (Added key.)
     pub max_retained_wal: Option<u64>,
+    /// How often the capture writes a heartbeat into the source's WAL so the slot advances while the published
+    /// tables are idle (`source.postgres.heartbeat`, default 30s; `0s`: never). (Added key.)
+    pub heartbeat: Option<Duration>,
 }
 
 /// `source.postgres.tables`: [`PublishedTables`] (`all`, or the tables listed, in the order written).

@@ -52,6 +52,9 @@ pub struct CaptureSettings {
     pub snapshot: SnapshotSettings,
     /// Standby status update period.
     pub status_interval: Duration,
+    /// How often a heartbeat message is written on the source (`source.postgres.heartbeat`; `None`: never), so
+    /// the slot advances while the published tables are idle and other databases write WAL.
+    pub heartbeat: Option<Duration>,
     /// Segment bounds.
     pub limits: EnqueueLimits,
     /// Decode's pool (`stages.decode`): one worker, it follows the stream's order; the queue is configurable.
@@ -114,6 +117,44 @@ impl CaptureError {
 /// Runs the capture until `cancel` fires (then drains and writes the last checkpoint) or a non-restartable
 /// error occurs.
 pub async fn run(settings: &CaptureSettings, cancel: CancellationToken) -> Result<(), CaptureError> {
+    let heartbeat = settings.heartbeat.map(|every| {
+        let (source, stop) = (settings.source.clone(), cancel.child_token());
+        (tokio::spawn(heartbeat(source, every, stop.clone())), stop)
+    });
+    let result = run_capture(settings, cancel).await;
+    if let Some((task, stop)) = heartbeat {
+        stop.cancel();
+        let _ = task.await;
+    }
+    result
+}
+
+/// Writes a heartbeat into the source's WAL every `every` until `stop` fires: a transaction of one
+/// transactional logical message, which the capture sees as a transaction without changes for it, so the slot
+/// confirms past it (without it, an idle published database keeps the slot where it is while other databases
+/// of the server write WAL the slot then holds). A failure is logged and tried again at the next beat.
+async fn heartbeat(source: Config, every: Duration, stop: CancellationToken) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = crate::store::connect(&source).await.inspect_err(|e| {
+                tracing::debug!(error = %crate::report::chain(e), "heartbeat: cannot connect to the source; trying at the next beat");
+            }).ok();
+        }
+        if let Some(session) = &client {
+            if let Err(e) = setup::emit_heartbeat(session).await {
+                tracing::debug!(error = %crate::report::chain(&e), "heartbeat failed; trying at the next beat");
+                client = None;
+            }
+        }
+    }
+}
+
+async fn run_capture(settings: &CaptureSettings, cancel: CancellationToken) -> Result<(), CaptureError> {
     // Tables a snapshot request made the capture follow, beyond the file's list (kept across restarts).
     let mut requested: Vec<TableId> = Vec::new();
     loop {

@@ -362,3 +362,12 @@ pub async fn slot_status(client: &Client, slot: &str) -> Result<Option<SlotStatu
         keep_size_bytes: r.get(6),
     }))
 }
+
+/// The prefix of philotes' heartbeat messages (ignored by every consumer that does not know it).
+pub const HEARTBEAT_PREFIX: &str = "philotes.heartbeat";
+
+/// Writes one heartbeat: a transactional logical message in a transaction of its own.
+pub async fn emit_heartbeat(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client.execute("SELECT pg_logical_emit_message(true, $1, '')", &[&HEARTBEAT_PREFIX]).await?;
+    Ok(())
+}
