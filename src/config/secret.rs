@@ -5,7 +5,6 @@
 //! The plain value is available only through an explicitly named accessor (`expose`).
 
 use std::fmt;
-use std::str::FromStr;
 
 /// What is printed in place of a secret.
 pub const REDACTED: &str = "***";
@@ -58,8 +57,8 @@ impl PostgresUrl {
                 ));
             }
         }
-        let config = tokio_postgres::Config::from_str(raw)
-            .map_err(|e| format!("not a valid PostgreSQL connection string: {e}"))?;
+        // `sslmode` (all of libpq's values) and `sslrootcert` are read here too (philotes_stages::store::tls).
+        let config = philotes_stages::store::tls::parse(raw, None).map_err(|e| e.to_string())?;
         if config.get_hosts().is_empty() {
             return Err("the PostgreSQL connection string names no host".into());
         }
