@@ -68,6 +68,35 @@ impl PostgresUrl {
         })
     }
 
+    /// This connection string with `keys` added where it does not set them (`None` values are skipped).
+    pub fn with_defaults(&self, keys: &[(&str, Option<String>)]) -> Result<Self, String> {
+        let mut raw = self.raw.clone();
+        for (key, value) in keys {
+            let Some(value) = value else { continue };
+            if self.is_url() {
+                let query = raw.split_once('?').map_or("", |(_, q)| q);
+                if query.split('&').any(|pair| pair.split('=').next() == Some(*key)) {
+                    continue;
+                }
+                let encoded: String = value
+                    .bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect();
+                raw.push(if raw.contains('?') { '&' } else { '?' });
+                raw.push_str(&format!("{key}={encoded}"));
+            } else {
+                if raw.split_whitespace().any(|pair| pair.split('=').next() == Some(*key)) {
+                    continue;
+                }
+                raw.push_str(&format!(" {key}='{}'", value.replace('\\', "\\\\").replace('\'', "\\'")));
+            }
+        }
+        Self::parse(&raw)
+    }
+
     /// The connection string as written (after `${…}` interpolation), password included.
     pub fn expose(&self) -> &str {
         &self.raw

@@ -18,7 +18,8 @@
 //! tokio-postgres's `Config` knows only `disable | prefer | require` and refuses `sslrootcert`, so [`parse`]
 //! takes both out of the string before tokio-postgres parses it and records the full settings for that
 //! connection target (hosts, ports, user, database); [`Tls::of`] finds them again for any copy of the config.
-//! One process that reaches the same target with two different settings uses the last one parsed.
+//! One process that reaches the same target with two different explicit settings uses the last one parsed; a
+//! string without TLS keys never replaces settings another string gave the same target.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -117,6 +118,7 @@ fn target(config: &Config) -> String {
 /// `fallback` applies where the string sets neither key (YAML `source.postgres.tls`).
 pub fn parse(raw: &str, fallback: Option<&Tls>) -> Result<Config, TlsError> {
     let (rest, mode, root) = split(raw);
+    let explicit = mode.is_some() || root.is_some() || fallback.is_some();
     let mut config = Config::from_str(&rest).map_err(|e| TlsError::Parse(e.to_string()))?;
     let mut tls = fallback.cloned().unwrap_or_default();
     if let Some(mode) = mode {
@@ -130,7 +132,13 @@ pub fn parse(raw: &str, fallback: Option<&Tls>) -> Result<Config, TlsError> {
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
     });
-    registry().lock().unwrap_or_else(|e| e.into_inner()).insert(target(&config), tls);
+    let mut registry = registry().lock().unwrap_or_else(|e| e.into_inner());
+    if explicit {
+        registry.insert(target(&config), tls);
+    } else {
+        // A string without TLS keys never weakens what another string said for the same target.
+        registry.entry(target(&config)).or_insert(tls);
+    }
     Ok(config)
 }
 
