@@ -180,3 +180,19 @@ async fn tls_prefer_and_require_encrypt_and_disable_is_refused_by_hostssl() {
         .await.map(|_| ()).expect_err("a missing root certificate file");
     assert!(error.contains("/nonexistent/ca.pem"), "{error}");
 }
+
+#[tokio::test]
+async fn tls_philotes_run_with_a_wrong_ca_stops_naming_the_database_and_the_certificate() {
+    let server = TlsCluster::start();
+    let db = server.cluster.database("tls_wrong_ca").expect("database");
+    db.psql("CREATE TABLE orders (id int PRIMARY KEY)").expect("table");
+    let url = server.url("localhost", db.name(), &format!("sslmode=verify-full&sslrootcert={}", server.wrong_ca.pem.display()));
+    let pipeline = Pipeline::new(&db, &["public.orders"], "{ workers: 1, interval: 200ms }");
+    pipeline.rewrite(&format!("    url: {}\n", db.url()), &format!("    url: \"{url}\"\n"));
+    let process = pipeline.start(&[], &[], "wrong-ca.log");
+    let status = process.wait_exit(Duration::from_secs(60)).await;
+    assert!(!status.success());
+    let log = process.log();
+    assert!(log.contains(&format!("localhost:{}/{}", server.cluster.port(), db.name())), "{log}");
+    assert!(log.contains("certificate"), "{log}");
+}

@@ -489,4 +489,16 @@ mod tests {
         assert_eq!(Tls::of(&config), Tls { mode: SslMode::VerifyCa, root_cert: Some("/ca.pem".into()) });
         assert!(parse("postgres://u@h/db?sslmode=sometimes", None).unwrap_err().to_string().contains("sometimes"));
     }
+
+    #[test]
+    fn the_replication_session_gets_the_same_settings() {
+        use pgwire_replication::SslMode as P;
+        let with_root = |mode| Tls { mode, root_cert: Some("/ca.pem".into()) };
+        assert_eq!(Tls::default().replication("db").mode, P::Prefer);
+        assert_eq!(Tls { mode: SslMode::Require, root_cert: None }.replication("db").mode, P::Require);
+        assert_eq!(with_root(SslMode::Require).replication("db").mode, P::VerifyCa, "require + root = verify-ca, as libpq");
+        let full = with_root(SslMode::VerifyFull).replication("127.0.0.1");
+        assert_eq!((full.mode, full.sni_hostname.as_deref()), (P::VerifyFull, Some("127.0.0.1")), "an address is checked as one");
+        assert_eq!(full.ca_pem_path.as_deref(), Some(std::path::Path::new("/ca.pem")));
+    }
 }
