@@ -23,3 +23,4 @@ mod slot;
 mod snapshot;
 mod snapshot_cli;
 mod support;
+mod tls;

@@ -33,6 +33,7 @@ const POSTGRES_KEYS: &[&str] = &[
     "status_interval",
     "max_retained_wal",
     "heartbeat",
+    "tls",
 ];
 const ICEBERG_KEYS: &[&str] = &[
     "catalog",
@@ -136,6 +137,7 @@ fn source(w: &mut Walker<'_, '_>, top: &Section<'_>, pipeline: Option<&str>) -> 
     };
     let pg = w.open(&pg_field, POSTGRES_KEYS);
     let url = w.required(&pg, "url").and_then(|f| postgres_url(w, &f));
+    let url = source_tls(w, &pg, url);
     let default_name = pipeline.map(|p| format!("philotes_{p}"));
     let publication = match w.optional(&pg, "publication") {
         Some((f, name)) => w.check(&f, validate::publication_name(&name).map(|()| name)),
@@ -175,6 +177,24 @@ fn source(w: &mut Walker<'_, '_>, top: &Section<'_>, pipeline: Option<&str>) -> 
         _ => None,
     };
     (config, url, tables)
+}
+
+/// `source.postgres.tls: { mode, root_cert }`: libpq's `sslmode` and `sslrootcert` for a source URL that does
+/// not set them itself (the URL's own keys win). They are written into the URL, so the buffer and the SQL
+/// catalog, which default to the source URL, get them too.
+fn source_tls(w: &mut Walker<'_, '_>, pg: &Section<'_>, url: Option<PostgresUrl>) -> Option<PostgresUrl> {
+    let tls = w.section(pg, "tls", &["mode", "root_cert"]);
+    let mode = w.optional(&tls, "mode").and_then(|(f, mode)| {
+        let checked = mode.parse::<philotes_stages::store::tls::SslMode>().map(|_| mode);
+        w.check(&f, checked)
+    });
+    let root_cert = w.opt_word(&tls, "root_cert");
+    let url = url?;
+    if mode.is_none() && root_cert.is_none() {
+        return Some(url);
+    }
+    let field = tls.field("mode").or_else(|| tls.field("root_cert"))?;
+    w.check(&field, url.with_defaults(&[("sslmode", mode), ("sslrootcert", root_cert)]))
 }
 
 /// `source.postgres.tables`: `all`, a list of `schema.table`, or (handy from an environment

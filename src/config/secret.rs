@@ -5,7 +5,6 @@
 //! The plain value is available only through an explicitly named accessor (`expose`).
 
 use std::fmt;
-use std::str::FromStr;
 
 /// What is printed in place of a secret.
 pub const REDACTED: &str = "***";
@@ -58,8 +57,8 @@ impl PostgresUrl {
                 ));
             }
         }
-        let config = tokio_postgres::Config::from_str(raw)
-            .map_err(|e| format!("not a valid PostgreSQL connection string: {e}"))?;
+        // `sslmode` (all of libpq's values) and `sslrootcert` are read here too (philotes_stages::store::tls).
+        let config = philotes_stages::store::tls::parse(raw, None).map_err(|e| e.to_string())?;
         if config.get_hosts().is_empty() {
             return Err("the PostgreSQL connection string names no host".into());
         }
@@ -67,6 +66,35 @@ impl PostgresUrl {
             raw: raw.to_owned(),
             config,
         })
+    }
+
+    /// This connection string with `keys` added where it does not set them (`None` values are skipped).
+    pub fn with_defaults(&self, keys: &[(&str, Option<String>)]) -> Result<Self, String> {
+        let mut raw = self.raw.clone();
+        for (key, value) in keys {
+            let Some(value) = value else { continue };
+            if self.is_url() {
+                let query = raw.split_once('?').map_or("", |(_, q)| q);
+                if query.split('&').any(|pair| pair.split('=').next() == Some(*key)) {
+                    continue;
+                }
+                let encoded: String = value
+                    .bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect();
+                raw.push(if raw.contains('?') { '&' } else { '?' });
+                raw.push_str(&format!("{key}={encoded}"));
+            } else {
+                if raw.split_whitespace().any(|pair| pair.split('=').next() == Some(*key)) {
+                    continue;
+                }
+                raw.push_str(&format!(" {key}='{}'", value.replace('\\', "\\\\").replace('\'', "\\'")));
+            }
+        }
+        Self::parse(&raw)
     }
 
     /// The connection string as written (after `${…}` interpolation), password included.

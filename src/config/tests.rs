@@ -811,3 +811,34 @@ stages:
     assert_eq!(wrong.len(), 1, "{}", ProblemList(&wrong));
     problem_at(&wrong, "flush.workers");
 }
+
+#[test]
+fn tls_keys_are_written_into_the_source_url_unless_it_sets_them_itself() {
+    let yaml = MINIMAL.replace(
+        "    tables: [orders, sales.invoices]\n",
+        "    tables: [orders, sales.invoices]\n    tls: { mode: verify-full, root_cert: /etc/ssl/rds ca.pem }\n",
+    );
+    let config = parse_ok(&yaml);
+    assert_eq!(
+        config.source.postgres.url.expose(),
+        "postgres://app:hunter2@db.internal:5432/shop?sslmode=verify-full&sslrootcert=/etc/ssl/rds%20ca.pem"
+    );
+    // The buffer defaults to the source URL, keys included.
+    assert_eq!(config.buffer.url.expose(), config.source.postgres.url.expose());
+    let yaml = MINIMAL
+        .replace("/shop\n", "/shop?sslmode=disable\n")
+        .replace("    tables: [orders, sales.invoices]\n", "    tables: [orders, sales.invoices]\n    tls: { mode: require }\n");
+    assert!(parse_ok(&yaml).source.postgres.url.expose().ends_with("/shop?sslmode=disable"));
+}
+
+#[test]
+fn a_bad_tls_mode_is_reported_at_its_key_and_line() {
+    let yaml = MINIMAL.replace(
+        "    tables: [orders, sales.invoices]\n",
+        "    tables: [orders, sales.invoices]\n    tls:\n      mode: sometimes\n",
+    );
+    let found = problems(&yaml);
+    let p = problem_at(&found, "source.postgres.tls.mode");
+    assert_eq!(p.line, 7, "{p:?}");
+    assert!(p.message.contains("sometimes") && p.message.contains("verify-full"), "{p:?}");
+}

@@ -241,6 +241,14 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
     }
 
+    /// Replaces `pg_hba.conf` with `text` and reloads the server (e.g. `hostssl` lines only, for TLS tests).
+    pub fn set_hba(&self, text: &str) -> Result<(), HarnessError> {
+        let path = self.data_dir().join("pg_hba.conf");
+        fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))?;
+        set_mode(&path, 0o644)?;
+        run(self.server_command("pg_ctl").arg("-D").arg(self.data_dir()).arg("reload")).map(|_| ())
+    }
+
     /// Whether the server accepts connections now.
     pub fn is_ready(&self) -> bool {
         Command::new(self.bin.join("pg_isready"))

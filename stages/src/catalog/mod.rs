@@ -95,7 +95,7 @@ CREATE TABLE IF NOT EXISTS iceberg_namespace_properties (
 /// [`CATALOG_TABLES_LOCK`] (the crate's own `CREATE TABLE IF NOT EXISTS` then finds them). A URI tokio-postgres
 /// cannot parse is left to the crate, which reports it.
 async fn prepare_sql_catalog(uri: &str) -> Result<()> {
-    let Ok(mut config) = uri.parse::<tokio_postgres::Config>() else { return Ok(()) };
+    let Ok(mut config) = crate::store::tls::parse(uri, None) else { return Ok(()) };
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CATALOG_CONNECT_TIMEOUT);
     }

@@ -15,7 +15,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use iceberg::{NamespaceIdent, TableIdent};
 use philotes_engine::{Source, StageError};
 use philotes_schemas::TableSchema;
-use tokio_postgres::{Config, NoTls};
+use tokio_postgres::Config;
 
 use crate::catalog::table::Tables;
 use crate::store::schemas as schema_store;
@@ -45,11 +45,12 @@ pub const NAME: &str = "claim";
 /// a lease abandoned mid-way (shutdown) is released.
 pub fn pool(config: &Config, size: usize) -> Result<Pool, deadpool_postgres::BuildError> {
     // The buffer sessions pin their output settings as every other session does (crate::store::connect).
+    let connector = crate::store::tls::Tls::of(config).connector();
     let mut config = config.clone();
     config.options(crate::store::session_options(config.get_options()));
     let manager = Manager::from_config(
         config,
-        NoTls,
+        connector,
         ManagerConfig { recycling_method: RecyclingMethod::Custom("ROLLBACK".into()) },
     );
     Pool::builder(manager).max_size(size.max(1)).build()

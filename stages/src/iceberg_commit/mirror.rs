@@ -61,7 +61,7 @@ impl CommitCatalog {
         Ok(match settings {
             CatalogSettings::Sql { name, uri, .. } => CommitCatalog::Sql(Box::new(SqlCatalogSession {
                 name: name.clone(),
-                config: uri.parse()?,
+                config: crate::store::tls::parse_config(uri)?,
                 client: Mutex::new(None),
             })),
             CatalogSettings::Rest { uri, warehouse, props, .. } => {

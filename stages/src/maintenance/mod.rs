@@ -126,7 +126,7 @@ impl MaintenanceCatalog {
         let catalog = catalog::connect(settings).await.map_err(MaintenanceError::Catalog)?;
         match settings {
             CatalogSettings::Sql { name, uri, .. } => {
-                let config: Config = uri.parse().map_err(MaintenanceError::CatalogDatabase)?;
+                let config: Config = crate::store::tls::parse_config(uri).map_err(MaintenanceError::CatalogDatabase)?;
                 let client = crate::store::connect(&config).await.map_err(MaintenanceError::CatalogDatabase)?;
                 Ok(Self::new(catalog, client, name))
             }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use tokio_postgres::config::Host;
 
 use super::{Frame, ReplicationStream, SourceError};
@@ -60,9 +60,10 @@ impl PgwireStream {
         let user = source.get_user().unwrap_or("postgres").to_string();
         let password = source.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
         let database = source.get_dbname().map_or_else(|| user.clone(), str::to_string);
+        let tls = crate::store::tls::Tls::of(source).replication(&host);
         let config = ReplicationConfig::new(host, user, password, database, &settings.slot, settings.publication.as_str())
             .with_port(port)
-            .with_tls(TlsConfig::disabled())
+            .with_tls(tls)
             .with_start_lsn(pgwire_replication::Lsn::from_u64(settings.start.0))
             .with_status_interval(settings.status_interval)
             .with_wakeup_interval(settings.status_interval)

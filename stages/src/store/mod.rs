@@ -10,10 +10,11 @@ pub mod schemas;
 pub mod segments;
 pub mod snapshots;
 pub mod source_tables;
+pub mod tls;
 pub mod watermarks;
 
 use tokio_postgres::types::PgLsn;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 use crate::position::Lsn;
 
@@ -71,15 +72,17 @@ pub fn describe(config: &Config) -> String {
 /// runtime; a connection that breaks later surfaces as an error on the client's next call. The one place that
 /// spawns tokio-postgres connection tasks.
 ///
-/// TLS is not supported yet (`NoTls`): a server that requires it refuses the connection with a clear error.
+/// TLS as the connection string's `sslmode`/`sslrootcert` say ([`tls`]; default `prefer`). A TLS settings
+/// problem (an unreadable root certificate) is reported as a connection error naming the file.
 pub async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
+    let connector = tls::Tls::of(config).connector();
     let mut config = config.clone();
     config.options(session_options(config.get_options()));
     if config.get_application_name().is_none() {
         // Our sessions name themselves: a snapshot does not wait for philotes' own buffer transactions.
         config.application_name("philotes");
     }
-    let (client, connection) = config.connect(NoTls).await?;
+    let (client, connection) = config.connect(connector).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %crate::report::chain(&e), "postgres connection ended");
