@@ -10,12 +10,6 @@ use crate::support::{database, philotes, status_json, wait_for};
 // This module is about the wording of errors: its log and stderr assertions check the product itself (what a
 // person reads), so they stay; status is read beside them wherever it holds the same fact.
 
-/// A TCP port on the loopback where nothing listens.
-fn dead_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-    listener.local_addr().expect("port").port()
-}
-
 /// Runs `role` of `pipeline` until its log names `needle` (within 20 s), stops it cleanly, and returns the log.
 async fn log_until(pipeline: &Pipeline, role: &str, needle: &str) -> String {
     let run = pipeline.start(&["--role", role], &[], "run.log");
@@ -35,7 +29,7 @@ fn assert_said_once(text: &str) {
 async fn an_unreachable_catalog_database_is_named_with_its_address_and_cause_within_seconds() {
     let db = database("err_catalog");
     let mut pipeline = Pipeline::new(&db, &["public.t"], "{ workers: 1, interval: 200ms }");
-    let port = dead_port();
+    let port = crate::support::free_port();
     pipeline.use_catalog(&format!("postgres://postgres@127.0.0.1:{port}/nowhere"));
     let log = log_until(&pipeline, "flusher", &format!("127.0.0.1:{port}/nowhere")).await;
     assert!(log.contains("Connection refused"), "the cause is missing:\n{log}");
@@ -47,7 +41,7 @@ async fn an_unreachable_catalog_database_is_named_with_its_address_and_cause_wit
 async fn an_unreachable_source_is_logged_with_its_address_and_the_refusal() {
     let db = database("err_source");
     let pipeline = Pipeline::new(&db, &["public.t"], "{ workers: 1, interval: 200ms }");
-    let port = dead_port();
+    let port = crate::support::free_port();
     // The buffer stays reachable (its URL defaults to the source's, so it is set to the test database).
     pipeline.use_source(&format!("postgres://postgres@127.0.0.1:{port}/src"), &db.url());
     let log = log_until(&pipeline, "capture", &format!("connecting to 127.0.0.1:{port}/src")).await;
@@ -83,7 +77,7 @@ fn a_publication_the_source_user_may_not_create_is_named_in_the_error() {
 fn status_with_the_source_down_shows_the_buffer_and_lists_what_it_could_not_read() {
     let db = database("err_status");
     let pipeline = Pipeline::new(&db, &["public.t"], "{ workers: 1, interval: 200ms }");
-    let port = dead_port();
+    let port = crate::support::free_port();
     pipeline.use_source(&format!("postgres://postgres@127.0.0.1:{port}/src"), &db.url());
     let file = pipeline.file.to_str().expect("utf-8");
     assert!(philotes(&["migrate", file], &[]).status.success());

@@ -165,7 +165,7 @@ impl S3Server {
         let python = python();
         let server = Path::new(&python).with_file_name("moto_server");
         assert!(server.exists(), "{} is needed for the S3 test: run `bash .ci/run` once (it makes the venv)", server.display());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("port").port();
+        let port = crate::support::free_port();
         let child = Command::new(&server)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())

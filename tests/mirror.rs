@@ -163,7 +163,7 @@ async fn a_mirror_table_equals_the_source_row_for_row_after_any_workload() {
     )
     .expect("schema");
     let pipeline = mirror_pipeline(&db, &["items", "pairs", "full_set"]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let port = crate::support::free_port();
     let metrics = format!("127.0.0.1:{port}");
     let run = pipeline.start_streaming(&db, &["--metrics", &metrics], &[], "run.log").await;
     wait_snapshots_done(&db, &pipeline, &run, "INSERT INTO full_set VALUES ('marker', 0)").await;
@@ -257,7 +257,7 @@ async fn a_table_whose_key_iceberg_cannot_delete_by_stops_alone() {
     )
     .expect("schema");
     let pipeline = mirror_pipeline(&db, &["floaty", "fine"]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let port = crate::support::free_port();
     let metrics = format!("127.0.0.1:{port}");
     let run = pipeline.start_streaming(&db, &["--metrics", &metrics], &[], "run.log").await;
     db.psql("INSERT INTO fine VALUES (2, 'b'); UPDATE fine SET v = 'c' WHERE id = 1; INSERT INTO floaty VALUES (2, 2.5);")

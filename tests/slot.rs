@@ -108,7 +108,7 @@ async fn wal_kept_by_the_slot_past_max_retained_wal_is_warned_about_and_measured
     db.psql("CREATE TABLE t (id bigint PRIMARY KEY, v text)").expect("table");
     let pipeline = crate::flush::Pipeline::new(&db, &["public.t"], "{ workers: 1, max_events: 1000, interval: 100ms }");
     pipeline.rewrite("    status_interval: 1s\n", "    status_interval: 1s\n    max_retained_wal: 1\n");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let port = crate::support::free_port();
     let metrics = format!("127.0.0.1:{port}");
     let run = pipeline.start_streaming(&db, &["--metrics", &metrics], &[], "run.log").await;
     db.psql("INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 2000) g").expect("rows");

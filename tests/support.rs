@@ -367,3 +367,8 @@ pub async fn http_get(addr: &str, path: &str) -> String {
     }
     String::from_utf8_lossy(&response).into_owned()
 }
+
+/// A TCP port on the loopback where nothing listens now (for a `--metrics` address, or a dead endpoint).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
