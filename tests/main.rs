@@ -9,6 +9,7 @@ mod capture_types;
 mod cli;
 mod cluster;
 mod compact;
+mod deploy;
 mod errors;
 mod flush;
 mod flush_faults;
