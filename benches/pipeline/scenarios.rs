@@ -64,7 +64,7 @@ impl Db {
         Ok(())
     }
 
-    fn dir(&self, env: &Env) -> anyhow::Result<PathBuf> {
+    pub fn dir(&self, env: &Env) -> anyhow::Result<PathBuf> {
         let dir = env.work.join(self.db.name());
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
