@@ -15,6 +15,7 @@ mod flush;
 mod flush_faults;
 mod hardening;
 mod infinity;
+mod metrics;
 mod migrate;
 mod mirror;
 mod names;
