@@ -343,8 +343,7 @@ impl Prometheus {
     /// `GET /api/v1/PATH` (PATH with its query string), the JSON answer's `data`; fails the test on an error.
     async fn api(&self, path: &str) -> Value {
         let response = http_get(&self.addr, &format!("/api/v1/{path}")).await;
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-        let json: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("/api/v1/{path}: {e}: {response}"));
+        let json: Value = serde_json::from_str(&body(&response)).unwrap_or_else(|e| panic!("/api/v1/{path}: {e}: {response}"));
         assert_eq!(json["status"], "success", "/api/v1/{path}: {json}");
         json["data"].clone()
     }
@@ -364,6 +363,26 @@ impl Drop for Prometheus {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The body of an HTTP/1.1 response, its chunks joined when Prometheus sends it chunked (a longer answer).
+fn body(response: &str) -> String {
+    let (head, rest) = response.split_once("\r\n\r\n").unwrap_or_default();
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return rest.to_string();
+    }
+    // Chunk sizes count bytes, and a chunk may end inside a character.
+    let (mut rest, mut body) = (rest.as_bytes(), Vec::new());
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&rest[..eol]).trim().to_string();
+        let size = usize::from_str_radix(&size, 16).unwrap_or_else(|e| panic!("chunk size {size:?}: {e}"));
+        if size == 0 {
+            break;
+        }
+        body.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+        rest = &rest[(eol + 4 + size).min(rest.len())..];
+    }
+    String::from_utf8(body).expect("a UTF-8 body")
 }
 
 /// The test cluster's server user when this runs as root (Prometheus, like Postgres, is not run as root here).
@@ -443,7 +462,19 @@ async fn prometheus_with_deploy_s_config_reads_back_what_philotes_wrote_and_ever
         .await;
         if seen.is_err() {
             let series = prometheus.query(&format!(r#"{{__name__=~"{metric}|up"}}"#)).await;
-            panic!("{promql} is not {want} in Prometheus after 60 s; it has {series:?}\nits log:\n{}", prometheus.log());
+            let exposed: Vec<String> = [&capture_addr, &flusher_addr]
+                .into_iter()
+                .map(|addr| async move { http_get(addr, "/metrics").await })
+                .collect::<futures::future::JoinAll<_>>()
+                .await
+                .iter()
+                .flat_map(|body| body.lines().filter(|l| l.starts_with(metric)).map(str::to_string).collect::<Vec<_>>())
+                .collect();
+            panic!(
+                "{promql} is not {want} in Prometheus after 60 s; it has {series:?}; philotes exposes {exposed:?}\n\
+                 Prometheus' log:\n{}",
+                prometheus.log()
+            );
         }
     }
     // Both processes are scraped, under the roles of the scrape config.
@@ -488,9 +519,12 @@ async fn prometheus_with_deploy_s_config_reads_back_what_philotes_wrote_and_ever
             assert!(values.as_array().is_some_and(|v| v.iter().any(|v| v == &pipeline.name)), "{whence}: {values}");
             continue;
         }
+        // `query` fails the test on invalid PromQL. Alerts have no data on a healthy pipeline, quantiles and means
+        // of a histogram without new observations are NaN; the rest has data once a rate has its two samples.
         let result = prometheus.query(&promql).await;
-        if !whence.starts_with("alert") && !promql.contains("histogram_quantile") && !promql.contains("_sum") {
-            assert!(!result.is_empty(), "{whence}: {promql} has no data");
+        if result.is_empty() && !whence.starts_with("alert") && !promql.contains("histogram_quantile") && !promql.contains("_sum") {
+            let what = format!("data for {whence}: {promql}");
+            wait_for(&what, Duration::from_secs(15), || async { !prometheus.query(&promql).await.is_empty() }).await;
         }
     }
     // The alert rules loaded and evaluate without error; on this healthy pipeline only the dead letter fires.
