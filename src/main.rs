@@ -482,7 +482,7 @@ async fn run(
     match philotes::telemetry::serve_metrics(metrics_addr, &config.pipeline, readiness.clone(), cancel.clone()).await {
         Ok(()) => {
             let every = std::time::Duration::from_secs(5);
-            tokio::spawn(philotes::telemetry::poll_status(config.clone(), every, readiness, cancel.clone()));
+            tokio::spawn(philotes::telemetry::poll_status(config.clone(), every, role != Role::Flusher, readiness, cancel.clone()));
         }
         // Several processes of one pipeline on one host share the file: the second cannot bind the same port.
         Err(e) => tracing::warn!("{e}; this process runs without a metrics endpoint (pass --metrics ADDR to choose another)"),

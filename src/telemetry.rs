@@ -17,6 +17,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
@@ -70,12 +71,19 @@ impl Readiness {
 
 /// Why a pipeline in `status` is not ready to serve: a part that could not be read (source, buffer), a slot that
 /// is missing or lost its WAL, a stopped table, a table whose flushes keep failing (catalog or warehouse).
-pub fn not_ready(status: &crate::status::Status) -> Vec<String> {
-    let mut reasons: Vec<String> = status.errors.iter().map(|p| format!("{} unreachable: {}", p.part, p.error)).collect();
-    if status.slot_exists == Some(false) {
+/// A process without the capture role (`--role flusher`) needs neither the source nor the slot: their state
+/// does not make it unready, so a source outage does not stall a rollout of flushers that could drain the buffer.
+pub fn not_ready(status: &crate::status::Status, captures: bool) -> Vec<String> {
+    let mut reasons: Vec<String> = status
+        .errors
+        .iter()
+        .filter(|p| captures || p.part != "source")
+        .map(|p| format!("{} unreachable: {}", p.part, p.error))
+        .collect();
+    if captures && status.slot_exists == Some(false) {
         reasons.push(format!("replication slot {} does not exist", status.slot));
     }
-    if status.slot_wal_status.as_deref() == Some("lost") {
+    if captures && status.slot_wal_status.as_deref() == Some("lost") {
         reasons.push(format!("replication slot {} is invalidated (its WAL is lost)", status.slot));
     }
     for table in &status.tables {
@@ -179,7 +187,7 @@ fn respond(request: &Request<Incoming>, registry: &Registry, readiness: &Readine
 
 /// Every `every` (the first time at once), reads the pipeline's status, records buffer depth and replication lag
 /// as gauges and the readiness verdict for `/readyz`.
-pub async fn poll_status(config: PipelineConfig, every: Duration, readiness: Readiness, cancel: CancellationToken) {
+pub async fn poll_status(config: PipelineConfig, every: Duration, captures: bool, readiness: Readiness, cancel: CancellationToken) {
     let metrics = philotes_stages::telemetry::metrics();
     let mut first = true;
     // Warned once per excursion above the retained-WAL limit, not every poll.
@@ -193,7 +201,7 @@ pub async fn poll_status(config: PipelineConfig, every: Duration, readiness: Rea
         }
         first = false;
         let status = crate::status::read(&config).await;
-        readiness.set(not_ready(&status));
+        readiness.set(not_ready(&status, captures));
         for problem in &status.errors {
             tracing::debug!(part = problem.part, error = %problem.error, "status poll could not read a part");
         }
@@ -233,6 +241,10 @@ pub async fn poll_status(config: PipelineConfig, every: Duration, readiness: Rea
         }
         if let Some(seconds) = status.checkpoint_age_seconds {
             metrics.lag_seconds.record(seconds, &[]);
+        }
+        for table in &status.tables {
+            let stopped = table.error.is_some() || table.problem.is_some();
+            metrics.table_stopped.record(i64::from(stopped), &[KeyValue::new(philotes_stages::telemetry::TABLE, table.table.clone())]);
         }
     }
 }

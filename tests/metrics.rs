@@ -71,6 +71,7 @@ async fn the_cdc_metrics_count_every_change_per_pipeline_and_table_and_the_true_
     tokio::time::sleep(Duration::from_secs(11)).await;
     let idle = metrics(&addr).await;
     assert_eq!(sample(&idle, "philotes_cdc_lag_seconds", &[("pipeline", &name)]), Some(0.0), "idle source:\n{idle}");
+    assert_eq!(sample(&idle, "philotes_table_stopped", &table), Some(0.0), "a flowing table:\n{idle}");
     run.stop_cleanly().await;
 }
 

@@ -54,6 +54,9 @@ pub const CDC_BATCHES_WRITTEN: &str = "philotes_cdc_batches_written";
 pub const CDC_LAST_CHECKPOINT_LSN: &str = "philotes_cdc_last_checkpoint_lsn";
 /// Per change: seconds from its source commit (`_commit_ts`) to the Iceberg commit that holds it (per table).
 pub const CDC_COMMIT_TO_ICEBERG_SECONDS: &str = "philotes_cdc_commit_to_iceberg_seconds";
+/// Per table: 1 while it is stopped (a change Iceberg cannot take, until `philotes resume`) or not captured, 0
+/// while it flows (a gauge, from the status poller).
+pub const TABLE_STOPPED: &str = "philotes_table_stopped";
 /// The `table` attribute: the source table `schema.table`.
 pub const TABLE: &str = "table";
 /// The `pipeline` label every metric carries (set once on the exporter's registry by the binary).
@@ -105,6 +108,8 @@ pub struct Metrics {
     pub cdc_last_checkpoint_lsn: Gauge<u64>,
     /// [`CDC_COMMIT_TO_ICEBERG_SECONDS`].
     pub cdc_commit_to_iceberg_seconds: Histogram<f64>,
+    /// [`TABLE_STOPPED`].
+    pub table_stopped: Gauge<i64>,
 }
 
 /// The process's instruments.
@@ -153,7 +158,13 @@ pub fn metrics() -> &'static Metrics {
             cdc_commit_to_iceberg_seconds: meter
                 .f64_histogram(CDC_COMMIT_TO_ICEBERG_SECONDS)
                 .with_description("Per change: seconds from its source commit to the Iceberg commit holding it")
-                .with_boundaries(vec![0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0])
+                .with_boundaries(vec![
+                    0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+                ])
+                .build(),
+            table_stopped: meter
+                .i64_gauge(TABLE_STOPPED)
+                .with_description("1 while the table is stopped or not captured, 0 while it flows")
                 .build(),
         }
     })
