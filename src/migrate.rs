@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_snapshot_lanes.sql",
         sql: include_str!("../migrations/0007_snapshot_lanes.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_dead_letter_retry.sql",
+        sql: include_str!("../migrations/0008_dead_letter_retry.sql"),
+    },
 ];
 
 /// The advisory lock that serialises concurrent migrators ("philotes" in ASCII).
