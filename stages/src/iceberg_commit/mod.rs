@@ -245,12 +245,18 @@ impl Committer {
         let last = job.last;
         let table = self.catalog.load_unguarded(&job.target).await?;
         let committed = committed_position(&table, &self.pipeline);
+        // The table's position after this flush: its last change, or for a retry the position it has (a retry
+        // does not move it; the checkpoint leaves the watermark alone).
+        let after = match &job.retry {
+            Some(_) => committed.unwrap_or(last),
+            None => last,
+        };
         if let Some(token) = &job.retry {
             if has_retry(&table, &self.pipeline, token) {
                 // An earlier attempt committed this retry and crashed before its checkpoint: only checkpoint it.
                 tracing::info!(table = %job.target, retry = %token, "the retried changes are already in iceberg: not writing them again");
                 pending.writer = Writer::Unusable;
-                return Ok(self.written(last, pending));
+                return Ok(self.written(after, pending));
             }
         } else if let Some(c) = committed.filter(|c| *c >= last) {
             // An earlier attempt (or a racing flusher) committed it: nothing more to write.
@@ -300,7 +306,7 @@ impl Committer {
             }
         };
         if row_count == 0 {
-            return Ok(self.written(last, pending));
+            return Ok(self.written(after, pending));
         }
         let file_count = files.len() as u64;
         fault::hit(fault::AFTER_PARQUET);
@@ -321,7 +327,7 @@ impl Committer {
         metrics.files_written.add(file_count, &attributes);
         metrics.snapshots.add(1, &attributes);
         metrics.commit_seconds.record(started.elapsed().as_secs_f64(), &attributes);
-        Ok(self.written(last, pending))
+        Ok(self.written(after, pending))
     }
 
     fn written(&self, position: Position, pending: &mut Pending) -> Outcome {

@@ -183,3 +183,66 @@ pub fn convert_again(raw: &SegmentEvent, from: &TableSchema, to: &TableVersion) 
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use philotes_schemas::{ColumnSchema, PgType, ReplicaIdentity};
+
+    use super::*;
+    use crate::decode::OldTuple;
+    use crate::op::Op;
+    use crate::position::Lsn;
+
+    fn version(version: i32, columns: &[(&str, PgType)]) -> TableVersion {
+        let columns = columns
+            .iter()
+            .map(|(name, pg_type)| ColumnSchema {
+                name: (*name).into(),
+                pg_type: pg_type.clone(),
+                type_oid: 0,
+                type_modifier: -1,
+                part_of_key: *name == "id",
+            })
+            .collect();
+        let schema = TableSchema {
+            schema: "public".into(),
+            table: "dl".into(),
+            columns,
+            replica_identity: ReplicaIdentity::Default,
+            primary_key: Vec::new(),
+        };
+        TableVersion { schema, version }
+    }
+
+    fn text(value: &str) -> ColumnData {
+        ColumnData::Text(value.as_bytes().to_vec().into())
+    }
+
+    #[test]
+    fn a_raw_change_converts_again_with_the_newest_columns_by_name() {
+        let array = PgType::Array(Box::new(PgType::Int4));
+        let v1 = version(1, &[("id", PgType::Int4), ("arr", array), ("note", PgType::Text)]);
+        let change = ChangeEvent {
+            commit_lsn: Lsn(0x10),
+            xid: 7,
+            commit_ts: 42,
+            relation_id: 1,
+            op: Op::Update,
+            old: Some(OldTuple { kind: OldKind::Key, data: vec![text("2"), ColumnData::Null, ColumnData::Null] }),
+            new: Some(vec![text("2"), text("{{1,2},{3,4}}"), ColumnData::UnchangedToast]),
+            seq: 3,
+        };
+        assert!(matches!(event(&v1, &change), Err(ConvertFailure::Value(_))), "the array does not convert");
+        let raw = raw(&change).expect("UTF-8 values");
+        // Still the same columns: it fails again, with the reason.
+        let again = convert_again(&raw, &v1.schema, &v1).expect_err("still fails");
+        assert!(again.contains("arr"), "{again}");
+        // The column dropped and one added: converted, the new column NULL, the rest as the source sent it.
+        let v2 = version(2, &[("id", PgType::Int4), ("note", PgType::Text), ("extra", PgType::Int8)]);
+        let converted = convert_again(&raw, &v1.schema, &v2).expect("converts");
+        assert_eq!(converted.new, Some(vec![Value::Int32(2), Value::Unchanged, Value::Null]));
+        assert_eq!(converted.old, Some(vec![Value::Int32(2), Value::Null, Value::Null]));
+        assert_eq!((converted.op, converted.commit_lsn, converted.seq, converted.xid, converted.commit_ts), (Op::Update, Lsn(0x10), 3, 7, 42));
+        assert_eq!(converted.old_is_full, Some(false));
+    }
+}
