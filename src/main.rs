@@ -399,6 +399,7 @@ async fn dead_letters(file: &Path, action: DeadLetterAction, log_format: Option<
                 println!("id        {}\nstored    {}\nstage     {}", l.id, l.stored_at, l.stage);
                 println!("table     {}\nposition  {}", l.table.as_deref().unwrap_or("-"), l.position.as_deref().unwrap_or("-"));
                 println!("reason    {}\nchange    {}", l.reason, l.payload.as_deref().unwrap_or("-"));
+                println!("retry     {}", if l.retryable { "possible (`retry ID` once the cause is fixed)" } else { "no: the change itself was not kept" });
             }
             None => {
                 eprintln!("pipeline {pipeline} has no dead letter {id} (see `philotes dead-letters {} list`)", file.display());

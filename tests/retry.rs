@@ -235,5 +235,13 @@ async fn retry_refuses_unknown_ids_letters_without_their_change_and_mirror_table
     assert!(code == Some(1) && out.contains("mode mirror"), "a mirror table is refused: {out}");
     let (code, out) = cli(&pipeline, &["retry"]);
     assert!(code == Some(0) && out.contains("retried 0 dead letters") && out.contains("kept"), "{out}");
+    let (code, out) = cli(&pipeline, &["retry", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["retried"], serde_json::json!([]), "{report}");
+    let kept: Vec<i64> = report["kept"].as_array().expect("kept").iter().map(|k| k["id"].as_i64().expect("id")).collect();
+    assert_eq!(kept, [old.parse::<i64>().expect("id"), new.parse::<i64>().expect("id")], "{report}");
     assert_eq!(letters(&pipeline).len(), 2);
+    let (_, shown) = cli(&pipeline, &["show", old]);
+    assert!(shown.contains("retry     no"), "{shown}");
 }

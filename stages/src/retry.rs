@@ -155,10 +155,10 @@ pub async fn retry(
         } else {
             (stored.schema_version, event)
         };
-        let token = match tokens.get(&table) {
-            Some(token) => token.clone(),
-            None => tokens.entry(table.clone()).or_insert(segments::new_retry_token(&tx).await?).clone(),
-        };
+        if !tokens.contains_key(&table) {
+            tokens.insert(table.clone(), segments::new_retry_token(&tx).await?);
+        }
+        let token = &tokens[&table];
         let position = Position::new(event.commit_lsn, event.seq);
         let payload = segment::encode(std::slice::from_ref(&event)).map_err(|e| corrupt(e.to_string()))?;
         let row = SegmentRow {
@@ -172,7 +172,7 @@ pub async fn retry(
             payload,
             trace_context: None,
         };
-        let segment = segments::insert_retry(&tx, pipeline, &row, &token).await?;
+        let segment = segments::insert_retry(&tx, pipeline, &row, token).await?;
         report.retried.push(Retried { id, table: table.to_string(), position: position.to_string(), segment });
         done.push(id);
     }
