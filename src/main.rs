@@ -350,7 +350,7 @@ async fn dead_letters(file: &Path, action: DeadLetterAction, log_format: Option<
     let pipeline = &config.pipeline;
     match action {
         DeadLetterAction::Retry { ids, json } => {
-            // The retry needs migration 0008's columns; the buffer may still be on an older philotes' schema.
+            // The retry needs migration 0009's columns; the buffer may still be on an older philotes' schema.
             philotes::migrate::migrate(&mut client).await?;
             let is_mirror = |table: &philotes_stages::table_id::TableId| config.iceberg_target(table).mode == philotes::config::TableMode::Mirror;
             let ids = (!ids.is_empty()).then_some(ids.as_slice());

@@ -56,9 +56,9 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0007_snapshot_lanes.sql"),
     },
     Migration {
-        version: 8,
-        name: "0008_dead_letter_retry.sql",
-        sql: include_str!("../migrations/0008_dead_letter_retry.sql"),
+        version: 9,
+        name: "0009_dead_letter_retry.sql",
+        sql: include_str!("../migrations/0009_dead_letter_retry.sql"),
     },
 ];
 

@@ -93,7 +93,7 @@ pub struct StoredDeadLetter {
     pub payload: Option<String>,
     /// When it was stored (RFC 3339, UTC).
     pub stored_at: String,
-    /// Whether it keeps its change, so `retry` can enqueue it again (not those stored before philotes 0008).
+    /// Whether it keeps its change, so `retry` can enqueue it again (not those stored before migration 0009).
     pub retryable: bool,
 }
 
@@ -146,7 +146,7 @@ pub async fn drop(client: &impl GenericClient, pipeline: &str, ids: Option<&[i64
 pub struct RetryLetter {
     /// Its id.
     pub id: i64,
-    /// The letter, with its change when it has one (stored before migration 0008: none).
+    /// The letter, with its change when it has one (stored before migration 0009: none).
     pub letter: DeadLetter,
 }
 

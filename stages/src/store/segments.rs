@@ -96,7 +96,7 @@ pub async fn append(tx: &Transaction<'_>, pipeline: &str, segments: &[SegmentRow
     writer.finish().await
 }
 
-/// A new retry token: marks the segments one retry enqueues for one table (migration 0008).
+/// A new retry token: marks the segments one retry enqueues for one table (migration 0009).
 pub async fn new_retry_token(client: &impl GenericClient) -> Result<String, tokio_postgres::Error> {
     Ok(client.query_one("SELECT gen_random_uuid()::text", &[]).await?.get(0))
 }

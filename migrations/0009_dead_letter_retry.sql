@@ -1,4 +1,4 @@
--- 0008: dead letters that can be retried (`philotes dead-letters FILE retry`), exactly once.
+-- 0009: dead letters that can be retried (`philotes dead-letters FILE retry`), exactly once.
 --
 -- A dead letter now keeps the change itself, so it can be enqueued again once its cause is fixed: `event` is the
 -- MessagePack of one change exactly as a segment holds it (crate::segment, a one-event segment), `schema_version`
