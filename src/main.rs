@@ -526,7 +526,7 @@ async fn run(
     }
     let metrics_addr = metrics.unwrap_or(config.telemetry.metrics);
     let readiness = philotes::telemetry::Readiness::default();
-    match philotes::telemetry::serve_metrics(metrics_addr, readiness.clone(), cancel.clone()).await {
+    match philotes::telemetry::serve_metrics(metrics_addr, &config.pipeline, readiness.clone(), cancel.clone()).await {
         Ok(()) => {
             let every = std::time::Duration::from_secs(5);
             tokio::spawn(philotes::telemetry::poll_status(config.clone(), every, readiness, cancel.clone()));

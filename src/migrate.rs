@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0007_snapshot_lanes.sql"),
     },
     Migration {
+        version: 8,
+        name: "0008_segment_commit_ts.sql",
+        sql: include_str!("../migrations/0008_segment_commit_ts.sql"),
+    },
+    Migration {
         version: 9,
         name: "0009_dead_letter_retry.sql",
         sql: include_str!("../migrations/0009_dead_letter_retry.sql"),

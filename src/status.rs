@@ -50,6 +50,9 @@ pub struct Status {
     pub buffer_events: Option<i64>,
     /// Payload bytes waiting in the buffer.
     pub buffer_bytes: Option<i64>,
+    /// Seconds from the source commit of the oldest change waiting in the buffer to now: how far Iceberg is
+    /// behind the source for what the buffer holds (`null`: nothing waits, or the buffer could not be read).
+    pub buffer_lag_seconds: Option<f64>,
     /// Changes that could not be converted.
     pub dead_letters: Option<i64>,
     /// Per table: the last position committed to Iceberg, and why it stopped if it did.
@@ -221,6 +224,7 @@ pub async fn read(config: &PipelineConfig) -> Status {
         checkpoint_age_seconds: None,
         buffer_segments: None,
         buffer_events: None,
+        buffer_lag_seconds: None,
         buffer_bytes: None,
         dead_letters: None,
         tables: Vec::new(),
@@ -288,6 +292,7 @@ async fn read_buffer(config: &Config, pipeline: &str, status: &mut Status) -> Re
     let depth = segments::depth(&buffer, pipeline).await?;
     (status.buffer_segments, status.buffer_events, status.buffer_bytes) =
         (Some(depth.segments), Some(depth.events), Some(depth.bytes));
+    status.buffer_lag_seconds = depth.oldest_commit_age_seconds;
     status.dead_letters = Some(dead_letters::count(&buffer, pipeline).await?);
     status.tables = watermarks::all(&buffer, pipeline)
         .await?
@@ -352,7 +357,11 @@ impl std::fmt::Display for Status {
         }
         match (self.buffer_segments, self.buffer_events, self.buffer_bytes) {
             (Some(segments), Some(events), Some(bytes)) => {
-                writeln!(f, "buffer       {segments} segments, {events} changes, {}", human_bytes(bytes))?;
+                let behind = match self.buffer_lag_seconds {
+                    Some(seconds) => format!("; the oldest committed on the source {seconds:.1}s ago"),
+                    None => String::new(),
+                };
+                writeln!(f, "buffer       {segments} segments, {events} changes, {}{behind}", human_bytes(bytes))?;
             }
             _ => writeln!(f, "buffer       {}", unreadable("buffer"))?,
         }

@@ -3,6 +3,7 @@
 //! hyper's HTTP/1 server, and a poller that turns the pipeline's state (buffer depth, replication lag) into
 //! gauges.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -88,10 +89,17 @@ pub fn not_ready(status: &crate::status::Status) -> Vec<String> {
     reasons
 }
 
-/// Installs the global meter provider and serves `/metrics` and `/healthz` on `addr` until `cancel` fires.
+/// Installs the global meter provider (every metric labelled `pipeline`) and serves `/metrics` and `/healthz` on `addr` until `cancel` fires.
 /// Returns once the address is bound; the server runs on a task of its own.
-pub async fn serve_metrics(addr: SocketAddr, readiness: Readiness, cancel: CancellationToken) -> Result<(), TelemetryError> {
-    let registry = Registry::new();
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    pipeline: &str,
+    readiness: Readiness,
+    cancel: CancellationToken,
+) -> Result<(), TelemetryError> {
+    // One process runs one pipeline: its name is a label of every metric, added by the registry.
+    let labels = HashMap::from([(philotes_stages::telemetry::PIPELINE.to_string(), pipeline.to_string())]);
+    let registry = Registry::new_custom(None, Some(labels)).map_err(|e| TelemetryError::Exporter(e.to_string()))?;
     let exporter = opentelemetry_prometheus::exporter()
         .with_registry(registry.clone())
         .without_target_info()
@@ -193,6 +201,17 @@ pub async fn poll_status(config: PipelineConfig, every: Duration, readiness: Rea
             metrics.buffer_segments.record(segments, &[]);
             metrics.buffer_events.record(events, &[]);
             metrics.buffer_bytes.record(bytes, &[]);
+            metrics.cdc_buffer_depth.record(events, &[]);
+        }
+        // True lag: the oldest change not in Iceberg is either waiting in the buffer or still held by this
+        // process's capture; with neither, everything is in and the lag is 0, however long the source is idle.
+        // An unreadable buffer leaves the gauge as it was rather than claiming 0.
+        if status.buffer_segments.is_some() {
+            let lag = [status.buffer_lag_seconds, philotes_stages::telemetry::capture_lag_seconds()]
+                .into_iter()
+                .flatten()
+                .fold(0.0, f64::max);
+            metrics.cdc_lag_seconds.record(lag, &[]);
         }
         if let Some(lag) = status.replication_lag_bytes {
             metrics.lag_bytes.record(lag, &[]);

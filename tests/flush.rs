@@ -202,7 +202,7 @@ impl Drop for S3Server {
 }
 
 /// The venv's Python (`PHILOTES_PYTHON`, default the venv `.ci/run` makes).
-fn python() -> String {
+pub fn python() -> String {
     std::env::var("PHILOTES_PYTHON").unwrap_or_else(|_| "/var/tmp/philotes-venv/bin/python".into())
 }
 

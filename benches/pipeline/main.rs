@@ -6,9 +6,11 @@
 //! `cargo bench --bench pipeline` (or `scripts/bench`). It starts its own PostgreSQL (philotes-testkit, fsync
 //! off), runs the release `philotes` binary as child processes, prints every run, the medians and a Markdown
 //! summary. `BENCH_ROWS` (default 1,000,000), `BENCH_RUNS` (default 3), `BENCH_ONLY` (comma list of `capture`,
-//! `copy`, `flush`, `flush-tables`, `e2e`, `snapshot`; default all) and `BENCH_SNAPSHOT_ROWS` (default 2,000,000,
-//! or `BENCH_ROWS` when that is set smaller) choose what runs.
+//! `copy`, `flush`, `flush-tables`, `e2e`, `snapshot`, `mirror`, `latency`; default all), `BENCH_SNAPSHOT_ROWS`
+//! (default 2,000,000, or `BENCH_ROWS` when that is set smaller) and `BENCH_LATENCY_SECONDS` (default 60: how long
+//! the latency scenario streams 10k changes/s at each `flush.interval`) choose what runs.
 
+mod latency;
 mod procs;
 mod report;
 mod scenarios;
@@ -24,7 +26,13 @@ use philotes_testkit::{Cluster, ClusterOptions};
 use report::{human_rate, median, megabytes, rate, ratios, Line, Memory, Series};
 use scenarios::{Db, Env};
 
-const SCENARIOS: [&str; 7] = ["capture", "copy", "flush", "flush-tables", "e2e", "snapshot", "mirror"];
+const SCENARIOS: [&str; 8] = ["capture", "copy", "flush", "flush-tables", "e2e", "snapshot", "mirror", "latency"];
+/// The latency scenario's `flush.interval`s, and its target: p99 of source commit → Iceberg at most the
+/// interval plus this many seconds (issue 12).
+const LATENCY_INTERVALS: [(&str, f64); 2] = [("1s", 1.0), ("200ms", 0.2)];
+const LATENCY_TARGET_OVERHEAD: f64 = 0.1;
+/// How long the latency scenario streams unless `BENCH_LATENCY_SECONDS` says otherwise.
+const DEFAULT_LATENCY_SECONDS: u64 = 60;
 /// The mirror flush's target (issue 11): at least this share of the changelog flush's rows/s, same buffer.
 const MIRROR_TARGET_RATIO: f64 = 0.6;
 
@@ -40,6 +48,8 @@ struct Settings {
     rows: u64,
     /// Rows of the snapshot scenario's table.
     snapshot_rows: u64,
+    /// Seconds the latency scenario streams.
+    latency_seconds: u64,
     runs: usize,
     only: BTreeSet<String>,
 }
@@ -67,7 +77,8 @@ impl Settings {
         if let Some(bad) = only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
             bail!("BENCH_ONLY: unknown measurement {bad:?} (known: {})", SCENARIOS.join(", "));
         }
-        Ok(Self { rows, snapshot_rows, runs, only })
+        let latency_seconds = number("BENCH_LATENCY_SECONDS", DEFAULT_LATENCY_SECONDS)?.max(1);
+        Ok(Self { rows, snapshot_rows, latency_seconds, runs, only })
     }
 
     fn wants(&self, scenario: &str) -> bool {
@@ -101,6 +112,8 @@ struct Results {
     mirror_arrow_writer: Series,
     /// Rows of the compacted mirror table (the same every run).
     mirror_live_rows: u64,
+    /// Per entry of [`LATENCY_INTERVALS`]: every run's quantiles.
+    latency: [Vec<latency::Latency>; 2],
 }
 
 fn main() -> ExitCode {
@@ -299,7 +312,19 @@ async fn measure(env: &Env, settings: &Settings) -> anyhow::Result<()> {
                 m.arrow_writer / m.compact
             );
         }
+        if settings.wants("latency") {
+            for (i, (interval, _)) in LATENCY_INTERVALS.iter().enumerate() {
+                let mut db = Db::create(env, "bench_latency").await?;
+                let l = latency::run(env, &mut db, interval, settings.latency_seconds).await?;
+                println!(
+                    "  latency     flush.interval {interval:<5} {:.0} changes/s for {} s: commit → Iceberg p50 {:.3} s, p99 {:.3} s (histogram); p50 {:.3} s, p99 {:.3} s (lake, {} rows)",
+                    l.rate, settings.latency_seconds, l.histogram.0, l.histogram.1, l.lake.0, l.lake.1, l.rows
+                );
+                r.latency[i].push(l);
+            }
+        }
     }
+    print_latency(&r);
     print_summary(&r, settings);
     println!("\nload average at the end: {}", load_average());
     Ok(())
@@ -456,6 +481,29 @@ fn print_summary(r: &Results, settings: &Settings) {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         git_commit()
     );
+}
+
+/// The latency scenario's medians beside its target (p99 ≤ interval + [`LATENCY_TARGET_OVERHEAD`]).
+fn print_latency(r: &Results) {
+    for ((interval, seconds), runs) in LATENCY_INTERVALS.iter().zip(&r.latency) {
+        if runs.is_empty() {
+            continue;
+        }
+        let med = |f: fn(&latency::Latency) -> f64| median(runs.iter().map(f).collect()).unwrap_or(f64::NAN);
+        let p99 = med(|l| l.lake.1);
+        let target = seconds + LATENCY_TARGET_OVERHEAD;
+        println!(
+            "\nlatency at flush.interval {interval}, {} changes/s (median of {} runs): p50 {:.3} s / p99 {:.3} s from the histogram, \
+             p50 {:.3} s / p99 {:.3} s from the lake; target p99 ≤ {target:.2} s: {}",
+            latency::RATE,
+            runs.len(),
+            med(|l| l.histogram.0),
+            med(|l| l.histogram.1),
+            med(|l| l.lake.0),
+            p99,
+            if p99 <= target { "met" } else { "NOT met" }
+        );
+    }
 }
 
 fn load_average() -> String {

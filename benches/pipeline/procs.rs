@@ -53,6 +53,36 @@ impl PipelineFile {
 }
 
 impl PipelineFile {
+    /// Sets `flush.interval` (the file has no `flush:` section yet: written with `flush_workers: None`).
+    pub fn flush_interval(self, interval: &str) -> anyhow::Result<Self> {
+        let yaml = std::fs::read_to_string(&self.path)?;
+        if yaml.contains("\nflush:") {
+            bail!("{} has a `flush` section already", self.path.display());
+        }
+        std::fs::write(&self.path, format!("{yaml}flush: {{ interval: {interval} }}\n"))?;
+        Ok(self)
+    }
+
+    /// The `telemetry.metrics` address written into the file.
+    pub fn metrics_addr(&self) -> anyhow::Result<String> {
+        let yaml = std::fs::read_to_string(&self.path)?;
+        yaml.split("telemetry: { metrics: ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .map(str::to_string)
+            .with_context(|| format!("no telemetry.metrics in {}", self.path.display()))
+    }
+
+    /// The `sink.iceberg.warehouse` location written into the file.
+    pub fn warehouse(&self) -> anyhow::Result<String> {
+        let yaml = std::fs::read_to_string(&self.path)?;
+        yaml.split("warehouse: ")
+            .nth(1)
+            .and_then(|rest| rest.lines().next())
+            .map(str::to_string)
+            .with_context(|| format!("no sink.iceberg.warehouse in {}", self.path.display()))
+    }
+
     /// Turns the file into a mirror pipeline (`sink.iceberg.mode: mirror`).
     pub fn mirror(self) -> anyhow::Result<Self> {
         let yaml = std::fs::read_to_string(&self.path)?;

@@ -64,7 +64,7 @@ impl Db {
         Ok(())
     }
 
-    fn dir(&self, env: &Env) -> anyhow::Result<PathBuf> {
+    pub fn dir(&self, env: &Env) -> anyhow::Result<PathBuf> {
         let dir = env.work.join(self.db.name());
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
@@ -153,6 +153,7 @@ pub async fn copy(env: &Env, db: &mut Db) -> anyhow::Result<f64> {
     let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
     futures::pin_mut!(writer);
     let mut payload = [0u8; 200];
+    let committed = std::time::SystemTime::now();
     for i in 0..env.rows {
         // A payload that changes with every row (nothing for a compressor to find, like MessagePack of real rows).
         let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -165,9 +166,11 @@ pub async fn copy(env: &Env, db: &mut Db) -> anyhow::Result<f64> {
         let lsn = PgLsn::from(0x1_0000_0000 + i * 256);
         let seq = i64::try_from(i)?;
         // One value per column of the writer's COPY (a column added there fails to compile here); no trace context,
-        // as the capture writes none today.
-        let row: [&(dyn ToSql + Sync); COPY_TYPES.len()] =
-            [&"bench", &"public", &TABLE, &1i32, &lsn, &seq, &lsn, &seq, &1i32, &200i32, &&payload[..], &None::<&str>];
+        // as the capture writes none without an OTLP endpoint, and a commit time as it always writes.
+        let row: [&(dyn ToSql + Sync); COPY_TYPES.len()] = [
+            &"bench", &"public", &TABLE, &1i32, &lsn, &seq, &lsn, &seq, &1i32, &200i32, &&payload[..], &None::<&str>,
+            &committed,
+        ];
         writer.as_mut().write(&row).await?;
     }
     let written = writer.finish().await?;

@@ -34,7 +34,7 @@ fn ddl(table: &str) -> String {
 }
 
 /// Inserts the rows with ids `$1..=$2` into `public.<table>`.
-fn insert(table: &str) -> String {
+pub fn insert(table: &str) -> String {
     format!(
         "INSERT INTO public.{table}
     SELECT g,

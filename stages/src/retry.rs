@@ -171,6 +171,9 @@ pub async fn retry(
             bytes: i32::try_from(payload.len()).unwrap_or(i32::MAX),
             payload,
             trace_context: None,
+            // Not counted in the true lag: a retried change's age is how long it waited as a dead letter, not how
+            // far behind the pipeline is.
+            oldest_commit_ts: None,
         };
         let segment = segments::insert_retry(&tx, pipeline, &row, token).await?;
         report.retried.push(Retried { id, table: table.to_string(), position: position.to_string(), segment });

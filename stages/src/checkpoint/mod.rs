@@ -38,7 +38,11 @@ impl Checkpoint {
                 fault::hit(fault::BEFORE_PG_COMMIT);
             }
         }
-        client.batch_execute("COMMIT").await
+        client.batch_execute("COMMIT").await?;
+        if let Outcome::Written { rejected, .. } = &item.outcome {
+            crate::telemetry::dead_lettered(rejected);
+        }
+        Ok(())
     }
 }
 

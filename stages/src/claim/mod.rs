@@ -132,11 +132,16 @@ pub struct ClaimSettings {
     pub failures: Arc<FailureLog>,
 }
 
+/// The shortest sleep between two claims that found nothing due.
+const MIN_WAIT: Duration = Duration::from_millis(5);
+
 /// The Claim source.
 pub struct Claim {
     settings: ClaimSettings,
     pool: Pool,
     poll: Duration,
+    /// How long to sleep after a claim found nothing due: until the next table is due, at most `poll`.
+    wait: Duration,
     last_registration: Option<Instant>,
     /// Slices of the current job not yet handed out.
     pending: VecDeque<Slice>,
@@ -147,7 +152,7 @@ impl Claim {
     /// A claimer over `pool` (one connection per lease held).
     pub fn new(settings: ClaimSettings, pool: Pool) -> Self {
         let poll = (settings.interval / 10).clamp(Duration::from_millis(20), Duration::from_millis(200));
-        Self { settings, pool, poll, last_registration: None, pending: VecDeque::new(), jobs: 0 }
+        Self { settings, pool, poll, wait: poll, last_registration: None, pending: VecDeque::new(), jobs: 0 }
     }
 
     /// One attempt: a lease and its segments cut into slices, or `None` when no table is due.
@@ -163,6 +168,11 @@ impl Claim {
         let max_events = settings.max_events.max(1);
         let Some(lease) = watermarks::claim(&**client, &settings.pipeline, settings.interval, max_events).await? else {
             client.batch_execute("ROLLBACK").await?;
+            self.wait = match watermarks::until_due(&**client, &settings.pipeline, settings.interval).await? {
+                // Up to a poll (new segments may come due sooner), at least a few ms (no spinning).
+                Some(due) => due.clamp(MIN_WAIT, self.poll),
+                None => self.poll,
+            };
             return Ok(None);
         };
         let target = (settings.target)(&lease.table);
@@ -224,7 +234,7 @@ impl Source for Claim {
             }
             match self.try_claim().await? {
                 Some(slices) => self.pending = slices,
-                None => tokio::time::sleep(self.poll).await,
+                None => tokio::time::sleep(self.wait).await,
             }
         }
     }

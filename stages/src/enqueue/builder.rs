@@ -20,11 +20,13 @@ pub(super) struct SegmentBuilder {
     count: usize,
     first: Option<Position>,
     last: Option<Position>,
+    /// The earliest source commit time among its changes (µs since the epoch).
+    oldest_commit_ts: Option<i64>,
 }
 
 impl SegmentBuilder {
     pub(super) fn new(table: Arc<TableVersion>) -> Self {
-        Self { table, body: Vec::new(), count: 0, first: None, last: None }
+        Self { table, body: Vec::new(), count: 0, first: None, last: None, oldest_commit_ts: None }
     }
 
     /// Encodes one change; returns how many bytes it added.
@@ -34,6 +36,7 @@ impl SegmentBuilder {
         let position = event.position();
         self.first.get_or_insert(position);
         self.last = Some(position);
+        self.oldest_commit_ts = Some(self.oldest_commit_ts.map_or(event.commit_ts, |t| t.min(event.commit_ts)));
         self.count += 1;
         Ok(self.body.len() - before)
     }
@@ -66,6 +69,7 @@ impl SegmentBuilder {
             bytes: i32::try_from(payload.len()).unwrap_or(i32::MAX),
             payload,
             trace_context: None,
+            oldest_commit_ts: self.oldest_commit_ts.take(),
         };
         self.body.clear();
         self.count = 0;

@@ -75,7 +75,9 @@ fn record_enqueued(rows: &[SegmentRow]) {
     let metrics = telemetry::metrics();
     for row in rows {
         let events = u64::try_from(row.events).unwrap_or(0);
-        metrics.events_enqueued.add(events, &telemetry::table(&crate::table_id::TableId::new(row.source_schema.clone(), row.source_table.clone())));
+        let table = telemetry::table(&crate::table_id::TableId::new(row.source_schema.clone(), row.source_table.clone()));
+        metrics.events_enqueued.add(events, &table);
+        metrics.cdc_events_read.add(events, &table);
     }
 }
 
@@ -168,6 +170,7 @@ impl Enqueue {
         let builder = &mut self.building[index];
         self.building_bytes += builder.push(event)?;
         self.oldest.get_or_insert_with(Instant::now);
+        telemetry::capture_holds(event.commit_ts);
         if builder.len() >= self.limits.max_events || builder.bytes() >= self.limits.max_bytes {
             self.cut(index)?;
         }
@@ -219,7 +222,15 @@ impl Enqueue {
             chunk.ack.send(ChunkFate::Durable);
         }
         record_enqueued(&self.full);
-        telemetry::metrics().checkpoint_lsn.record(checkpoint.commit_lsn.as_u64(), &[]);
+        telemetry::dead_lettered(&self.rejected);
+        for letter in self.rejected.iter().filter_map(|l| l.table.as_ref()) {
+            // Read from the source too, though it went to the dead letters instead of the buffer.
+            telemetry::metrics().cdc_events_read.add(1, &telemetry::table(letter));
+        }
+        telemetry::capture_durable();
+        let metrics = telemetry::metrics();
+        metrics.checkpoint_lsn.record(checkpoint.commit_lsn.as_u64(), &[]);
+        metrics.cdc_last_checkpoint_lsn.record(checkpoint.commit_lsn.as_u64(), &[]);
         self.full.clear();
         self.full_bytes = 0;
         self.rejected.clear();

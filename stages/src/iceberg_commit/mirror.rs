@@ -209,6 +209,11 @@ impl Committer {
         metrics.files_written.add(files as u64, &attributes);
         metrics.snapshots.add(1, &attributes);
         metrics.commit_seconds.record(started.elapsed().as_secs_f64(), &attributes);
+        metrics.cdc_events_processed.add(batch.num_rows() as u64, &attributes);
+        metrics.cdc_batches_written.add(1, &attributes);
+        let mut times = telemetry::CommitTimes::default();
+        times.add(&batch);
+        times.record(&attributes);
         Ok(self.written(last, pending))
     }
 

@@ -38,7 +38,7 @@ use crate::claim::job::{BuiltSlice, Committed, FlushJob, Outcome, SliceRows};
 use crate::fault;
 use crate::position::Position;
 use crate::store::dead_letters::DeadLetter;
-use crate::telemetry;
+use crate::telemetry::{self, CommitTimes};
 
 /// The stage's name in metrics, spans and YAML (`stages.iceberg_commit`).
 pub const NAME: &str = "iceberg_commit";
@@ -162,6 +162,8 @@ struct OpenWriter {
     after: Option<Position>,
     writer: Box<dyn IcebergWriter>,
     rows: u64,
+    /// The source commit times of the rows written (for the commit-to-Iceberg histogram).
+    times: CommitTimes,
 }
 
 impl IcebergCommit {
@@ -226,13 +228,14 @@ impl Committer {
                 Writer::Unusable
             } else {
                 let writer = writer::open(&self.pipeline, &table, batch, self.target_file_size).await?;
-                Writer::Writing(Box::new(OpenWriter { table, after, writer, rows: 0 }))
+                Writer::Writing(Box::new(OpenWriter { table, after, writer, rows: 0, times: CommitTimes::default() }))
             };
         }
         if let Writer::Writing(open) = state {
             let rows = writer::rows_after(batch, open.after)?;
             if rows.num_rows() > 0 {
                 open.rows += rows.num_rows() as u64;
+                open.times.add(&rows);
                 open.writer.write(rows).await?;
             }
         }
@@ -268,14 +271,14 @@ impl Committer {
         }
         let started = std::time::Instant::now();
         // The files written ahead are used only if they were filtered against exactly this table state.
-        let (files, row_count) = match std::mem::replace(&mut pending.writer, Writer::Unusable) {
+        let (files, row_count, times) = match std::mem::replace(&mut pending.writer, Writer::Unusable) {
             Writer::Writing(mut open)
                 if open.after == job.filter(committed)
                     && open.table.metadata().current_snapshot_id() == table.metadata().current_snapshot_id() =>
             {
                 let files = open.writer.close().await?;
                 tracing::debug!(flush = job.id, close_ms = started.elapsed().as_millis() as u64, "writer closed");
-                (files, open.rows)
+                (files, open.rows, open.times)
             }
             _ => {
                 // Written again from the buffer, slice by slice (rare: a failed write or a table that moved).
@@ -283,6 +286,7 @@ impl Committer {
                 let schema = table.metadata().current_schema();
                 let mut writer: Option<Box<dyn IcebergWriter>> = None;
                 let mut rows = 0u64;
+                let mut times = CommitTimes::default();
                 for index in 0..job.slices.len() {
                     let batch = match job.build(index, schema, job.filter(committed)).await.map_err(IcebergCommitError::Rebuild)? {
                         SliceRows::Stop(reason) => return Ok(Outcome::Stopped(reason)),
@@ -290,6 +294,7 @@ impl Committer {
                     };
                     if let Some(batch) = batch {
                         rows += batch.num_rows() as u64;
+                        times.add(&batch);
                         let writer = match &mut writer {
                             Some(writer) => writer,
                             None => writer.insert(
@@ -300,8 +305,8 @@ impl Committer {
                     }
                 }
                 match writer {
-                    Some(mut writer) => (writer.close().await?, rows),
-                    None => (Vec::new(), 0),
+                    Some(mut writer) => (writer.close().await?, rows, times),
+                    None => (Vec::new(), 0, times),
                 }
             }
         };
@@ -327,6 +332,12 @@ impl Committer {
         metrics.files_written.add(file_count, &attributes);
         metrics.snapshots.add(1, &attributes);
         metrics.commit_seconds.record(started.elapsed().as_secs_f64(), &attributes);
+        metrics.cdc_events_processed.add(row_count, &attributes);
+        metrics.cdc_batches_written.add(1, &attributes);
+        // A retried change's commit time is as old as its dead letter: not a latency of the pipeline.
+        if job.retry.is_none() {
+            times.record(&attributes);
+        }
         Ok(self.written(after, pending))
     }
 

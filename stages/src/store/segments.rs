@@ -1,5 +1,7 @@
 //! `philotes.segments`: the durable queue. Capture appends with COPY (binary); flushers claim and delete.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use futures::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{PgLsn, Type};
@@ -29,6 +31,9 @@ pub struct SegmentRow {
     pub payload: Vec<u8>,
     /// W3C traceparent of the span that enqueued it, to follow a change from WAL to snapshot.
     pub trace_context: Option<String>,
+    /// Source commit time of its oldest change, µs since the Unix epoch (the true lag's reference);
+    /// `None` for segments written before migration 0008.
+    pub oldest_commit_ts: Option<i64>,
 }
 
 /// A segment read back, with its queue id.
@@ -43,10 +48,10 @@ pub struct StoredSegment {
 /// The segment writer's COPY: its columns in order (the benchmark's buffer baseline copies into a table like
 /// this one with the same statement, so the two never drift).
 pub const COPY_IN: &str = "COPY philotes.segments (pipeline, source_schema, source_table, schema_version, first_lsn, \
-    first_seq, last_lsn, last_seq, events, bytes, payload, trace_context) FROM STDIN (FORMAT binary)";
+    first_seq, last_lsn, last_seq, events, bytes, payload, trace_context, oldest_commit_ts) FROM STDIN (FORMAT binary)";
 
 /// The types of [`COPY_IN`]'s columns, in its order.
-pub const COPY_TYPES: [Type; 12] = [
+pub const COPY_TYPES: [Type; 13] = [
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
@@ -59,7 +64,22 @@ pub const COPY_TYPES: [Type; 12] = [
     Type::INT4,
     Type::BYTEA,
     Type::TEXT,
+    Type::TIMESTAMPTZ,
 ];
+
+/// µs since the Unix epoch as a time (what tokio-postgres binds to timestamptz).
+fn system_time(micros: i64) -> SystemTime {
+    let offset = Duration::from_micros(micros.unsigned_abs());
+    if micros >= 0 { UNIX_EPOCH + offset } else { UNIX_EPOCH - offset }
+}
+
+/// The reverse of [`system_time`].
+fn micros(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_micros()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}
 
 fn seq(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -90,6 +110,7 @@ pub async fn append(tx: &Transaction<'_>, pipeline: &str, segments: &[SegmentRow
                 &s.bytes,
                 &s.payload,
                 &s.trace_context,
+                &s.oldest_commit_ts.map(system_time),
             ])
             .await?;
     }
@@ -147,7 +168,7 @@ pub async fn all(client: &impl GenericClient, pipeline: &str) -> Result<Vec<Stor
     let rows = client
         .query(
             "SELECT id, source_schema, source_table, schema_version, first_lsn, first_seq, last_lsn, last_seq,
-                    events, bytes, payload, trace_context
+                    events, bytes, payload, trace_context, oldest_commit_ts
              FROM philotes.segments WHERE pipeline = $1 ORDER BY id",
             &[&pipeline],
         )
@@ -166,13 +187,14 @@ pub async fn all(client: &impl GenericClient, pipeline: &str) -> Result<Vec<Stor
                 bytes: r.get(9),
                 payload: r.get(10),
                 trace_context: r.get(11),
+                oldest_commit_ts: r.get::<_, Option<SystemTime>>(12).map(micros),
             },
         })
         .collect())
 }
 
 /// Buffer depth of a pipeline: segments, changes and payload bytes waiting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Depth {
     /// Segments waiting.
     pub segments: i64,
@@ -180,16 +202,20 @@ pub struct Depth {
     pub events: i64,
     /// Their payload bytes.
     pub bytes: i64,
+    /// Seconds from the source commit of the oldest change waiting to now (the buffer's clock); `None` when
+    /// nothing with a known commit time waits.
+    pub oldest_commit_age_seconds: Option<f64>,
 }
 
 /// How much is waiting in the buffer for `pipeline`.
 pub async fn depth(client: &impl GenericClient, pipeline: &str) -> Result<Depth, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT count(*), coalesce(sum(events), 0)::bigint, coalesce(sum(bytes), 0)::bigint
+            "SELECT count(*), coalesce(sum(events), 0)::bigint, coalesce(sum(bytes), 0)::bigint,
+                    extract(epoch FROM clock_timestamp() - min(oldest_commit_ts))::float8
              FROM philotes.segments WHERE pipeline = $1",
             &[&pipeline],
         )
         .await?;
-    Ok(Depth { segments: row.get(0), events: row.get(1), bytes: row.get(2) })
+    Ok(Depth { segments: row.get(0), events: row.get(1), bytes: row.get(2), oldest_commit_age_seconds: row.get(3) })
 }

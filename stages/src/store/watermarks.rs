@@ -38,8 +38,11 @@ pub struct Lease {
     pub watermark: Option<Position>,
 }
 
-/// Locks one table that is due: it has complete segments and either its last flush is `interval` old or
-/// `max_events` changes wait. Tables locked by other flushers are skipped. Call inside a transaction.
+/// Locks one table that is due: it has complete segments, and either `max_events` changes wait or the oldest
+/// of them was committed on the source at least `interval` ago while its last flush started at least half an
+/// `interval` ago. Ageing by the changes' commit time (not by the last flush) bounds a change's wait for its flush
+/// by `interval`, whatever the capture's own delay; the half-interval spacing keeps a capture catching up from
+/// turning into a stream of tiny commits. Tables locked by other flushers are skipped. Call inside a transaction.
 pub async fn claim(
     client: &impl GenericClient,
     pipeline: &str,
@@ -48,20 +51,18 @@ pub async fn claim(
 ) -> Result<Option<Lease>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "WITH cp AS (SELECT commit_lsn FROM philotes.checkpoints WHERE pipeline = $1)
-             SELECT w.source_schema, w.source_table, cp.commit_lsn, w.last_lsn, w.last_seq
-             FROM philotes.table_watermarks w, cp
-             WHERE w.pipeline = $1 AND w.error IS NULL
-               AND EXISTS (SELECT 1 FROM philotes.segments s
-                           WHERE s.pipeline = w.pipeline AND s.source_schema = w.source_schema
-                             AND s.source_table = w.source_table AND s.last_lsn <= cp.commit_lsn)
-               AND (w.updated_at <= now() - make_interval(secs => $2)
-                    OR (SELECT coalesce(sum(s.events), 0) FROM philotes.segments s
-                        WHERE s.pipeline = w.pipeline AND s.source_schema = w.source_schema
-                          AND s.source_table = w.source_table AND s.last_lsn <= cp.commit_lsn) >= $3)
-             ORDER BY w.updated_at
-             LIMIT 1
-             FOR UPDATE OF w SKIP LOCKED",
+            &format!(
+                "{WAITING}
+                 SELECT w.source_schema, w.source_table, cp.commit_lsn, w.last_lsn, w.last_seq
+                 FROM waiting q JOIN philotes.table_watermarks w USING (pipeline, source_schema, source_table), cp
+                 WHERE w.error IS NULL
+                   AND (q.events >= $3
+                        OR (q.oldest <= now() - make_interval(secs => $2)
+                            AND w.updated_at <= now() - make_interval(secs => $2 / 2)))
+                 ORDER BY w.updated_at
+                 LIMIT 1
+                 FOR UPDATE OF w SKIP LOCKED"
+            ),
             &[&pipeline, &interval.as_secs_f64(), &max_events],
         )
         .await?;
@@ -77,6 +78,35 @@ pub async fn claim(
             },
         }
     }))
+}
+
+/// Per table of pipeline `$1`: its complete segments' changes and the source commit time of the oldest of them
+/// (the enqueue time when that is earlier, or unknown: a source clock ahead of the buffer's never delays a flush).
+const WAITING: &str = "WITH cp AS (SELECT commit_lsn FROM philotes.checkpoints WHERE pipeline = $1),
+     waiting AS (
+        SELECT s.pipeline, s.source_schema, s.source_table, sum(s.events) AS events,
+               min(least(s.oldest_commit_ts, s.created_at)) AS oldest
+        FROM philotes.segments s, cp
+        WHERE s.pipeline = $1 AND s.last_lsn <= cp.commit_lsn
+        GROUP BY s.pipeline, s.source_schema, s.source_table)";
+
+/// How long until a table becomes due by age (see [`claim`]); `None` when no complete segment waits. A flusher
+/// with nothing due sleeps this long (bounded by its poll), so a flush starts when it is due, not up to a poll
+/// later.
+pub async fn until_due(client: &impl GenericClient, pipeline: &str, interval: Duration) -> Result<Option<Duration>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            &format!(
+                "{WAITING}
+                 SELECT extract(epoch FROM min(greatest(q.oldest + make_interval(secs => $2),
+                                                        w.updated_at + make_interval(secs => $2 / 2))) - clock_timestamp())::float8
+                 FROM waiting q JOIN philotes.table_watermarks w USING (pipeline, source_schema, source_table)
+                 WHERE w.error IS NULL"
+            ),
+            &[&pipeline, &interval.as_secs_f64()],
+        )
+        .await?;
+    Ok(row.get::<_, Option<f64>>(0).map(|seconds| Duration::from_secs_f64(seconds.max(0.0))))
 }
 
 /// One claimed segment (its payload is read later, slice by slice: [`payloads`]).
