@@ -105,7 +105,7 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// List, show or drop the changes that could not be converted (`philotes.dead_letters`).
+    /// List, show, retry or drop the changes that could not be converted (`philotes.dead_letters`).
     DeadLetters {
         /// The pipeline file.
         file: PathBuf,
@@ -136,6 +136,16 @@ enum DeadLetterAction {
     Show {
         /// Its id (from `list`).
         id: i64,
+    },
+    /// Enqueues dead letters' changes again, once you fixed the cause (a column's type changed, philotes
+    /// upgraded): each is written to Iceberg exactly once; one that still fails is dead-lettered again with the
+    /// reason. No ids: every retryable dead letter. Tables in `mode: mirror` are refused.
+    Retry {
+        /// The ids to retry (all retryable ones when none is given).
+        ids: Vec<i64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Deletes dead letters (after looking at them: they are the only record of those changes).
     Drop {
@@ -329,16 +339,52 @@ async fn drop_pipeline(file: &Path, yes: bool, log_format: Option<LogFormatArg>)
     Ok(ExitCode::SUCCESS)
 }
 
-/// `philotes dead-letters FILE list|show ID|drop ID…|drop --all`; exits 1 when `show` or `drop` names an id the
-/// pipeline has no dead letter with.
+/// `philotes dead-letters FILE list|show ID|retry [ID…]|drop ID…|drop --all`; exits 1 when `show`, `retry` or
+/// `drop` names an id the pipeline has no dead letter with (or, for `retry`, one it cannot retry).
 async fn dead_letters(file: &Path, action: DeadLetterAction, log_format: Option<LogFormatArg>) -> anyhow::Result<ExitCode> {
     use philotes_stages::store::dead_letters as store;
     let config = load(file, log_format)?;
-    let client = philotes::postgres::connect(&config.buffer.url)
+    let mut client = philotes::postgres::connect(&config.buffer.url)
         .await
         .with_context(|| format!("connecting to the buffer database {}", config.buffer.url))?;
     let pipeline = &config.pipeline;
     match action {
+        DeadLetterAction::Retry { ids, json } => {
+            // The retry needs migration 0009's columns; the buffer may still be on an older philotes' schema.
+            philotes::migrate::migrate(&mut client).await?;
+            let is_mirror = |table: &philotes_stages::table_id::TableId| config.iceberg_target(table).mode == philotes::config::TableMode::Mirror;
+            let ids = (!ids.is_empty()).then_some(ids.as_slice());
+            let report = match philotes_stages::retry::retry(&mut client, pipeline, ids, is_mirror).await {
+                Ok(report) => report,
+                Err(philotes_stages::retry::RetryError::Refused(lines)) => {
+                    eprintln!("nothing retried:");
+                    for line in lines {
+                        eprintln!("  {line}");
+                    }
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for r in &report.retried {
+                    println!("{:>6}  {}  {}  enqueued again (segment {})", r.id, r.table, r.position, r.segment);
+                }
+                for f in &report.failed_again {
+                    println!("{:>6}  still fails, dead letter {}: {}", f.id, f.new_id, f.reason);
+                }
+                for k in &report.kept {
+                    println!("{:>6}  kept: {}", k.id, k.why);
+                }
+                let n = report.retried.len();
+                println!(
+                    "retried {n} dead letter{}; {} failed again; the flushers write them to Iceberg exactly once",
+                    if n == 1 { "" } else { "s" },
+                    report.failed_again.len()
+                );
+            }
+        }
         DeadLetterAction::List { json: true } => println!("{}", serde_json::to_string_pretty(&store::list(&client, pipeline).await?)?),
         DeadLetterAction::List { json: false } => {
             let letters = store::list(&client, pipeline).await?;
@@ -353,6 +399,7 @@ async fn dead_letters(file: &Path, action: DeadLetterAction, log_format: Option<
                 println!("id        {}\nstored    {}\nstage     {}", l.id, l.stored_at, l.stage);
                 println!("table     {}\nposition  {}", l.table.as_deref().unwrap_or("-"), l.position.as_deref().unwrap_or("-"));
                 println!("reason    {}\nchange    {}", l.reason, l.payload.as_deref().unwrap_or("-"));
+                println!("retry     {}", if l.retryable { "possible (`retry ID` once the cause is fixed)" } else { "no: the change itself was not kept" });
             }
             None => {
                 eprintln!("pipeline {pipeline} has no dead letter {id} (see `philotes dead-letters {} list`)", file.display());

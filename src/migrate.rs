@@ -60,6 +60,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_segment_commit_ts.sql",
         sql: include_str!("../migrations/0008_segment_commit_ts.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_dead_letter_retry.sql",
+        sql: include_str!("../migrations/0009_dead_letter_retry.sql"),
+    },
 ];
 
 /// The advisory lock that serialises concurrent migrators ("philotes" in ASCII).

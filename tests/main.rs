@@ -20,6 +20,7 @@ mod migrate;
 mod mirror;
 mod names;
 mod rest;
+mod retry;
 mod session;
 mod slot;
 mod snapshot;

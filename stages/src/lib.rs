@@ -27,6 +27,7 @@ pub mod op;
 pub mod position;
 pub mod report;
 pub mod resolve;
+pub mod retry;
 pub mod segment;
 pub mod snapshot;
 pub mod source;

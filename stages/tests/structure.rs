@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 const STAGES: [&str; 8] = ["source", "decode", "resolve", "enqueue", "claim", "arrow_batch", "iceberg_commit", "checkpoint"];
 /// The roles: the only modules that put stages together. `maintenance` (compaction and snapshot expiry, run by
 /// `philotes compact` and beside the flusher role) assembles the commit module of `iceberg_commit` with the
-/// lease and the table names of `claim`, as a role does.
-const ROLES: [&str; 3] = ["capture", "flush", "maintenance"];
+/// lease and the table names of `claim`, as a role does. `retry` (`philotes dead-letters retry`) assembles
+/// SchemaResolve's conversion with the buffer's queue, as a role does.
+const ROLES: [&str; 4] = ["capture", "flush", "maintenance", "retry"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read src") {

@@ -223,6 +223,8 @@ impl BatchBuilder {
                         position: event.position(),
                         reason,
                         rendering: render(version, event),
+                        event: event.clone(),
+                        version: version.clone(),
                     }),
                 }
             }

@@ -41,9 +41,13 @@ mod tests;
 pub use build::{build_batch, has_unchanged, BatchBuilder};
 pub use stage::{ArrowBatch, ArrowBatchError};
 
+use std::sync::Arc;
+
 use arrow::record_batch::RecordBatch;
+use philotes_schemas::TableSchema;
 
 use crate::position::Position;
+use crate::segment::SegmentEvent;
 
 /// The stage's name in metrics, spans, dead letters and YAML (`stages.arrow_batch`).
 pub const NAME: &str = "arrow_batch";
@@ -59,7 +63,7 @@ pub struct BatchOutput {
 
 /// A change whose value cannot be written (numeric `NaN` into a decimal column, time `24:00:00`, a malformed
 /// event): left out of the batch, dead-lettered with this reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RejectedRow {
     /// Where the change sits in the source's history (the dead letter's `commit_lsn` and `seq`).
     pub position: Position,
@@ -67,5 +71,9 @@ pub struct RejectedRow {
     pub reason: String,
     /// The change rendered for a person (each value cut to a readable length).
     pub rendering: String,
+    /// The change itself, kept in its dead letter for a retry.
+    pub event: SegmentEvent,
+    /// The schema version its values follow.
+    pub version: Arc<TableSchema>,
 }
 

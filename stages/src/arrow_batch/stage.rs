@@ -21,7 +21,7 @@ use crate::changelog::SchemaError;
 use crate::claim::job::{BuildSlice, BuiltSlice, FlushJob, JobError, Slice, SliceRows};
 use crate::position::Position;
 use crate::segment::{self, SegmentEvent};
-use crate::store::dead_letters::DeadLetter;
+use crate::store::dead_letters::{DeadLetter, LetterEvent};
 
 /// Why a slice could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,7 @@ impl Stage for ArrowBatch {
             Prepared::Stopped(reason) => SliceRows::Stop(reason.clone()),
             Prepared::Ready { table, committed, mirror } => {
                 let schema = mirror.as_ref().map_or(table.metadata().current_schema(), |m| &m.working);
-                ArrowBatch.build(job, slice.index, schema, *committed).await?
+                ArrowBatch.build(job, slice.index, schema, job.filter(*committed)).await?
             }
         };
         out.emit(BuiltSlice { slice: slice.clone(), rows });
@@ -85,6 +85,7 @@ impl BuildSlice for ArrowBatch {
                         seq: Some(r.position.seq),
                         reason: r.reason,
                         payload: r.rendering,
+                        event: letter_event(job, &r.version, &r.event),
                     })
                     .collect();
                 Ok(SliceRows::Write { batch, rejected })
@@ -98,6 +99,14 @@ impl BuildSlice for ArrowBatch {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// A rejected change as its dead letter keeps it for a retry: a one-event segment and its schema version's
+/// number. A mirror's update split in two is kept as the half that failed.
+fn letter_event(job: &FlushJob, version: &Arc<TableSchema>, event: &SegmentEvent) -> Option<LetterEvent> {
+    let schema_version = job.version_number(version)?;
+    let payload = segment::encode(std::slice::from_ref(event)).ok()?;
+    Some(LetterEvent { schema_version, payload, raw: false })
 }
 
 /// Reads slice `index` of `job` and builds its batch in `schema`, leaving out what Iceberg already has (changes

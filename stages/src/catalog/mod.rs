@@ -34,6 +34,10 @@ pub const SUMMARY_PIPELINE: &str = "philotes.pipeline";
 pub const SUMMARY_LAST_LSN: &str = "philotes.last-lsn";
 /// Snapshot summary key: seq of that last change within its transaction.
 pub const SUMMARY_LAST_SEQ: &str = "philotes.last-seq";
+/// Snapshot summary key: the token of the retry (`philotes dead-letters retry`) whose changes this snapshot wrote.
+/// A retry's changes are behind the watermark, so their position cannot say whether they are in the table; the
+/// token can ([`has_retry`]).
+pub const SUMMARY_RETRY: &str = "philotes.retry";
 
 /// Which catalog and warehouse (YAML `sink.iceberg.catalog` / `warehouse`).
 #[derive(Debug, Clone)]
@@ -159,6 +163,23 @@ pub fn committed_position(table: &Table, pipeline: &str) -> Option<Position> {
         snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id).cloned());
     }
     None
+}
+
+/// Whether a snapshot of `pipeline` in the table's history (the current snapshot and its ancestors) wrote the
+/// retry `token`: a flush of the retry that crashed before its buffer checkpoint is then only checkpointed.
+pub fn has_retry(table: &Table, pipeline: &str, token: &str) -> bool {
+    let metadata = table.metadata();
+    let mut snapshot = metadata.current_snapshot().cloned();
+    while let Some(current) = snapshot {
+        let props = &current.summary().additional_properties;
+        if props.get(SUMMARY_PIPELINE).map(String::as_str) == Some(pipeline)
+            && props.get(SUMMARY_RETRY).map(String::as_str) == Some(token)
+        {
+            return true;
+        }
+        snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id).cloned());
+    }
+    false
 }
 
 /// A catalog whose commits of a guarded table only land on the snapshot the guard names.

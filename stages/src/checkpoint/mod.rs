@@ -29,7 +29,9 @@ impl Checkpoint {
             Outcome::Stopped(reason) => watermarks::stop(client, &self.pipeline, &job.lease, reason).await?,
             Outcome::Written { position, rejected } => {
                 let segment_ids: Vec<i64> = job.segments.iter().map(|s| s.id).collect();
-                watermarks::checkpoint(client, &self.pipeline, &job.lease, &segment_ids, Some(*position)).await?;
+                // A retry's changes are behind the watermark: it stays where it is.
+                let position = job.retry.is_none().then_some(*position);
+                watermarks::checkpoint(client, &self.pipeline, &job.lease, &segment_ids, position).await?;
                 for letter in rejected {
                     dead_letters::insert(client, &self.pipeline, letter).await?;
                 }

@@ -32,6 +32,10 @@ pub struct FlushJob {
     pub mirror: bool,
     /// The lease: the table, its checkpoint and watermark.
     pub lease: Lease,
+    /// The token of the retry (`philotes dead-letters retry`) whose segments this job holds, `None` for a normal
+    /// flush. A retry's changes are behind the table's watermark: they are not filtered by position but written
+    /// once by the token, which the snapshot summary records ([`crate::catalog::SUMMARY_RETRY`]).
+    pub retry: Option<String>,
     /// The claimed segments, oldest first (without payloads).
     pub segments: Vec<ClaimedSegment>,
     /// The position of the last claimed change: what the snapshot summary records.
@@ -69,6 +73,16 @@ impl FlushJob {
     /// The session of the lease's transaction: Checkpoint commits on it.
     pub fn client(&self) -> &tokio_postgres::Client {
         &self.client
+    }
+
+    /// The committed position that filters this job's changes: `committed` itself, or none for a retry (whose
+    /// changes are all behind it and are written once by their token instead).
+    pub fn filter(&self, committed: Option<Position>) -> Option<Position> {
+        if self.retry.is_some() {
+            None
+        } else {
+            committed
+        }
     }
 
     /// The claimed segments of slice `index`.
@@ -119,6 +133,11 @@ impl FlushJob {
             segment: segment.id,
             version: segment.schema_version,
         })
+    }
+
+    /// The number of a schema version of the table (a dead letter records it with its change).
+    pub fn version_number(&self, version: &Arc<TableSchema>) -> Option<i32> {
+        self.versions.iter().find(|(_, v)| Arc::ptr_eq(v, version)).map(|(n, _)| *n)
     }
 
     /// Reads the payloads of slice `index` from the buffer, on the lease's connection (as often as asked: the

@@ -175,7 +175,17 @@ impl Claim {
             };
             return Ok(None);
         };
-        let segments = watermarks::segments(&**client, &settings.pipeline, &lease, max_events).await?;
+        let target = (settings.target)(&lease.table);
+        // A retry waiting for the table goes first, as a job of its own (never for a mirror, which `retry`
+        // refuses: an old change must not overwrite a newer version of its key).
+        let retry = match target.mirror {
+            false => watermarks::retry_segments(&**client, &settings.pipeline, &lease).await?,
+            true => None,
+        };
+        let (retry, segments) = match retry {
+            Some((token, segments)) => (Some(token), segments),
+            None => (None, watermarks::segments(&**client, &settings.pipeline, &lease, max_events).await?),
+        };
         if segments.is_empty() {
             client.batch_execute("ROLLBACK").await?;
             return Ok(None);
@@ -189,8 +199,7 @@ impl Claim {
             })?;
             versions.insert(row.version, Arc::new(schema));
         }
-        tracing::debug!(table = %lease.table, segments = segments.len(), "claimed");
-        let target = (settings.target)(&lease.table);
+        tracing::debug!(table = %lease.table, segments = segments.len(), retry = retry.as_deref(), "claimed");
         self.jobs += 1;
         let slices = cut_into_slices(&segments);
         let count = slices.len();
@@ -199,6 +208,7 @@ impl Claim {
             target: TableIdent::new(NamespaceIdent::new(target.namespace), target.name),
             mirror: target.mirror,
             lease,
+            retry,
             last: segments.iter().map(|s| s.last).max().unwrap_or_default(),
             segments,
             slices,

@@ -31,7 +31,9 @@ use iceberg::writer::IcebergWriter;
 use philotes_engine::{Emitter, Mode, Stage, StageError};
 
 use crate::catalog::table::Prepared;
-use crate::catalog::{committed_position, is_conflict, GuardedCatalog, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE};
+use crate::catalog::{
+    committed_position, has_retry, is_conflict, GuardedCatalog, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE, SUMMARY_RETRY,
+};
 use crate::claim::job::{BuiltSlice, Committed, FlushJob, Outcome, SliceRows};
 use crate::fault;
 use crate::position::Position;
@@ -89,6 +91,25 @@ impl IcebergCommitError {
                 | IcebergCommitError::Fill(FillError::Iceberg(_))
         )
     }
+}
+
+/// The snapshot summary of a job's commit: the pipeline and the table's position afterwards (the job's last
+/// change); for a retry, its token and the position the table had (a retry's changes are behind it, and the
+/// position must stay what the normal flushes check).
+fn summary(pipeline: &str, job: &FlushJob, committed: Option<Position>) -> HashMap<String, String> {
+    let mut properties = HashMap::from([(SUMMARY_PIPELINE.to_string(), pipeline.to_string())]);
+    let position = match &job.retry {
+        Some(token) => {
+            properties.insert(SUMMARY_RETRY.to_string(), token.clone());
+            committed
+        }
+        None => Some(job.last),
+    };
+    if let Some(p) = position {
+        properties.insert(SUMMARY_LAST_LSN.to_string(), p.commit_lsn.to_string());
+        properties.insert(SUMMARY_LAST_SEQ.to_string(), p.seq.to_string());
+    }
+    properties
 }
 
 /// The IcebergCommit stage.
@@ -202,7 +223,7 @@ impl Committer {
                 *state = Writer::Unusable;
                 return Ok(());
             };
-            let (table, after) = ((**table).clone(), *committed);
+            let (table, after) = ((**table).clone(), job.filter(*committed));
             *state = if after.is_some_and(|c| c >= job.last) {
                 Writer::Unusable
             } else {
@@ -227,7 +248,20 @@ impl Committer {
         let last = job.last;
         let table = self.catalog.load_unguarded(&job.target).await?;
         let committed = committed_position(&table, &self.pipeline);
-        if let Some(c) = committed.filter(|c| *c >= last) {
+        // The table's position after this flush: its last change, or for a retry the position it has (a retry
+        // does not move it; the checkpoint leaves the watermark alone).
+        let after = match &job.retry {
+            Some(_) => committed.unwrap_or(last),
+            None => last,
+        };
+        if let Some(token) = &job.retry {
+            if has_retry(&table, &self.pipeline, token) {
+                // An earlier attempt committed this retry and crashed before its checkpoint: only checkpoint it.
+                tracing::info!(table = %job.target, retry = %token, "the retried changes are already in iceberg: not writing them again");
+                pending.writer = Writer::Unusable;
+                return Ok(self.written(after, pending));
+            }
+        } else if let Some(c) = committed.filter(|c| *c >= last) {
             // An earlier attempt (or a racing flusher) committed it: nothing more to write.
             pending.writer = Writer::Unusable;
             return Ok(self.written(c, pending));
@@ -239,7 +273,7 @@ impl Committer {
         // The files written ahead are used only if they were filtered against exactly this table state.
         let (files, row_count, times) = match std::mem::replace(&mut pending.writer, Writer::Unusable) {
             Writer::Writing(mut open)
-                if open.after == committed
+                if open.after == job.filter(committed)
                     && open.table.metadata().current_snapshot_id() == table.metadata().current_snapshot_id() =>
             {
                 let files = open.writer.close().await?;
@@ -254,7 +288,7 @@ impl Committer {
                 let mut rows = 0u64;
                 let mut times = CommitTimes::default();
                 for index in 0..job.slices.len() {
-                    let batch = match job.build(index, schema, committed).await.map_err(IcebergCommitError::Rebuild)? {
+                    let batch = match job.build(index, schema, job.filter(committed)).await.map_err(IcebergCommitError::Rebuild)? {
                         SliceRows::Stop(reason) => return Ok(Outcome::Stopped(reason)),
                         SliceRows::Write { batch, .. } => batch,
                     };
@@ -277,15 +311,11 @@ impl Committer {
             }
         };
         if row_count == 0 {
-            return Ok(self.written(last, pending));
+            return Ok(self.written(after, pending));
         }
         let file_count = files.len() as u64;
         fault::hit(fault::AFTER_PARQUET);
-        let properties = HashMap::from([
-            (SUMMARY_PIPELINE.to_string(), self.pipeline.clone()),
-            (SUMMARY_LAST_LSN.to_string(), last.commit_lsn.to_string()),
-            (SUMMARY_LAST_SEQ.to_string(), last.seq.to_string()),
-        ]);
+        let properties = summary(&self.pipeline, job, committed);
         let tx = Transaction::new(&table);
         let tx = tx.fast_append().add_data_files(files).set_snapshot_properties(properties).apply(tx)?;
         self.catalog.guard(&job.target, table.metadata().current_snapshot_id());
@@ -304,8 +334,11 @@ impl Committer {
         metrics.commit_seconds.record(started.elapsed().as_secs_f64(), &attributes);
         metrics.cdc_events_processed.add(row_count, &attributes);
         metrics.cdc_batches_written.add(1, &attributes);
-        times.record(&attributes);
-        Ok(self.written(last, pending))
+        // A retried change's commit time is as old as its dead letter: not a latency of the pipeline.
+        if job.retry.is_none() {
+            times.record(&attributes);
+        }
+        Ok(self.written(after, pending))
     }
 
     fn written(&self, position: Position, pending: &mut Pending) -> Outcome {

@@ -1,6 +1,6 @@
 //! pgoutput tuples → typed rows for a segment, column by column with the table version's types.
 
-use philotes_schemas::{has_binary, parse_binary, parse_text, Value};
+use philotes_schemas::{has_binary, parse_binary, parse_text, TableSchema, Value};
 
 use super::TableVersion;
 use crate::decode::{ChangeEvent, ColumnData, OldKind, TupleData};
@@ -105,4 +105,144 @@ pub(super) fn render(change: &ChangeEvent) -> String {
         text.push_str(&format!(" new ({})", tuple(new)));
     }
     text
+}
+
+/// The change as pgoutput sent it, for the dead letter of a change that could not be converted: text values as
+/// [`Value::Text`], binary ones as [`Value::Bytes`], so a retry converts them again ([`convert_again`]). `None`
+/// when a text value is not UTF-8: no conversion could ever take it.
+pub(super) fn raw(change: &ChangeEvent) -> Option<SegmentEvent> {
+    let tuple = |data: &TupleData| -> Option<Vec<Value>> {
+        data.iter()
+            .map(|c| match c {
+                ColumnData::Null => Some(Value::Null),
+                ColumnData::UnchangedToast => Some(Value::Unchanged),
+                ColumnData::Text(b) => std::str::from_utf8(b).ok().map(|t| Value::Text(t.to_string())),
+                ColumnData::Binary(b) => Some(Value::Bytes(b.to_vec())),
+            })
+            .collect()
+    };
+    let old = match &change.old {
+        Some(old) => Some((old.kind == OldKind::Full, tuple(&old.data)?)),
+        None => None,
+    };
+    let new = match &change.new {
+        Some(new) => Some(tuple(new)?),
+        None => None,
+    };
+    Some(SegmentEvent {
+        op: change.op,
+        commit_lsn: change.commit_lsn,
+        seq: change.seq,
+        xid: change.xid,
+        commit_ts: change.commit_ts,
+        old_is_full: old.as_ref().map(|(full, _)| *full),
+        old: old.map(|(_, values)| values),
+        new,
+    })
+}
+
+/// Converts a change kept raw ([`raw`]), whose values follow the columns of `from`, with the types of version
+/// `to` (the table's newest: the user may have changed a column's type since), matching columns by name; a
+/// column `to` has and `from` had not is NULL. The error is the reason, as SchemaResolve gives it.
+pub fn convert_again(raw: &SegmentEvent, from: &TableSchema, to: &TableVersion) -> Result<SegmentEvent, String> {
+    let tuple = |values: &[Value]| -> TupleData {
+        to.schema
+            .columns
+            .iter()
+            .map(|column| {
+                let at = from.columns.iter().position(|c| c.name == column.name);
+                match at.and_then(|i| values.get(i)) {
+                    None | Some(Value::Null) => ColumnData::Null,
+                    Some(Value::Unchanged) => ColumnData::UnchangedToast,
+                    Some(Value::Bytes(b)) => ColumnData::Binary(b.clone().into()),
+                    Some(Value::Text(t)) => ColumnData::Text(t.clone().into_bytes().into()),
+                    // Raw changes hold only the four above; anything else is read as its text.
+                    Some(other) => ColumnData::Text(format!("{other:?}").into_bytes().into()),
+                }
+            })
+            .collect()
+    };
+    let change = ChangeEvent {
+        commit_lsn: raw.commit_lsn,
+        xid: raw.xid,
+        commit_ts: raw.commit_ts,
+        relation_id: 0,
+        op: raw.op,
+        old: raw.old.as_ref().map(|values| crate::decode::OldTuple {
+            kind: if raw.old_is_full == Some(true) { OldKind::Full } else { OldKind::Key },
+            data: tuple(values),
+        }),
+        new: raw.new.as_deref().map(tuple),
+        seq: raw.seq,
+    };
+    event(to, &change).map_err(|failure| match failure {
+        ConvertFailure::Value(reason) => reason,
+        ConvertFailure::Binary => format!(
+            "{}: a binary value of a type that has no binary decoder",
+            to.schema.qualified_name()
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use philotes_schemas::{ColumnSchema, PgType, ReplicaIdentity};
+
+    use super::*;
+    use crate::decode::OldTuple;
+    use crate::op::Op;
+    use crate::position::Lsn;
+
+    fn version(version: i32, columns: &[(&str, PgType)]) -> TableVersion {
+        let columns = columns
+            .iter()
+            .map(|(name, pg_type)| ColumnSchema {
+                name: (*name).into(),
+                pg_type: pg_type.clone(),
+                type_oid: 0,
+                type_modifier: -1,
+                part_of_key: *name == "id",
+            })
+            .collect();
+        let schema = TableSchema {
+            schema: "public".into(),
+            table: "dl".into(),
+            columns,
+            replica_identity: ReplicaIdentity::Default,
+            primary_key: Vec::new(),
+        };
+        TableVersion { schema, version }
+    }
+
+    fn text(value: &str) -> ColumnData {
+        ColumnData::Text(value.as_bytes().to_vec().into())
+    }
+
+    #[test]
+    fn a_raw_change_converts_again_with_the_newest_columns_by_name() {
+        let array = PgType::Array(Box::new(PgType::Int4));
+        let v1 = version(1, &[("id", PgType::Int4), ("arr", array), ("note", PgType::Text)]);
+        let change = ChangeEvent {
+            commit_lsn: Lsn(0x10),
+            xid: 7,
+            commit_ts: 42,
+            relation_id: 1,
+            op: Op::Update,
+            old: Some(OldTuple { kind: OldKind::Key, data: vec![text("2"), ColumnData::Null, ColumnData::Null] }),
+            new: Some(vec![text("2"), text("{{1,2},{3,4}}"), ColumnData::UnchangedToast]),
+            seq: 3,
+        };
+        assert!(matches!(event(&v1, &change), Err(ConvertFailure::Value(_))), "the array does not convert");
+        let raw = raw(&change).expect("UTF-8 values");
+        // Still the same columns: it fails again, with the reason.
+        let again = convert_again(&raw, &v1.schema, &v1).expect_err("still fails");
+        assert!(again.contains("arr"), "{again}");
+        // The column dropped and one added: converted, the new column NULL, the rest as the source sent it.
+        let v2 = version(2, &[("id", PgType::Int4), ("note", PgType::Text), ("extra", PgType::Int8)]);
+        let converted = convert_again(&raw, &v1.schema, &v2).expect("converts");
+        assert_eq!(converted.new, Some(vec![Value::Int32(2), Value::Unchanged, Value::Null]));
+        assert_eq!(converted.old, Some(vec![Value::Int32(2), Value::Null, Value::Null]));
+        assert_eq!((converted.op, converted.commit_lsn, converted.seq, converted.xid, converted.commit_ts), (Op::Update, Lsn(0x10), 3, 7, 42));
+        assert_eq!(converted.old_is_full, Some(false));
+    }
 }

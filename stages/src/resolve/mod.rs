@@ -7,6 +7,8 @@
 
 mod convert;
 
+pub use convert::convert_again;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -26,7 +28,7 @@ use crate::source::follow::{self, Followed, IcebergName};
 use crate::store::snapshots::ChunkProgress;
 use crate::table_id::TableId;
 use crate::source::setup;
-use crate::store::dead_letters::DeadLetter;
+use crate::store::dead_letters::{DeadLetter, LetterEvent};
 use crate::store::schemas::{self as schema_store, SchemaVersionRow};
 use crate::store::source_tables::{self, SourceTable};
 use crate::store::watermarks;
@@ -406,6 +408,7 @@ impl SchemaResolve {
                     seq: Some(change.seq),
                     reason,
                     payload: convert::render(&change),
+                    event: letter_event(&version, &change),
                 }),
             }
         }
@@ -451,9 +454,16 @@ impl SchemaResolve {
                 seq: Some(change.seq),
                 reason,
                 payload: convert::render(change),
+                event: letter_event(table, change),
             }),
         }))
     }
+}
+
+/// The change a dead letter keeps for a retry: raw (as pgoutput sent it) with the version it was decoded with.
+fn letter_event(version: &TableVersion, change: &ChangeEvent) -> Option<LetterEvent> {
+    let payload = crate::segment::encode(&[convert::raw(change)?]).ok()?;
+    Some(LetterEvent { schema_version: version.version, payload, raw: true })
 }
 
 fn first_char(text: String) -> char {

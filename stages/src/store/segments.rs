@@ -117,6 +117,41 @@ pub async fn append(tx: &Transaction<'_>, pipeline: &str, segments: &[SegmentRow
     writer.finish().await
 }
 
+/// A new retry token: marks the segments one retry enqueues for one table (migration 0009).
+pub async fn new_retry_token(client: &impl GenericClient) -> Result<String, tokio_postgres::Error> {
+    Ok(client.query_one("SELECT gen_random_uuid()::text", &[]).await?.get(0))
+}
+
+/// Enqueues a retried change (`philotes dead-letters retry`) as a segment marked with `retry`, a token of
+/// [`new_retry_token`]: flushers write it although its position is behind the table's watermark, once. Call in
+/// the retry's transaction, which also removes its dead letter.
+pub async fn insert_retry(client: &impl GenericClient, pipeline: &str, segment: &SegmentRow, retry: &str) -> Result<i64, tokio_postgres::Error> {
+    let s = segment;
+    let row = client
+        .query_one(
+            "INSERT INTO philotes.segments (pipeline, source_schema, source_table, schema_version, first_lsn, first_seq,
+                                            last_lsn, last_seq, events, bytes, payload, trace_context, retry)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+            &[
+                &pipeline,
+                &s.source_schema,
+                &s.source_table,
+                &s.schema_version,
+                &pg_lsn(s.first.commit_lsn),
+                &seq(s.first.seq),
+                &pg_lsn(s.last.commit_lsn),
+                &seq(s.last.seq),
+                &s.events,
+                &s.bytes,
+                &s.payload,
+                &s.trace_context,
+                &retry,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Deletes segments above `checkpoint`: parts of a transaction whose end never reached the buffer. The capture
 /// calls it before resuming, so the redelivered transaction is not doubled. Returns how many were deleted.
 pub async fn delete_above(client: &impl GenericClient, pipeline: &str, checkpoint: Lsn) -> Result<u64, tokio_postgres::Error> {

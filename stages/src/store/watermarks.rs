@@ -139,7 +139,7 @@ pub async fn segments(
             "WITH ordered AS (
                  SELECT id, sum(events) OVER (ORDER BY first_lsn, first_seq, id) - events AS before
                  FROM philotes.segments
-                 WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND last_lsn <= $4)
+                 WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND last_lsn <= $4 AND retry IS NULL)
              SELECT s.id, s.schema_version, s.first_lsn, s.first_seq, s.last_lsn, s.last_seq, s.events
              FROM ordered o JOIN philotes.segments s ON s.id = o.id
              WHERE o.before < $5
@@ -158,6 +158,40 @@ pub async fn segments(
         })
         .collect();
     Ok(taken)
+}
+
+/// The leased table's oldest retry (`philotes dead-letters retry`): its token and every segment it enqueued for the
+/// table, or `None` when it has none waiting. A retry is flushed as a job of its own, all or nothing.
+pub async fn retry_segments(
+    client: &impl GenericClient,
+    pipeline: &str,
+    lease: &Lease,
+) -> Result<Option<(String, Vec<ClaimedSegment>)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "WITH oldest AS (SELECT retry FROM philotes.segments
+                             WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND retry IS NOT NULL
+                               AND last_lsn <= $4
+                             ORDER BY id LIMIT 1)
+             SELECT s.id, s.schema_version, s.first_lsn, s.first_seq, s.last_lsn, s.last_seq, s.events, s.retry
+             FROM philotes.segments s JOIN oldest o ON s.retry = o.retry
+             WHERE s.pipeline = $1 AND s.source_schema = $2 AND s.source_table = $3
+             ORDER BY s.first_lsn, s.first_seq, s.id",
+            &[&pipeline, &lease.table.schema, &lease.table.name, &pg_lsn(lease.checkpoint)],
+        )
+        .await?;
+    let Some(token) = rows.first().map(|r| r.get::<_, String>(7)) else { return Ok(None) };
+    let taken = rows
+        .iter()
+        .map(|r| ClaimedSegment {
+            id: r.get(0),
+            schema_version: r.get(1),
+            first: Position::new(lsn(r.get(2)), u64::try_from(r.get::<_, i64>(3)).unwrap_or(0)),
+            last: Position::new(lsn(r.get(4)), u64::try_from(r.get::<_, i64>(5)).unwrap_or(0)),
+            events: r.get(6),
+        })
+        .collect();
+    Ok(Some((token, taken)))
 }
 
 /// The MessagePack payloads of some claimed segments, kept in the rows they arrived in (no copy).
