@@ -98,9 +98,11 @@ fn histogram_quantiles(body: &str, table: &str) -> anyhow::Result<(f64, f64)> {
         .lines()
         .filter(|l| l.starts_with("philotes_cdc_commit_to_iceberg_seconds_bucket{") && l.contains(&label))
         .map(|l| {
-            let le = l.split("le=\"").nth(1).and_then(|r| r.split('"').next()).context("a bucket without le")?;
-            let bound = if le == "+Inf" { f64::INFINITY } else { le.parse()? };
-            let count: f64 = l.rsplit_once(' ').context("a bucket without a value")?.1.parse()?;
+            // `le` as a label of its own (`table="…"` ends in `le="` too).
+            let le = l.split([',', '{']).find_map(|label| label.strip_prefix("le=\"")).and_then(|r| r.split('"').next());
+            let le = le.with_context(|| format!("a bucket without le: {l}"))?;
+            let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().with_context(|| format!("le in {l}"))? };
+            let count: f64 = l.rsplit_once(' ').context("a bucket without a value")?.1.parse().with_context(|| format!("count in {l}"))?;
             Ok((bound, count))
         })
         .collect::<anyhow::Result<_>>()?;

@@ -73,9 +73,14 @@ pub(crate) fn decode(root: &Node, w: &mut Walker<'_, '_>) -> Option<PipelineConf
         w.check(&f, validate::pipeline_name(&name).map(|()| name))
     });
     let (postgres, source_url, tables) = source(w, &top, pipeline.as_deref());
-    let buffer = buffer(w, &top, source_url);
+    let (mut buffer, max_age_written) = buffer(w, &top, source_url);
     let iceberg = sink(w, &top, buffer.as_ref().map(|b| &b.url), tables.as_ref());
     let (flush, flush_workers) = flush(w, &top);
+    if let Some(buffer) = buffer.as_mut().filter(|_| !max_age_written) {
+        // A change waits up to max_age in the capture before it is in the buffer: a quarter of the flush
+        // interval at most, so a short interval is not spent waiting for the capture.
+        buffer.segment.max_age = buffer.segment.max_age.min(flush.interval / 4);
+    }
     let stages = stages(w, &top, flush_workers);
     let snapshot = snapshot(w, &top);
     let telemetry = telemetry(w, &top);
@@ -267,24 +272,25 @@ fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
     parts
 }
 
-/// `buffer`.
+/// `buffer`, and whether `buffer.segment.max_age` is written (absent, it follows `flush.interval`).
 fn buffer(
     w: &mut Walker<'_, '_>,
     top: &Section<'_>,
     source_url: Option<PostgresUrl>,
-) -> Option<BufferConfig> {
+) -> (Option<BufferConfig>, bool) {
     let buffer = w.section(top, "buffer", &["url", "segment"]);
     let url = match w.optional(&buffer, "url") {
         Some((f, text)) => w.check(&f, PostgresUrl::parse(&text)),
         None => source_url,
     };
     let segment = w.section(&buffer, "segment", &["max_events", "max_bytes", "max_age"]);
+    let max_age_written = segment.field("max_age").is_some();
     let segment = SegmentConfig {
         max_events: w.number(&segment, "max_events", DEFAULT_SEGMENT_MAX_EVENTS),
         max_bytes: w.bytes(&segment, "max_bytes", DEFAULT_SEGMENT_MAX_BYTES),
         max_age: w.duration(&segment, "max_age", DEFAULT_SEGMENT_MAX_AGE),
     };
-    Some(BufferConfig { url: url?, segment })
+    (url.map(|url| BufferConfig { url, segment }), max_age_written)
 }
 
 /// `sink.iceberg`; refuses source tables that would share an Iceberg table.

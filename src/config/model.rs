@@ -18,7 +18,8 @@ use super::secret::{PostgresUrl, RedactedUrl, Secret};
 pub const DEFAULT_SEGMENT_MAX_EVENTS: u64 = 10_000;
 /// Default `buffer.segment.max_bytes`: 8 MiB of encoded events per segment.
 pub const DEFAULT_SEGMENT_MAX_BYTES: u64 = 8 << 20;
-/// Default `buffer.segment.max_age`: a segment is closed at most this long after its first event.
+/// Default `buffer.segment.max_age`: a segment is closed at most this long after its first event (and at most a
+/// quarter of `flush.interval` when the file does not set it).
 pub const DEFAULT_SEGMENT_MAX_AGE: Duration = Duration::from_millis(200);
 /// Default `flush.workers`.
 pub const DEFAULT_FLUSH_WORKERS: usize = 2;

@@ -311,6 +311,16 @@ fn units_set_in_the_file_are_used() {
 }
 
 #[test]
+fn segment_max_age_left_out_follows_a_short_flush_interval_and_a_written_one_is_kept() {
+    let short = parse_ok(&format!("{MINIMAL}flush: {{ interval: 200ms }}\n"));
+    assert_eq!(short.buffer.segment.max_age, Duration::from_millis(50));
+    let long = parse_ok(&format!("{MINIMAL}flush: {{ interval: 5s }}\n"));
+    assert_eq!(long.buffer.segment.max_age, Duration::from_millis(200));
+    let written = parse_ok(&format!("{MINIMAL}buffer:\n  segment: {{ max_age: 150ms }}\nflush: {{ interval: 200ms }}\n"));
+    assert_eq!(written.buffer.segment.max_age, Duration::from_millis(150));
+}
+
+#[test]
 fn compaction_and_retention_are_read_with_their_defaults() {
     let config = parse_ok(&format!("{MINIMAL}    compaction: {{ interval: 30m, min_files: 4 }}\n    retention: 2d\n"));
     let compaction = config.sink.iceberg.compaction.expect("compaction is set");
