@@ -149,13 +149,7 @@ pub async fn segments(
         .await?;
     let taken = rows
         .iter()
-        .map(|r| ClaimedSegment {
-            id: r.get(0),
-            schema_version: r.get(1),
-            first: Position::new(lsn(r.get(2)), u64::try_from(r.get::<_, i64>(3)).unwrap_or(0)),
-            last: Position::new(lsn(r.get(4)), u64::try_from(r.get::<_, i64>(5)).unwrap_or(0)),
-            events: r.get(6),
-        })
+        .map(claimed)
         .collect();
     Ok(taken)
 }
@@ -183,15 +177,20 @@ pub async fn retry_segments(
     let Some(token) = rows.first().map(|r| r.get::<_, String>(7)) else { return Ok(None) };
     let taken = rows
         .iter()
-        .map(|r| ClaimedSegment {
-            id: r.get(0),
-            schema_version: r.get(1),
-            first: Position::new(lsn(r.get(2)), u64::try_from(r.get::<_, i64>(3)).unwrap_or(0)),
-            last: Position::new(lsn(r.get(4)), u64::try_from(r.get::<_, i64>(5)).unwrap_or(0)),
-            events: r.get(6),
-        })
+        .map(claimed)
         .collect();
     Ok(Some((token, taken)))
+}
+
+/// A claimed segment from a row of `id, schema_version, first_lsn, first_seq, last_lsn, last_seq, events, …`.
+fn claimed(r: &tokio_postgres::Row) -> ClaimedSegment {
+    ClaimedSegment {
+        id: r.get(0),
+        schema_version: r.get(1),
+        first: Position::new(lsn(r.get(2)), u64::try_from(r.get::<_, i64>(3)).unwrap_or(0)),
+        last: Position::new(lsn(r.get(4)), u64::try_from(r.get::<_, i64>(5)).unwrap_or(0)),
+        events: r.get(6),
+    }
 }
 
 /// The MessagePack payloads of some claimed segments, kept in the rows they arrived in (no copy).
