@@ -16,6 +16,7 @@ use iceberg::{NamespaceIdent, TableIdent};
 use philotes_engine::{Source, StageError};
 use philotes_schemas::TableSchema;
 use tokio_postgres::Config;
+use tracing::Instrument;
 
 use crate::catalog::table::Tables;
 use crate::store::schemas as schema_store;
@@ -165,13 +166,18 @@ impl Claim {
             client.batch_execute("ROLLBACK").await?;
             return Ok(None);
         };
-        let segments = watermarks::segments(&**client, &settings.pipeline, &lease, max_events).await?;
+        // The flush's span (traces on) from here to its checkpoint; this reading is its `claim` child.
+        let span = crate::trace::flush_span(self.jobs + 1, &lease.table);
+        let claiming = crate::trace::claim_span(&span);
+        let segments = watermarks::segments(&**client, &settings.pipeline, &lease, max_events).instrument(claiming.clone()).await?;
         if segments.is_empty() {
             client.batch_execute("ROLLBACK").await?;
             return Ok(None);
         }
+        crate::trace::link_segments(&span, &segments);
         let mut versions = HashMap::new();
-        for row in schema_store::versions(&**client, &settings.pipeline, &lease.table.schema, &lease.table.name).await? {
+        let stored = schema_store::versions(&**client, &settings.pipeline, &lease.table.schema, &lease.table.name);
+        for row in stored.instrument(claiming).await? {
             let schema: TableSchema = rmp_serde::from_slice(&row.columns).map_err(|e| ClaimError::Version {
                 table: TableId::new(row.source_schema.clone(), row.source_table.clone()),
                 version: row.version,
@@ -198,6 +204,7 @@ impl Claim {
             tables: settings.tables.clone(),
             builder: settings.builder.clone(),
             failures: settings.failures.clone(),
+            span,
         });
         Ok(Some((0..count).map(|index| Slice { job: job.clone(), index }).collect()))
     }
@@ -226,7 +233,7 @@ mod tests {
     use crate::position::Position;
 
     fn segment(events: i32) -> ClaimedSegment {
-        ClaimedSegment { id: 0, schema_version: 1, first: Position::default(), last: Position::default(), events }
+        ClaimedSegment { id: 0, schema_version: 1, first: Position::default(), last: Position::default(), events, trace_context: None }
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! Each change is encoded into MessagePack as it arrives (no copy of the change is kept), and the array header
 //! is put in front when the segment is cut: the bytes are exactly those of `segment::encode` of the same
 //! changes, which a unit test checks.
+//!
+//! With traces on, each segment has a span from its first change to its cut, whose `traceparent` the row
+//! carries ([`crate::trace`]).
 
 use std::sync::Arc;
 
@@ -20,11 +23,13 @@ pub(super) struct SegmentBuilder {
     count: usize,
     first: Option<Position>,
     last: Option<Position>,
+    /// The segment's span, while it fills (traces on only).
+    span: Option<tracing::Span>,
 }
 
 impl SegmentBuilder {
     pub(super) fn new(table: Arc<TableVersion>) -> Self {
-        Self { table, body: Vec::new(), count: 0, first: None, last: None }
+        Self { table, body: Vec::new(), count: 0, first: None, last: None, span: None }
     }
 
     /// Encodes one change; returns how many bytes it added.
@@ -32,7 +37,10 @@ impl SegmentBuilder {
         let before = self.body.len();
         rmp_serde::encode::write(&mut self.body, event)?;
         let position = event.position();
-        self.first.get_or_insert(position);
+        if self.first.is_none() {
+            self.first = Some(position);
+            self.span = crate::trace::segment_span(&self.table);
+        }
         self.last = Some(position);
         self.count += 1;
         Ok(self.body.len() - before)
@@ -56,6 +64,8 @@ impl SegmentBuilder {
         let mut payload = Vec::with_capacity(self.body.len() + 5);
         rmp::encode::write_array_len(&mut payload, count).map_err(|e| SegmentError::Encode(e.into()))?;
         payload.extend_from_slice(&self.body);
+        let trace_context =
+            self.span.take().and_then(|span| crate::trace::finish_segment(span, self.count, payload.len(), first, last));
         let row = SegmentRow {
             source_schema: self.table.schema.schema.clone(),
             source_table: self.table.schema.table.clone(),
@@ -65,7 +75,7 @@ impl SegmentBuilder {
             events: i32::try_from(self.count).unwrap_or(i32::MAX),
             bytes: i32::try_from(payload.len()).unwrap_or(i32::MAX),
             payload,
-            trace_context: None,
+            trace_context,
         };
         self.body.clear();
         self.count = 0;

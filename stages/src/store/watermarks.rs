@@ -92,6 +92,8 @@ pub struct ClaimedSegment {
     pub last: Position,
     /// How many changes.
     pub events: i32,
+    /// W3C traceparent of the capture span that enqueued it (traces on), for the flush span's link.
+    pub trace_context: Option<String>,
 }
 
 /// The leased table's oldest complete segments: those that start before `max_events` changes are reached (so at
@@ -110,7 +112,7 @@ pub async fn segments(
                  SELECT id, sum(events) OVER (ORDER BY first_lsn, first_seq, id) - events AS before
                  FROM philotes.segments
                  WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND last_lsn <= $4)
-             SELECT s.id, s.schema_version, s.first_lsn, s.first_seq, s.last_lsn, s.last_seq, s.events
+             SELECT s.id, s.schema_version, s.first_lsn, s.first_seq, s.last_lsn, s.last_seq, s.events, s.trace_context
              FROM ordered o JOIN philotes.segments s ON s.id = o.id
              WHERE o.before < $5
              ORDER BY s.first_lsn, s.first_seq, s.id",
@@ -125,6 +127,7 @@ pub async fn segments(
             first: Position::new(lsn(r.get(2)), u64::try_from(r.get::<_, i64>(3)).unwrap_or(0)),
             last: Position::new(lsn(r.get(4)), u64::try_from(r.get::<_, i64>(5)).unwrap_or(0)),
             events: r.get(6),
+            trace_context: r.get(7),
         })
         .collect();
     Ok(taken)
