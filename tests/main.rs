@@ -24,3 +24,4 @@ mod snapshot;
 mod snapshot_cli;
 mod support;
 mod tls;
+mod traces;
