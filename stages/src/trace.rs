@@ -88,6 +88,10 @@ pub(crate) fn flush_span(job: u64, table: &TableId) -> Span {
     if !enabled() {
         return Span::none();
     }
+    new_flush_span(job, table)
+}
+
+fn new_flush_span(job: u64, table: &TableId) -> Span {
     tracing::info_span!(parent: None, "flush", otel.name = "flush", flush = job, table = %table,
         segments = tracing::field::Empty, events = tracing::field::Empty, capture_spans = tracing::field::Empty,
         links = tracing::field::Empty)
@@ -160,6 +164,43 @@ mod tests {
         assert!(cx.is_sampled() && cx.is_remote());
         assert!(parse("00-00000000000000000000000000000000-b7ad6b7169203331-01").is_none(), "zero trace id");
         assert!(parse("not a traceparent").is_none());
+    }
+
+    #[test]
+    fn a_flush_links_each_distinct_capture_context_once_up_to_the_cap_and_counts_them_all() {
+        use opentelemetry::trace::TracerProvider as _;
+        use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        // 300 segments from 150 capture spans (two segments each), and one segment written with traces off.
+        let context = |i: u64| format!("00-{:032x}-{:016x}-01", 7, i + 1);
+        let mut segments: Vec<ClaimedSegment> = (0..300)
+            .map(|i| ClaimedSegment {
+                id: i,
+                schema_version: 1,
+                first: Position::default(),
+                last: Position::default(),
+                events: 10,
+                trace_context: Some(context(i as u64 / 2)),
+            })
+            .collect();
+        segments[150].trace_context = None;
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            link_segments(&new_flush_span(1, &TableId::new("public", "t")), &segments);
+        });
+        let spans = exporter.get_finished_spans().expect("spans");
+        let [flush] = spans.as_slice() else { panic!("one span: {spans:?}") };
+        let linked: Vec<String> = flush.links.iter().map(|l| format!("00-{}-{}-01", l.span_context.trace_id(), l.span_context.span_id())).collect();
+        let expected: Vec<String> = (0..MAX_LINKS as u64).map(context).collect();
+        assert_eq!(linked, expected, "the first {MAX_LINKS} distinct capture spans, in order, once each");
+        assert_eq!(flush.links.dropped_count, 0, "philotes' cap, not the SDK's, decides");
+        let attribute = |key: &str| flush.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string());
+        assert_eq!(attribute("capture_spans").as_deref(), Some("150"));
+        assert_eq!(attribute("links").as_deref(), Some("128"));
+        assert_eq!((attribute("segments").as_deref(), attribute("events").as_deref()), (Some("300"), Some("3000")));
     }
 
     #[test]
