@@ -20,7 +20,6 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::position::Position;
-use crate::resolve::TableVersion;
 use crate::store::watermarks::ClaimedSegment;
 use crate::table_id::TableId;
 
@@ -47,10 +46,10 @@ pub fn enabled() -> bool {
 
 /// The span of one segment being filled, from its first change until it is cut, as a child of the current span
 /// (the engine's span of the Enqueue batch). `None` when traces are off.
-pub(crate) fn segment_span(table: &TableVersion) -> Option<Span> {
+pub(crate) fn segment_span(schema: &str, table: &str, version: i32) -> Option<Span> {
     enabled().then(|| {
-        tracing::info_span!("segment", otel.name = "segment", table = %format_args!("{}.{}", table.schema.schema, table.schema.table),
-            schema_version = table.version, events = tracing::field::Empty, bytes = tracing::field::Empty,
+        tracing::info_span!("segment", otel.name = "segment", table = %format_args!("{schema}.{table}"),
+            schema_version = version, events = tracing::field::Empty, bytes = tracing::field::Empty,
             first = tracing::field::Empty, last = tracing::field::Empty)
     })
 }
@@ -207,17 +206,7 @@ mod tests {
     fn without_an_exporter_no_span_is_made_and_no_context_stored() {
         // Nothing here calls `enable` (the binary does), so the data path does nothing.
         assert!(!enabled());
-        let table = TableVersion {
-            schema: philotes_schemas::TableSchema {
-                schema: "public".into(),
-                table: "t".into(),
-                columns: Vec::new(),
-                replica_identity: philotes_schemas::ReplicaIdentity::Default,
-                primary_key: Vec::new(),
-            },
-            version: 1,
-        };
-        assert!(segment_span(&table).is_none());
+        assert!(segment_span("public", "t", 1).is_none());
         assert!(flush_span(1, &TableId::new("public", "t")).is_disabled());
         assert_eq!(traceparent(&Span::none()), None);
     }

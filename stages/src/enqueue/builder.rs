@@ -39,7 +39,7 @@ impl SegmentBuilder {
         let position = event.position();
         if self.first.is_none() {
             self.first = Some(position);
-            self.span = crate::trace::segment_span(&self.table);
+            self.span = crate::trace::segment_span(&self.table.schema.schema, &self.table.schema.table, self.table.version);
         }
         self.last = Some(position);
         self.count += 1;
