@@ -170,7 +170,14 @@ enum Role {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let code = command(Cli::parse());
+    // After the runtime is gone: the exporter sends what is left on its own thread, with a blocking client.
+    philotes::telemetry::shutdown_traces();
+    code
+}
+
+/// Runs the verb the command line names.
+fn command(cli: Cli) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -253,15 +260,28 @@ fn load(file: &Path, log_format: Option<LogFormatArg>) -> anyhow::Result<Pipelin
     Ok(config)
 }
 
+/// Logs (filtered by `RUST_LOG`) and, when an OTLP endpoint is set, spans exported over OTLP (filtered on their
+/// own: the engine's spans are traced even though its logs are quiet).
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn,philotes_engine=warn,sqlx=warn,opentelemetry=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(philotes::progress::log_writer);
-    // A second init (tests calling twice) is harmless: keep the first.
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(philotes::progress::log_writer);
+    let logs = match format {
+        LogFormat::Human => logs.boxed(),
+        LogFormat::Json => logs.json().boxed(),
     };
+    let (traces, problem) = match philotes::telemetry::trace_layer() {
+        Ok(layer) => (layer, None),
+        Err(e) => (None, Some(e)),
+    };
+    // A second init (tests calling twice) is harmless: keep the first.
+    let _ = tracing_subscriber::registry().with(logs.with_filter(filter)).with(traces).try_init();
+    if let Some(e) = problem {
+        tracing::warn!(error = %e, "traces are not exported");
+    }
 }
 
 /// `philotes migrate FILE`: applies migrations to the buffer database named by the file.

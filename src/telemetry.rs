@@ -1,12 +1,13 @@
 //! Metrics and logs of the `philotes` process: an OpenTelemetry meter provider exported in Prometheus text
 //! format on `GET /metrics` (`telemetry.metrics`, default 127.0.0.1:9464) beside `GET /healthz`, served by
 //! hyper's HTTP/1 server, and a poller that turns the pipeline's state (buffer depth, replication lag) into
-//! gauges.
+//! gauges. Traces go out over OTLP only when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set ([`trace_layer`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -17,8 +18,11 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,12 +36,68 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (out of file descriptors, say), so the loop never spins.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The environment variables that turn traces on: the OTLP endpoint, for all signals or for traces only.
+pub const OTLP_ENDPOINT_VARS: [&str; 2] = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"];
+/// The service name of the spans when neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` names one.
+const SERVICE_NAME: &str = "philotes";
+
+/// The tracer provider, once installed: flushed by [`shutdown_traces`] when the process ends.
+static TRACER_PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// The tracing layer that exports philotes' spans over OTLP, or `None` (nothing installed, no cost) when no
+/// OTLP endpoint is set. The SDK reads the rest of the standard environment itself: `OTEL_SERVICE_NAME`,
+/// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` (default: every trace),
+/// `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the one built in), `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_*`.
+/// Only philotes' own spans (info and up) and its warnings go out, not those of the libraries under it.
+pub fn trace_layer<S>() -> Result<Option<impl tracing_subscriber::Layer<S>>, TelemetryError>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    use tracing_subscriber::Layer as _;
+    let requested = OTLP_ENDPOINT_VARS.iter().any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
+    if !requested || TRACER_PROVIDER.get().is_some() {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|e| TelemetryError::Traces(e.to_string()))?;
+    // The environment's service name, else ours (the SDK's fallback is `unknown_service`).
+    let mut resource = Resource::builder().build();
+    let named = resource.get(&opentelemetry::Key::new("service.name"));
+    if named.is_none_or(|name| name.as_str().starts_with("unknown_service")) {
+        resource = Resource::builder().with_service_name(SERVICE_NAME).build();
+    }
+    let provider = SdkTracerProvider::builder().with_resource(resource).with_batch_exporter(exporter).build();
+    let tracer: SdkTracer = provider.tracer("philotes");
+    let _ = TRACER_PROVIDER.set(provider);
+    philotes_stages::trace::enable();
+    let ours = tracing_subscriber::filter::filter_fn(|meta| {
+        meta.target().starts_with("philotes")
+            && if meta.is_span() { *meta.level() <= tracing::Level::INFO } else { *meta.level() <= tracing::Level::WARN }
+    });
+    Ok(Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(ours)))
+}
+
+/// Sends the spans still queued and stops the exporter (nothing when traces are off). Called once, as the
+/// process ends, outside the async runtime (the exporter's HTTP client blocks).
+pub fn shutdown_traces() {
+    if let Some(provider) = TRACER_PROVIDER.get() {
+        if let Err(e) = provider.shutdown() {
+            eprintln!("philotes: the last spans could not be exported: {e}");
+        }
+    }
+}
+
 /// Why the metrics endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     /// The exporter could not be built.
     #[error("metrics exporter: {0}")]
     Exporter(String),
+    /// The OTLP span exporter could not be built (an unsupported `OTEL_EXPORTER_OTLP_PROTOCOL`, say).
+    #[error("OTLP trace exporter: {0}")]
+    Traces(String),
     /// The address cannot be bound.
     #[error("cannot listen on {addr} for /metrics (telemetry.metrics): {source}")]
     Bind {

@@ -27,3 +27,4 @@ mod snapshot;
 mod snapshot_cli;
 mod support;
 mod tls;
+mod traces;

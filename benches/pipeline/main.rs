@@ -326,6 +326,10 @@ async fn measure(env: &Env, settings: &Settings) -> anyhow::Result<()> {
     }
     print_latency(&r);
     print_summary(&r, settings);
+    if procs::otlp_sink()?.is_some() {
+        let (requests, bytes) = procs::otlp_received();
+        println!("\nOTLP sink: {requests} exports, {:.1} MB received", megabytes(bytes));
+    }
     println!("\nload average at the end: {}", load_average());
     Ok(())
 }
@@ -357,6 +361,9 @@ fn header(env: &Env, settings: &Settings) -> anyhow::Result<()> {
     );
     println!("pipeline      buffer and SQL catalog in the source database, local warehouse; segment/flush/stage settings at their defaults (flush.workers set where named)");
     println!("timing        each timed step starts after CHECKPOINT; philotes steps include process start (the buffer is migrated before)");
+    if procs::otlp_sink()?.is_some() {
+        println!("traces        BENCH_OTLP: every philotes process exports every span (always_on) over OTLP/HTTP to a sink in the bench that discards them");
+    }
     Ok(())
 }
 

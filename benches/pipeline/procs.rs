@@ -2,8 +2,12 @@
 //! `pg_recvlogical` and the plain-Parquet baseline binary (benches/arrow-writer), plus the pipeline files.
 
 use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -159,11 +163,15 @@ pub struct Philotes {
 }
 
 impl Philotes {
-    /// Starts the process.
+    /// Starts the process (exporting every span to [`otlp_sink`] when `BENCH_OTLP` is set).
     pub fn start(file: &PipelineFile, role: &str, log_name: &str) -> anyhow::Result<Self> {
         let log = file.path.with_file_name(format!("{log_name}.log"));
         let stderr = File::create(&log)?;
-        let child = Command::new(philotes_bin())
+        let mut command = Command::new(philotes_bin());
+        if let Some(endpoint) = otlp_sink()? {
+            command.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint).env("OTEL_TRACES_SAMPLER", "always_on");
+        }
+        let child = command
             .arg("run")
             .arg(&file.path)
             .args(["--role", role])
@@ -336,4 +344,65 @@ pub fn arrow_writer(helper: &Path, table_dir: &Path, scratch: &Path) -> anyhow::
             .with_context(|| format!("no {key}= in the baseline's output: {line}"))
     };
     Ok(ArrowWriterRun { rows: field("rows")?.parse()?, seconds: field("seconds")?.parse()?, bytes: field("bytes")?.parse()? })
+}
+
+/// Requests and body bytes the OTLP sink received.
+static OTLP_RECEIVED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// With `BENCH_OTLP` set: the endpoint of an OTLP/HTTP sink in this process that answers 200 to every export and
+/// keeps nothing (started on first use), so `philotes run` pays for making and sending every span (sampler
+/// `always_on`) and the collector's cost stays out of the measurement. `None` without `BENCH_OTLP`.
+pub fn otlp_sink() -> anyhow::Result<Option<&'static str>> {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    if std::env::var_os("BENCH_OTLP").is_none_or(|v| v.is_empty() || v == "0") {
+        return Ok(None);
+    }
+    if let Some(endpoint) = ENDPOINT.get() {
+        return Ok(Some(endpoint));
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding the OTLP sink")?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = sink_connection(stream);
+            });
+        }
+    });
+    Ok(Some(ENDPOINT.get_or_init(|| endpoint)))
+}
+
+/// `(requests, bytes)` the OTLP sink received so far.
+pub fn otlp_received() -> (u64, u64) {
+    (OTLP_RECEIVED[0].load(Ordering::Relaxed), OTLP_RECEIVED[1].load(Ordering::Relaxed))
+}
+
+/// Answers the HTTP/1.1 requests of one keep-alive connection with an empty 200, reading and dropping bodies.
+fn sink_connection(stream: std::net::TcpStream) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        std::io::copy(&mut (&mut reader).take(length as u64), &mut std::io::sink())?;
+        OTLP_RECEIVED[0].fetch_add(1, Ordering::Relaxed);
+        OTLP_RECEIVED[1].fetch_add(length as u64, Ordering::Relaxed);
+        writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")?;
+    }
 }

@@ -106,6 +106,14 @@ pub trait Stage: Send + 'static {
         0
     }
 
+    /// The span an input's work belongs to, when it belongs to a larger piece of work that crosses stages (a flush
+    /// job's span, carried by each of its items): the engine's span around `process` becomes its child instead
+    /// of a root. Called by the worker before each attempt; must be cheap. Default: none.
+    fn parent_span(item: &Self::In) -> Option<&tracing::Span> {
+        let _ = item;
+        None
+    }
+
     /// Called once per instance before the first input (open a connection, load a cache). Retryable errors are
     /// retried, so it must be idempotent; any other error stops the flow.
     fn start(&mut self) -> impl Future<Output = Result<(), StageError>> + Send {

@@ -156,7 +156,11 @@ impl<S: Stage> Worker<S> {
         let mut attempt = 1;
         loop {
             let name = &self.failures.stage;
-            let span = tracing::info_span!("stage", stage = %name, otel.name = %name, worker = self.index, attempt);
+            // Under the item's own parent (a flush job's span) if it has one, else the worker's current span.
+            let span = match S::parent_span(&item).and_then(tracing::Span::id) {
+                Some(parent) => tracing::info_span!(parent: parent, "stage", stage = %name, otel.name = %name, worker = self.index, attempt),
+                None => tracing::info_span!("stage", stage = %name, otel.name = %name, worker = self.index, attempt),
+            };
             let started = Instant::now();
             let result = self.stage.process(&item, &mut out).instrument(span).await;
             self.failures.metrics.processed(started.elapsed());

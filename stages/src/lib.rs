@@ -8,7 +8,7 @@
 //! - maintenance ([`maintenance`]): compaction and snapshot expiry of the tables, under their flush leases;
 //! - shared: [`store`] (SQL of the buffer's tables), [`catalog`] (the Iceberg catalog and table preparation),
 //!   [`changelog`] (the changelog table layout), [`op`] (the kind of a change), [`segment`] (the buffer's payload format), [`position`],
-//!   [`table_id`].
+//!   [`table_id`], [`trace`] (traces across the buffer).
 
 pub mod arrow_batch;
 pub mod capture;
@@ -35,3 +35,4 @@ pub mod store;
 pub mod supervise;
 pub mod table_id;
 pub mod telemetry;
+pub mod trace;

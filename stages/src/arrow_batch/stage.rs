@@ -55,6 +55,10 @@ impl Stage for ArrowBatch {
     type In = Slice;
     type Out = BuiltSlice;
 
+    fn parent_span(slice: &Slice) -> Option<&tracing::Span> {
+        Some(&slice.job.span)
+    }
+
     async fn process(&mut self, slice: &Slice, out: &mut Emitter<BuiltSlice>) -> Result<(), StageError> {
         let job = &slice.job;
         let rows = match job.prepared().await? {

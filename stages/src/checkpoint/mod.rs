@@ -55,6 +55,10 @@ impl Stage for Checkpoint {
     type In = Committed;
     type Out = ();
 
+    fn parent_span(item: &Committed) -> Option<&tracing::Span> {
+        Some(&item.job.span)
+    }
+
     async fn process(&mut self, item: &Committed, _out: &mut Emitter<()>) -> Result<(), StageError> {
         // The lease's transaction is gone with any error here, so retrying on this connection cannot help: the
         // flow stops (a lost connection restarts the flusher); the next claim finds the changes in Iceberg and

@@ -55,6 +55,9 @@ pub struct FlushJob {
     pub(super) builder: Arc<dyn BuildSlice>,
     /// Where a failing flush is recorded.
     pub(super) failures: Arc<FailureLog>,
+    /// The flush's span (`Span::none()` with traces off): the parent of the stages' spans for this job, ended
+    /// when the job is dropped after its checkpoint ([`crate::trace`]).
+    pub span: tracing::Span,
 }
 
 impl std::fmt::Debug for FlushJob {

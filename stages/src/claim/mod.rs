@@ -16,6 +16,7 @@ use iceberg::{NamespaceIdent, TableIdent};
 use philotes_engine::{Source, StageError};
 use philotes_schemas::TableSchema;
 use tokio_postgres::Config;
+use tracing::Instrument;
 
 use crate::catalog::table::Tables;
 use crate::store::schemas as schema_store;
@@ -175,23 +176,31 @@ impl Claim {
             };
             return Ok(None);
         };
+        // The flush's span (traces on) from here to its checkpoint; this reading is its `claim` child.
+        let span = crate::trace::flush_span(self.jobs + 1, &lease.table);
+        let claiming = crate::trace::claim_span(&span);
         let target = (settings.target)(&lease.table);
         // A retry waiting for the table goes first, as a job of its own (never for a mirror, which `retry`
         // refuses: an old change must not overwrite a newer version of its key).
         let retry = match target.mirror {
-            false => watermarks::retry_segments(&**client, &settings.pipeline, &lease).await?,
+            false => watermarks::retry_segments(&**client, &settings.pipeline, &lease).instrument(claiming.clone()).await?,
             true => None,
         };
         let (retry, segments) = match retry {
             Some((token, segments)) => (Some(token), segments),
-            None => (None, watermarks::segments(&**client, &settings.pipeline, &lease, max_events).await?),
+            None => {
+                let segments = watermarks::segments(&**client, &settings.pipeline, &lease, max_events);
+                (None, segments.instrument(claiming.clone()).await?)
+            }
         };
         if segments.is_empty() {
             client.batch_execute("ROLLBACK").await?;
             return Ok(None);
         }
+        crate::trace::link_segments(&span, &segments);
         let mut versions = HashMap::new();
-        for row in schema_store::versions(&**client, &settings.pipeline, &lease.table.schema, &lease.table.name).await? {
+        let stored = schema_store::versions(&**client, &settings.pipeline, &lease.table.schema, &lease.table.name);
+        for row in stored.instrument(claiming).await? {
             let schema: TableSchema = rmp_serde::from_slice(&row.columns).map_err(|e| ClaimError::Version {
                 table: TableId::new(row.source_schema.clone(), row.source_table.clone()),
                 version: row.version,
@@ -218,6 +227,7 @@ impl Claim {
             tables: settings.tables.clone(),
             builder: settings.builder.clone(),
             failures: settings.failures.clone(),
+            span,
         });
         Ok(Some((0..count).map(|index| Slice { job: job.clone(), index }).collect()))
     }
@@ -246,7 +256,7 @@ mod tests {
     use crate::position::Position;
 
     fn segment(events: i32) -> ClaimedSegment {
-        ClaimedSegment { id: 0, schema_version: 1, first: Position::default(), last: Position::default(), events }
+        ClaimedSegment { id: 0, schema_version: 1, first: Position::default(), last: Position::default(), events, trace_context: None }
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! Each change is encoded into MessagePack as it arrives (no copy of the change is kept), and the array header
 //! is put in front when the segment is cut: the bytes are exactly those of `segment::encode` of the same
 //! changes, which a unit test checks.
+//!
+//! With traces on, each segment has a span from its first change to its cut, whose `traceparent` the row
+//! carries ([`crate::trace`]).
 
 use std::sync::Arc;
 
@@ -22,11 +25,13 @@ pub(super) struct SegmentBuilder {
     last: Option<Position>,
     /// The earliest source commit time among its changes (µs since the epoch).
     oldest_commit_ts: Option<i64>,
+    /// The segment's span, while it fills (traces on only).
+    span: Option<tracing::Span>,
 }
 
 impl SegmentBuilder {
     pub(super) fn new(table: Arc<TableVersion>) -> Self {
-        Self { table, body: Vec::new(), count: 0, first: None, last: None, oldest_commit_ts: None }
+        Self { table, body: Vec::new(), count: 0, first: None, last: None, oldest_commit_ts: None, span: None }
     }
 
     /// Encodes one change; returns how many bytes it added.
@@ -34,7 +39,10 @@ impl SegmentBuilder {
         let before = self.body.len();
         rmp_serde::encode::write(&mut self.body, event)?;
         let position = event.position();
-        self.first.get_or_insert(position);
+        if self.first.is_none() {
+            self.first = Some(position);
+            self.span = crate::trace::segment_span(&self.table.schema.schema, &self.table.schema.table, self.table.version);
+        }
         self.last = Some(position);
         self.oldest_commit_ts = Some(self.oldest_commit_ts.map_or(event.commit_ts, |t| t.min(event.commit_ts)));
         self.count += 1;
@@ -59,6 +67,8 @@ impl SegmentBuilder {
         let mut payload = Vec::with_capacity(self.body.len() + 5);
         rmp::encode::write_array_len(&mut payload, count).map_err(|e| SegmentError::Encode(e.into()))?;
         payload.extend_from_slice(&self.body);
+        let trace_context =
+            self.span.take().and_then(|span| crate::trace::finish_segment(span, self.count, payload.len(), first, last));
         let row = SegmentRow {
             source_schema: self.table.schema.schema.clone(),
             source_table: self.table.schema.table.clone(),
@@ -68,7 +78,7 @@ impl SegmentBuilder {
             events: i32::try_from(self.count).unwrap_or(i32::MAX),
             bytes: i32::try_from(payload.len()).unwrap_or(i32::MAX),
             payload,
-            trace_context: None,
+            trace_context,
             oldest_commit_ts: self.oldest_commit_ts.take(),
         };
         self.body.clear();

@@ -379,6 +379,10 @@ impl Stage for IcebergCommit {
         built.slice.job.id
     }
 
+    fn parent_span(built: &BuiltSlice) -> Option<&tracing::Span> {
+        Some(&built.slice.job.span)
+    }
+
     async fn process(&mut self, built: &BuiltSlice, out: &mut Emitter<Committed>) -> Result<(), StageError> {
         let job = &built.slice.job;
         let mut pending = self.open.remove(&job.id).unwrap_or_default();

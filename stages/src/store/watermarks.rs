@@ -122,6 +122,8 @@ pub struct ClaimedSegment {
     pub last: Position,
     /// How many changes.
     pub events: i32,
+    /// W3C traceparent of the capture span that enqueued it (traces on), for the flush span's link.
+    pub trace_context: Option<String>,
 }
 
 /// The leased table's oldest complete segments: those that start before `max_events` changes are reached (so at
@@ -140,7 +142,7 @@ pub async fn segments(
                  SELECT id, sum(events) OVER (ORDER BY first_lsn, first_seq, id) - events AS before
                  FROM philotes.segments
                  WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND last_lsn <= $4 AND retry IS NULL)
-             SELECT s.id, s.schema_version, s.first_lsn, s.first_seq, s.last_lsn, s.last_seq, s.events
+             SELECT s.id, s.schema_version, s.first_lsn, s.first_seq, s.last_lsn, s.last_seq, s.events, s.trace_context
              FROM ordered o JOIN philotes.segments s ON s.id = o.id
              WHERE o.before < $5
              ORDER BY s.first_lsn, s.first_seq, s.id",
@@ -167,14 +169,14 @@ pub async fn retry_segments(
                              WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3 AND retry IS NOT NULL
                                AND last_lsn <= $4
                              ORDER BY id LIMIT 1)
-             SELECT s.id, s.schema_version, s.first_lsn, s.first_seq, s.last_lsn, s.last_seq, s.events, s.retry
+             SELECT s.id, s.schema_version, s.first_lsn, s.first_seq, s.last_lsn, s.last_seq, s.events, s.trace_context, s.retry
              FROM philotes.segments s JOIN oldest o ON s.retry = o.retry
              WHERE s.pipeline = $1 AND s.source_schema = $2 AND s.source_table = $3
              ORDER BY s.first_lsn, s.first_seq, s.id",
             &[&pipeline, &lease.table.schema, &lease.table.name, &pg_lsn(lease.checkpoint)],
         )
         .await?;
-    let Some(token) = rows.first().map(|r| r.get::<_, String>(7)) else { return Ok(None) };
+    let Some(token) = rows.first().map(|r| r.get::<_, String>(8)) else { return Ok(None) };
     let taken = rows
         .iter()
         .map(claimed)
@@ -182,7 +184,8 @@ pub async fn retry_segments(
     Ok(Some((token, taken)))
 }
 
-/// A claimed segment from a row of `id, schema_version, first_lsn, first_seq, last_lsn, last_seq, events, …`.
+/// A claimed segment from a row of `id, schema_version, first_lsn, first_seq, last_lsn, last_seq, events,
+/// trace_context, …`.
 fn claimed(r: &tokio_postgres::Row) -> ClaimedSegment {
     ClaimedSegment {
         id: r.get(0),
@@ -190,6 +193,7 @@ fn claimed(r: &tokio_postgres::Row) -> ClaimedSegment {
         first: Position::new(lsn(r.get(2)), u64::try_from(r.get::<_, i64>(3)).unwrap_or(0)),
         last: Position::new(lsn(r.get(4)), u64::try_from(r.get::<_, i64>(5)).unwrap_or(0)),
         events: r.get(6),
+        trace_context: r.get(7),
     }
 }
 
