@@ -24,7 +24,12 @@ pub(super) fn event(table: &TableVersion, change: &ChangeEvent) -> Result<Segmen
         None => None,
     };
     let new = change.new.as_ref().map(|data| row(table, data)).transpose()?;
-    Ok(SegmentEvent {
+    Ok(segment_event(change, old, new))
+}
+
+/// The segment event of `change` with its old image (`(full, values)`) and new row as given.
+fn segment_event(change: &ChangeEvent, old: Option<(bool, Vec<Value>)>, new: Option<Vec<Value>>) -> SegmentEvent {
+    SegmentEvent {
         op: change.op,
         commit_lsn: change.commit_lsn,
         seq: change.seq,
@@ -33,7 +38,7 @@ pub(super) fn event(table: &TableVersion, change: &ChangeEvent) -> Result<Segmen
         old_is_full: old.as_ref().map(|(full, _)| *full),
         old: old.map(|(_, values)| values),
         new,
-    })
+    }
 }
 
 fn row(table: &TableVersion, data: &TupleData) -> Result<Vec<Value>, ConvertFailure> {
@@ -129,16 +134,7 @@ pub(super) fn raw(change: &ChangeEvent) -> Option<SegmentEvent> {
         Some(new) => Some(tuple(new)?),
         None => None,
     };
-    Some(SegmentEvent {
-        op: change.op,
-        commit_lsn: change.commit_lsn,
-        seq: change.seq,
-        xid: change.xid,
-        commit_ts: change.commit_ts,
-        old_is_full: old.as_ref().map(|(full, _)| *full),
-        old: old.map(|(_, values)| values),
-        new,
-    })
+    Some(segment_event(change, old, new))
 }
 
 /// Converts a change kept raw ([`raw`]), whose values follow the columns of `from`, with the types of version
