@@ -127,7 +127,7 @@ async fn run_once(settings: &FlushSettings, cancel: &CancellationToken) -> Resul
             interval: settings.interval,
             max_events: settings.max_events,
             target: settings.target.clone(),
-            tables: Arc::new(Tables::new(&settings.pipeline, catalog.clone())),
+            tables: Arc::new(Tables::new(&settings.pipeline, catalog.clone(), commit_catalog.clone())),
             builder: Arc::new(ArrowBatch),
             failures: Arc::new(FailureLog::new(&settings.pipeline, &settings.buffer)),
         },

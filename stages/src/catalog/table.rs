@@ -5,12 +5,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use iceberg::spec::TableMetadataBuildResult;
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::{ErrorKind, TableCreation, TableIdent};
 use philotes_schemas::TableSchema;
 
 use super::{committed_position, GuardedCatalog};
+use crate::iceberg_commit::CommitCatalog;
 use crate::changelog::{self, SchemaError};
 use crate::mirror::MirrorLayout;
 use crate::position::Position;
@@ -38,12 +40,24 @@ pub enum Prepared {
 pub struct Tables {
     pipeline: String,
     catalog: Arc<GuardedCatalog>,
+    /// Where changes the crate cannot make (a column's type, a partition spec) are committed.
+    commits: Arc<CommitCatalog>,
 }
 
 impl Tables {
-    /// The tables of `pipeline` in `catalog`.
-    pub fn new(pipeline: &str, catalog: Arc<GuardedCatalog>) -> Self {
-        Self { pipeline: pipeline.to_string(), catalog }
+    /// The tables of `pipeline` in `catalog`, whose metadata changes of our own go through `commits`.
+    pub fn new(pipeline: &str, catalog: Arc<GuardedCatalog>, commits: Arc<CommitCatalog>) -> Self {
+        Self { pipeline: pipeline.to_string(), catalog, commits }
+    }
+
+    /// Commits `built` (a change of `base`'s metadata that adds no snapshot) and loads the table as it is then.
+    /// A commit that lost the race is a conflict, retried like any other.
+    pub async fn commit_metadata(&self, base: &Table, built: TableMetadataBuildResult) -> Result<Table, iceberg::Error> {
+        if let Err(e) = self.commits.commit_metadata(base, built).await {
+            let kind = if e.is_conflict() { ErrorKind::CatalogCommitConflicts } else { ErrorKind::Unexpected };
+            return Err(iceberg::Error::new(kind, crate::report::chain(&e)));
+        }
+        self.catalog.inner().load_table(base.identifier()).await
     }
 
     /// Makes `ident` ready for rows of `source` written with the schema versions `used` (`latest` is the

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take};
 use iceberg::arrow::schema_to_arrow_schema;
-use iceberg::spec::DataFile;
+use iceberg::spec::{DataFile, TableMetadataBuildResult};
 use iceberg::table::Table;
 use tokio::sync::Mutex;
 use tokio_postgres::Config;
@@ -74,16 +74,40 @@ impl CommitCatalog {
     async fn commit(&self, staged: row_delta::StagedRowDelta) -> Result<(), IcebergCommitError> {
         match self {
             CommitCatalog::Sql(sql) => {
-                let mut client = sql.client.lock().await;
-                if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    *client = Some(crate::store::connect(&sql.config).await.map_err(IcebergCommitError::CatalogDatabase)?);
-                }
-                let session = client.as_ref().expect("connected above");
+                let client = sql.session().await?;
+                let session = client.as_ref().expect("connected by session()");
                 row_delta::commit_sql(session, &sql.name, staged).await?;
             }
             CommitCatalog::Rest(rest) => rest.commit(staged).await?,
         }
         Ok(())
+    }
+
+    /// Commits a change of `base`'s metadata that adds no snapshot (a new schema, a new partition spec): `built`
+    /// is `base.metadata().clone().into_builder(…)…build()`. The SQL catalog gets the new metadata JSON and its
+    /// compare-and-set; a REST catalog gets `built`'s updates (the server writes the JSON). Either lands only if
+    /// the table is still at `base` ([`RowDeltaError::StaleBase`] otherwise); load the table again afterwards.
+    pub async fn commit_metadata(&self, base: &Table, built: TableMetadataBuildResult) -> Result<(), IcebergCommitError> {
+        match self {
+            CommitCatalog::Sql(sql) => {
+                let client = sql.session().await?;
+                let session = client.as_ref().expect("connected by session()");
+                row_delta::commit_metadata_sql(session, &sql.name, base, built.metadata).await?;
+            }
+            CommitCatalog::Rest(rest) => rest.commit_updates(base, built.changes).await?,
+        }
+        Ok(())
+    }
+}
+
+impl SqlCatalogSession {
+    /// The session, opened on first use and again after it broke.
+    async fn session(&self) -> Result<tokio::sync::MutexGuard<'_, Option<tokio_postgres::Client>>, IcebergCommitError> {
+        let mut client = self.client.lock().await;
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            *client = Some(crate::store::connect(&self.config).await.map_err(IcebergCommitError::CatalogDatabase)?);
+        }
+        Ok(client)
     }
 }
 

@@ -71,7 +71,7 @@ pub enum IcebergCommitError {
 
 impl IcebergCommitError {
     /// Whether another commit landed first (retried at once, logged without alarm).
-    fn is_conflict(&self) -> bool {
+    pub(crate) fn is_conflict(&self) -> bool {
         match self {
             IcebergCommitError::Iceberg(e) => is_conflict(e),
             IcebergCommitError::RowDelta(e) => matches!(e, row_delta::RowDeltaError::StaleBase { .. }),

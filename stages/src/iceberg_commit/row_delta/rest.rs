@@ -64,38 +64,46 @@ impl RestCommitter {
                 reference: SnapshotReference::new(staged.snapshot_id, SnapshotRetention::branch(None, None, None)),
             },
         ];
-        self.send(&table, metadata.uuid(), snapshot.parent_snapshot_id(), updates, &staged.base_location).await?;
+        self.send(&table, metadata.uuid(), snapshot.parent_snapshot_id(), updates, Vec::new(), &staged.base_location).await?;
         if let Err(e) = staged.table.file_io().delete(&staged.location).await {
             tracing::debug!(file = %staged.location, error = %crate::report::chain(&e), "could not delete the unused staged metadata");
         }
         Ok(())
     }
 
-    /// Commits `updates` of `base`'s metadata that add no snapshot (the expiry of snapshots: `remove-snapshots`),
-    /// only if `main` is still at `base`'s current snapshot.
+    /// Commits `updates` of `base`'s metadata that add no snapshot (the expiry of snapshots: `remove-snapshots`; a
+    /// new schema or partition spec), only if `main` is still at `base`'s current snapshot and the current schema
+    /// and default spec are still `base`'s.
     pub async fn commit_updates(&self, base: &iceberg::table::Table, updates: Vec<TableUpdate>) -> Result<(), RowDeltaError> {
         let metadata = base.metadata();
         let location = base.metadata_location().unwrap_or_default().to_string();
-        self.send(base.identifier(), metadata.uuid(), metadata.current_snapshot_id(), updates, &location).await
+        let unchanged = vec![
+            TableRequirement::CurrentSchemaIdMatch { current_schema_id: metadata.current_schema_id() },
+            TableRequirement::DefaultSpecIdMatch { default_spec_id: metadata.default_partition_spec_id() },
+        ];
+        self.send(base.identifier(), metadata.uuid(), metadata.current_snapshot_id(), updates, unchanged, &location).await
     }
 
     /// The commit request: `updates` under the requirements that the table is still `uuid` and its `main` is at
-    /// `main` (`base_location` names that state in a [`RowDeltaError::StaleBase`]).
+    /// `main`, and the `more` requirements (`base_location` names that state in a [`RowDeltaError::StaleBase`]).
     async fn send(
         &self,
         table: &TableIdent,
         uuid: uuid::Uuid,
         main: Option<i64>,
         updates: Vec<TableUpdate>,
+        more: Vec<TableRequirement>,
         base_location: &str,
     ) -> Result<(), RowDeltaError> {
         let failed = |reason: String| RowDeltaError::Rest { table: table.clone(), reason };
+        let mut requirements = vec![
+            TableRequirement::UuidMatch { uuid },
+            TableRequirement::RefSnapshotIdMatch { r#ref: MAIN_BRANCH.to_string(), snapshot_id: main },
+        ];
+        requirements.extend(more);
         let body = serde_json::json!({
             "identifier": { "namespace": table.namespace().as_ref(), "name": table.name() },
-            "requirements": [
-                TableRequirement::UuidMatch { uuid },
-                TableRequirement::RefSnapshotIdMatch { r#ref: MAIN_BRANCH.to_string(), snapshot_id: main },
-            ],
+            "requirements": requirements,
             "updates": updates,
         });
         let session = self.session().await.map_err(&failed)?;
