@@ -15,7 +15,7 @@ use philotes_stages::flush::FlushSettings;
 use philotes_stages::snapshot::reader::SnapshotSettings;
 
 use crate::config::{
-    CatalogKind, PipelineConfig, SnapshotMode, StageName, TableId, TableMode, UnmappedTypes,
+    CatalogKind, PartitionField, PartitionTransform, PipelineConfig, SnapshotMode, StageName, TableId, TableMode, UnmappedTypes,
     DEFAULT_ARROW_BATCH_WORKERS, DEFAULT_CAPTURE_QUEUE,
 };
 
@@ -67,18 +67,6 @@ pub fn capture_settings(config: &PipelineConfig) -> CaptureSettings {
         enqueue: stage_options(config, StageName::Enqueue, 1, DEFAULT_CAPTURE_QUEUE),
         restart: RetryPolicy { base: Duration::from_millis(200), cap: Duration::from_secs(30), max_attempts: u32::MAX },
     }
-}
-
-/// What this build cannot do yet, found before anything starts: every problem, each naming its key.
-pub fn unsupported(config: &PipelineConfig) -> Vec<String> {
-    let iceberg = &config.sink.iceberg;
-    let mut problems = Vec::new();
-    for (table, table_override) in &iceberg.tables {
-        if !table_override.partition.is_empty() {
-            problems.push(format!("sink.iceberg.tables[{table}].partition: partitioned tables are not supported yet"));
-        }
-    }
-    problems
 }
 
 /// The flusher role's settings.
@@ -136,7 +124,12 @@ pub fn flush_settings(config: &PipelineConfig) -> FlushSettings {
         catalog,
         target: Arc::new(move |table: &TableId| {
             let target = targets.iceberg_target(table);
-            TableTarget { namespace: target.namespace, name: target.name, mirror: target.mode == TableMode::Mirror }
+            TableTarget {
+                namespace: target.namespace,
+                name: target.name,
+                mirror: target.mode == TableMode::Mirror,
+                partition: target.partition.iter().map(partition_field).collect(),
+            }
         }),
         workers: leases,
         arrow_batch: stage_options(config, StageName::ArrowBatch, arrow_workers, slices),
@@ -147,4 +140,19 @@ pub fn flush_settings(config: &PipelineConfig) -> FlushSettings {
         target_file_size: usize::try_from(iceberg.target_file_size).unwrap_or(usize::MAX),
         retry: RetryPolicy { base: Duration::from_millis(200), cap: Duration::from_secs(30), max_attempts: u32::MAX },
     }
+}
+
+/// A partition field of the YAML as the flusher's catalog module takes it.
+fn partition_field(field: &PartitionField) -> philotes_stages::catalog::partition::PartitionField {
+    use philotes_stages::catalog::partition::Transform;
+    let transform = match field.transform {
+        PartitionTransform::Identity => Transform::Identity,
+        PartitionTransform::Year => Transform::Year,
+        PartitionTransform::Month => Transform::Month,
+        PartitionTransform::Day => Transform::Day,
+        PartitionTransform::Hour => Transform::Hour,
+        PartitionTransform::Bucket(n) => Transform::Bucket(n),
+        PartitionTransform::Truncate(w) => Transform::Truncate(w),
+    };
+    philotes_stages::catalog::partition::PartitionField { column: field.column.clone(), transform }
 }

@@ -11,6 +11,7 @@ use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::{ErrorKind, TableCreation, TableIdent};
 use philotes_schemas::TableSchema;
 
+use super::partition::{self, PartitionError, PartitionField};
 use super::{committed_position, GuardedCatalog};
 use crate::iceberg_commit::CommitCatalog;
 use crate::changelog::{self, SchemaError};
@@ -62,9 +63,10 @@ impl Tables {
 
     /// Makes `ident` ready for rows of `source` written with the schema versions `used` (`latest` is the
     /// newest version, which a new table is created from) and reads its committed position; `mirror` asks for
-    /// the mirror layout instead of the changelog one. A catalog or warehouse failure is an error (retried); a
-    /// schema the table cannot follow (or a mirror table without a usable key, or a table made in the other
-    /// layout) is [`Prepared::Stopped`].
+    /// the mirror layout instead of the changelog one, `partition` is the spec the table is created with (or
+    /// given as its new default spec). A catalog or warehouse failure is an error (retried); a schema the table
+    /// cannot follow (or a mirror table without a usable key, a table made in the other layout, a partition
+    /// spec its columns cannot take) is [`Prepared::Stopped`].
     pub async fn prepare(
         &self,
         ident: &TableIdent,
@@ -72,8 +74,14 @@ impl Tables {
         latest: &TableSchema,
         used: &[&Arc<TableSchema>],
         mirror: bool,
+        partition: &[PartitionField],
     ) -> Result<Prepared, iceberg::Error> {
         let stopped = |e: SchemaError| {
+            let reason = format!("{source}: {e}");
+            tracing::error!(reason = %reason, "table stopped");
+            Ok(Prepared::Stopped(reason))
+        };
+        let refused = |e: PartitionError| {
             let reason = format!("{source}: {e}");
             tracing::error!(reason = %reason, "table stopped");
             Ok(Prepared::Stopped(reason))
@@ -83,8 +91,9 @@ impl Tables {
                 return stopped(e);
             }
         }
-        let table = match self.load_or_create(ident, latest, mirror).await {
+        let table = match self.load_or_create(ident, latest, mirror, partition).await {
             Err(Failure::Schema(e)) => return stopped(e),
+            Err(Failure::Partition(e)) => return refused(e),
             Err(Failure::Catalog(e)) => return Err(e),
             Ok(table) => table,
         };
@@ -93,7 +102,12 @@ impl Tables {
         }
         let table = match self.evolve(table, used).await {
             Err(Failure::Schema(e)) => return stopped(e),
+            Err(Failure::Partition(e)) => return refused(e),
             Err(Failure::Catalog(e)) => return Err(e),
+            Ok(table) => table,
+        };
+        let table = match self.partition(table, partition, mirror).await? {
+            Err(e) => return refused(e),
             Ok(table) => table,
         };
         let mirror = match mirror.then(|| MirrorLayout::new(&table, latest)).transpose() {
@@ -105,8 +119,14 @@ impl Tables {
     }
 
     /// Loads the table, creating it (and its namespace) from `latest` when missing, in the mirror layout when
-    /// `mirror`.
-    async fn load_or_create(&self, ident: &TableIdent, latest: &TableSchema, mirror: bool) -> Result<Table, Failure> {
+    /// `mirror`, partitioned by `partition`.
+    async fn load_or_create(
+        &self,
+        ident: &TableIdent,
+        latest: &TableSchema,
+        mirror: bool,
+        partition: &[PartitionField],
+    ) -> Result<Table, Failure> {
         let catalog = self.catalog.inner();
         match catalog.load_table(ident).await {
             Ok(table) => return Ok(table),
@@ -127,11 +147,13 @@ impl Tables {
         } else {
             (changelog::changelog_schema(latest)?, crate::mirror::CHANGELOG)
         };
+        let spec = partition::unbound_spec(&ident.to_string(), partition, &schema).map_err(Failure::Partition)?;
         let mut properties = table_properties(&self.pipeline);
         properties.insert(crate::mirror::MODE_PROPERTY.to_string(), mode.to_string());
         let creation = TableCreation::builder()
             .name(ident.name().to_string())
             .schema(schema)
+            .partition_spec(spec)
             .properties(properties)
             .build();
         match catalog.create_table(&namespace, creation).await {
@@ -165,10 +187,12 @@ impl Tables {
     }
 }
 
-/// Why a step of the preparation failed: the catalog (retried) or the schema (the table stops).
+/// Why a step of the preparation failed: the catalog (retried), the schema or the partition spec (the table
+/// stops).
 enum Failure {
     Catalog(iceberg::Error),
     Schema(SchemaError),
+    Partition(PartitionError),
 }
 
 impl From<iceberg::Error> for Failure {

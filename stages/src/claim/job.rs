@@ -17,6 +17,7 @@ use tokio::sync::OnceCell;
 
 use super::failures::FailureLog;
 use crate::catalog::table::{Prepared, Tables};
+use crate::catalog::partition::PartitionField;
 use crate::position::Position;
 use crate::store::dead_letters::DeadLetter;
 use crate::store::watermarks::{self, ClaimedSegment, Lease, Payloads};
@@ -30,6 +31,8 @@ pub struct FlushJob {
     pub target: TableIdent,
     /// Whether the table is a mirror (`mode: mirror`): IcebergCommit folds the flush per key.
     pub mirror: bool,
+    /// The table's partition spec in the YAML (empty: unpartitioned).
+    pub partition: Vec<PartitionField>,
     /// The lease: the table, its checkpoint and watermark.
     pub lease: Lease,
     /// The token of the retry (`philotes dead-letters retry`) whose segments this job holds, `None` for a normal
@@ -107,7 +110,7 @@ impl FlushJob {
                     }
                 }
                 let latest = self.latest_version()?;
-                match self.tables.prepare(&self.target, self.table(), latest, &used, self.mirror).await {
+                match self.tables.prepare(&self.target, self.table(), latest, &used, self.mirror, &self.partition).await {
                     Ok(prepared) => Ok(prepared),
                     Err(e) => {
                         let failure = format!("preparing iceberg table {} (source {}): {}", self.target, self.table(), crate::report::catalog_failure(&e));

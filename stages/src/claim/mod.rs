@@ -34,6 +34,8 @@ pub struct TableTarget {
     pub name: String,
     /// `mode: mirror` (the table equals the source by key) rather than `changelog`.
     pub mirror: bool,
+    /// The partition spec (`partition`; empty: unpartitioned).
+    pub partition: Vec<crate::catalog::partition::PartitionField>,
 }
 
 /// Maps a source table to its Iceberg table (YAML `sink.iceberg.namespace` / `tables`).
@@ -216,6 +218,7 @@ impl Claim {
             id: self.jobs,
             target: TableIdent::new(NamespaceIdent::new(target.namespace), target.name),
             mirror: target.mirror,
+            partition: target.partition,
             lease,
             retry,
             last: segments.iter().map(|s| s.last).max().unwrap_or_default(),

@@ -18,8 +18,11 @@
 //! caller's back. The files of an attempt that did not land stay unreferenced in the warehouse.
 //!
 //! Catalogs: the SQL catalog (the `iceberg_tables` layout of `iceberg-catalog-sql`, pyiceberg and Java's JDBC
-//! catalog) here, the REST catalog's commit request in [`rest`]. Not done: format v1/v3 tables, partitioned
-//! tables.
+//! catalog) here, the REST catalog's commit request in [`rest`]. Not done: format v1/v3 tables.
+//!
+//! Partitioned tables: new files are in the table's default spec (their partition values say so), equality
+//! deletes may be in its unpartitioned spec (global deletes); each spec gets its manifests. Files of older
+//! specs stay in the manifests carried forward (or are removed, each in a manifest of its own spec).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -181,9 +184,6 @@ async fn stage_as(base: &Table, delta: RowDelta, operation: Option<Operation>) -
     if metadata.format_version() != FormatVersion::V2 {
         return Err(invalid(format!("format {} (only v2 tables are supported)", metadata.format_version())));
     }
-    if !metadata.default_partition_spec().is_unpartitioned() {
-        return Err(invalid("the table is partitioned (only unpartitioned tables are supported)".into()));
-    }
     for file in &delta.data_files {
         if file.content_type() != DataContentType::Data {
             return Err(invalid(format!("{} is given as a data file but holds {:?}", file.file_path(), file.content_type())));
@@ -200,9 +200,33 @@ async fn stage_as(base: &Table, delta: RowDelta, operation: Option<Operation>) -
             _ => {}
         }
     }
-    for file in delta.data_files.iter().chain(&delta.delete_files) {
-        if !file.partition().fields().is_empty() {
-            return Err(invalid(format!("{} carries partition values on an unpartitioned table", file.file_path())));
+    // Each new file is in the default spec, or (a global delete) in the table's unpartitioned one: the crate's
+    // `DataFile` does not say which, its partition values do.
+    let default_spec = metadata.default_partition_spec().clone();
+    let unpartitioned = crate::catalog::partition::unpartitioned_spec_id(base).and_then(|id| metadata.partition_spec_by_id(id)).cloned();
+    let spec_of = |file: &DataFile, data: bool| -> Result<Arc<PartitionSpec>, RowDeltaError> {
+        let fields = file.partition().fields().len();
+        if fields == default_spec.fields().len() {
+            return Ok(default_spec.clone());
+        }
+        match &unpartitioned {
+            Some(spec) if fields == 0 && !data => Ok(spec.clone()),
+            _ => Err(invalid(format!(
+                "{} carries {fields} partition values; the table's spec {} has {}",
+                file.file_path(),
+                default_spec.spec_id(),
+                default_spec.fields().len()
+            ))),
+        }
+    };
+    let mut new_files: Vec<(ManifestContentType, Arc<PartitionSpec>, Vec<&DataFile>)> = Vec::new();
+    for (files, content) in [(&delta.data_files, ManifestContentType::Data), (&delta.delete_files, ManifestContentType::Deletes)] {
+        for file in files {
+            let spec = spec_of(file, content == ManifestContentType::Data)?;
+            match new_files.iter_mut().find(|(c, s, _)| *c == content && s.spec_id() == spec.spec_id()) {
+                Some((_, _, group)) => group.push(file),
+                None => new_files.push((content, spec, vec![file])),
+            }
         }
     }
     let base_location = base.metadata_location_result()?.to_string();
@@ -211,7 +235,6 @@ async fn stage_as(base: &Table, delta: RowDelta, operation: Option<Operation>) -
     let sequence_number = metadata.next_sequence_number();
     let commit = uuid::Uuid::new_v4();
     let schema = metadata.current_schema().clone();
-    let spec = metadata.default_partition_spec().clone();
     let mut manifests = ManifestNames { location: metadata.location().to_string(), commit, next: 0 };
     let mut collector = SnapshotSummaryCollector::default();
     let mut written = Vec::new();
@@ -253,10 +276,8 @@ async fn stage_as(base: &Table, delta: RowDelta, operation: Option<Operation>) -
     } else {
         list.extend(parent_manifests);
     }
-    for (files, content) in [(&delta.data_files, ManifestContentType::Data), (&delta.delete_files, ManifestContentType::Deletes)] {
-        if files.is_empty() {
-            continue;
-        }
+    // One manifest per content and spec (a manifest holds the files of one spec).
+    for (content, spec, files) in new_files {
         let mut writer = manifests.writer(base, snapshot_id, spec.as_ref().clone(), content)?;
         for file in files {
             collector.add_file(file, schema.clone(), spec.clone());

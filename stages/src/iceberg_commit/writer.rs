@@ -1,19 +1,27 @@
 //! The Parquet data files of a flush: one rolling writer per flush, opened on the table state it was checked
 //! against (and, for a mirror table, one for its equality deletes), and the filter that leaves out rows Iceberg
 //! already has.
+//!
+//! On a partitioned table (its default spec) the data writer is the crate's fanout writer: each batch is split
+//! by partition value (`RecordBatchPartitionSplitter`) and every partition gets a rolling writer of its own, so
+//! a flush writes one file per partition it touches (more when one rolls), each carrying its partition values
+//! and spec id. Equality deletes are written with the table's unpartitioned spec: they apply to every partition
+//! ([`crate::catalog::partition`] says why).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
-use iceberg::spec::DataFileFormat;
+use iceberg::spec::{DataFile, DataFileFormat, PartitionKey, Struct};
 use iceberg::table::Table;
-use iceberg::arrow::arrow_schema_to_schema;
+use iceberg::arrow::{arrow_schema_to_schema, RecordBatchPartitionSplitter};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::base_writer::equality_delete_writer::{EqualityDeleteFileWriterBuilder, EqualityDeleteWriterConfig};
 use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
+use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -33,8 +41,8 @@ static FILE_COUNTER: AtomicU64 = AtomicU64::new(0);
 const ROW_GROUP_BYTES: usize = 128 * 1024 * 1024;
 const ROW_GROUP_ROWS: usize = 2 * SLICE_EVENTS;
 
-/// A Parquet data-file writer for `table` (zstd, rolling at `target_file_size`); `first` (the flush's first
-/// rows) tells which columns are not worth a dictionary.
+/// A Parquet data-file writer for `table` (zstd, rolling at `target_file_size`, one file per partition of the
+/// table's default spec); `first` (the flush's first rows) tells which columns are not worth a dictionary.
 pub(super) async fn open(
     pipeline: &str,
     table: &Table,
@@ -50,11 +58,46 @@ pub(super) async fn open(
     }
     let parquet = ParquetWriterBuilder::new(properties.build(), table.metadata().current_schema().clone());
     let rolling = rolling(pipeline, table, parquet, target_file_size)?;
-    Ok(Box::new(DataFileWriterBuilder::new(rolling).build(None).await?))
+    let metadata = table.metadata();
+    let spec = metadata.default_partition_spec();
+    if spec.is_unpartitioned() {
+        return Ok(Box::new(DataFileWriterBuilder::new(rolling).build(None).await?));
+    }
+    let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(metadata.current_schema().clone(), spec.clone())?;
+    Ok(Box::new(Fanout { splitter, writer: Some(FanoutWriter::new(DataFileWriterBuilder::new(rolling))) }))
+}
+
+type DataWriterBuilder = DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+/// The data writer of a partitioned table: rows split by partition value, one rolling writer per partition.
+struct Fanout {
+    splitter: RecordBatchPartitionSplitter,
+    /// `None` once closed.
+    writer: Option<FanoutWriter<DataWriterBuilder>>,
+}
+
+#[async_trait::async_trait]
+impl IcebergWriter for Fanout {
+    async fn write(&mut self, batch: RecordBatch) -> iceberg::Result<()> {
+        let writer = self.writer.as_mut().ok_or_else(closed)?;
+        for (key, rows) in self.splitter.split(&batch)? {
+            writer.write(key, rows).await?;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) -> iceberg::Result<Vec<DataFile>> {
+        self.writer.take().ok_or_else(closed)?.close().await
+    }
+}
+
+fn closed() -> iceberg::Error {
+    iceberg::Error::new(iceberg::ErrorKind::Unexpected, "the partitioned data writer is closed")
 }
 
 /// An equality-delete file writer for `table` on the columns `key` (field ids), zstd, rolling at
-/// `target_file_size`: it takes rows of the table's Arrow schema and writes their key columns.
+/// `target_file_size`: it takes rows of the table's Arrow schema and writes their key columns, with the
+/// table's unpartitioned spec (global deletes) when its default spec is partitioned.
 pub(super) async fn open_equality_deletes(
     pipeline: &str,
     table: &Table,
@@ -66,7 +109,17 @@ pub(super) async fn open_equality_deletes(
     let properties = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()));
     let parquet = ParquetWriterBuilder::new(properties.build(), Arc::new(delete_schema));
     let rolling = rolling(pipeline, table, parquet, target_file_size)?;
-    Ok(Box::new(EqualityDeleteFileWriterBuilder::new(rolling, config).build(None).await?))
+    let metadata = table.metadata();
+    let global = match metadata.default_partition_spec().is_unpartitioned() {
+        true => None,
+        false => {
+            let spec = crate::catalog::partition::unpartitioned_spec_id(table).and_then(|id| metadata.partition_spec_by_id(id));
+            let spec = spec.ok_or_else(|| iceberg::Error::new(iceberg::ErrorKind::DataInvalid,
+                format!("the partitioned table {} has no unpartitioned spec for its equality deletes", table.identifier())))?;
+            Some(PartitionKey::new(spec.as_ref().clone(), metadata.current_schema().clone(), Struct::empty()))
+        }
+    };
+    Ok(Box::new(EqualityDeleteFileWriterBuilder::new(rolling, config).build(global).await?))
 }
 
 /// Files of `table` named after the pipeline, this process and a counter, rolled at `target_file_size`.
