@@ -293,12 +293,28 @@ fn current_rows_sql(table: &str) -> String {
 /// `mirror`, the tables are mirrors (keyed on their primary key under REPLICA IDENTITY FULL); with `rest`, the
 /// catalog is the tests' REST catalog server (over the same SQL catalog, which the checks read).
 async fn flusher_crash_at_is_repaired_on_restart(point: &str, mirror: bool, rest: bool) {
+    crash_at_is_repaired_on_restart(point, mirror, rest, None).await;
+}
+
+/// [`flusher_crash_at_is_repaired_on_restart`], with both tables partitioned by `partition` (YAML list items)
+/// when given.
+pub(crate) async fn crash_at_is_repaired_on_restart(point: &str, mirror: bool, rest: bool, partition: Option<&str>) {
     let tables = ["orders", "customers"];
-    let hint = format!("fault_{point}{}{}", if mirror { "_mirror" } else { "" }, if rest { "_rest" } else { "" });
+    let hint = format!(
+        "fault_{point}{}{}{}",
+        if mirror { "_mirror" } else { "" },
+        if rest { "_rest" } else { "" },
+        if partition.is_some() { "_part" } else { "" }
+    );
     let db = database(&hint, &tables);
     let pipeline = pipeline(&db, &tables, "{ workers: 2, max_events: 2000, interval: 200ms }");
     if mirror {
         pipeline.rewrite("    namespace: lake\n", "    namespace: lake\n    mode: mirror\n");
+    }
+    if let Some(fields) = partition {
+        for table in tables {
+            crate::partition::partition(&pipeline, table, fields);
+        }
     }
     let server = match rest {
         true => {

@@ -19,6 +19,7 @@ mod metrics;
 mod migrate;
 mod mirror;
 mod names;
+mod partition;
 mod rest;
 mod retry;
 mod session;

@@ -43,7 +43,7 @@ pub async fn assert_mirror_equals_source(db: &TestDatabase, pipeline: &Pipeline,
 }
 
 /// As [`assert_mirror_equals_source`], and pyiceberg too (a compacted table has no delete file it refuses).
-async fn assert_compacted_mirror_equals_source(db: &TestDatabase, pipeline: &Pipeline, table: &str, select: &str, key: &[&str]) {
+pub async fn assert_compacted_mirror_equals_source(db: &TestDatabase, pipeline: &Pipeline, table: &str, select: &str, key: &[&str]) {
     let readings = vec![
         ("iceberg crate", read_with_iceberg_crate(pipeline, table).await),
         ("duckdb", read_with_duckdb(pipeline, table)),
