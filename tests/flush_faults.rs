@@ -358,6 +358,9 @@ pub(crate) async fn crash_at_is_repaired_on_restart(point: &str, mirror: bool, r
     }
     // The repair (no change written twice, snapshots in position order) is what the checks below read.
     for table in tables {
+        if partition.is_some() {
+            crate::partition::assert_partitioned(&pipeline, table).await;
+        }
         if mirror {
             // No key twice, none missing, every value as the source has it now.
             crate::mirror::assert_mirror_equals_source(&db, &pipeline, table, &current_rows_sql(table), &["id"]).await;

@@ -119,6 +119,15 @@ fn assert_one_file_per_partition_per_flush<'a>(files: &'a [LiveFile], table: &st
     data
 }
 
+/// Asserts `lake.<table>` is partitioned and each of its data files holds only rows of its partition.
+pub async fn assert_partitioned(pipeline: &Pipeline, table: &str) {
+    let loaded = load(pipeline, table).await;
+    assert!(!loaded.metadata().default_partition_spec().is_unpartitioned(), "{table} is partitioned");
+    let files = live_files(&loaded).await;
+    assert!(files.iter().filter(|f| f.content == DataContentType::Data).all(|f| !f.partition.fields().is_empty()), "{table}: data files carry partition values");
+    assert_rows_match_their_files(&loaded).await;
+}
+
 /// The files pyiceberg plans for a scan of `table` with `filter`, and for the whole table.
 fn planned_files(pipeline: &Pipeline, table: &str, filter: &str) -> (usize, usize) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/plan_files.py");
@@ -230,18 +239,18 @@ async fn a_partitioned_mirror_table_equals_the_source_and_compacts_per_partition
         "CREATE TABLE events (id bigint PRIMARY KEY, created timestamptz, kind text, v int);
          INSERT INTO events SELECT g, '2026-01-01 00:00:00+00'::timestamptz + g * interval '50 minutes', 'k' || (g % 3), g
          FROM generate_series(1, 300) g;
-         CREATE TABLE marks (k text);",
+         CREATE TABLE marks (n serial PRIMARY KEY, k text);",
     )
     .expect("schema");
     let pipeline = mirror_pipeline(&db, &["events", "marks"]);
     partition(&pipeline, "events", "\"day(created)\", \"bucket(4, id)\"");
     let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
-    wait_snapshots_done(&db, &pipeline, &run, "INSERT INTO marks VALUES ('marker')").await;
+    wait_snapshots_done(&db, &pipeline, &run, "INSERT INTO marks (k) VALUES ('marker')").await;
     let client = db.connect().await.expect("connect");
     let mut random = 0x9e37_79b9_7f4a_7c15_u64;
     for r in 1..=4 {
         round(&client, &mut random, r).await;
-        let after = last_commit(&db, &format!("INSERT INTO marks VALUES ('round {r}')"));
+        let after = last_commit(&db, &format!("INSERT INTO marks (k) VALUES ('round {r}')"));
         run.wait_until("the round in iceberg", Duration::from_secs(120), || async { drained(&db, &pipeline.name, &after) }).await;
     }
     assert_mirror_equals_source(&db, &pipeline, "events", EVENTS, &["id"]).await;
@@ -276,7 +285,7 @@ async fn a_partitioned_mirror_table_equals_the_source_and_compacts_per_partition
 
     // Changes after the compaction still land (deletes of keys whose rows are in compacted files).
     round(&client, &mut random, 5).await;
-    let after = last_commit(&db, "INSERT INTO marks VALUES ('round 5')");
+    let after = last_commit(&db, "INSERT INTO marks (k) VALUES ('round 5')");
     run.wait_until("the round in iceberg", Duration::from_secs(120), || async { drained(&db, &pipeline.name, &after) }).await;
     assert_mirror_equals_source(&db, &pipeline, "events", EVENTS, &["id"]).await;
     assert_status_clean(&pipeline.file);
