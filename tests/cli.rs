@@ -77,17 +77,21 @@ fn migrate_applies_the_control_schema_and_a_second_run_changes_nothing() {
 }
 
 #[test]
-fn run_refuses_features_not_built_yet_naming_each_key_before_touching_anything() {
-    let file = temp_file(
-        "planned.yaml",
-        "pipeline: planned\nsource:\n  postgres:\n    url: postgres://postgres@127.0.0.1:1/none\n    tables: [orders]\n\
-         sink:\n  iceberg:\n    catalog: { type: rest, uri: http://127.0.0.1:1/catalog }\n\
-         \x20   warehouse: file:///tmp/philotes-cli-warehouse\n    mode: mirror\n\
-         \x20   tables:\n      public.orders: { partition: [ \"day(created_at)\" ] }\n",
-    );
-    let validate = philotes(&["validate", file.to_str().expect("utf-8 path")], &[]);
+fn validate_accepts_partition_specs_and_names_the_key_of_a_bad_one() {
+    let yaml = |spec: &str| {
+        format!(
+            "pipeline: parts\nsource:\n  postgres:\n    url: postgres://postgres@127.0.0.1:1/none\n    tables: [orders]\n\
+             sink:\n  iceberg:\n    warehouse: file:///tmp/philotes-cli-warehouse\n    mode: mirror\n\
+             \x20   tables:\n      public.orders: {{ partition: [ {spec} ] }}\n"
+        )
+    };
+    let good = temp_file("parts.yaml", &yaml("\"day(created_at)\", \"bucket(16, id)\""));
+    let validate = philotes(&["validate", good.to_str().expect("utf-8 path")], &[]);
+    assert!(validate.status.success(), "{}", text(&validate));
+    let bad = temp_file("bad-parts.yaml", &yaml("\"week(created_at)\""));
+    let validate = philotes(&["validate", bad.to_str().expect("utf-8 path")], &[]);
     assert!(!validate.status.success(), "{}", text(&validate));
-    assert!(text(&validate).contains("sink.iceberg.tables[public.orders].partition"), "{}", text(&validate));
+    assert!(text(&validate).contains("sink.iceberg.tables[public.orders].partition[0]"), "{}", text(&validate));
 }
 
 #[test]

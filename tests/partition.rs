@@ -384,3 +384,67 @@ async fn a_partitioned_mirror_flusher_killed_after_iceberg_commit_writes_nothing
 
 /// The crash tests' spec: their rows are seconds apart on one day, so the buckets spread them.
 const BY_BUCKET_AND_DAY: &str = "\"bucket(4, id)\", \"day(created)\"";
+
+/// `examples/partitions.yaml` runs as it is against the quick start's tables (`scripts/quickstart` makes them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partitions_example_runs_against_the_quickstart_tables() {
+    let db = philotes_testkit::shared().database("partition_example").expect("database");
+    db.psql(
+        "CREATE TABLE public.customers (id bigserial PRIMARY KEY, name text NOT NULL, tags text[]);
+         INSERT INTO public.customers (name, tags) SELECT 'customer-' || g, ARRAY['tier' || (g % 3)] FROM generate_series(1, 10) g;
+         CREATE TABLE public.orders (id bigserial PRIMARY KEY, customer text NOT NULL, amount numeric(12,2) NOT NULL,
+                                     created_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO public.orders (customer, amount, created_at)
+         SELECT 'customer-' || g, (g * 7 % 1000) / 10.0, now() - g * interval '7 hours' FROM generate_series(1, 100) g;",
+    )
+    .expect("quick-start tables");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/partitions.yaml");
+    let dir = std::env::temp_dir().join(format!("philotes-partition-example-{}", db.name()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let warehouse = format!("file://{}", dir.join("warehouse").display());
+    let env = [("SOURCE_URL", db.url()), ("WAREHOUSE", warehouse.clone())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = crate::support::Philotes::start(std::path::Path::new(example), &["--metrics", "127.0.0.1:0"], &env, dir.join("run.log"));
+    let name = "quickstart_partitions";
+    run.wait_until("the snapshots in iceberg", Duration::from_secs(120), || async {
+        db.psql(&format!("SELECT count(*) = 2 FROM philotes.snapshots WHERE pipeline = '{name}' AND state = 'done'")).is_ok_and(|v| v == "t")
+    })
+    .await;
+    db.psql("UPDATE public.orders SET amount = amount + 1 WHERE id % 3 = 0; DELETE FROM public.orders WHERE id % 10 = 0;")
+        .expect("changes");
+    let after = last_commit(&db, "UPDATE public.customers SET name = name || '!' WHERE id = 1");
+    run.wait_until("the changes in iceberg", Duration::from_secs(120), || async { drained(&db, name, &after) }).await;
+    run.stop_cleanly().await;
+
+    let settings = philotes_stages::catalog::CatalogSettings::Sql {
+        name: "philotes".into(),
+        uri: db.url(),
+        warehouse,
+        props: Default::default(),
+    };
+    let catalog = philotes_stages::catalog::connect(&settings).await.expect("catalog");
+    for (table, rows) in [("orders", 90), ("customers_changes", 11)] {
+        let ident = iceberg::TableIdent::from_strs(["partitioned", table]).expect("ident");
+        let loaded = catalog.load_table(&ident).await.expect("table exists");
+        assert!(!loaded.metadata().default_partition_spec().is_unpartitioned(), "{table} is partitioned");
+        let data = live_files(&loaded).await.into_iter().filter(|f| f.content == DataContentType::Data).collect::<Vec<_>>();
+        assert!(data.iter().all(|f| !f.partition.fields().is_empty()), "{table}: files carry partition values");
+        // The orders were created over 29 days: a file per day at least.
+        assert!(table != "orders" || data.len() >= 29, "{table}: a file per partition, {} files", data.len());
+        assert_rows_match_their_files(&loaded).await;
+        let read: usize = loaded
+            .scan()
+            .select_all()
+            .build()
+            .expect("scan")
+            .to_arrow()
+            .await
+            .expect("stream")
+            .try_fold(0, |n, b| async move { Ok(n + b.num_rows()) })
+            .await
+            .expect("rows");
+        assert_eq!(read, rows, "{table}: rows read back");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

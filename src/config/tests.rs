@@ -69,15 +69,14 @@ fn examples_mean_what_their_comments_say() {
     let customers = mirror.iceberg_target(&TableId::parse("customers").unwrap());
     assert_eq!((customers.name.as_str(), customers.mode), ("customers_changelog", TableMode::Changelog));
 
-    let planned = parse_ok(include_str!("../../examples/planned/partitions.yaml"));
-    assert_eq!(planned.sink.iceberg.mode, TableMode::Mirror);
-    let audit = planned.iceberg_target(&TableId::parse("audit_log").unwrap());
-    assert_eq!(audit.mode, TableMode::Changelog);
-    let invoices = planned.iceberg_target(&TableId::parse("sales.invoices").unwrap());
-    assert_eq!(
-        (invoices.namespace.as_str(), invoices.name.as_str()),
-        ("finance", "invoices")
-    );
+    let partitions = parse_ok(include_str!("../../examples/partitions.yaml"));
+    let orders = partitions.iceberg_target(&TableId::parse("orders").unwrap());
+    assert_eq!((orders.namespace.as_str(), orders.name.as_str(), orders.mode), ("partitioned", "orders", TableMode::Mirror));
+    let spec: Vec<String> = orders.partition.iter().map(ToString::to_string).collect();
+    assert_eq!(spec, ["day(created_at)", "bucket(16, id)"]);
+    let customers = partitions.iceberg_target(&TableId::parse("customers").unwrap());
+    assert_eq!((customers.name.as_str(), customers.mode), ("customers_changes", TableMode::Changelog));
+    assert_eq!(customers.partition.iter().map(ToString::to_string).collect::<Vec<_>>(), ["hour(_commit_ts)"]);
 
     let rest = parse_ok(include_str!("../../examples/rest-s3.yaml"));
     let CatalogKind::Rest { token, .. } = &rest.sink.iceberg.catalog.kind else {
