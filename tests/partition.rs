@@ -91,6 +91,7 @@ async fn assert_rows_match_their_files(table: &Table) -> usize {
             .expect("batches");
         if spec.is_unpartitioned() {
             assert!(partition.fields().is_empty(), "{path}: partition values in an unpartitioned spec");
+            rows += batches.iter().map(|b| b.num_rows()).sum::<usize>();
             continue;
         }
         let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(table.metadata().current_schema().clone(), spec.clone())
@@ -337,6 +338,23 @@ async fn a_changed_partition_spec_takes_new_files_while_old_files_keep_theirs() 
         let arity = if file.spec == before { 1 } else { 2 };
         assert_eq!(file.partition.fields().len(), arity, "{file:?}");
     }
+    let (crate_rows, _) = flush::assert_both_readers_see_the_source(&db, &pipeline, "orders").await;
+    assert_eq!(assert_rows_match_their_files(&table).await, crate_rows.len());
+    assert_eq!(read_with_duckdb(&pipeline, "orders").len(), crate_rows.len(), "DuckDB reads every row");
+
+    // Without `partition`, new files are unpartitioned again (a third spec: unpartitioned, not spec 0's day).
+    pipeline.rewrite("    tables:\n      public.orders: { partition: [ \"bucket(4, id)\", \"month(created)\" ] }\n", "");
+    let run = pipeline.start_streaming(&db, &[], &[], "run3.log").await;
+    db.psql(&insert(201)).expect("rows");
+    let after = last_commit(&db, "DELETE FROM orders WHERE id = 3");
+    run.wait_until("the last rows in iceberg", Duration::from_secs(120), || async { drained(&db, &pipeline.name, &after) }).await;
+    assert_status_clean(&pipeline.file);
+    run.stop_cleanly().await;
+    let table = load(&pipeline, "orders").await;
+    let last = table.metadata().default_partition_spec();
+    assert!(last.is_unpartitioned() && ![before, now].contains(&last.spec_id()), "a new unpartitioned spec: {}", last.spec_id());
+    let specs: HashSet<i32> = live_files(&table).await.iter().map(|f| f.spec).collect();
+    assert_eq!(specs, HashSet::from([before, now, last.spec_id()]));
     let (crate_rows, _) = flush::assert_both_readers_see_the_source(&db, &pipeline, "orders").await;
     assert_eq!(assert_rows_match_their_files(&table).await, crate_rows.len());
     assert_eq!(read_with_duckdb(&pipeline, "orders").len(), crate_rows.len(), "DuckDB reads every row");

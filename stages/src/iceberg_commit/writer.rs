@@ -61,10 +61,17 @@ pub(super) async fn open(
     let metadata = table.metadata();
     let spec = metadata.default_partition_spec();
     if spec.is_unpartitioned() {
-        return Ok(Box::new(DataFileWriterBuilder::new(rolling).build(None).await?));
+        return Ok(Box::new(DataFileWriterBuilder::new(rolling).build(unpartitioned_key(table, spec)).await?));
     }
     let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(metadata.current_schema().clone(), spec.clone())?;
     Ok(Box::new(Fanout { splitter, writer: Some(FanoutWriter::new(DataFileWriterBuilder::new(rolling))) }))
+}
+
+/// The key of files in `spec`, an unpartitioned spec of `table`: none for spec 0 (the crate's default), else one
+/// naming the spec (a table unpartitioned again after a partitioned spec has it under a new id, and the crate's
+/// fast append takes only files of the default spec id).
+fn unpartitioned_key(table: &Table, spec: &iceberg::spec::PartitionSpecRef) -> Option<PartitionKey> {
+    (spec.spec_id() != 0).then(|| PartitionKey::new(spec.as_ref().clone(), table.metadata().current_schema().clone(), Struct::empty()))
 }
 
 type DataWriterBuilder = DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
@@ -111,7 +118,7 @@ pub(super) async fn open_equality_deletes(
     let rolling = rolling(pipeline, table, parquet, target_file_size)?;
     let metadata = table.metadata();
     let global = match metadata.default_partition_spec().is_unpartitioned() {
-        true => None,
+        true => unpartitioned_key(table, metadata.default_partition_spec()),
         false => {
             let spec = crate::catalog::partition::unpartitioned_spec_id(table).and_then(|id| metadata.partition_spec_by_id(id));
             let spec = spec.ok_or_else(|| iceberg::Error::new(iceberg::ErrorKind::DataInvalid,
