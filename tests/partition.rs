@@ -466,3 +466,54 @@ async fn the_partitions_example_runs_against_the_quickstart_tables() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same through a REST catalog: the table created with its spec, the unpartitioned spec for the deletes
+/// added by a commit request, row deltas committed there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_mirror_flusher_on_a_rest_catalog_killed_after_parquet_written_loses_and_doubles_nothing() {
+    crate::flush_faults::crash_at_is_repaired_on_restart(fault::AFTER_PARQUET, true, true, Some(BY_BUCKET_AND_DAY)).await;
+}
+
+/// A mirror table made unpartitioned and partitioned later: its first spec (unpartitioned) keeps the old data
+/// files and takes the new equality deletes, which still hit rows of every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_table_partitioned_later_stays_equal_to_the_source() {
+    let db = philotes_testkit::shared().database("partition_mirror_respec").expect("database");
+    db.psql(
+        "CREATE TABLE events (id bigint PRIMARY KEY, created timestamptz, kind text, v int);
+         INSERT INTO events SELECT g, '2026-01-01 00:00:00+00'::timestamptz + g * interval '50 minutes', 'k' || (g % 3), g
+         FROM generate_series(1, 300) g;
+         CREATE TABLE marks (n serial PRIMARY KEY, k text);",
+    )
+    .expect("schema");
+    let pipeline = mirror_pipeline(&db, &["events", "marks"]);
+    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
+    wait_snapshots_done(&db, &pipeline, &run, "INSERT INTO marks (k) VALUES ('marker')").await;
+    let client = db.connect().await.expect("connect");
+    let mut random = 0x2545_f491_4f6c_dd1d_u64;
+    round(&client, &mut random, 1).await;
+    let after = last_commit(&db, "INSERT INTO marks (k) VALUES ('round 1')");
+    run.wait_until("round 1 in iceberg", Duration::from_secs(120), || async { drained(&db, &pipeline.name, &after) }).await;
+    run.stop_cleanly().await;
+
+    partition(&pipeline, "events", "\"day(created)\"");
+    let run = pipeline.start_streaming(&db, &[], &[], "run2.log").await;
+    for r in 2..=3 {
+        round(&client, &mut random, r).await;
+        let after = last_commit(&db, &format!("INSERT INTO marks (k) VALUES ('round {r}')"));
+        run.wait_until("the round in iceberg", Duration::from_secs(120), || async { drained(&db, &pipeline.name, &after) }).await;
+    }
+    assert_status_clean(&pipeline.file);
+    run.stop_cleanly().await;
+    assert_mirror_equals_source(&db, &pipeline, "events", EVENTS, &["id"]).await;
+
+    let table = load(&pipeline, "events").await;
+    let default = table.metadata().default_partition_spec_id();
+    assert_ne!(default, 0, "a new spec");
+    let files = live_files(&table).await;
+    let data_specs: HashSet<i32> = files.iter().filter(|f| f.content == DataContentType::Data).map(|f| f.spec).collect();
+    assert_eq!(data_specs, HashSet::from([0, default]), "old data files in spec 0, new ones in the new spec");
+    assert!(files.iter().filter(|f| f.content == DataContentType::EqualityDeletes).all(|f| f.spec == 0), "deletes are global");
+    assert_eq!(table.metadata().partition_specs_iter().count(), 2, "no second unpartitioned spec");
+    assert_rows_match_their_files(&table).await;
+}
