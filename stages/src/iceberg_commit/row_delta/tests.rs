@@ -9,7 +9,8 @@ use arrow::array::{Array, Int32Array, RecordBatch, StringArray};
 use futures::TryStreamExt;
 use iceberg::arrow::{arrow_schema_to_schema, schema_to_arrow_schema};
 use iceberg::spec::{
-    DataContentType, DataFile, DataFileFormat, ManifestStatus, NestedField, Operation, PrimitiveType, Schema, Type,
+    DataContentType, DataFile, DataFileFormat, ManifestContentType, ManifestStatus, NestedField, Operation, PrimitiveType,
+    Schema, Type,
 };
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
@@ -517,4 +518,52 @@ async fn row_delta_is_read_the_same_by_duckdb() {
         .await
         .expect("truncate");
     assert_eq!(duckdb_rows(truncated.metadata_location().expect("metadata location")), Vec::<String>::new());
+}
+
+/// A partitioned table: the flush's writers give a data file per partition (default spec) and global equality
+/// deletes (the table's unpartitioned spec); the commit writes a manifest per spec, and the deletes hit rows of
+/// every partition. A data file without the default spec's partition values is refused.
+#[tokio::test]
+async fn row_delta_on_a_partitioned_table_writes_a_manifest_per_spec_and_global_deletes() {
+    use iceberg::spec::{Transform, UnboundPartitionSpec};
+
+    use crate::iceberg_commit::writer;
+
+    let fx = Fixture::new("row_delta_partitioned").await;
+    let table = fx.load().await;
+    let location = table.metadata_location_result().expect("location").to_string();
+    let spec = UnboundPartitionSpec::builder().add_partition_field(ID, "id_bucket", Transform::Bucket(2)).expect("field").build();
+    let built = table.metadata().clone().into_builder(Some(location)).add_partition_spec(spec).expect("spec");
+    let built = built.set_default_partition_spec(-1).expect("default").build().expect("metadata");
+    let table = commit_metadata_sql(&fx.client, CATALOG, &table, built.metadata).await.expect("new spec");
+    let partitioned = table.metadata().default_partition_spec_id();
+    assert_ne!(partitioned, 0);
+
+    let plain = data_file(&table, &[(1, "x")]).await;
+    let refused = stage(&table, RowDelta { data_files: vec![plain], ..Default::default() }).await;
+    assert!(matches!(&refused, Err(RowDeltaError::Invalid { reason, .. }) if reason.contains("carries 0 partition values")), "{refused:?}");
+
+    let data: Vec<(i32, &str)> = (1..=8).map(|id| (id, "v")).collect();
+    let mut writer = writer::open("test", &table, &rows(&table, &data), 1 << 20).await.expect("data writer");
+    writer.write(rows(&table, &data)).await.expect("write");
+    let files = writer.close().await.expect("close");
+    assert!(files.len() > 1, "a file per bucket: {}", files.len());
+    assert!(files.iter().all(|f| f.partition().fields().len() == 1));
+    let first = fx.commit(&table, RowDelta { data_files: files, properties: positions("0/10", 1), ..Default::default() }).await.expect("data");
+
+    let mut deletes = writer::open_equality_deletes("test", &first, &[ID], 1 << 20).await.expect("delete writer");
+    let gone: Vec<(i32, &str)> = (1..=7).map(|id| (id, "")).collect();
+    deletes.write(rows(&first, &gone)).await.expect("write deletes");
+    let delete_files = deletes.close().await.expect("close deletes");
+    assert!(delete_files.iter().all(|f| f.partition().fields().is_empty()), "global deletes");
+    let second =
+        fx.commit(&first, RowDelta { delete_files, properties: positions("0/20", 2), ..Default::default() }).await.expect("deletes");
+    // Row 8 is in one bucket; the other bucket's rows are all deleted: the deletes hit both.
+    assert_eq!(scan(&second).await, owned(&[(8, "v")]));
+
+    let snapshot = second.metadata().current_snapshot().expect("snapshot").clone();
+    let list = second.manifest_list_reader(&snapshot).load().await.expect("list");
+    let specs: Vec<(ManifestContentType, i32)> = list.entries().iter().map(|m| (m.content, m.partition_spec_id)).collect();
+    assert!(specs.contains(&(ManifestContentType::Data, partitioned)), "{specs:?}");
+    assert!(specs.contains(&(ManifestContentType::Deletes, 0)), "{specs:?}");
 }
