@@ -6,7 +6,7 @@
 //! `cargo bench --bench pipeline` (or `scripts/bench`). It starts its own PostgreSQL (philotes-testkit, fsync
 //! off), runs the release `philotes` binary as child processes, prints every run, the medians and a Markdown
 //! summary. `BENCH_ROWS` (default 1,000,000), `BENCH_RUNS` (default 3), `BENCH_ONLY` (comma list of `capture`,
-//! `copy`, `flush`, `flush-tables`, `e2e`, `snapshot`, `mirror`, `latency`; default all), `BENCH_SNAPSHOT_ROWS`
+//! `copy`, `flush`, `flush-tables`, `e2e`, `snapshot`, `mirror`, `partition`, `latency`; default all), `BENCH_SNAPSHOT_ROWS`
 //! (default 2,000,000, or `BENCH_ROWS` when that is set smaller) and `BENCH_LATENCY_SECONDS` (default 60: how long
 //! the latency scenario streams 10k changes/s at each `flush.interval`) choose what runs.
 
@@ -26,7 +26,7 @@ use philotes_testkit::{Cluster, ClusterOptions};
 use report::{human_rate, median, megabytes, rate, ratios, Line, Memory, Series};
 use scenarios::{Db, Env};
 
-const SCENARIOS: [&str; 8] = ["capture", "copy", "flush", "flush-tables", "e2e", "snapshot", "mirror", "latency"];
+const SCENARIOS: [&str; 9] = ["capture", "copy", "flush", "flush-tables", "e2e", "snapshot", "mirror", "partition", "latency"];
 /// The latency scenario's `flush.interval`s, and its target: p99 of source commit → Iceberg at most the
 /// interval plus this many seconds (issue 12).
 const LATENCY_INTERVALS: [(&str, f64); 2] = [("1s", 1.0), ("200ms", 0.2)];
@@ -119,7 +119,7 @@ struct Results {
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; nothing else is understood.
     if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
-        println!("cargo bench --bench pipeline   (env: BENCH_ROWS, BENCH_RUNS, BENCH_ONLY=capture,copy,flush,flush-tables,e2e,snapshot,mirror, BENCH_SNAPSHOT_ROWS); see benches/README.md");
+        println!("cargo bench --bench pipeline   (env: BENCH_ROWS, BENCH_RUNS, BENCH_ONLY=capture,copy,flush,flush-tables,e2e,snapshot,mirror,partition, BENCH_SNAPSHOT_ROWS); see benches/README.md");
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -310,6 +310,22 @@ async fn measure(env: &Env, settings: &Settings) -> anyhow::Result<()> {
                 "  mirror      philotes compact of the mirror table                {}   {:.2}× ArrowWriter",
                 timing(m.live_rows, m.compact),
                 m.arrow_writer / m.compact
+            );
+        }
+        if settings.wants("partition") {
+            let mut db = Db::create(env, "bench_partition").await?;
+            let p = scenarios::partition(env, &mut db).await?;
+            println!(
+                "  partition   changelog flush of the buffer, workers: 1          {}   {} data files",
+                timing(rows, p.plain),
+                p.plain_files
+            );
+            println!(
+                "  partition   the same buffer partitioned [{}]  {}   {:.2}× unpartitioned, {} data files",
+                scenarios::PARTITION_SPEC.replace('"', ""),
+                timing(rows, p.partitioned),
+                p.plain / p.partitioned,
+                p.partitioned_files
             );
         }
         if settings.wants("latency") {

@@ -98,6 +98,18 @@ impl PipelineFile {
         Ok(self)
     }
 
+    /// Partitions `public.<table>` by `fields` (YAML list items).
+    pub fn partition(self, table: &str, fields: &str) -> anyhow::Result<Self> {
+        let yaml = std::fs::read_to_string(&self.path)?;
+        let sink = "sink:\n  iceberg:\n";
+        if !yaml.contains(sink) {
+            bail!("{} has no `sink.iceberg` section", self.path.display());
+        }
+        let tables = format!("{sink}    tables:\n      public.{table}: {{ partition: [ {fields} ] }}\n");
+        std::fs::write(&self.path, yaml.replacen(sink, &tables, 1))?;
+        Ok(self)
+    }
+
     /// Turns the file into one that reads the tables' existing rows first: `source.postgres.snapshot: initial`
     /// and a top-level `snapshot: { chunk_rows, workers }` section (the other bench files say `never`).
     pub fn snapshot_initial(self, chunk_rows: usize, workers: usize) -> anyhow::Result<Self> {

@@ -329,6 +329,43 @@ pub async fn mirror(env: &Env, db: &mut Db, helper: &Path) -> anyhow::Result<Mir
     Ok(MirrorFlush { changelog: changelog_seconds, mirror: mirror_seconds, compact, arrow_writer: baseline.seconds, live_rows })
 }
 
+/// A changelog flush of one buffer into an unpartitioned table and into a partitioned one.
+pub struct PartitionFlush {
+    /// The unpartitioned flush (process start → buffer empty).
+    pub plain: f64,
+    /// The flush of the same buffer into a table partitioned by [`PARTITION_SPEC`].
+    pub partitioned: f64,
+    /// Data files of each table.
+    pub plain_files: u64,
+    pub partitioned_files: u64,
+}
+
+/// The partition spec of the partition scenario: the bench rows are a second apart, so a million rows span
+/// twelve days, each split into 16 buckets.
+pub const PARTITION_SPEC: &str = "\"day(created_at)\", \"bucket(16, id)\"";
+
+/// The mixed workload's buffer drained by one flusher (`flush.workers: 1`) as a changelog, then again into a
+/// changelog partitioned by [`PARTITION_SPEC`] (fanout: one file per partition per flush).
+pub async fn partition(env: &Env, db: &mut Db) -> anyhow::Result<PartitionFlush> {
+    let name = db.db.name().to_string();
+    workload::prepare(&db.client, &[TABLE], &[&procs::slot(&name)]).await?;
+    let capture = PipelineFile::write(&db.dir(env)?, "capture", &name, &db.db.url(), &[TABLE], "bench_partition_capture", None)?;
+    procs::migrate(&capture)?;
+    let work = workload::run_mixed(&mut db.client, env.rows).await?;
+    fill_buffer(env, db, &capture, &work).await?;
+    save_buffer(db).await?;
+    let plain = PipelineFile::write(&db.dir(env)?, "flush-plain", &name, &db.db.url(), &[TABLE], "bench_plain", Some(1))?;
+    let plain_seconds = drain(env, db, &[plain]).await?;
+    restore_buffer(db).await?;
+    let partitioned = PipelineFile::write(&db.dir(env)?, "flush-partitioned", &name, &db.db.url(), &[TABLE], "bench_partitioned", Some(1))?
+        .partition(TABLE, PARTITION_SPEC)?;
+    let partitioned_seconds = drain(env, db, &[partitioned]).await?;
+    drop_saved_buffer(db).await?;
+    let plain_files = iceberg_table(&db.client, "bench_plain", TABLE).await?.data_files;
+    let partitioned_files = iceberg_table(&db.client, "bench_partitioned", TABLE).await?.data_files;
+    Ok(PartitionFlush { plain: plain_seconds, partitioned: partitioned_seconds, plain_files, partitioned_files })
+}
+
 /// The most recently written Parquet file under `dir`.
 fn newest_parquet(dir: &Path) -> anyhow::Result<PathBuf> {
     fn walk(dir: &Path, found: &mut Vec<(std::time::SystemTime, PathBuf)>) -> anyhow::Result<()> {
@@ -560,6 +597,8 @@ async fn slot_passed(client: &Client, slot: &str, floor: &str) -> anyhow::Result
 struct IcebergTable {
     /// `total-records` of the current snapshot.
     records: u64,
+    /// `total-data-files` of the current snapshot.
+    data_files: u64,
     /// The table directory (data files under it).
     location: PathBuf,
 }
@@ -584,7 +623,8 @@ async fn iceberg_table(client: &Client, namespace: &str, table: &str) -> anyhow:
         .context("current snapshot not in the metadata")?;
     let records = snapshot["summary"]["total-records"].as_str().and_then(|s| s.parse().ok()).context("no total-records")?;
     let dir = meta["location"].as_str().context("no table location")?;
-    Ok(IcebergTable { records, location: PathBuf::from(dir.strip_prefix("file://").unwrap_or(dir)) })
+    let data_files = snapshot["summary"]["total-data-files"].as_str().and_then(|s| s.parse().ok()).context("no total-data-files")?;
+    Ok(IcebergTable { records, data_files, location: PathBuf::from(dir.strip_prefix("file://").unwrap_or(dir)) })
 }
 
 fn parquet_bytes(dir: &Path) -> anyhow::Result<u64> {
