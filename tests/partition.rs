@@ -12,6 +12,7 @@ use iceberg::arrow::RecordBatchPartitionSplitter;
 use iceberg::spec::{DataContentType, Struct, Transform};
 use iceberg::table::Table;
 use philotes_stages::fault;
+use philotes_testkit::TestDatabase;
 
 use crate::flush::{self, drained, last_commit, python, read_with_duckdb, Pipeline};
 use crate::mirror::{assert_compacted_mirror_equals_source, assert_mirror_equals_source, mirror_pipeline};
@@ -235,9 +236,9 @@ async fn round(client: &tokio_postgres::Client, random: &mut u64, round: u64) {
 const EVENTS: &str = "SELECT id::text AS id, to_char(created AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00' AS created,
                              kind, v::text AS v FROM events";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partitioned_mirror_table_equals_the_source_and_compacts_per_partition() {
-    let db = philotes_testkit::shared().database("partition_mirror").expect("database");
+/// A database with `events` (300 rows over ten days) and `marks` (markers), and a mirror pipeline of both.
+fn events_mirror(hint: &str) -> (TestDatabase, Pipeline) {
+    let db = philotes_testkit::shared().database(hint).expect("database");
     db.psql(
         "CREATE TABLE events (id bigint PRIMARY KEY, created timestamptz, kind text, v int);
          INSERT INTO events SELECT g, '2026-01-01 00:00:00+00'::timestamptz + g * interval '50 minutes', 'k' || (g % 3), g
@@ -246,6 +247,12 @@ async fn a_partitioned_mirror_table_equals_the_source_and_compacts_per_partition
     )
     .expect("schema");
     let pipeline = mirror_pipeline(&db, &["events", "marks"]);
+    (db, pipeline)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_mirror_table_equals_the_source_and_compacts_per_partition() {
+    let (db, pipeline) = events_mirror("partition_mirror");
     partition(&pipeline, "events", "\"day(created)\", \"bucket(4, id)\"");
     let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
     wait_snapshots_done(&db, &pipeline, &run, "INSERT INTO marks (k) VALUES ('marker')").await;
@@ -480,15 +487,7 @@ async fn a_partitioned_mirror_flusher_on_a_rest_catalog_killed_after_parquet_wri
 /// files and takes the new equality deletes, which still hit rows of every partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_table_partitioned_later_stays_equal_to_the_source() {
-    let db = philotes_testkit::shared().database("partition_mirror_respec").expect("database");
-    db.psql(
-        "CREATE TABLE events (id bigint PRIMARY KEY, created timestamptz, kind text, v int);
-         INSERT INTO events SELECT g, '2026-01-01 00:00:00+00'::timestamptz + g * interval '50 minutes', 'k' || (g % 3), g
-         FROM generate_series(1, 300) g;
-         CREATE TABLE marks (n serial PRIMARY KEY, k text);",
-    )
-    .expect("schema");
-    let pipeline = mirror_pipeline(&db, &["events", "marks"]);
+    let (db, pipeline) = events_mirror("partition_mirror_respec");
     let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
     wait_snapshots_done(&db, &pipeline, &run, "INSERT INTO marks (k) VALUES ('marker')").await;
     let client = db.connect().await.expect("connect");
