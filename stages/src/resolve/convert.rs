@@ -198,6 +198,7 @@ mod tests {
                 type_oid: 0,
                 type_modifier: -1,
                 part_of_key: *name == "id",
+                attnum: None,
             })
             .collect();
         let schema = TableSchema {
@@ -206,6 +207,7 @@ mod tests {
             columns,
             replica_identity: ReplicaIdentity::Default,
             primary_key: Vec::new(),
+            relid: None,
         };
         TableVersion { schema, version }
     }
