@@ -21,6 +21,7 @@ mod mirror;
 mod names;
 mod rest;
 mod retry;
+mod schema_evolution;
 mod session;
 mod slot;
 mod snapshot;

@@ -68,10 +68,11 @@ impl Tables {
     }
 
     /// Makes `ident` ready for rows of `source` written with the schema versions `used` (each with the LSN of its
-    /// first change in the flush), out of every version of the table, `versions` (the newest one makes a new
-    /// table), and reads its committed position; `mirror` asks for the mirror layout instead of the changelog
+    /// first change in the flush), out of every version of the table, `versions` (the newest one names a
+    /// mirror's key), and reads its committed position; `mirror` asks for the mirror layout instead of the changelog
     /// one. A catalog or warehouse failure is an error (retried); a schema the table cannot follow (or a mirror
-    /// table without a usable key, or a table made in the other layout) is [`Prepared::Stopped`].
+    /// table without a usable key, or a table made in the other layout) is [`Prepared::Stopped`]. A new table is
+    /// made from the newest version the flush writes.
     pub async fn prepare(
         &self,
         ident: &TableIdent,
@@ -93,7 +94,9 @@ impl Tables {
                 return stopped(e);
             }
         }
-        let table = match self.load_or_create(ident, latest, mirror).await {
+        // A new table is made from the newest version the flush writes (a later one may have changed since).
+        let newest_used = used.iter().map(|(n, _)| *n).max().and_then(|n| versions.get(&n)).unwrap_or(latest);
+        let table = match self.load_or_create(ident, newest_used, mirror).await {
             Err(Failure::Schema(e) | Failure::Version(evolve::Refused { error: e, .. })) => return stopped(e),
             Err(Failure::Catalog(e)) => return Err(e),
             Ok(table) => table,
