@@ -160,3 +160,140 @@ async fn a_change_iceberg_cannot_follow_stops_that_table_until_it_is_made_again_
     let values: Vec<_> = rows.iter().map(|r| (r["id"].clone(), r["v"].clone())).collect();
     assert_eq!(values, vec![(json!("3"), json!("33")), (json!("4"), json!("44"))], "the waiting change and the next, as integers");
 }
+
+/// A flusher aborts at `point` in the flush that brings a promotion and a rename (with `mirror`, of a mirror
+/// table); a flusher restarted without the fault repairs: every change once, under the evolved schema.
+async fn a_flusher_killed_in_a_flush_with_a_schema_change_is_repaired(point: &str, mirror: bool) {
+    let db = database(&format!("schema_fault_{}{}", point.replace('-', "_"), if mirror { "_mirror" } else { "" }));
+    db.psql("CREATE TABLE evo (id int PRIMARY KEY, a int, s text)").expect("table");
+    let pipeline = Pipeline::new(&db, &["public.evo"], "{ workers: 1, max_events: 100000, interval: 200ms }");
+    if mirror {
+        pipeline.rewrite("    namespace: lake\n", "    namespace: lake\n    mode: mirror\n");
+    }
+    let capture = pipeline.start_streaming(&db, &["--role", "capture"], &[], "capture.log").await;
+    let flusher = pipeline.start(&["--role", "flusher"], &[], "flusher-1.log");
+    let after = last_commit(&db, "INSERT INTO evo SELECT g, g, 's' || g FROM generate_series(1, 100) g");
+    flusher.wait_until("version 1 in iceberg", Duration::from_secs(60), || async { drained(&db, &pipeline.name, &after) }).await;
+    flusher.stop_cleanly().await;
+
+    db.psql("ALTER TABLE evo ALTER a TYPE bigint").expect("promote");
+    db.psql("ALTER TABLE evo RENAME s TO t").expect("rename");
+    db.psql("INSERT INTO evo SELECT g, g::bigint * 100000000, 't' || g FROM generate_series(101, 200) g").expect("version 2 rows");
+    let after = last_commit(&db, "UPDATE evo SET a = a + 10000000000, t = t || '+' WHERE id % 10 = 0");
+    capture.wait_until("the changes in the buffer", Duration::from_secs(60), || async {
+        db.psql(&format!("SELECT commit_lsn >= '{after}'::pg_lsn FROM philotes.checkpoints WHERE pipeline = '{}'", pipeline.name))
+            .is_ok_and(|v| v == "t")
+    })
+    .await;
+    let faulty = pipeline.start(&["--role", "flusher"], &[("PHILOTES_FAULT", point)], "flusher-faulty.log");
+    let status = faulty.wait_exit(Duration::from_secs(90)).await;
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(6), "aborted at {point} ({status}):\n{}", faulty.log());
+    let restarted = pipeline.start(&["--role", "flusher"], &[], "flusher-2.log");
+    let after = last_commit(&db, "INSERT INTO evo VALUES (201, 201, 'last')");
+    restarted.wait_until("every change in iceberg", Duration::from_secs(120), || async { drained(&db, &pipeline.name, &after) }).await;
+    assert_status_clean(&pipeline.file);
+    restarted.stop_cleanly().await;
+    capture.stop_cleanly().await;
+
+    let catalog = catalog::connect(&pipeline.catalog()).await.expect("catalog");
+    let table = catalog.load_table(&iceberg::TableIdent::from_strs(["lake", "evo"]).expect("ident")).await.expect("table");
+    let schema = table.metadata().current_schema();
+    assert_eq!(schema.field_by_name("a").map(|f| (f.id, f.field_type.to_string())), Some((2, "long".to_string())));
+    assert_eq!(schema.field_by_name("t").map(|f| f.id), Some(3), "renamed, same field");
+    assert!(schema.field_by_name("s").is_none());
+    let rows = read_with_iceberg_crate(&pipeline, "evo").await;
+    let source = db.psql("SELECT string_agg(concat_ws('|', id, a, t), ';' ORDER BY id) FROM evo").expect("source");
+    if mirror {
+        let mut lake: Vec<(i64, String)> = rows
+            .iter()
+            .map(|r| {
+                let v = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                (v("id").parse().expect("id"), [v("id"), v("a"), v("t")].join("|"))
+            })
+            .collect();
+        lake.sort();
+        assert_eq!(lake.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>().join(";"), source, "the mirror equals the source");
+        return;
+    }
+    // Changelog: 100 + 100 inserts, 20 updates, 1 insert; no position twice; the latest image per key is the source.
+    let mut positions = std::collections::HashSet::new();
+    for r in &rows {
+        assert!(positions.insert((r["_lsn"].clone(), r["_seq"].clone())), "a change twice: {r:?}");
+    }
+    assert_eq!(rows.len(), 221, "every change once");
+    let mut latest = std::collections::BTreeMap::new();
+    for r in &rows {
+        let v = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+        latest.insert(v("id").parse::<i64>().expect("id"), [v("id"), v("a"), v("t")].join("|"));
+    }
+    assert_eq!(latest.values().cloned().collect::<Vec<_>>().join(";"), source, "the latest images equal the source");
+    assert_eq!(read_with_pyiceberg(&pipeline, "evo").len(), 221, "pyiceberg reads them too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flusher_killed_after_the_schema_commit_is_repaired() {
+    a_flusher_killed_in_a_flush_with_a_schema_change_is_repaired(philotes_stages::fault::AFTER_SCHEMA_COMMIT, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flusher_killed_after_parquet_in_a_schema_change_is_repaired() {
+    a_flusher_killed_in_a_flush_with_a_schema_change_is_repaired(philotes_stages::fault::AFTER_PARQUET, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flusher_killed_after_the_iceberg_commit_in_a_schema_change_is_repaired() {
+    a_flusher_killed_in_a_flush_with_a_schema_change_is_repaired(philotes_stages::fault::AFTER_ICEBERG_COMMIT, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flusher_killed_before_the_buffer_commit_in_a_schema_change_is_repaired() {
+    a_flusher_killed_in_a_flush_with_a_schema_change_is_repaired(philotes_stages::fault::BEFORE_PG_COMMIT, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_flusher_killed_after_the_schema_commit_is_repaired() {
+    a_flusher_killed_in_a_flush_with_a_schema_change_is_repaired(philotes_stages::fault::AFTER_SCHEMA_COMMIT, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_flusher_killed_after_the_iceberg_commit_in_a_schema_change_is_repaired() {
+    a_flusher_killed_in_a_flush_with_a_schema_change_is_repaired(philotes_stages::fault::AFTER_ICEBERG_COMMIT, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_whose_key_changes_stops_alone_and_a_renamed_key_column_does_not() {
+    let db = database("schema_mirror_key");
+    db.psql("CREATE TABLE m (id int PRIMARY KEY, k int NOT NULL, v text); CREATE TABLE other (id int PRIMARY KEY)").expect("tables");
+    let pipeline = Pipeline::new(&db, &["public.m", "public.other"], "{ workers: 2, max_events: 100000, interval: 200ms }");
+    pipeline.rewrite("    namespace: lake\n", "    namespace: lake\n    mode: mirror\n");
+    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
+    let after = last_commit(&db, "INSERT INTO m VALUES (1, 10, 'a'), (2, 20, 'b')");
+    run.wait_until("the first rows in iceberg", Duration::from_secs(60), || async { drained(&db, &pipeline.name, &after) }).await;
+    // A renamed key column is the same key: the mirror goes on, its deletes by the renamed field.
+    db.psql("ALTER TABLE m RENAME id TO ident").expect("rename the key");
+    let after = last_commit(&db, "UPDATE m SET v = 'a2' WHERE ident = 1");
+    run.wait_until("the update in iceberg", Duration::from_secs(60), || async { drained(&db, &pipeline.name, &after) }).await;
+    let rows = read_with_iceberg_crate(&pipeline, "m").await;
+    let mut values: Vec<(String, String)> =
+        rows.iter().map(|r| (r["ident"].as_str().unwrap_or("?").to_string(), r["v"].as_str().unwrap_or("?").to_string())).collect();
+    values.sort();
+    assert_eq!(values, [("1".to_string(), "a2".to_string()), ("2".to_string(), "b".to_string())], "one row per key, renamed");
+    // Another key: that table stops, the other flows.
+    db.psql("ALTER TABLE m DROP CONSTRAINT m_pkey, ADD PRIMARY KEY (ident, k)").expect("new key");
+    db.psql("UPDATE m SET v = 'a3' WHERE ident = 1").expect("update");
+    db.psql("INSERT INTO other VALUES (1)").expect("other");
+    let status = run
+        .wait_until("m stopped", Duration::from_secs(60), || async {
+            let status = status_json(&pipeline.file);
+            status_table(&status, "public.m")["error"].is_string().then_some(status)
+        })
+        .await;
+    run.wait_until("other flows on", Duration::from_secs(60), || async {
+        db.psql("SELECT count(*) FROM philotes.segments WHERE source_table = 'other'").is_ok_and(|c| c == "0")
+    })
+    .await;
+    run.stop_cleanly().await;
+    let error = status_table(&status, "public.m")["error"].as_str().expect("error").to_string();
+    assert!(error.contains("key changed from (ident) to (ident, k)"), "{error}");
+    assert_eq!(read_with_iceberg_crate(&pipeline, "other").await.len(), 1);
+}

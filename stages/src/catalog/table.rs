@@ -121,13 +121,54 @@ impl Tables {
             }
             Ok(evolved) => evolved,
         };
-        let newest = named.iter().max_by_key(|(n, _)| **n).map_or_else(|| latest.clone(), |(_, v)| v.clone());
-        let mirror = match mirror.then(|| MirrorLayout::new(&table, &newest)).transpose() {
+        // A mirror keys on the key of the version the flush writes, which must be the key the table was made with.
+        let newest = numbers.iter().max().and_then(|n| named.get(n)).cloned().unwrap_or_else(|| latest.clone());
+        let (table, mirror) = match mirror.then(|| MirrorLayout::new(&table, &newest)).transpose() {
             Err(e) => return stopped(e),
-            Ok(layout) => layout.map(Arc::new),
+            Ok(None) => (table, None),
+            Ok(Some(layout)) => match self.check_mirror_key(table, &layout.key).await? {
+                Ok(table) => (table, Some(Arc::new(layout))),
+                Err(reason) => {
+                    let reason = format!("{source}: {reason}; philotes resume FILE --table {source} once the Iceberg table is made again (drop it)");
+                    tracing::error!(reason = %reason, "table stopped");
+                    return Ok(Prepared::Stopped(reason));
+                }
+            },
         };
         let committed = committed_position(&table, &self.pipeline);
         Ok(Prepared::Ready { committed, table: Box::new(table), mirror, versions: named })
+    }
+
+    /// Checks that a mirror table still keys on the field ids `key` (table property [`MIRROR_KEY`], recorded when
+    /// the table is made, or here for a table made before it was kept): equality deletes by another key would
+    /// miss the rows written under the old one. `Ok(Err(reason))` when the key changed.
+    async fn check_mirror_key(&self, table: Table, key: &[i32]) -> Result<Result<Table, String>, iceberg::Error> {
+        let wanted = key.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+        let names = |ids: &str| {
+            let schema = table.metadata().current_schema();
+            ids.split(',')
+                .map(|id| id.parse().ok().and_then(|id| schema.name_by_field_id(id)).unwrap_or("?").to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match table.metadata().properties().get(MIRROR_KEY) {
+            Some(recorded) if *recorded == wanted => Ok(Ok(table)),
+            Some(recorded) => Ok(Err(format!(
+                "the mirror's key changed from ({}) to ({}); a mirror table keeps the key it was made with",
+                names(recorded),
+                names(&wanted)
+            ))),
+            None => {
+                let location = table.metadata_location_result()?.to_string();
+                let built = table
+                    .metadata()
+                    .clone()
+                    .into_builder(Some(location))
+                    .set_properties(HashMap::from([(MIRROR_KEY.to_string(), wanted)]))?
+                    .build()?;
+                Ok(Ok(self.commit_metadata(&table, built).await?))
+            }
+        }
     }
 
     /// Loads the table, creating it (and its namespace) from `latest` when missing, in the mirror layout when
@@ -155,6 +196,10 @@ impl Tables {
         };
         let mut properties = table_properties(&self.pipeline);
         properties.insert(crate::mirror::MODE_PROPERTY.to_string(), mode.to_string());
+        if mirror {
+            let key = crate::mirror::key_field_ids(&schema, latest)?;
+            properties.insert(MIRROR_KEY.to_string(), key.iter().map(i32::to_string).collect::<Vec<_>>().join(","));
+        }
         let latest_only = BTreeMap::from([(0, Arc::new(latest.clone()))]);
         if let Ok(plan) = evolve::plan(&schema, None, &latest_only, &[]) {
             properties.extend(plan.source_columns.map(|record| (evolve::SOURCE_COLUMNS.to_string(), record)));
@@ -198,6 +243,7 @@ impl Tables {
             builder = builder.set_properties(HashMap::from([(evolve::SOURCE_COLUMNS.to_string(), record)]))?;
         }
         let table = self.commit_metadata(&table, builder.build()?).await?;
+        crate::fault::hit(crate::fault::AFTER_SCHEMA_COMMIT);
         if !plan.changes.is_empty() {
             tracing::info!(table = %table.identifier(), changes = %plan.changes.join(", "), "evolved the iceberg table's schema");
         }
@@ -229,6 +275,9 @@ impl From<SchemaError> for Failure {
 fn is_not_found(e: &iceberg::Error) -> bool {
     e.kind() == ErrorKind::TableNotFound
 }
+
+/// Table property of a mirror table: the field ids of the key its equality deletes use (`1,3`).
+pub const MIRROR_KEY: &str = "philotes.mirror-key";
 
 /// Table properties of every table philotes creates.
 pub fn table_properties(pipeline: &str) -> HashMap<String, String> {
