@@ -297,3 +297,35 @@ async fn a_mirror_whose_key_changes_stops_alone_and_a_renamed_key_column_does_no
     assert!(error.contains("key changed from (ident) to (ident, k)"), "{error}");
     assert_eq!(read_with_iceberg_crate(&pipeline, "other").await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_rest_catalog_a_promotion_and_a_rename_are_commit_requests_of_their_own() {
+    let db = database("schema_rest");
+    db.psql("CREATE TABLE evo (id int PRIMARY KEY, a int, s text)").expect("table");
+    let pipeline = Pipeline::new(&db, &["public.evo"], "{ workers: 1, max_events: 100000, interval: 200ms }");
+    let server = crate::rest::RestCatalogServer::start(&pipeline, &[]).await;
+    crate::rest::use_rest_catalog(&pipeline, server.uri(), "");
+    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
+    let after = last_commit(&db, "INSERT INTO evo VALUES (1, 1, 'one')");
+    run.wait_until("version 1 in iceberg", Duration::from_secs(60), || async { drained(&db, &pipeline.name, &after) }).await;
+    db.psql("ALTER TABLE evo ALTER a TYPE bigint").expect("promote");
+    db.psql("ALTER TABLE evo RENAME s TO t").expect("rename");
+    let after = last_commit(&db, "INSERT INTO evo VALUES (2, 5000000000, 'two')");
+    run.wait_until("version 3 in iceberg", Duration::from_secs(60), || async { drained(&db, &pipeline.name, &after) }).await;
+    assert_status_clean(&pipeline.file);
+    run.stop_cleanly().await;
+    assert!(!server.log().contains(" 500"), "the server never failed; its log:\n{}", server.log());
+    let rest = crate::rest::rest_settings(&pipeline, server.uri(), &[]);
+    let table = catalog::connect(&rest).await.expect("REST catalog");
+    let table = table.load_table(&iceberg::TableIdent::from_strs(["lake", "evo"]).expect("ident")).await.expect("REST load");
+    let schema = table.metadata().current_schema();
+    assert_eq!(schema.field_by_name("a").map(|f| (f.id, f.field_type.to_string())), Some((2, "long".to_string())));
+    assert_eq!(schema.field_by_name("t").map(|f| f.id), Some(3));
+    let rows = read_with_pyiceberg(&pipeline, "evo");
+    let mut values: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| ["id", "a", "t"].map(|k| r[k].as_str().unwrap_or("?").to_string()).into())
+        .collect();
+    values.sort();
+    assert_eq!(values, [("1".into(), "1".into(), "one".into()), ("2".into(), "5000000000".into(), "two".into())]);
+}
