@@ -68,11 +68,11 @@ impl Tables {
     }
 
     /// Makes `ident` ready for rows of `source` written with the schema versions `used` (each with the LSN of its
-    /// first change in the flush), out of every version of the table, `versions` (the newest one names a
-    /// mirror's key), and reads its committed position; `mirror` asks for the mirror layout instead of the changelog
-    /// one. A catalog or warehouse failure is an error (retried); a schema the table cannot follow (or a mirror
-    /// table without a usable key, or a table made in the other layout) is [`Prepared::Stopped`]. A new table is
-    /// made from the newest version the flush writes.
+    /// first change in the flush), out of every version of the table, `versions`, and reads its committed
+    /// position; `mirror` asks for the mirror layout instead of the changelog one. The newest version the flush
+    /// writes makes a new table and names a mirror's key. A catalog or warehouse failure is an error (retried); a
+    /// schema the table cannot follow (or a mirror table without a usable key, or a table made in the other
+    /// layout) is [`Prepared::Stopped`].
     pub async fn prepare(
         &self,
         ident: &TableIdent,

@@ -126,16 +126,15 @@ impl FlushJob {
         }
     }
 
-    /// The table's newest schema version (a new Iceberg table is made from it; it names a mirror's key), its
-    /// columns under their Iceberg names once the table is prepared.
+    /// The newest schema version this job's changes were written with (it names a mirror's key), its columns under
+    /// their Iceberg names once the table is prepared.
     pub fn latest_version(&self) -> Result<&Arc<TableSchema>, JobError> {
-        let newest = self.versions.keys().next_back().copied();
-        let named = newest.and_then(|n| self.named().and_then(|named| named.get(&n)));
-        named.or_else(|| self.versions.values().next_back()).ok_or_else(|| JobError::MissingVersion {
+        let newest = self.segments.iter().max_by_key(|s| s.schema_version).ok_or_else(|| JobError::MissingVersion {
             table: self.table().clone(),
-            segment: self.segments[0].id,
+            segment: 0,
             version: 0,
-        })
+        })?;
+        self.version(newest)
     }
 
     /// The schema version `segment`'s changes were written with, its columns under their Iceberg names once the
