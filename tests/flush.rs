@@ -233,6 +233,9 @@ fn render(column: &dyn Array, row: usize) -> serde_json::Value {
         DataType::Boolean => J::String(column.as_boolean().value(row).to_string()),
         DataType::Int32 => J::String(column.as_primitive::<Int32Type>().value(row).to_string()),
         DataType::Int64 => J::String(column.as_primitive::<Int64Type>().value(row).to_string()),
+        // Python's repr of a float (`2.0`, `1.5`) is Rust's Debug form for the values tests use.
+        DataType::Float64 => J::String(format!("{:?}", column.as_primitive::<arrow::datatypes::Float64Type>().value(row))),
+        DataType::Float32 => J::String(format!("{:?}", column.as_primitive::<arrow::datatypes::Float32Type>().value(row))),
         DataType::Utf8 => J::String(column.as_string::<i32>().value(row).to_string()),
         DataType::LargeUtf8 => J::String(column.as_string::<i64>().value(row).to_string()),
         DataType::Decimal128(_, scale) => {

@@ -22,6 +22,7 @@ mod names;
 mod partition;
 mod rest;
 mod retry;
+mod schema_evolution;
 mod session;
 mod slot;
 mod snapshot;

@@ -109,7 +109,7 @@ pub fn use_rest_catalog(pipeline: &Pipeline, uri: &str, extra: &str) {
 }
 
 /// The same catalog as the pipeline's, through REST (for loading tables the way a flusher does).
-fn rest_settings(pipeline: &Pipeline, uri: &str, props: &[(&str, &str)]) -> CatalogSettings {
+pub fn rest_settings(pipeline: &Pipeline, uri: &str, props: &[(&str, &str)]) -> CatalogSettings {
     CatalogSettings::Rest {
         name: "philotes".into(),
         uri: uri.to_string(),

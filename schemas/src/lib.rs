@@ -86,7 +86,7 @@ pub use crate::iceberg::{
     decimal_for_numeric, iceberg_type, IcebergField, IcebergType, MAX_DECIMAL_PRECISION,
 };
 pub use crate::pg_type::{
-    numeric_from_typmod, oids, CatalogType, PgType, TypeResolver, CATALOG_TYPES_SQL, PRIMARY_KEY_SQL,
+    numeric_from_typmod, oids, CatalogType, PgType, TypeResolver, ATTNUMS_SQL, CATALOG_TYPES_SQL, PRIMARY_KEY_SQL,
 };
 pub use crate::schema::{
     decide, ColumnSchema, ReplicaIdentity, SchemaChange, SchemaDecision, TableSchema,

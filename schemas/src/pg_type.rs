@@ -307,6 +307,11 @@ CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
 WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n";
 
+/// The live columns of one relation (`$1`, an oid) and their attribute numbers: `attname` (text), `attnum`
+/// (int2). A column keeps its attnum across renames and type changes; a dropped one's is never reused.
+pub const ATTNUMS_SQL: &str = "\
+SELECT attname::text, attnum FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped";
+
 /// The catalog query whose rows feed [`TypeResolver::with_catalog`]: every type except table row types and
 /// arrays of them (a few hundred rows), so that enums, domains, arrays of those and extension types resolve, and
 /// every unsupported type has a name. Columns, in order: `oid` (oid), `schema` (text), `name` (text), `kind`

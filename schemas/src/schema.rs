@@ -2,9 +2,11 @@
 //! [`decide`], which compares a new Relation with the table's current version: the same, a new version with the
 //! listed changes, or a change Iceberg cannot follow.
 //!
-//! Versions are numbered per table by the caller (the store is `philotes.schemas`, in `stages`). Columns are
-//! matched by name: pgoutput carries no attribute numbers, so a renamed column is a dropped column plus an added
-//! one. A dropped column stays in the Iceberg table and is null from then on.
+//! Versions are numbered per table by the caller (the store is `philotes.schemas`, in `stages`). pgoutput's
+//! Relation message carries column names only, so SchemaResolve adds each column's attribute number
+//! (`pg_attribute.attnum`) and the table's OID: a column whose name changed under the same attnum is a rename
+//! (the Iceberg field keeps its id), a new attnum an added column. [`decide`] compares by name only. A dropped
+//! column stays in the Iceberg table and is null from then on.
 
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +63,11 @@ pub struct ColumnSchema {
     pub type_modifier: i32,
     /// Whether the column is part of the replica identity key (the mirror mode's equality-delete key).
     pub part_of_key: bool,
+    /// `pg_attribute.attnum`: stable across renames, never reused in the table. `None` in versions recorded
+    /// before it was kept (such columns are matched to Iceberg fields by name). Last field: the stored
+    /// MessagePack arrays of older versions simply end before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attnum: Option<i16>,
 }
 
 /// One version of a source table's schema. Equality is by content: two Relation messages that say the same thing
@@ -78,8 +85,13 @@ pub struct TableSchema {
     /// The primary key's columns, read from the catalog under `REPLICA IDENTITY FULL` only (where the key flags
     /// mark every column): a mirror table keys on them, since full old images carry them. Empty otherwise, and
     /// in versions recorded before this field.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub primary_key: Vec<String>,
+    /// The table's OID (`pg_class.oid`): attnums mean something only within one relation, so a table dropped
+    /// and created again under the same name does not take the old one's Iceberg fields. `None` in older
+    /// versions. Last field, after `primary_key` (always written now): older stored arrays end before either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relid: Option<u32>,
 }
 
 impl TableSchema {
@@ -265,6 +277,7 @@ mod tests {
             type_oid,
             type_modifier: -1,
             part_of_key: false,
+            attnum: None,
         }
     }
 
@@ -275,6 +288,7 @@ mod tests {
             columns,
             replica_identity: ReplicaIdentity::Default,
             primary_key: Vec::new(),
+            relid: None,
         }
     }
 
@@ -438,6 +452,43 @@ mod tests {
         assert!(changes
             .iter()
             .any(|c| matches!(c, SchemaChange::AddColumn { column } if column.name == "comment")));
+    }
+
+    #[test]
+    fn versions_stored_before_attnums_and_oids_still_decode() {
+        /// The layout of versions recorded before `relid` and `attnum`: primary key skipped when empty.
+        #[derive(Serialize)]
+        struct OldColumn<'a> {
+            name: &'a str,
+            pg_type: PgType,
+            type_oid: u32,
+            type_modifier: i32,
+            part_of_key: bool,
+        }
+        #[derive(Serialize)]
+        struct OldTable<'a> {
+            schema: &'a str,
+            table: &'a str,
+            columns: Vec<OldColumn<'a>>,
+            replica_identity: ReplicaIdentity,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            primary_key: Vec<String>,
+        }
+        let old = OldTable {
+            schema: "public",
+            table: "orders",
+            columns: vec![OldColumn { name: "id", pg_type: PgType::Int4, type_oid: oids::INT4, type_modifier: -1, part_of_key: true }],
+            replica_identity: ReplicaIdentity::Default,
+            primary_key: Vec::new(),
+        };
+        let decoded: TableSchema = rmp_serde::from_slice(&rmp_serde::to_vec(&old).expect("encodes")).expect("decodes");
+        assert_eq!(decoded.columns[0].attnum, None);
+        assert_eq!(decoded.relid, None);
+        let mut new = base();
+        new.relid = Some(16384);
+        new.columns[1].attnum = Some(2);
+        let again: TableSchema = rmp_serde::from_slice(&rmp_serde::to_vec(&new).expect("encodes")).expect("decodes");
+        assert_eq!(again, new);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! flushes into slices of `n` changes, so a test with a few thousand changes has flushes of many slices, as a
 //! million-change flush has.
 
+/// After a flush's schema change is committed to the Iceberg table, before its rows are written.
+pub const AFTER_SCHEMA_COMMIT: &str = "after-schema-commit";
 /// After the Parquet files are written, before the Iceberg commit.
 pub const AFTER_PARQUET: &str = "after-parquet";
 /// After the Iceberg commit, before the buffer checkpoint.

@@ -26,8 +26,9 @@ const RENDERED_VALUE_CHARS: usize = 80;
 /// table, each with the schema version its rows were written with, in position order.
 ///
 /// Columns are matched by name: a target column the row's version lacks is NULL; a version column the target
-/// lacks is [`SchemaError::ColumnNotInTarget`] (add it first with [`crate::changelog::missing_columns`]); a version
-/// column whose type the target column cannot hold is the error [`crate::changelog::missing_columns`] would give.
+/// lacks is [`SchemaError::ColumnNotInTarget`] (evolve the table first, `crate::catalog::evolve`, and name the
+/// version's columns as the table does); a version column whose type the target column cannot hold is the error
+/// the evolution would give.
 pub fn build_batch(
     target: &Schema,
     segments: &[(Arc<TableSchema>, Vec<SegmentEvent>)],

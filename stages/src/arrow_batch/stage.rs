@@ -63,7 +63,7 @@ impl Stage for ArrowBatch {
         let job = &slice.job;
         let rows = match job.prepared().await? {
             Prepared::Stopped(reason) => SliceRows::Stop(reason.clone()),
-            Prepared::Ready { table, committed, mirror } => {
+            Prepared::Ready { table, committed, mirror, .. } => {
                 let schema = mirror.as_ref().map_or(table.metadata().current_schema(), |m| &m.working);
                 ArrowBatch.build(job, slice.index, schema, job.filter(*committed)).await?
             }

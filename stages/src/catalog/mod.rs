@@ -10,6 +10,7 @@
 //! requirement fails the same way. So a commit lands only on the exact table state whose `philotes.last-lsn`
 //! was checked (DESIGN.md, the second atomic step).
 
+pub mod evolve;
 pub mod partition;
 pub mod table;
 

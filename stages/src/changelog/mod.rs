@@ -1,10 +1,10 @@
 //! The changelog table layout (DESIGN.md, "Iceberg tables", `mode: changelog`): its columns, the Iceberg schema
-//! of a new table ([`changelog_schema`]) and what an existing one lacks for a newer source schema version
-//! ([`missing_columns`]). Table preparation (`catalog::table`) and ArrowBatch's builder both follow it.
+//! of a new table ([`changelog_schema`]); how an existing one follows newer source schema versions is
+//! `catalog::evolve`. Table preparation (`catalog::table`) and ArrowBatch's builder both follow it.
 
 pub(crate) mod schema;
 
-pub use schema::{changelog_schema, check_column, iceberg_spec_type, missing_columns, philotes_type, type_name};
+pub use schema::{changelog_schema, check_column, iceberg_spec_type, philotes_type, type_name};
 
 use arrow::error::ArrowError;
 
@@ -39,11 +39,11 @@ pub enum SchemaError {
         /// The column.
         column: String,
     },
-    /// The Iceberg table's column would need a type promotion, which the iceberg crate cannot apply yet.
+    /// A batch was to be built in a schema whose column is narrower than the version's: the table's schema was
+    /// not evolved first (`catalog::evolve` promotes it).
     #[error(
-        "table {table}: column \"{column}\" changed from Iceberg {old_type} to {new_type}; Iceberg allows this \
-         promotion but the iceberg crate (0.10) philotes uses cannot change a column's type, so the table stops: \
-         promote the column with another Iceberg tool (e.g. Spark `ALTER TABLE … ALTER COLUMN`) and restart"
+        "table {table}: column \"{column}\" is Iceberg {old_type} in the table and {new_type} in the rows; the \
+         table's schema must be evolved (promoted) before the batch is built"
     )]
     NeedsPromotion {
         /// The source table (`schema.table`).
@@ -71,7 +71,7 @@ pub enum SchemaError {
         /// The type of the source schema version (Postgres and Iceberg).
         new_type: String,
     },
-    /// A schema version has a column the target schema lacks: `missing_columns` was not applied first.
+    /// A schema version has a column the target schema lacks: the table's schema was not evolved first.
     #[error(
         "table {table}: column \"{column}\" is not in the Iceberg table's schema; add the missing columns \
          before building a batch"

@@ -1,4 +1,4 @@
-//! The Iceberg schema of a changelog table ([`changelog_schema`]) and its evolution ([`missing_columns`]).
+//! The Iceberg schema of a changelog table ([`changelog_schema`]); its evolution is `catalog::evolve`.
 //!
 //! Field ids are assigned the way the iceberg crate (and Java's `TypeUtil`) reassigns them when a table is
 //! created: every field of one level first, then the fields nested in each, in order. So a table created from
@@ -48,33 +48,6 @@ pub(crate) fn changelog_fields() -> Vec<(String, IcebergType, bool)> {
         required(SEQ, IcebergType::Long),
         (UNCHANGED.to_owned(), IcebergType::List(Box::new(IcebergType::String)), false),
     ]
-}
-
-/// What the table's `current` Iceberg schema lacks to hold rows of `version`: the columns to add (name and
-/// Iceberg type; add them optional, e.g. with `AddColumn::optional`, which assigns fresh field ids). A column
-/// whose Postgres type changed but whose Iceberg type did not (or whose table type is already wider, for an
-/// older version) needs nothing. A change the table would have to promote (int→long, float→double, decimal
-/// precision) is [`SchemaError::NeedsPromotion`]; any other type change is
-/// [`SchemaError::IncompatibleType`]; either names the first such column (in column order) and both types.
-pub fn missing_columns(
-    current: &Schema,
-    version: &TableSchema,
-) -> Result<Vec<(String, Type)>, SchemaError> {
-    check_reserved(version)?;
-    let mut next_id = current.highest_field_id();
-    let mut missing = Vec::new();
-    for column in &version.columns {
-        let wanted = iceberg_type(&column.pg_type);
-        let Some(field) = current.as_struct().field_by_name(&column.name) else {
-            missing.push((
-                column.name.clone(),
-                iceberg_spec_type(&wanted, &mut next_id),
-            ));
-            continue;
-        };
-        check_column(version, column, &field.field_type)?;
-    }
-    Ok(missing)
 }
 
 /// The iceberg crate's type for one of ours; nested fields get ids after `*next_id` (level first), and
@@ -160,8 +133,9 @@ pub fn philotes_type(ty: &Type) -> Option<IcebergType> {
 
 /// Whether rows of `column` (of `version`) can be written into a table column of type `have`: the same
 /// Iceberg type, or a wider one (an older version's `integer` into a `long` column). Otherwise the error names
-/// the column and both types: [`SchemaError::NeedsPromotion`] when Iceberg could widen the table's column,
-/// [`SchemaError::IncompatibleType`] when nothing can.
+/// the column and both types: [`SchemaError::NeedsPromotion`] when Iceberg could widen the table's column (the
+/// evolution, `catalog::evolve`, does that before a batch is built), [`SchemaError::IncompatibleType`] when
+/// nothing can.
 pub fn check_column(
     version: &TableSchema,
     column: &ColumnSchema,

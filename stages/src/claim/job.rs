@@ -3,7 +3,7 @@
 //! it holds the lease's transaction, the claimed segments and their schema versions, prepares the Iceberg table
 //! once, and reads its slices from the buffer again when IcebergCommit must write the flush again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 use super::failures::FailureLog;
 use crate::catalog::table::{Prepared, Tables};
 use crate::catalog::partition::PartitionField;
-use crate::position::Position;
+use crate::position::{Lsn, Position};
 use crate::store::dead_letters::DeadLetter;
 use crate::store::watermarks::{self, ClaimedSegment, Lease, Payloads};
 use crate::table_id::TableId;
@@ -48,8 +48,8 @@ pub struct FlushJob {
     /// The pooled connection whose open transaction holds the lease. Dropping the job returns it to the pool,
     /// which rolls back whatever is still open (a flush abandoned mid-way releases its lease).
     pub(super) client: deadpool_postgres::Object,
-    /// Every schema version of the table (the segments use some of them).
-    pub(super) versions: HashMap<i32, Arc<TableSchema>>,
+    /// Every schema version of the table (the segments use some of them), as recorded.
+    pub(super) versions: BTreeMap<i32, Arc<TableSchema>>,
     /// The Iceberg table made ready, once ([`FlushJob::prepared`]).
     pub(super) prepared: OnceCell<Prepared>,
     /// Prepares the Iceberg table.
@@ -102,15 +102,13 @@ impl FlushJob {
     pub async fn prepared(&self) -> Result<&Prepared, StageError> {
         self.prepared
             .get_or_try_init(|| async {
-                let mut used: Vec<&Arc<TableSchema>> = Vec::new();
+                let mut used: Vec<(i32, Lsn)> = Vec::new();
                 for s in &self.segments {
-                    let version = self.version(s)?;
-                    if !used.iter().any(|v| Arc::ptr_eq(v, version)) {
-                        used.push(version);
+                    if !used.iter().any(|(n, _)| *n == s.schema_version) {
+                        used.push((s.schema_version, s.first.commit_lsn));
                     }
                 }
-                let latest = self.latest_version()?;
-                match self.tables.prepare(&self.target, self.table(), latest, &used, self.mirror, &self.partition).await {
+                match self.tables.prepare(&self.target, self.table(), &self.versions, &used, self.mirror, &self.partition).await {
                     Ok(prepared) => Ok(prepared),
                     Err(e) => {
                         let failure = format!("preparing iceberg table {} (source {}): {}", self.target, self.table(), crate::report::catalog_failure(&e));
@@ -123,27 +121,40 @@ impl FlushJob {
             .await
     }
 
-    /// The table's newest schema version (a new Iceberg table is made from it; it names a mirror's key).
-    pub fn latest_version(&self) -> Result<&Arc<TableSchema>, JobError> {
-        self.versions.iter().max_by_key(|(v, _)| **v).map(|(_, s)| s).ok_or_else(|| JobError::MissingVersion {
-            table: self.table().clone(),
-            segment: self.segments[0].id,
-            version: 0,
-        })
+    /// Every version, under the Iceberg names once the table is prepared (as recorded before).
+    fn named(&self) -> Option<&HashMap<i32, Arc<TableSchema>>> {
+        match self.prepared.get() {
+            Some(Prepared::Ready { versions, .. }) => Some(versions),
+            _ => None,
+        }
     }
 
-    /// The schema version a claimed segment was written with.
+    /// The newest schema version this job's changes were written with (it names a mirror's key), its columns under
+    /// their Iceberg names once the table is prepared.
+    pub fn latest_version(&self) -> Result<&Arc<TableSchema>, JobError> {
+        let newest = self.segments.iter().max_by_key(|s| s.schema_version).ok_or_else(|| JobError::MissingVersion {
+            table: self.table().clone(),
+            segment: 0,
+            version: 0,
+        })?;
+        self.version(newest)
+    }
+
+    /// The schema version `segment`'s changes were written with, its columns under their Iceberg names once the
+    /// table is prepared (a renamed column's older rows go to the renamed field).
     pub fn version(&self, segment: &ClaimedSegment) -> Result<&Arc<TableSchema>, JobError> {
-        self.versions.get(&segment.schema_version).ok_or_else(|| JobError::MissingVersion {
+        let n = segment.schema_version;
+        self.named().and_then(|named| named.get(&n)).or_else(|| self.versions.get(&n)).ok_or_else(|| JobError::MissingVersion {
             table: self.table().clone(),
             segment: segment.id,
-            version: segment.schema_version,
+            version: n,
         })
     }
 
-    /// The number of a schema version of the table (a dead letter records it with its change).
+    /// The number of `version` (one of this job's, as [`FlushJob::version`] gave it).
     pub fn version_number(&self, version: &Arc<TableSchema>) -> Option<i32> {
-        self.versions.iter().find(|(_, v)| Arc::ptr_eq(v, version)).map(|(n, _)| *n)
+        let named = self.named().into_iter().flatten();
+        named.chain(self.versions.iter()).find(|(_, v)| Arc::ptr_eq(v, version)).map(|(n, _)| *n)
     }
 
     /// Reads the payloads of slice `index` from the buffer, on the lease's connection (as often as asked: the

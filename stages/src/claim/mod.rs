@@ -6,7 +6,7 @@
 pub mod failures;
 pub mod job;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -195,12 +195,20 @@ impl Claim {
                 (None, segments.instrument(claiming.clone()).await?)
             }
         };
+        let mut segments = segments;
         if segments.is_empty() {
             client.batch_execute("ROLLBACK").await?;
             return Ok(None);
         }
+        // A flush writes one schema version: it ends where the next begins (a schema change then lands in a
+        // commit of its own, and a version the table cannot take stops the table behind every earlier row). Not
+        // a retry: its token names all its segments, which one commit writes.
+        let boundary = segments.iter().position(|s| s.schema_version != segments[0].schema_version);
+        if let Some(end) = boundary.filter(|_| retry.is_none()) {
+            segments.truncate(end);
+        }
         crate::trace::link_segments(&span, &segments);
-        let mut versions = HashMap::new();
+        let mut versions = BTreeMap::new();
         let stored = schema_store::versions(&**client, &settings.pipeline, &lease.table.schema, &lease.table.name);
         for row in stored.instrument(claiming).await? {
             let schema: TableSchema = rmp_serde::from_slice(&row.columns).map_err(|e| ClaimError::Version {

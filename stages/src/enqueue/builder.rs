@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn incremental_encoding_is_byte_for_byte_the_segment_format() {
         let table = Arc::new(TableVersion {
-            schema: TableSchema { schema: "public".into(), table: "t".into(), columns: Vec::new(), replica_identity: ReplicaIdentity::Default, primary_key: Vec::new() },
+            schema: TableSchema { schema: "public".into(), table: "t".into(), columns: Vec::new(), replica_identity: ReplicaIdentity::Default, primary_key: Vec::new(), relid: None },
             version: 1,
         });
         let events: Vec<SegmentEvent> = (0..300)

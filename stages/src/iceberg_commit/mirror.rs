@@ -100,6 +100,16 @@ impl CommitCatalog {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::catalog::table::CommitMetadata for CommitCatalog {
+    async fn commit_metadata(&self, base: &Table, built: TableMetadataBuildResult) -> Result<(), iceberg::Error> {
+        CommitCatalog::commit_metadata(self, base, built).await.map_err(|e| {
+            let kind = if e.is_conflict() { iceberg::ErrorKind::CatalogCommitConflicts } else { iceberg::ErrorKind::Unexpected };
+            iceberg::Error::new(kind, crate::report::chain(&e))
+        })
+    }
+}
+
 impl SqlCatalogSession {
     /// The session, opened on first use and again after it broke.
     async fn session(&self) -> Result<tokio::sync::MutexGuard<'_, Option<tokio_postgres::Client>>, IcebergCommitError> {

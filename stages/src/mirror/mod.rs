@@ -172,7 +172,7 @@ mod tests {
     use crate::position::Lsn;
 
     fn column(name: &str, pg_type: PgType, oid: u32, part_of_key: bool) -> ColumnSchema {
-        ColumnSchema { name: name.into(), pg_type, type_oid: oid, type_modifier: -1, part_of_key }
+        ColumnSchema { name: name.into(), pg_type, type_oid: oid, type_modifier: -1, part_of_key, attnum: None }
     }
 
     /// `t (id int, x double precision, note text)` under `identity`; `full` marks every column as key (what
@@ -189,6 +189,7 @@ mod tests {
             ],
             replica_identity: identity,
             primary_key: primary_key.iter().map(|c| c.to_string()).collect(),
+            relid: None,
         }
     }
 

@@ -146,7 +146,12 @@ pub fn convert_again(raw: &SegmentEvent, from: &TableSchema, to: &TableVersion) 
             .columns
             .iter()
             .map(|column| {
-                let at = from.columns.iter().position(|c| c.name == column.name);
+                // The same column: by attnum within one relation (a renamed column keeps its value), else by name.
+                let same_relation = from.relid.is_some() && from.relid == to.schema.relid;
+                let at = match column.attnum.filter(|_| same_relation) {
+                    Some(attnum) => from.columns.iter().position(|c| c.attnum == Some(attnum)),
+                    None => from.columns.iter().position(|c| c.name == column.name),
+                };
                 match at.and_then(|i| values.get(i)) {
                     None | Some(Value::Null) => ColumnData::Null,
                     Some(Value::Unchanged) => ColumnData::UnchangedToast,
@@ -198,6 +203,7 @@ mod tests {
                 type_oid: 0,
                 type_modifier: -1,
                 part_of_key: *name == "id",
+                attnum: None,
             })
             .collect();
         let schema = TableSchema {
@@ -206,6 +212,7 @@ mod tests {
             columns,
             replica_identity: ReplicaIdentity::Default,
             primary_key: Vec::new(),
+            relid: None,
         };
         TableVersion { schema, version }
     }
@@ -240,5 +247,32 @@ mod tests {
         assert_eq!(converted.old, Some(vec![Value::Int32(2), Value::Null, Value::Null]));
         assert_eq!((converted.op, converted.commit_lsn, converted.seq, converted.xid, converted.commit_ts), (Op::Update, Lsn(0x10), 3, 7, 42));
         assert_eq!(converted.old_is_full, Some(false));
+    }
+
+    #[test]
+    fn a_renamed_column_keeps_its_value_when_converted_again() {
+        let numbered = |mut v: TableVersion| {
+            v.schema.relid = Some(16384);
+            for (column, attnum) in v.schema.columns.iter_mut().zip(1..) {
+                column.attnum = Some(attnum);
+            }
+            v
+        };
+        let v1 = numbered(version(1, &[("id", PgType::Int4), ("arr", PgType::Array(Box::new(PgType::Int4))), ("note", PgType::Text)]));
+        let mut v2 = numbered(version(2, &[("id", PgType::Int4), ("arr", PgType::Text), ("remark", PgType::Text)]));
+        v2.schema.columns[2].attnum = Some(3);
+        let change = ChangeEvent {
+            commit_lsn: Lsn(0x10),
+            xid: 7,
+            commit_ts: 42,
+            relation_id: 1,
+            op: Op::Insert,
+            old: None,
+            new: Some(vec![text("2"), text("{{1,2},{3,4}}"), text("kept")]),
+            seq: 0,
+        };
+        let raw = raw(&change).expect("UTF-8 values");
+        let converted = convert_again(&raw, &v1.schema, &v2).expect("converts");
+        assert_eq!(converted.new, Some(vec![Value::Int32(2), Value::Text("{{1,2},{3,4}}".into()), Value::Text("kept".into())]));
     }
 }

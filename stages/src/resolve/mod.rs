@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use philotes_engine::{Emitter, Stage, StageError};
 use philotes_schemas::{
-    CatalogType, ColumnSchema, PgType, ReplicaIdentity, TableSchema, TypeResolver, CATALOG_TYPES_SQL, PRIMARY_KEY_SQL,
+    CatalogType, ColumnSchema, PgType, ReplicaIdentity, TableSchema, TypeResolver, ATTNUMS_SQL, CATALOG_TYPES_SQL,
+    PRIMARY_KEY_SQL,
 };
 use tokio_postgres::{Client, Config};
 
@@ -326,8 +327,10 @@ impl SchemaResolve {
                 type_oid: c.type_oid,
                 type_modifier: c.type_modifier,
                 part_of_key: c.is_key,
+                attnum: None,
             });
         }
+        self.number_columns(relation.id, &key, &mut columns).await?;
         if !unmappable.is_empty() {
             self.stop_table(&key, &mut unmappable).await?;
         }
@@ -344,6 +347,7 @@ impl SchemaResolve {
             columns,
             replica_identity: relation.replica_identity,
             primary_key,
+            relid: Some(relation.id),
         };
         let version = match self.latest.get(&key) {
             Some(current) if current.schema == schema => current.clone(),
@@ -368,6 +372,42 @@ impl SchemaResolve {
             }
         };
         Ok(version)
+    }
+
+    /// Gives each column of a new Relation message of `key` (relation `relid`) its attnum, which pgoutput does not
+    /// send: a column the newest version has under the same name (same relation) keeps that one; another is
+    /// looked up by name in the source catalog now (a renamed or added column). The catalog is read as it is now,
+    /// not as it was when the message was written: a column renamed twice, or renamed and then dropped, while the
+    /// capture was behind gets no attnum, and is then matched by name (a rename read as a drop and an add).
+    async fn number_columns(&self, relid: u32, key: &TableId, columns: &mut [ColumnSchema]) -> Result<(), ResolveError> {
+        let latest = self.latest.get(key).map(|v| &v.schema).filter(|v| v.relid == Some(relid));
+        let mut unknown = false;
+        for column in columns.iter_mut() {
+            column.attnum = latest.and_then(|v| v.column(&column.name)).and_then(|c| c.attnum);
+            unknown |= column.attnum.is_none();
+        }
+        if unknown {
+            let (source, _) = self.clients.as_ref().ok_or(ResolveError::NotStarted)?;
+            let catalog: HashMap<String, i16> =
+                source.query(ATTNUMS_SQL, &[&relid]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
+            for column in columns.iter_mut().filter(|c| c.attnum.is_none()) {
+                column.attnum = catalog.get(&column.name).copied();
+            }
+        }
+        // Two columns can never share an attnum; if the catalog moved on so far that they seem to, trust neither.
+        let mut seen = HashMap::new();
+        for (i, column) in columns.iter().enumerate() {
+            if let Some(attnum) = column.attnum {
+                seen.entry(attnum).or_insert_with(Vec::new).push(i);
+            }
+        }
+        for (attnum, at) in seen.into_iter().filter(|(_, at)| at.len() > 1) {
+            tracing::warn!(table = %key, attnum, "two columns map to one attribute number; matching them by name");
+            for i in at {
+                columns[i].attnum = None;
+            }
+        }
+        Ok(())
     }
 
     /// A snapshot watermark of this pipeline at `lsn`: a low one opens its chunk's window; a high one turns the

@@ -123,6 +123,7 @@ mod tests {
                 type_oid: 20,
                 type_modifier: -1,
                 part_of_key: *n == "id",
+                attnum: None,
             })
             .collect()
     }

@@ -21,6 +21,7 @@ use philotes_schemas::{
 use super::*;
 pub(super) use crate::changelog::*;
 use crate::position::{Lsn, Position};
+use crate::catalog::evolve;
 use crate::segment::SegmentEvent;
 
 mod perf;
@@ -38,7 +39,16 @@ fn col(name: &str, pg_type: PgType, part_of_key: bool) -> ColumnSchema {
         type_oid: 0,
         type_modifier: -1,
         part_of_key,
+        attnum: None,
     }
+}
+
+/// `current` evolved for rows of `used`, the last of `versions` (numbered 1, 2, …): the schema the table has then.
+fn evolved(current: &Schema, versions: &[&Arc<TableSchema>]) -> Result<Schema, SchemaError> {
+    let all: std::collections::BTreeMap<i32, Arc<TableSchema>> =
+        versions.iter().zip(1..).map(|(v, n)| (n, (*v).clone())).collect();
+    let plan = evolve::plan(current, None, &all, &[versions.len() as i32]).map_err(|refused| refused.error)?;
+    Ok(plan.schema.unwrap_or_else(|| current.clone()))
 }
 
 fn table(columns: Vec<ColumnSchema>) -> Arc<TableSchema> {
@@ -48,6 +58,7 @@ fn table(columns: Vec<ColumnSchema>) -> Arc<TableSchema> {
         columns,
         replica_identity: ReplicaIdentity::Default,
         primary_key: Vec::new(),
+        relid: None,
     })
 }
 

@@ -91,21 +91,10 @@ fn an_older_version_is_projected_by_name_onto_the_newer_target() {
         col("id", PgType::Int4, true),
         col("body", PgType::Text, false),
     ]);
-    let mut target = changelog_schema(&v1).expect("schema");
-    let added = missing_columns(&target, &v2).expect("compatible");
-    assert_eq!(added.len(), 1);
-    // What the table looks like after `AddColumn::optional("extra", int)`: the new field at the end.
-    let mut fields: Vec<_> = target.as_struct().fields().to_vec();
-    let id = target.highest_field_id() + 1;
-    fields.push(Arc::new(iceberg::spec::NestedField::optional(
-        id,
-        &added[0].0,
-        added[0].1.clone(),
-    )));
-    target = Schema::builder()
-        .with_fields(fields)
-        .build()
-        .expect("schema");
+    let current = changelog_schema(&v1).expect("schema");
+    let target = evolved(&current, &[&v1, &v2]).expect("compatible");
+    assert_eq!(target.as_struct().fields().len(), current.as_struct().fields().len() + 1);
+    assert_eq!(target.as_struct().fields().last().map(|f| f.name.as_str()), Some("extra"), "the new field at the end");
 
     let out = build(
         &target,

@@ -87,14 +87,14 @@ fn a_source_column_named_like_a_changelog_column_is_refused() {
 }
 
 #[test]
-fn missing_columns_lists_added_columns_and_nothing_for_a_type_change_that_keeps_the_iceberg_type() {
+fn evolution_adds_new_columns_and_nothing_for_a_type_change_that_keeps_the_iceberg_type() {
     let v1 = table(vec![
         col("id", PgType::Int2, true),
         col("name", PgType::Varchar(Some(10)), false),
         col("doc", PgType::Json, false),
     ]);
     let current = changelog_schema(&v1).expect("schema");
-    assert_eq!(missing_columns(&current, &v1).expect("same"), vec![]);
+    assert_eq!(evolved(&current, &[&v1]).expect("same"), current);
     let v2 = table(vec![
         col("id", PgType::Int4, true),
         col("name", PgType::Text, false),
@@ -102,14 +102,16 @@ fn missing_columns_lists_added_columns_and_nothing_for_a_type_change_that_keeps_
         col("tags", PgType::Array(Box::new(PgType::Text)), false),
         col("note", PgType::Text, false),
     ]);
-    let missing = missing_columns(&current, &v2).expect("compatible");
-    let names: Vec<&str> = missing.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["tags", "note"]);
-    assert_eq!(missing[1].1, Type::Primitive(PrimitiveType::String));
-    assert_eq!(
-        philotes_type(&missing[0].1),
-        Some(IcebergType::List(Box::new(IcebergType::String)))
-    );
+    let after = evolved(&current, &[&v1, &v2]).expect("compatible");
+    let fields = after.as_struct().fields();
+    assert_eq!(fields[..current.as_struct().fields().len()], current.as_struct().fields()[..], "kept as they were");
+    let added: Vec<&str> = fields[current.as_struct().fields().len()..].iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(added, ["tags", "note"]);
+    let tags = after.as_struct().field_by_name("tags").expect("tags");
+    assert_eq!(philotes_type(&tags.field_type), Some(IcebergType::List(Box::new(IcebergType::String))));
+    assert!(tags.id > current.highest_field_id() && !tags.required);
+    let note = after.as_struct().field_by_name("note").expect("note");
+    assert_eq!(*note.field_type, Type::Primitive(PrimitiveType::String));
 }
 
 #[test]
@@ -123,7 +125,7 @@ fn an_older_narrower_version_fits_a_wider_table_column() {
         col("x", PgType::Float4, false),
     ]);
     let current = changelog_schema(&wide).expect("schema");
-    assert_eq!(missing_columns(&current, &narrow).expect("fits"), vec![]);
+    assert_eq!(evolved(&current, &[&narrow]).expect("fits"), current);
     let out = build(
         &current,
         vec![(
@@ -136,53 +138,56 @@ fn an_older_narrower_version_fits_a_wider_table_column() {
 }
 
 #[test]
-fn missing_columns_refuses_a_promotion_the_iceberg_crate_cannot_apply() {
+fn evolution_promotes_int_float_and_decimal_precision_keeping_field_ids() {
     let v1 = table(vec![
         col("id", PgType::Int4, true),
+        col("x", PgType::Float4, false),
         col("d", numeric(10, 2), false),
+        col("ns", PgType::Array(Box::new(PgType::Int4)), false),
     ]);
     let current = changelog_schema(&v1).expect("schema");
     let v2 = table(vec![
         col("id", PgType::Int8, true),
-        col("d", numeric(10, 2), false),
-    ]);
-    let err = missing_columns(&current, &v2).expect_err("promotion");
-    let message = err.to_string();
-    assert!(
-        matches!(err, SchemaError::NeedsPromotion { .. }),
-        "{message}"
-    );
-    for part in [
-        "\"id\"",
-        "from Iceberg int",
-        "to long (bigint)",
-        "cannot change a column's type",
-    ] {
-        assert!(message.contains(part), "{part} in {message}");
-    }
-    let v3 = table(vec![
-        col("id", PgType::Int4, true),
+        col("x", PgType::Float8, false),
         col("d", numeric(12, 2), false),
+        col("ns", PgType::Array(Box::new(PgType::Int8)), false),
     ]);
-    let err = missing_columns(&current, &v3).expect_err("decimal promotion");
-    assert!(
-        err.to_string().contains("decimal(10,2) to decimal(12,2)"),
-        "{err}"
-    );
+    let after = evolved(&current, &[&v1, &v2]).expect("promotions");
+    for (name, wanted) in [
+        ("id", IcebergType::Long),
+        ("x", IcebergType::Double),
+        ("d", IcebergType::Decimal { precision: 12, scale: 2 }),
+        ("ns", IcebergType::List(Box::new(IcebergType::Long))),
+    ] {
+        let (old, new) = (current.as_struct().field_by_name(name).unwrap(), after.as_struct().field_by_name(name).unwrap());
+        assert_eq!(old.id, new.id, "{name} keeps its id");
+        assert_eq!(philotes_type(&new.field_type), Some(wanted), "{name}");
+    }
+    let element_id = |s: &Schema| match s.as_struct().field_by_name("ns").unwrap().field_type.as_ref() {
+        Type::List(list) => list.element_field.id,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(element_id(&current), element_id(&after), "the list element keeps its id");
+    assert_eq!(after.highest_field_id(), current.highest_field_id(), "no field added");
+    // Rows of the older version still fit the promoted table.
+    let out = build(&after, vec![(v1, vec![insert(0, vec![Value::Int32(7), Value::Float32(1.5), Value::Null, Value::Null])])]);
+    assert_eq!(array::<Int64Array>(&out.batch, "id").value(0), 7);
 }
 
 #[test]
-fn missing_columns_refuses_an_incompatible_change_naming_column_and_types() {
+fn evolution_refuses_an_incompatible_change_naming_column_and_types() {
     let v1 = table(vec![
         col("id", PgType::Int4, true),
         col("at", PgType::Timestamp, false),
+        col("d", numeric(12, 2), false),
     ]);
     let current = changelog_schema(&v1).expect("schema");
     let v2 = table(vec![
         col("id", PgType::Int4, true),
         col("at", PgType::TimestampTz, false),
+        col("d", numeric(12, 2), false),
     ]);
-    let err = missing_columns(&current, &v2).expect_err("incompatible");
+    let err = evolved(&current, &[&v1, &v2]).expect_err("incompatible");
     let message = err.to_string();
     assert!(
         matches!(err, SchemaError::IncompatibleType { .. }),
@@ -192,7 +197,14 @@ fn missing_columns_refuses_an_incompatible_change_naming_column_and_types() {
         message.contains("column \"at\" changed from Iceberg timestamp to timestamptz"),
         "{message}"
     );
-    // The same check guards build_batch, for a version that was never passed through missing_columns.
+    // Narrowing (while the table has the wider type) and a changed scale are refused too.
+    for (from, to) in [(PgType::Int8, PgType::Int4), (numeric(12, 2), numeric(12, 3)), (PgType::Text, PgType::Int4)] {
+        let before = table(vec![col("id", PgType::Int4, true), col("c", from, false)]);
+        let after = table(vec![col("id", PgType::Int4, true), col("c", to, false)]);
+        let current = changelog_schema(&before).expect("schema");
+        assert!(matches!(evolved(&current, &[&before, &after]), Err(SchemaError::IncompatibleType { .. })));
+    }
+    // The same check guards build_batch, for a version that was never passed through the evolution.
     let err = build_batch(&current, &[(v2, vec![])]).expect_err("incompatible");
     assert!(
         matches!(err, SchemaError::IncompatibleType { .. }),
