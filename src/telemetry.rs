@@ -45,7 +45,7 @@ const SERVICE_NAME: &str = "philotes";
 static TRACER_PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
 /// The tracing layer that exports philotes' spans over OTLP, or `None` (nothing installed, no cost) when no
-/// OTLP endpoint is set. The SDK reads the rest of the standard environment itself: `OTEL_SERVICE_NAME`,
+/// OTLP endpoint is set, or `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn the SDK off. The SDK reads the rest of the standard environment itself: `OTEL_SERVICE_NAME`,
 /// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` (default: every trace),
 /// `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the one built in), `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_*`.
 /// Only philotes' own spans (info and up) and its warnings go out, not those of the libraries under it.
@@ -55,7 +55,10 @@ where
 {
     use tracing_subscriber::Layer as _;
     let requested = OTLP_ENDPOINT_VARS.iter().any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
-    if !requested || TRACER_PROVIDER.get().is_some() {
+    // The specification's switches off, which win over an endpoint (set in a shared environment, say).
+    let set_to = |var: &str, value: &str| std::env::var(var).is_ok_and(|v| v.trim().eq_ignore_ascii_case(value));
+    let disabled = set_to("OTEL_SDK_DISABLED", "true") || set_to("OTEL_TRACES_EXPORTER", "none");
+    if !requested || disabled || TRACER_PROVIDER.get().is_some() {
         return Ok(None);
     }
     let exporter = opentelemetry_otlp::SpanExporter::builder()

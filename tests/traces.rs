@@ -176,7 +176,7 @@ async fn the_flush_span_links_across_the_buffer_to_the_capture_span_of_the_segme
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_an_otlp_endpoint_or_with_nothing_sampled_segments_carry_no_trace_context() {
+async fn without_an_otlp_endpoint_with_nothing_sampled_or_with_the_sdk_off_segments_carry_no_trace_context() {
     let db = philotes_testkit::shared().database("untraced").expect("database");
     db.psql(SCHEMA).expect("schema");
     create_table(&db, "orders");
@@ -198,8 +198,18 @@ async fn without_an_otlp_endpoint_or_with_nothing_sampled_segments_carry_no_trac
     wait_durable(&client, &pipeline.name, 2, &capture).await;
     capture.stop_cleanly().await;
 
+    // An endpoint and every span sampled, but the SDK turned off the standard ways: nothing installed.
+    for (i, off) in [("OTEL_SDK_DISABLED", "true"), ("OTEL_TRACES_EXPORTER", "none")].into_iter().enumerate() {
+        let mut env = traced(&receiver, "always_on");
+        env.push(off);
+        let capture = pipeline.start_streaming(&db, &["--role", "capture"], &env, &format!("capture-disabled-{i}.log")).await;
+        db.psql(&format!("INSERT INTO orders (id, name, amount) VALUES ({}, 'off', 1.25)", 3 + i)).expect("insert");
+        wait_durable(&client, &pipeline.name, 3 + i as i64, &capture).await;
+        capture.stop_cleanly().await;
+    }
+
     let contexts = trace_contexts(&client, &pipeline.name).await;
-    assert_eq!(contexts, vec![None, None], "no segment carries a trace context");
+    assert_eq!(contexts, vec![None, None, None, None], "no segment carries a trace context");
     // The clean stop flushed the exporter: had anything been sampled, it would be here.
     assert_eq!(receiver.requests(), 0, "nothing sampled, nothing exported: {:?}", receiver.spans());
 }

@@ -187,7 +187,8 @@ impl Philotes {
             .arg("run")
             .arg(&file.path)
             .args(["--role", role])
-            .env("RUST_LOG", "info,tokio_postgres=warn")
+            // `BENCH_RUST_LOG` (e.g. `info,philotes_stages=debug`) for a look at where a run's time goes.
+            .env("RUST_LOG", std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info,tokio_postgres=warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -317,7 +317,11 @@ impl Committer {
         fault::hit(fault::AFTER_PARQUET);
         let properties = summary(&self.pipeline, job, committed);
         let tx = Transaction::new(&table);
-        let tx = tx.fast_append().add_data_files(files).set_snapshot_properties(properties).apply(tx)?;
+        // No duplicate check: it reads every manifest of the table (one more per commit, so each commit got slower
+        // than the last), and our files are new by name (`philotes-{pipeline}-{uuid}…`, a retried flush writes new
+        // ones), so it can find nothing.
+        let append = tx.fast_append().with_check_duplicate(false);
+        let tx = append.add_data_files(files).set_snapshot_properties(properties).apply(tx)?;
         self.catalog.guard(&job.target, table.metadata().current_snapshot_id());
         fault::delay_before_commit(&job.target.to_string()).await;
         let result = tx.commit(self.catalog.as_ref()).await;

@@ -8,7 +8,6 @@
 //! and spec id. Equality deletes are written with the table's unpartitioned spec: they apply to every partition
 //! ([`crate::catalog::partition`] says why).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
@@ -32,8 +31,6 @@ use super::IcebergCommitError;
 use crate::changelog::{LSN, SEQ};
 use crate::claim::SLICE_EVENTS;
 use crate::position::{Lsn, Position};
-
-static FILE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Encoded bytes per Parquet row group at most (Java's `parquet.block.size` is 128 MiB too): the writer keeps
 /// the row group it is filling in memory, so this bounds its memory on wide tables; narrow tables still get
@@ -129,7 +126,8 @@ pub(super) async fn open_equality_deletes(
     Ok(Box::new(EqualityDeleteFileWriterBuilder::new(rolling, config).build(global).await?))
 }
 
-/// Files of `table` named after the pipeline, this process and a counter, rolled at `target_file_size`.
+/// Files of `table` named after the pipeline and a random id per writer ([`file_prefix`]), rolled at
+/// `target_file_size`.
 fn rolling(
     pipeline: &str,
     table: &Table,
@@ -137,12 +135,15 @@ fn rolling(
     target_file_size: usize,
 ) -> Result<RollingFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>, IcebergCommitError> {
     let locations = DefaultLocationGenerator::new(table.metadata())?;
-    let names = DefaultFileNameGenerator::new(
-        format!("philotes-{}-{}-{}", pipeline, std::process::id(), FILE_COUNTER.fetch_add(1, Ordering::Relaxed)),
-        None,
-        DataFileFormat::Parquet,
-    );
+    let names = DefaultFileNameGenerator::new(file_prefix(pipeline), None, DataFileFormat::Parquet);
     Ok(RollingFileWriterBuilder::new(parquet, target_file_size, table.file_io().clone(), locations, names))
+}
+
+/// The name prefix of one writer's files: `philotes-{pipeline}-{random uuid}`. Never the process id and a
+/// counter: a restarted process may get the same pid (always 1 in a container), and a file of the same name
+/// would overwrite a committed one in place.
+fn file_prefix(pipeline: &str) -> String {
+    format!("philotes-{pipeline}-{}", uuid::Uuid::new_v4())
 }
 
 /// The rows of `batch` after `position` (by the `_lsn`/`_seq` columns); all of them when `position` is `None`.
@@ -159,4 +160,14 @@ pub(super) fn rows_after(batch: &RecordBatch, position: Option<Position>) -> Res
     }
     let keep: BooleanArray = (0..batch.num_rows()).map(|i| Some(after(i))).collect();
     Ok(arrow::compute::filter_record_batch(batch, &keep)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn file_names_differ_for_every_writer_whatever_the_process() {
+        let (a, b) = (super::file_prefix("p"), super::file_prefix("p"));
+        assert!(a.starts_with("philotes-p-") && b.starts_with("philotes-p-"), "{a} {b}");
+        assert_ne!(a, b, "two writers (of this process or a restarted one with the same pid) never share names");
+    }
 }
