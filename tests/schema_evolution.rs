@@ -386,3 +386,29 @@ async fn a_mirror_follows_promotions_renames_drops_and_a_re_added_column_mid_str
         .collect();
     assert_eq!(lake.join(";"), source);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_partition_column_keeps_the_spec_and_the_table_flowing() {
+    let db = database("schema_partition_rename");
+    db.psql("CREATE TABLE ev (id int PRIMARY KEY, ts timestamptz, n bigint)").expect("table");
+    let pipeline = Pipeline::new(&db, &["public.ev"], "{ workers: 1, max_events: 100000, interval: 200ms }");
+    crate::partition::partition(&pipeline, "ev", "\"day(ts)\"");
+    let run = pipeline.start_streaming(&db, &[], &[], "run.log").await;
+    let after = last_commit(&db, "INSERT INTO ev VALUES (1, '2026-01-01 10:00+00', 1), (2, '2026-01-02 10:00+00', 2)");
+    run.wait_until("the first rows in iceberg", Duration::from_secs(60), || async { drained(&db, &pipeline.name, &after) }).await;
+    // The pipeline file still says day(ts): the spec binds the field by id, so nothing needs to change.
+    db.psql("ALTER TABLE ev RENAME ts TO happened_at").expect("rename");
+    let after = last_commit(&db, "INSERT INTO ev VALUES (3, '2026-01-03 10:00+00', 3)");
+    run.wait_until("the row after the rename in iceberg", Duration::from_secs(60), || async { drained(&db, &pipeline.name, &after) }).await;
+    assert_status_clean(&pipeline.file);
+    run.stop_cleanly().await;
+    let catalog = catalog::connect(&pipeline.catalog()).await.expect("catalog");
+    let table = catalog.load_table(&iceberg::TableIdent::from_strs(["lake", "ev"]).expect("ident")).await.expect("table");
+    let metadata = table.metadata();
+    assert_eq!(metadata.partition_specs_iter().count(), 1, "no new spec");
+    let spec = metadata.default_partition_spec();
+    let source = metadata.current_schema().field_by_name("happened_at").expect("renamed field").id;
+    assert_eq!(spec.fields().iter().map(|f| f.source_id).collect::<Vec<_>>(), [source], "the spec follows the renamed column");
+    let rows = read_with_iceberg_crate(&pipeline, "ev").await;
+    assert_eq!(rows.iter().filter(|r| r.get("happened_at").is_some_and(|v| !v.is_null())).count(), 3);
+}

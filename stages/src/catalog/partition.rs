@@ -124,6 +124,15 @@ pub fn unbound_spec(table: &str, fields: &[PartitionField], schema: &Schema) -> 
     Ok(spec)
 }
 
+/// Whether `spec` is the spec philotes made for `fields` (the same field names and transforms, in order), whose
+/// columns may have been renamed since: a spec binds its columns by field id, so it still partitions the renamed
+/// columns, and the pipeline file, which names them as they were, needs no edit.
+fn renamed_since(spec: &PartitionSpec, fields: &[PartitionField]) -> bool {
+    !fields.is_empty()
+        && spec.fields().len() == fields.len()
+        && spec.fields().iter().zip(fields).all(|(have, want)| have.name == field_name(want) && have.transform == want.transform)
+}
+
 /// Whether `spec` partitions as `wanted` does: the same transforms of the same columns, in order (names aside:
 /// a table made by another tool may name its fields otherwise).
 pub fn same_partitioning(spec: &PartitionSpec, wanted: &UnboundPartitionSpec) -> bool {
@@ -152,12 +161,18 @@ impl Tables {
         mirror: bool,
     ) -> Result<Result<Table, PartitionError>, iceberg::Error> {
         let metadata = table.metadata();
-        let wanted = match unbound_spec(&table.identifier().to_string(), fields, metadata.current_schema()) {
-            Ok(spec) => spec,
-            Err(e) => return Ok(Err(e)),
-        };
-        let respec = !same_partitioning(metadata.default_partition_spec(), &wanted);
         let global_deletes = mirror && !fields.is_empty() && unpartitioned_spec_id(&table).is_none();
+        let (wanted, respec) = if renamed_since(metadata.default_partition_spec(), fields) {
+            (None, false)
+        } else {
+            match unbound_spec(&table.identifier().to_string(), fields, metadata.current_schema()) {
+                Ok(spec) => {
+                    let respec = !same_partitioning(metadata.default_partition_spec(), &spec);
+                    (Some(spec), respec)
+                }
+                Err(e) => return Ok(Err(e)),
+            }
+        };
         if !respec && !global_deletes {
             return Ok(Ok(table));
         }
@@ -167,7 +182,9 @@ impl Tables {
             builder = builder.add_partition_spec(UnboundPartitionSpec::builder().build())?;
         }
         let (from, to) = (metadata.default_partition_spec_id(), fields.iter().map(ToString::to_string).collect::<Vec<_>>());
-        builder = builder.add_partition_spec(wanted)?.set_default_partition_spec(-1)?;
+        if let Some(wanted) = wanted.filter(|_| respec) {
+            builder = builder.add_partition_spec(wanted)?.set_default_partition_spec(-1)?;
+        }
         let table = self.commit_metadata(&table, builder.build()?).await?;
         tracing::info!(table = %table.identifier(), from_spec = from, spec = table.metadata().default_partition_spec_id(),
             partition = ?to, "set the iceberg table's partition spec");
@@ -243,5 +260,28 @@ mod tests {
         let hourly = unbound_spec("s.t", &[field("created_at", Transform::Hour)], &schema).unwrap();
         assert!(!same_partitioning(&bound, &hourly));
         assert!(same_partitioning(&PartitionSpec::unpartition_spec(), &unbound_spec("s.t", &[], &schema).unwrap()));
+    }
+
+    #[test]
+    fn a_spec_made_for_the_fields_stays_when_its_column_was_renamed() {
+        let schema = schema();
+        let fields = [field("created_at", Transform::Day), field("id", Transform::Bucket(16))];
+        let spec = unbound_spec("s.t", &fields, &schema).unwrap().bind(schema.clone()).unwrap();
+        // `created_at` renamed on the source (and in Iceberg, same field id): the file still says `created_at`.
+        let renamed = Schema::builder()
+            .with_fields(schema.as_struct().fields().iter().map(|f| {
+                let mut f = f.as_ref().clone();
+                if f.name == "created_at" {
+                    f.name = "created".into();
+                }
+                f.into()
+            }).collect::<Vec<_>>())
+            .build()
+            .unwrap();
+        assert!(unbound_spec("s.t", &fields, &renamed).is_err(), "the name alone no longer resolves");
+        assert!(renamed_since(&spec, &fields), "the spec made for these fields is kept");
+        assert!(!renamed_since(&spec, &[field("created_at", Transform::Hour), field("id", Transform::Bucket(16))]));
+        assert!(!renamed_since(&spec, &fields[..1]));
+        assert!(!renamed_since(&PartitionSpec::unpartition_spec(), &[]));
     }
 }
