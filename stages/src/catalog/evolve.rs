@@ -208,7 +208,7 @@ pub fn plan(
         fields.iter().filter(|f| !holder.contains_key(&f.id)).map(|f| f.name.clone()).collect();
     let newest_name = |key: &ColumnKey| names[key].last().cloned().unwrap_or_default();
     let mut name_of: HashMap<i32, String> = HashMap::new();
-    let mut added_names: Vec<String> = Vec::new();
+    let mut new_name_of: HashMap<ColumnKey, String> = HashMap::new();
     for key in keys.iter().filter(|k| live.contains(*k) && matches!(k, ColumnKey::Attnum(..))) {
         let name = unique(newest_name(key), &claimed);
         claimed.insert(name.clone());
@@ -216,7 +216,9 @@ pub fn plan(
             Some(id) => {
                 name_of.insert(*id, name);
             }
-            None if added.iter().any(|(k, _)| k == key) => added_names.push(name),
+            None if added.iter().any(|(k, _)| k == key) => {
+                new_name_of.insert(key.clone(), name);
+            }
             None => {}
         }
     }
@@ -244,11 +246,12 @@ pub fn plan(
         new_fields.push(Arc::new(field));
     }
     let mut next_id = current.highest_field_id();
-    let mut new_names = added_names.into_iter();
     for (key, ty) in &added {
-        let name = match key {
-            ColumnKey::Attnum(..) => new_names.next().unwrap_or_else(|| newest_name(key)),
-            ColumnKey::Name(name) => unique(name.clone(), &claimed),
+        // A live column's name was chosen above; another (a version without attnums, or a column the newest
+        // version written dropped) takes its newest name, or a free variant of it.
+        let name = match new_name_of.remove(key) {
+            Some(name) => name,
+            None => unique(newest_name(key), &claimed),
         };
         claimed.insert(name.clone());
         next_id += 1;

@@ -148,3 +148,19 @@ fn versions_without_attnums_match_by_name_and_join_the_record_later() {
     assert_eq!(names(step.schema.as_ref().expect("renamed")), [(1, "id".to_string()), (2, "b".to_string())]);
     assert_eq!(step.versions[&1].columns[1].name, "b", "the legacy version's a is the renamed field");
 }
+
+#[test]
+fn a_flush_of_several_versions_adds_each_new_column_under_its_own_name() {
+    // A retry's flush may hold rows of several versions: here x (added, then dropped) and y (added after).
+    let v1 = version(RELID, vec![col("id", 1, PgType::Int4)]);
+    let v2 = version(RELID, vec![col("id", 1, PgType::Int4), col("x", 2, PgType::Text)]);
+    let v3 = version(RELID, vec![col("id", 1, PgType::Int4), col("y", 3, PgType::Int4)]);
+    let (schema, record) = created(&v1);
+    let step = plan(&schema, Some(&record), &numbered(&[v1, v2, v3]), &[2, 3]).expect("plan");
+    let after = step.schema.expect("two columns added");
+    let x = after.as_struct().field_by_name("x").expect("x");
+    let y = after.as_struct().field_by_name("y").expect("y");
+    assert_eq!((x.field_type.to_string(), y.field_type.to_string()), ("string".to_string(), "int".to_string()));
+    assert_eq!(step.versions[&2].columns[1].name, "x");
+    assert_eq!(step.versions[&3].columns[1].name, "y");
+}
