@@ -83,6 +83,34 @@ pub fn has_binary(pg_type: &PgType) -> bool {
 ///
 /// [`parse_text`]: crate::parse_text
 pub fn parse_binary(pg_type: &PgType, bytes: &[u8]) -> Result<Value, ParseError> {
+    parse_binary_borrowed(pg_type, bytes).map(BinaryValue::into_value)
+}
+
+/// What [`parse_binary`] gives, with a text or byte value left in the field it came from: the snapshot writes
+/// those straight into a segment, without an owned copy per value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BinaryValue<'a> {
+    /// Would be [`Value::Text`] of this text.
+    Text(&'a str),
+    /// Would be [`Value::Bytes`] of these bytes.
+    Bytes(&'a [u8]),
+    /// Any other value, as it is.
+    Other(Value),
+}
+
+impl BinaryValue<'_> {
+    /// The owned value ([`parse_binary`]'s).
+    pub fn into_value(self) -> Value {
+        match self {
+            BinaryValue::Text(text) => Value::Text(text.to_owned()),
+            BinaryValue::Bytes(bytes) => Value::Bytes(bytes.to_vec()),
+            BinaryValue::Other(value) => value,
+        }
+    }
+}
+
+/// [`parse_binary`], borrowing text and bytes from `bytes` (same values, same errors).
+pub fn parse_binary_borrowed<'a>(pg_type: &PgType, bytes: &'a [u8]) -> Result<BinaryValue<'a>, ParseError> {
     decode(pg_type, bytes).map_err(|reason| {
         let shown = &bytes[..bytes.len().min(QUOTED_BYTES)];
         let mut input = String::with_capacity(2 + 2 * shown.len() + 1);
@@ -101,8 +129,8 @@ pub fn parse_binary(pg_type: &PgType, bytes: &[u8]) -> Result<Value, ParseError>
     })
 }
 
-fn decode(pg_type: &PgType, bytes: &[u8]) -> Result<Value, String> {
-    Ok(match pg_type {
+fn decode<'a>(pg_type: &PgType, bytes: &'a [u8]) -> Result<BinaryValue<'a>, String> {
+    Ok(BinaryValue::Other(match pg_type {
         PgType::Bool => match fixed::<1>(bytes)? {
             [0] => Value::Bool(false),
             [1] => Value::Bool(true),
@@ -127,7 +155,7 @@ fn decode(pg_type: &PgType, bytes: &[u8]) -> Result<Value, String> {
             }
             Value::Numeric(text)
         }
-        PgType::Bytea => Value::Bytes(bytes.to_vec()),
+        PgType::Bytea => return Ok(BinaryValue::Bytes(bytes)),
         PgType::Date => Value::Date(date_days(i32::from_be_bytes(fixed(bytes)?))?),
         PgType::Time => {
             let micros = i64::from_be_bytes(fixed(bytes)?);
@@ -149,15 +177,15 @@ fn decode(pg_type: &PgType, bytes: &[u8]) -> Result<Value, String> {
         }
         PgType::Uuid => Value::Uuid(fixed(bytes)?),
         PgType::Jsonb => match bytes.split_first() {
-            Some((&JSONB_VERSION, text)) => Value::Text(utf8(text)?.to_owned()),
+            Some((&JSONB_VERSION, text)) => return Ok(BinaryValue::Text(utf8(text)?)),
             Some((version, _)) => return Err(format!("unknown jsonb format version {version}")),
             None => return Err("empty jsonb field, expected a version byte".into()),
         },
         PgType::Text | PgType::Varchar(_) | PgType::Char(_) | PgType::Name | PgType::Json => {
-            Value::Text(utf8(bytes)?.to_owned())
+            return Ok(BinaryValue::Text(utf8(bytes)?))
         }
         _ => return Err("no binary decoder for this type; select the column as text".into()),
-    })
+    }))
 }
 
 /// The field as exactly `N` bytes.

@@ -77,7 +77,7 @@ mod text;
 mod value;
 
 pub use crate::arrow::{decimal128_unscaled, iceberg_time_micros};
-pub use crate::binary::{has_binary, parse_binary};
+pub use crate::binary::{has_binary, parse_binary, parse_binary_borrowed, BinaryValue};
 pub use crate::civil::{civil_from_days, days_from_civil};
 pub use crate::error::{
     ConvertError, IncompatibleSchema, ParseError, TypeConflict, UnsupportedType,

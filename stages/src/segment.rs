@@ -54,6 +54,87 @@ pub fn encode(events: &[SegmentEvent]) -> Result<Vec<u8>, SegmentError> {
     Ok(rmp_serde::to_vec(events)?)
 }
 
+/// Appends `value` as a segment holds it (`rmp-serde`'s form of [`Value`]: a unit variant is its tag, any other
+/// a one-entry map from its tag to its payload). The scalar variants are written here directly, the same bytes
+/// without serde's dispatch (a unit test compares every variant with `rmp-serde`).
+pub fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), SegmentError> {
+    let encode = |e: rmp::encode::ValueWriteError| SegmentError::Encode(e.into());
+    let int = |out: &mut Vec<u8>, tag: &str, v: i64| -> Result<(), SegmentError> {
+        write_tagged(out, tag)?;
+        rmp::encode::write_sint(out, v).map(drop).map_err(encode)
+    };
+    match value {
+        Value::Null => rmp::encode::write_str(out, "n").map_err(encode),
+        Value::Unchanged => rmp::encode::write_str(out, "u").map_err(encode),
+        Value::Bool(v) => {
+            write_tagged(out, "b")?;
+            rmp::encode::write_bool(out, *v).map_err(|e| SegmentError::Encode(rmp::encode::ValueWriteError::InvalidMarkerWrite(e).into()))
+        }
+        Value::Int16(v) => int(out, "h", i64::from(*v)),
+        Value::Int32(v) => int(out, "i", i64::from(*v)),
+        Value::Int64(v) => int(out, "l", *v),
+        Value::Float32(v) => {
+            write_tagged(out, "f")?;
+            rmp::encode::write_f32(out, *v).map_err(encode)
+        }
+        Value::Float64(v) => {
+            write_tagged(out, "d")?;
+            rmp::encode::write_f64(out, *v).map_err(encode)
+        }
+        Value::Numeric(text) => {
+            write_tagged(out, "N")?;
+            rmp::encode::write_str(out, text).map_err(encode)
+        }
+        Value::Text(text) => write_text(out, text),
+        Value::Bytes(bytes) => write_bytes(out, bytes),
+        Value::Date(v) => int(out, "D", i64::from(*v)),
+        Value::Time(v) => int(out, "t", *v),
+        Value::Timestamp(v) => int(out, "T", *v),
+        Value::TimestampTz(v) => int(out, "Z", *v),
+        Value::Interval(_) | Value::Uuid(_) | Value::Array(_) => Ok(rmp_serde::encode::write(out, value)?),
+    }
+}
+
+/// Appends the head of a row of `values` values (a MessagePack array), before its values.
+pub fn write_row_head(out: &mut Vec<u8>, values: usize) -> Result<(), SegmentError> {
+    let values = u32::try_from(values).map_err(|_| SegmentError::Encode(rmp_serde::encode::Error::Syntax("a row too wide".into())))?;
+    rmp::encode::write_array_len(out, values).map_err(|e| SegmentError::Encode(e.into()))?;
+    Ok(())
+}
+
+/// Appends `Value::Text(text)` as [`write_value`] does, from a borrowed text: `{"s": text}`.
+pub fn write_text(out: &mut Vec<u8>, text: &str) -> Result<(), SegmentError> {
+    write_tagged(out, "s")?;
+    rmp::encode::write_str(out, text).map_err(|e| SegmentError::Encode(e.into()))
+}
+
+/// Appends `Value::Bytes(bytes)` as [`write_value`] does, from borrowed bytes: `{"x": bin}`.
+pub fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), SegmentError> {
+    write_tagged(out, "x")?;
+    rmp::encode::write_bin(out, bytes).map_err(|e| SegmentError::Encode(e.into()))
+}
+
+/// The head of a `Value` variant with a payload: a one-entry map keyed by the variant's tag.
+fn write_tagged(out: &mut Vec<u8>, tag: &str) -> Result<(), SegmentError> {
+    rmp::encode::write_map_len(out, 1).map_err(|e| SegmentError::Encode(e.into()))?;
+    rmp::encode::write_str(out, tag).map_err(|e| SegmentError::Encode(e.into()))
+}
+
+/// Appends `event`, whose new row must be `Some` of an empty row, without that row: the caller appends the
+/// row's MessagePack array itself (`resolve::convert::encode_row`), and the whole is the bytes of the event
+/// with that row, as [`encode`] writes it.
+pub fn write_event_head(out: &mut Vec<u8>, event: &SegmentEvent) -> Result<(), SegmentError> {
+    if !event.new.as_ref().is_some_and(Vec::is_empty) {
+        return Err(SegmentError::Encode(rmp_serde::encode::Error::Syntax("the event's new row must be empty".into())));
+    }
+    rmp_serde::encode::write(out, event)?;
+    // The empty row is the event's last byte, a fixarray of 0 (`new` is the last field).
+    match out.pop() {
+        Some(0x90) => Ok(()),
+        _ => Err(SegmentError::Encode(rmp_serde::encode::Error::Syntax("an event does not end with its new row".into()))),
+    }
+}
+
 /// Decodes a segment's changes.
 ///
 /// A hand-written reader takes the exact form [`encode`] writes (several times faster than `rmp-serde`'s
@@ -517,6 +598,50 @@ mod fast {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_written_directly_are_rmp_serdes_bytes() {
+        use philotes_schemas::Interval;
+        let mut values = vec![
+            Value::Null,
+            Value::Unchanged,
+            Value::Bool(true),
+            Value::Bool(false),
+            Value::Numeric("-1234.50".into()),
+            Value::Numeric("NaN".into()),
+            Value::Text(String::new()),
+            Value::Text("é".repeat(40)),
+            Value::Text("x".repeat(70_000)),
+            Value::Bytes(Vec::new()),
+            Value::Bytes(vec![7; 300]),
+            Value::Bytes(vec![1; 70_000]),
+            Value::Interval(Interval { months: 1, days: -2, micros: 3 }),
+            Value::Uuid([9; 16]),
+            Value::Array(vec![Value::Int32(1), Value::Null]),
+            Value::Float32(f32::NAN),
+            Value::Float32(-0.0),
+            Value::Float64(f64::INFINITY),
+            Value::Float64(1.5e300),
+        ];
+        for v in [0i64, 1, -1, 31, 32, -32, -33, 127, 128, -128, -129, 255, 256, 65_535, 65_536, -32_768, -32_769, i64::from(i32::MAX), i64::from(i32::MIN), i64::MAX, i64::MIN] {
+            values.push(Value::Int64(v));
+            values.push(Value::Time(v));
+            values.push(Value::Timestamp(v));
+            values.push(Value::TimestampTz(v));
+            if let Ok(v) = i32::try_from(v) {
+                values.push(Value::Int32(v));
+                values.push(Value::Date(v));
+            }
+            if let Ok(v) = i16::try_from(v) {
+                values.push(Value::Int16(v));
+            }
+        }
+        for value in values {
+            let mut direct = Vec::new();
+            write_value(&mut direct, &value).expect("writes");
+            assert_eq!(direct, rmp_serde::to_vec(&value).expect("encodes"), "{value:?}");
+        }
+    }
 
     #[test]
     fn an_op_is_stored_as_its_code_so_buffers_written_before_op_was_typed_still_read() {

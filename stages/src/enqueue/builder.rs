@@ -38,15 +38,26 @@ impl SegmentBuilder {
     pub(super) fn push(&mut self, event: &SegmentEvent) -> Result<usize, SegmentError> {
         let before = self.body.len();
         rmp_serde::encode::write(&mut self.body, event)?;
-        let position = event.position();
+        self.note(event.position(), event.commit_ts);
+        Ok(self.body.len() - before)
+    }
+
+    /// Takes one change already encoded (`encoded` are its bytes as [`push`](Self::push) would write them).
+    pub(super) fn push_encoded(&mut self, position: Position, commit_ts: i64, encoded: &[u8]) -> usize {
+        self.body.extend_from_slice(encoded);
+        self.note(position, commit_ts);
+        encoded.len()
+    }
+
+    /// Counts a change just added at `position`.
+    fn note(&mut self, position: Position, commit_ts: i64) {
         if self.first.is_none() {
             self.first = Some(position);
             self.span = crate::trace::segment_span(&self.table.schema.schema, &self.table.schema.table, self.table.version);
         }
         self.last = Some(position);
-        self.oldest_commit_ts = Some(self.oldest_commit_ts.map_or(event.commit_ts, |t| t.min(event.commit_ts)));
+        self.oldest_commit_ts = Some(self.oldest_commit_ts.map_or(commit_ts, |t| t.min(commit_ts)));
         self.count += 1;
-        Ok(self.body.len() - before)
     }
 
     pub(super) fn len(&self) -> usize {

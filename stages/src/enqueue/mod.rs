@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use philotes_engine::{Emitter, Stage, StageError};
 use tokio_postgres::{Client, Config};
 
-use crate::position::Lsn;
-use crate::resolve::Resolved;
+use crate::position::{Lsn, Position};
+use crate::resolve::{EncodedRows, Resolved};
 use crate::source::DurableSender;
 use crate::store::checkpoints::{self, Checkpoint};
 use crate::snapshot::{ChunkDone, ChunkFate};
@@ -149,11 +149,25 @@ impl Enqueue {
     }
 
     fn add(&mut self, table: &Arc<crate::resolve::TableVersion>, event: &crate::segment::SegmentEvent) -> Result<(), EnqueueError> {
+        let index = self.builder_for(table)?;
+        self.building_bytes += self.building[index].push(event)?;
+        self.added(index, event.commit_ts)
+    }
+
+    /// [`add`](Self::add) of a change already encoded.
+    fn add_encoded(&mut self, rows: &EncodedRows, position: Position, bytes: &[u8]) -> Result<(), EnqueueError> {
+        let index = self.builder_for(&rows.table)?;
+        self.building_bytes += self.building[index].push_encoded(position, rows.commit_ts, bytes);
+        self.added(index, rows.commit_ts)
+    }
+
+    /// The index of the builder of `table`'s changes at its version (a new version cuts the older one's segment).
+    fn builder_for(&mut self, table: &Arc<crate::resolve::TableVersion>) -> Result<usize, EnqueueError> {
         let found = self
             .building
             .iter()
             .position(|b| b.table.schema.table == table.schema.table && b.table.schema.schema == table.schema.schema);
-        let index = match found {
+        Ok(match found {
             Some(index) => {
                 if self.building[index].table.version != table.version {
                     // A new schema version starts a new segment.
@@ -166,11 +180,14 @@ impl Enqueue {
                 self.building.push(SegmentBuilder::new(table.clone()));
                 self.building.len() - 1
             }
-        };
-        let builder = &mut self.building[index];
-        self.building_bytes += builder.push(event)?;
+        })
+    }
+
+    /// A change went into builder `index`: cuts its segment when full.
+    fn added(&mut self, index: usize, commit_ts: i64) -> Result<(), EnqueueError> {
         self.oldest.get_or_insert_with(Instant::now);
-        telemetry::capture_holds(event.commit_ts);
+        telemetry::capture_holds(commit_ts);
+        let builder = &self.building[index];
         if builder.len() >= self.limits.max_events || builder.bytes() >= self.limits.max_bytes {
             self.cut(index)?;
         }
@@ -256,6 +273,18 @@ impl Enqueue {
                 self.add(table, event)?;
                 if self.full_bytes >= self.limits.spill_bytes {
                     self.spill().await?;
+                }
+            }
+            Resolved::Rows(rows) => {
+                self.open_changed = true;
+                if self.open.is_none() {
+                    return Err(EnqueueError::OutsideTransaction(rows.rows.first().map_or(Lsn::ZERO, |(p, _)| p.commit_lsn)));
+                }
+                for (position, bytes) in rows.iter() {
+                    self.add_encoded(rows, position, bytes)?;
+                    if self.full_bytes >= self.limits.spill_bytes {
+                        self.spill().await?;
+                    }
                 }
             }
             Resolved::SnapshotDone(chunk) => {

@@ -1,10 +1,10 @@
 //! pgoutput tuples → typed rows for a segment, column by column with the table version's types.
 
-use philotes_schemas::{has_binary, parse_binary, parse_text, TableSchema, Value};
+use philotes_schemas::{has_binary, parse_binary, parse_binary_borrowed, parse_text, BinaryValue, ColumnSchema, TableSchema, Value};
 
 use super::TableVersion;
 use crate::decode::{ChangeEvent, ColumnData, OldKind, TupleData};
-use crate::segment::SegmentEvent;
+use crate::segment::{self, SegmentEvent};
 
 /// Why a change could not be typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,34 @@ fn segment_event(change: &ChangeEvent, old: Option<(bool, Vec<Value>)>, new: Opt
 }
 
 fn row(table: &TableVersion, data: &TupleData) -> Result<Vec<Value>, ConvertFailure> {
+    same_width(table, data)?;
+    table.schema.columns.iter().zip(data).map(|(column, value)| typed(table, column, value)).collect()
+}
+
+/// Appends the new row `data` typed, as a segment stores it: the MessagePack array that [`row`]'s values
+/// encode to, byte for byte, but a text or byte value read in binary (a snapshot's) goes from its field to the
+/// output without an owned copy. On an error, `out` may hold part of the row: the caller cuts it.
+pub(super) fn encode_row(table: &TableVersion, data: &TupleData, out: &mut Vec<u8>) -> Result<(), ConvertFailure> {
+    same_width(table, data)?;
+    let unencodable = |e: crate::segment::SegmentError| ConvertFailure::Value(format!("{}: {e}", table.schema.qualified_name()));
+    segment::write_row_head(out, data.len()).map_err(unencodable)?;
+    for (column, value) in table.schema.columns.iter().zip(data) {
+        match value {
+            ColumnData::Binary(bytes) if has_binary(&column.pg_type) => {
+                match parse_binary_borrowed(&column.pg_type, bytes).map_err(|e| value_error(table, column, e))? {
+                    BinaryValue::Text(text) => segment::write_text(out, text),
+                    BinaryValue::Bytes(bytes) => segment::write_bytes(out, bytes),
+                    BinaryValue::Other(value) => segment::write_value(out, &value),
+                }
+            }
+            other => segment::write_value(out, &typed(table, column, other)?),
+        }
+        .map_err(unencodable)?;
+    }
+    Ok(())
+}
+
+fn same_width(table: &TableVersion, data: &TupleData) -> Result<(), ConvertFailure> {
     let columns = &table.schema.columns;
     if data.len() != columns.len() {
         return Err(ConvertFailure::Value(format!(
@@ -51,41 +79,27 @@ fn row(table: &TableVersion, data: &TupleData) -> Result<Vec<Value>, ConvertFail
             columns.len()
         )));
     }
-    columns
-        .iter()
-        .zip(data)
-        .map(|(column, value)| match value {
-            ColumnData::Null => Ok(Value::Null),
-            ColumnData::UnchangedToast => Ok(Value::Unchanged),
-            ColumnData::Binary(bytes) if has_binary(&column.pg_type) => parse_binary(&column.pg_type, bytes).map_err(|e| {
-                ConvertFailure::Value(format!(
-                    "{}: column {} ({}): {e}",
-                    table.schema.qualified_name(),
-                    column.name,
-                    column.pg_type
-                ))
-            }),
-            ColumnData::Binary(_) => Err(ConvertFailure::Binary),
-            ColumnData::Text(bytes) => {
-                let text = std::str::from_utf8(bytes).map_err(|_| {
-                    ConvertFailure::Value(format!(
-                        "{}: column {} ({}): the value is not valid UTF-8",
-                        table.schema.qualified_name(),
-                        column.name,
-                        column.pg_type
-                    ))
-                })?;
-                parse_text(&column.pg_type, text).map_err(|e| {
-                    ConvertFailure::Value(format!(
-                        "{}: column {} ({}): {e}",
-                        table.schema.qualified_name(),
-                        column.name,
-                        column.pg_type
-                    ))
-                })
-            }
-        })
-        .collect()
+    Ok(())
+}
+
+fn value_error(table: &TableVersion, column: &ColumnSchema, error: impl std::fmt::Display) -> ConvertFailure {
+    ConvertFailure::Value(format!("{}: column {} ({}): {error}", table.schema.qualified_name(), column.name, column.pg_type))
+}
+
+/// One value of `column`, typed.
+fn typed(table: &TableVersion, column: &ColumnSchema, value: &ColumnData) -> Result<Value, ConvertFailure> {
+    match value {
+        ColumnData::Null => Ok(Value::Null),
+        ColumnData::UnchangedToast => Ok(Value::Unchanged),
+        ColumnData::Binary(bytes) if has_binary(&column.pg_type) => {
+            parse_binary(&column.pg_type, bytes).map_err(|e| value_error(table, column, e))
+        }
+        ColumnData::Binary(_) => Err(ConvertFailure::Binary),
+        ColumnData::Text(bytes) => {
+            let text = std::str::from_utf8(bytes).map_err(|_| value_error(table, column, "the value is not valid UTF-8"))?;
+            parse_text(&column.pg_type, text).map_err(|e| value_error(table, column, e))
+        }
+    }
 }
 
 /// The change as a person reads it in `philotes.dead_letters.payload`: position, op and the raw values (text
@@ -219,6 +233,117 @@ mod tests {
 
     fn text(value: &str) -> ColumnData {
         ColumnData::Text(value.as_bytes().to_vec().into())
+    }
+
+    fn binary(bytes: &[u8]) -> ColumnData {
+        ColumnData::Binary(bytes.to_vec().into())
+    }
+
+    /// A snapshot row as the encoded path writes it: the same bytes as typing the row and encoding the event.
+    #[test]
+    fn an_encoded_row_is_the_typed_events_encoding_byte_for_byte() {
+        let numeric = PgType::Numeric { precision: 12, scale: 2 };
+        let columns = [
+            ("id", PgType::Int8),
+            ("n", PgType::Int4),
+            ("s", PgType::Int2),
+            ("amount", numeric),
+            ("ratio", PgType::Float8),
+            ("f", PgType::Float4),
+            ("label", PgType::Text),
+            ("v", PgType::Varchar(Some(9))),
+            ("created", PgType::TimestampTz),
+            ("attrs", PgType::Jsonb),
+            ("j", PgType::Json),
+            ("blob", PgType::Bytea),
+            ("ok", PgType::Bool),
+            ("d", PgType::Date),
+            ("u", PgType::Uuid),
+            ("arr", PgType::Array(Box::new(PgType::Int4))),
+            ("gone", PgType::Text),
+        ];
+        let table = version(3, &columns);
+        let mut jsonb = vec![1u8];
+        jsonb.extend_from_slice(r#"{"a": "é\"x"}"#.as_bytes());
+        let long = "x".repeat(300);
+        let rows: Vec<TupleData> = vec![
+            vec![
+                binary(&(-7i64).to_be_bytes()),
+                binary(&123_456i32.to_be_bytes()),
+                binary(&(-2i16).to_be_bytes()),
+                // 1234.50: ndigits 2, weight 0, positive, dscale 2; digits 1234, 5000.
+                binary(&[0, 2, 0, 0, 0, 0, 0, 2, 0x04, 0xd2, 0x13, 0x88]),
+                binary(&f64::NAN.to_be_bytes()),
+                binary(&1.5f32.to_be_bytes()),
+                binary("customer-é".as_bytes()),
+                binary(long.as_bytes()),
+                binary(&1_000_000i64.to_be_bytes()),
+                binary(&jsonb),
+                binary(b"[1, 2]"),
+                binary(&[0, 1, 2, 255]),
+                binary(&[1]),
+                binary(&i32::MAX.to_be_bytes()),
+                binary(&[7; 16]),
+                text("{1,NULL,3}"),
+                ColumnData::Null,
+            ],
+            vec![
+                binary(&i64::MIN.to_be_bytes()),
+                ColumnData::Null,
+                binary(&0i16.to_be_bytes()),
+                binary(&[0, 0, 0, 0, 0xc0, 0, 0, 0]),
+                binary(&(-0.0f64).to_be_bytes()),
+                binary(&f32::INFINITY.to_be_bytes()),
+                binary(b""),
+                binary(b"short"),
+                binary(&i64::MAX.to_be_bytes()),
+                binary(&[1]),
+                binary(b"null"),
+                binary(&vec![9u8; 70_000]),
+                binary(&[0]),
+                binary(&0i32.to_be_bytes()),
+                binary(&[0; 16]),
+                text("{}"),
+                ColumnData::UnchangedToast,
+            ],
+        ];
+        for (seq, data) in rows.into_iter().enumerate() {
+            let change = ChangeEvent {
+                commit_lsn: Lsn(0x2A_0000_0010),
+                xid: 0,
+                commit_ts: 1_700_000_000_123_456,
+                relation_id: 1,
+                op: Op::Read,
+                old: None,
+                new: Some(data),
+                seq: seq as u64 + 70_000,
+            };
+            let typed = event(&table, &change).expect("converts");
+            let mut head = typed.clone();
+            head.new = Some(Vec::new());
+            let mut bytes = Vec::new();
+            segment::write_event_head(&mut bytes, &head).expect("head");
+            encode_row(&table, change.new.as_ref().expect("row"), &mut bytes).expect("encodes");
+            assert_eq!(bytes, rmp_serde::to_vec(&typed).expect("encodes"), "row {seq}");
+            assert_eq!(segment::decode(&[&[0x91][..], &bytes].concat()).expect("decodes"), vec![typed]);
+        }
+    }
+
+    #[test]
+    fn an_encoded_row_fails_where_typing_it_fails() {
+        let table = version(1, &[("id", PgType::Int8), ("label", PgType::Text), ("attrs", PgType::Jsonb)]);
+        let bad = [
+            vec![binary(&[0, 1]), ColumnData::Null, ColumnData::Null],
+            vec![binary(&1i64.to_be_bytes()), binary(&[0xff, 0xfe]), ColumnData::Null],
+            vec![binary(&1i64.to_be_bytes()), ColumnData::Null, binary(&[2, b'{', b'}'])],
+            vec![binary(&1i64.to_be_bytes()), ColumnData::Null],
+        ];
+        for data in bad {
+            let Err(ConvertFailure::Value(typed)) = row(&table, &data) else { panic!("typing {data:?} must fail") };
+            let mut out = Vec::new();
+            let Err(ConvertFailure::Value(encoded)) = encode_row(&table, &data, &mut out) else { panic!("encoding {data:?} must fail") };
+            assert_eq!(encoded, typed, "the same reason");
+        }
     }
 
     #[test]

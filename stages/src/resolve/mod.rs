@@ -20,7 +20,7 @@ use philotes_schemas::{
 use tokio_postgres::{Client, Config};
 
 use crate::decode::{ChangeEvent, Decoded, Relation};
-use crate::position::Lsn;
+use crate::position::{Lsn, Position};
 use crate::segment::SegmentEvent;
 use crate::op::Op;
 use crate::snapshot::window::Windows;
@@ -61,6 +61,9 @@ pub enum Resolved {
         /// The change, ready for a segment.
         event: SegmentEvent,
     },
+    /// Snapshot rows typed and encoded at once (a chunk whose window saw none of its keys change): each an
+    /// `r` change, ready for a segment as it is.
+    Rows(Box<EncodedRows>),
     /// A change that could not be converted; stored as a dead letter, the pipeline goes on.
     Rejected(DeadLetter),
     /// A snapshot chunk's progress. A chunk is a transaction of its own at its high watermark (Begin, its
@@ -73,6 +76,33 @@ pub enum Resolved {
         /// What the slot may release once it is durable.
         end_lsn: Lsn,
     },
+}
+
+/// Changes already in their segment form, one after another (a snapshot chunk's rows: a chunk is tens of
+/// thousands of rows, and a typed [`SegmentEvent`] per row is an allocation per value that is encoded once and
+/// dropped).
+#[derive(Debug, Clone)]
+pub struct EncodedRows {
+    /// The table and the schema version the rows follow.
+    pub table: Arc<TableVersion>,
+    /// The changes' commit time, µs since the Unix epoch (the same for all).
+    pub commit_ts: i64,
+    /// The encoded changes, back to back.
+    pub bytes: Vec<u8>,
+    /// Per change: its position and where its bytes end in `bytes`.
+    pub rows: Vec<(Position, usize)>,
+}
+
+impl EncodedRows {
+    /// Each change's position and bytes, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (Position, &[u8])> + '_ {
+        let mut start = 0;
+        self.rows.iter().map(move |&(position, end)| {
+            let bytes = &self.bytes[start..end];
+            start = end;
+            (position, bytes)
+        })
+    }
 }
 
 /// Why SchemaResolve could not go on.
@@ -93,6 +123,9 @@ pub enum ResolveError {
     /// Binary values were not requested.
     #[error("a binary column value arrived, but the stream was opened in text mode")]
     Binary,
+    /// A change could not be written in its segment form (should not happen for our own types).
+    #[error("schema_resolve: {0}")]
+    Encode(String),
     /// A stored schema version cannot be read.
     #[error("stored schema version of {table} cannot be read: {reason}")]
     StoredVersion {
@@ -425,42 +458,103 @@ impl SchemaResolve {
         };
         let version = self.version_of(read.table.clone(), &read.relation, lsn).await?;
         let rows = read.rows.len();
-        let mut events = Vec::with_capacity(rows);
         let mut rejected = Vec::new();
-        for (seq, row) in read.rows.into_iter().enumerate() {
-            let change = ChangeEvent {
-                commit_lsn: lsn,
-                xid: 0,
-                commit_ts: read.read_at,
-                relation_id: read.relation.id,
-                op: Op::Read,
-                old: None,
-                new: Some(row),
-                seq: seq as u64,
-            };
-            match convert::event(&version, &change) {
-                Ok(event) => events.push(event),
-                Err(convert::ConvertFailure::Binary) => return Err(ResolveError::Binary),
-                Err(convert::ConvertFailure::Value(reason)) => rejected.push(DeadLetter {
-                    stage: NAME.to_string(),
-                    table: Some(read.table.clone()),
-                    commit_lsn: Some(lsn),
-                    seq: Some(change.seq),
-                    reason,
-                    payload: convert::render(&change),
-                    event: letter_event(&version, &change),
-                }),
-            }
-        }
-        let Some(kept) = self.windows.close(&read.table, watermark.chunk, &version.schema.columns, events) else {
-            read.ack.send(ChunkFate::Dropped);
-            return Ok(());
+        let letter = |change: &ChangeEvent, reason: String| DeadLetter {
+            stage: NAME.to_string(),
+            table: Some(read.table.clone()),
+            commit_lsn: Some(lsn),
+            seq: Some(change.seq),
+            reason,
+            payload: convert::render(change),
+            event: letter_event(&version, change),
         };
-        // Sized once: a chunk is tens of thousands of rows, and growing by doubling copies them.
-        out.reserve(kept.len() + rejected.len() + 3);
+        let read_change = |seq: usize, row: crate::decode::TupleData| ChangeEvent {
+            commit_lsn: lsn,
+            xid: 0,
+            commit_ts: read.read_at,
+            relation_id: read.relation.id,
+            op: Op::Read,
+            old: None,
+            new: Some(row),
+            seq: seq as u64,
+        };
+        let kept = match self.windows.untouched(&read.table, watermark.chunk) {
+            None => {
+                read.ack.send(ChunkFate::Dropped);
+                return Ok(());
+            }
+            // No change touched the chunk's keys: every row stays, encoded straight from its fields.
+            Some(true) => {
+                self.windows.close(&read.table, watermark.chunk, &[], Vec::new());
+                let mut encoded = EncodedRows {
+                    table: version.clone(),
+                    commit_ts: read.read_at,
+                    bytes: Vec::with_capacity(read.rows.iter().map(|row| encoded_size(row)).sum()),
+                    rows: Vec::with_capacity(rows),
+                };
+                let mut head = SegmentEvent {
+                    op: Op::Read,
+                    commit_lsn: lsn,
+                    seq: 0,
+                    xid: 0,
+                    commit_ts: read.read_at,
+                    old_is_full: None,
+                    old: None,
+                    new: Some(Vec::new()),
+                };
+                for (seq, row) in read.rows.into_iter().enumerate() {
+                    let start = encoded.bytes.len();
+                    head.seq = seq as u64;
+                    crate::segment::write_event_head(&mut encoded.bytes, &head).map_err(|e| ResolveError::Encode(e.to_string()))?;
+                    match convert::encode_row(&version, &row, &mut encoded.bytes) {
+                        Ok(()) => encoded.rows.push((head.position(), encoded.bytes.len())),
+                        Err(failure) => {
+                            encoded.bytes.truncate(start);
+                            match failure {
+                                convert::ConvertFailure::Binary => return Err(ResolveError::Binary),
+                                convert::ConvertFailure::Value(reason) => rejected.push(letter(&read_change(seq, row), reason)),
+                            }
+                        }
+                    }
+                }
+                Kept::Encoded(encoded)
+            }
+            Some(false) => {
+                let mut events = Vec::with_capacity(rows);
+                for (seq, row) in read.rows.into_iter().enumerate() {
+                    let change = read_change(seq, row);
+                    match convert::event(&version, &change) {
+                        Ok(event) => events.push(event),
+                        Err(convert::ConvertFailure::Binary) => return Err(ResolveError::Binary),
+                        Err(convert::ConvertFailure::Value(reason)) => rejected.push(letter(&change, reason)),
+                    }
+                }
+                match self.windows.close(&read.table, watermark.chunk, &version.schema.columns, events) {
+                    Some(kept) => Kept::Events(kept),
+                    None => {
+                        read.ack.send(ChunkFate::Dropped);
+                        return Ok(());
+                    }
+                }
+            }
+        };
         out.push(Resolved::Begin { commit_lsn: lsn });
-        let rows_enqueued = kept.len() as u64;
-        out.extend(kept.into_iter().map(|event| Resolved::Change { table: version.clone(), event }));
+        let rows_enqueued = match kept {
+            Kept::Encoded(encoded) => {
+                let count = encoded.rows.len() as u64;
+                if count > 0 {
+                    out.push(Resolved::Rows(Box::new(encoded)));
+                }
+                count
+            }
+            Kept::Events(events) => {
+                // Sized once: a chunk is tens of thousands of rows, and growing by doubling copies them.
+                out.reserve(events.len() + rejected.len() + 3);
+                let count = events.len() as u64;
+                out.extend(events.into_iter().map(|event| Resolved::Change { table: version.clone(), event }));
+                count
+            }
+        };
         out.extend(rejected.into_iter().map(Resolved::Rejected));
         out.push(Resolved::SnapshotDone(Box::new(ChunkDone {
             progress: ChunkProgress {
@@ -498,6 +592,25 @@ impl SchemaResolve {
             }),
         }))
     }
+}
+
+/// A chunk's rows that stay: encoded at once, or typed (when the window's keys must be matched first).
+enum Kept {
+    Encoded(EncodedRows),
+    Events(Vec<SegmentEvent>),
+}
+
+/// About the bytes a snapshot row takes encoded (its fields, a few bytes per value, the event's head), so a
+/// chunk's buffer is sized once.
+fn encoded_size(row: &crate::decode::TupleData) -> usize {
+    let fields: usize = row
+        .iter()
+        .map(|c| match c {
+            crate::decode::ColumnData::Text(b) | crate::decode::ColumnData::Binary(b) => b.len() + 8,
+            _ => 4,
+        })
+        .sum();
+    fields + 48
 }
 
 /// The change a dead letter keeps for a retry: raw (as pgoutput sent it) with the version it was decoded with.

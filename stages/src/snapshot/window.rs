@@ -77,6 +77,13 @@ impl Windows {
         }
     }
 
+    /// Whether the window of `chunk` of `table` saw no change of its table's keys (`None`: it is not open in
+    /// this session). An untouched chunk keeps every row: [`Windows::close`] need not look at them.
+    pub fn untouched(&self, table: &TableId, chunk: u64) -> Option<bool> {
+        let window = self.open.iter().find(|w| w.table == *table && w.chunk == chunk)?;
+        Some(!window.truncated && window.touched.is_empty())
+    }
+
     /// The high watermark of `chunk` of `table`: closes its window and keeps the chunk's events that no change
     /// touched. `None` when the chunk's window was not open in this session (the chunk must be read again).
     pub fn close(
@@ -146,7 +153,12 @@ mod tests {
         let table = TableId::new("public", "t");
         let mut windows = Windows::default();
         windows.open(table.clone(), 0, 9, vec!["id".into()]);
+        assert_eq!(windows.untouched(&table, 9), Some(true), "nothing changed yet");
+        windows.record("public", "u", &columns(), &event(Op::Insert, None, Some(1)));
+        assert_eq!(windows.untouched(&table, 9), Some(true), "another table's change");
         windows.record("public", "t", &columns(), &event(Op::Update, None, Some(2)));
+        assert_eq!(windows.untouched(&table, 9), Some(false));
+        assert_eq!(windows.untouched(&table, 8), None, "another chunk");
         windows.record("public", "t", &columns(), &event(Op::Delete, Some(3), None));
         windows.record("public", "t", &columns(), &event(Op::Update, Some(4), Some(40)));
         windows.record("public", "u", &columns(), &event(Op::Insert, None, Some(1)));
@@ -164,6 +176,7 @@ mod tests {
         let mut windows = Windows::default();
         windows.open(table.clone(), 0, 1, vec!["id".into()]);
         windows.record("public", "t", &columns(), &event(Op::Truncate, None, None));
+        assert_eq!(windows.untouched(&table, 1), Some(false), "a truncated window is not untouched");
         let chunk = vec![event(Op::Read, None, Some(1))];
         assert_eq!(windows.close(&table, 1, &columns(), chunk), Some(Vec::new()));
     }
