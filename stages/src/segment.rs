@@ -122,17 +122,44 @@ fn write_tagged(out: &mut Vec<u8>, tag: &str) -> Result<(), SegmentError> {
 
 /// Appends `event`, whose new row must be `Some` of an empty row, without that row: the caller appends the
 /// row's MessagePack array itself (`resolve::convert::encode_row`), and the whole is the bytes of the event
-/// with that row, as [`encode`] writes it.
+/// with that row, as [`encode`] writes it (`rmp-serde`'s form: the struct as an array of its fields in order;
+/// a unit test compares the two).
 pub fn write_event_head(out: &mut Vec<u8>, event: &SegmentEvent) -> Result<(), SegmentError> {
     if !event.new.as_ref().is_some_and(Vec::is_empty) {
         return Err(SegmentError::Encode(rmp_serde::encode::Error::Syntax("the event's new row must be empty".into())));
     }
-    rmp_serde::encode::write(out, event)?;
-    // The empty row is the event's last byte, a fixarray of 0 (`new` is the last field).
-    match out.pop() {
-        Some(0x90) => Ok(()),
-        _ => Err(SegmentError::Encode(rmp_serde::encode::Error::Syntax("an event does not end with its new row".into()))),
+    write_fields_before_new(out, event)
+}
+
+/// Appends `event` as [`encode`] writes each of its events, without serde's dispatch (the capture's hot path).
+pub fn write_event(out: &mut Vec<u8>, event: &SegmentEvent) -> Result<(), SegmentError> {
+    write_fields_before_new(out, event)?;
+    write_row(out, event.new.as_deref())
+}
+
+fn write_fields_before_new(out: &mut Vec<u8>, event: &SegmentEvent) -> Result<(), SegmentError> {
+    let encode = |e: rmp::encode::ValueWriteError| SegmentError::Encode(e.into());
+    let marker = |e: std::io::Error| SegmentError::Encode(rmp::encode::ValueWriteError::InvalidMarkerWrite(e).into());
+    rmp::encode::write_array_len(out, 8).map_err(encode)?;
+    rmp::encode::write_str(out, event.op.code().encode_utf8(&mut [0; 4])).map_err(encode)?;
+    rmp::encode::write_uint(out, event.commit_lsn.as_u64()).map_err(encode)?;
+    rmp::encode::write_uint(out, event.seq).map_err(encode)?;
+    rmp::encode::write_uint(out, u64::from(event.xid)).map_err(encode)?;
+    rmp::encode::write_sint(out, event.commit_ts).map_err(encode)?;
+    match event.old_is_full {
+        Some(full) => rmp::encode::write_bool(out, full).map_err(marker)?,
+        None => rmp::encode::write_nil(out).map_err(marker)?,
     }
+    write_row(out, event.old.as_deref())
+}
+
+/// A row (`None`: nil), as `Option<Vec<Value>>` is encoded.
+fn write_row(out: &mut Vec<u8>, row: Option<&[Value]>) -> Result<(), SegmentError> {
+    let Some(values) = row else {
+        return rmp::encode::write_nil(out).map_err(|e| SegmentError::Encode(rmp::encode::ValueWriteError::InvalidMarkerWrite(e).into()));
+    };
+    write_row_head(out, values.len())?;
+    values.iter().try_for_each(|value| write_value(out, value))
 }
 
 /// Decodes a segment's changes.
@@ -600,6 +627,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_event_head_and_its_row_are_rmp_serdes_bytes_of_the_event() {
+        let row = vec![Value::Int64(-3), Value::Text("x".into()), Value::Null];
+        let events = [
+            (Op::Read, None, None, 0u64, 0u32, 0i64),
+            (Op::Insert, None, None, 200, 7, -1),
+            (Op::Update, Some(false), Some(vec![Value::Int64(1), Value::Null, Value::Null]), u64::MAX, u32::MAX, i64::MIN),
+            (Op::Update, Some(true), Some(row.clone()), 65_536, 70_000, i64::MAX),
+        ];
+        for (op, old_is_full, old, seq, xid, commit_ts) in events {
+            let event = SegmentEvent { op, commit_lsn: Lsn(0x1_0000_0001), seq, xid, commit_ts, old_is_full, old, new: Some(row.clone()) };
+            let mut bytes = Vec::new();
+            write_event_head(&mut bytes, &SegmentEvent { new: Some(Vec::new()), ..event.clone() }).expect("head");
+            write_row_head(&mut bytes, row.len()).expect("row head");
+            for value in &row {
+                write_value(&mut bytes, value).expect("value");
+            }
+            assert_eq!(bytes, rmp_serde::to_vec(&event).expect("encodes"), "{event:?}");
+            for new in [Some(row.clone()), Some(Vec::new()), None] {
+                let event = SegmentEvent { new, ..event.clone() };
+                let mut whole = Vec::new();
+                write_event(&mut whole, &event).expect("writes");
+                assert_eq!(whole, rmp_serde::to_vec(&event).expect("encodes"), "{event:?}");
+            }
+        }
+        let mut bytes = Vec::new();
+        assert!(write_event_head(&mut bytes, &SegmentEvent { new: None, ..SegmentEvent { op: Op::Delete, commit_lsn: Lsn(1), seq: 0, xid: 0, commit_ts: 0, old_is_full: None, old: None, new: None } }).is_err());
+    }
+
+    #[test]
     fn values_written_directly_are_rmp_serdes_bytes() {
         use philotes_schemas::Interval;
         let mut values = vec![
@@ -874,6 +930,13 @@ mod tests {
         ) {
             let bytes = encode(&events).expect("encodes");
             proptest::prop_assert_eq!(fast::decode(&bytes), Some(events.clone()));
+            // The writer without serde writes the same bytes.
+            let mut written = Vec::new();
+            rmp::encode::write_array_len(&mut written, events.len() as u32).expect("len");
+            for event in &events {
+                write_event(&mut written, event).expect("writes");
+            }
+            proptest::prop_assert_eq!(&written, &bytes);
             let mut bad = bytes.clone();
             for (at, byte) in flips {
                 let at = at % bad.len();

@@ -37,7 +37,7 @@ impl SegmentBuilder {
     /// Encodes one change; returns how many bytes it added.
     pub(super) fn push(&mut self, event: &SegmentEvent) -> Result<usize, SegmentError> {
         let before = self.body.len();
-        rmp_serde::encode::write(&mut self.body, event)?;
+        crate::segment::write_event(&mut self.body, event)?;
         self.note(event.position(), event.commit_ts);
         Ok(self.body.len() - before)
     }

@@ -162,6 +162,8 @@ pub struct SchemaResolve {
     mailbox: Mailbox,
     /// The keys changed since each chunk's low watermark.
     windows: Windows,
+    /// Encoded bytes per row of the last snapshot chunk, to size the next one's buffer once.
+    row_bytes: usize,
 }
 
 impl SchemaResolve {
@@ -191,6 +193,7 @@ impl SchemaResolve {
             open: None,
             mailbox,
             windows: Windows::default(),
+            row_bytes: 256,
         }
     }
 
@@ -489,7 +492,7 @@ impl SchemaResolve {
                 let mut encoded = EncodedRows {
                     table: version.clone(),
                     commit_ts: read.read_at,
-                    bytes: Vec::with_capacity(read.rows.iter().map(|row| encoded_size(row)).sum()),
+                    bytes: Vec::with_capacity(rows * (self.row_bytes + self.row_bytes / 8)),
                     rows: Vec::with_capacity(rows),
                 };
                 let mut head = SegmentEvent {
@@ -517,6 +520,7 @@ impl SchemaResolve {
                         }
                     }
                 }
+                self.row_bytes = encoded.bytes.len().checked_div(encoded.rows.len()).unwrap_or(self.row_bytes).max(16);
                 Kept::Encoded(encoded)
             }
             Some(false) => {
@@ -598,19 +602,6 @@ impl SchemaResolve {
 enum Kept {
     Encoded(EncodedRows),
     Events(Vec<SegmentEvent>),
-}
-
-/// About the bytes a snapshot row takes encoded (its fields, a few bytes per value, the event's head), so a
-/// chunk's buffer is sized once.
-fn encoded_size(row: &crate::decode::TupleData) -> usize {
-    let fields: usize = row
-        .iter()
-        .map(|c| match c {
-            crate::decode::ColumnData::Text(b) | crate::decode::ColumnData::Binary(b) => b.len() + 8,
-            _ => 4,
-        })
-        .sum();
-    fields + 48
 }
 
 /// The change a dead letter keeps for a retry: raw (as pgoutput sent it) with the version it was decoded with.

@@ -40,9 +40,11 @@ pub struct Lease {
 
 /// Locks one table that is due: it has complete segments, and either `max_events` changes wait or the oldest
 /// of them was committed on the source at least `interval` ago while its last flush started at least half an
-/// `interval` ago. Ageing by the changes' commit time (not by the last flush) bounds a change's wait for its flush
-/// by `interval`, whatever the capture's own delay; the half-interval spacing keeps a capture catching up from
-/// turning into a stream of tiny commits. Tables locked by other flushers are skipped. Call inside a transaction.
+/// `interval` ago, or its snapshot just finished (its last chunk is complete and not flushed yet: a snapshot's
+/// last rows land at once, not an `interval` later). Ageing by the changes' commit time (not by the last flush)
+/// bounds a change's wait for its flush by `interval`, whatever the capture's own delay; the half-interval spacing
+/// keeps a capture catching up from turning into a stream of tiny commits. Tables locked by other flushers are
+/// skipped. Call inside a transaction.
 pub async fn claim(
     client: &impl GenericClient,
     pipeline: &str,
@@ -58,7 +60,12 @@ pub async fn claim(
                  WHERE w.error IS NULL
                    AND (q.events >= $3
                         OR (q.oldest <= now() - make_interval(secs => $2)
-                            AND w.updated_at <= now() - make_interval(secs => $2 / 2)))
+                            AND w.updated_at <= now() - make_interval(secs => $2 / 2))
+                        OR EXISTS (SELECT 1 FROM philotes.snapshots sn
+                                   WHERE sn.pipeline = w.pipeline AND sn.source_schema = w.source_schema
+                                     AND sn.source_table = w.source_table AND sn.state = 'done'
+                                     AND sn.snapshot_lsn <= cp.commit_lsn
+                                     AND (w.last_lsn IS NULL OR sn.snapshot_lsn > w.last_lsn)))
                  ORDER BY w.updated_at
                  LIMIT 1
                  FOR UPDATE OF w SKIP LOCKED"
