@@ -61,8 +61,8 @@ pub enum Resolved {
         /// The change, ready for a segment.
         event: SegmentEvent,
     },
-    /// Snapshot rows typed and encoded at once (a chunk whose window saw none of its keys change): each an
-    /// `r` change, ready for a segment as it is.
+    /// Snapshot rows typed and encoded at once (a chunk whose window saw no change of its table): each an `r`
+    /// change, ready for a segment as it is.
     Rows(Box<EncodedRows>),
     /// A change that could not be converted; stored as a dead letter, the pipeline goes on.
     Rejected(DeadLetter),
@@ -486,7 +486,7 @@ impl SchemaResolve {
                 read.ack.send(ChunkFate::Dropped);
                 return Ok(());
             }
-            // No change touched the chunk's keys: every row stays, encoded straight from its fields.
+            // No change of the table between the watermarks: every row stays, encoded straight from its fields.
             Some(true) => {
                 self.windows.close(&read.table, watermark.chunk, &[], Vec::new());
                 let mut encoded = EncodedRows {

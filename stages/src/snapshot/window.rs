@@ -77,8 +77,8 @@ impl Windows {
         }
     }
 
-    /// Whether the window of `chunk` of `table` saw no change of its table's keys (`None`: it is not open in
-    /// this session). An untouched chunk keeps every row: [`Windows::close`] need not look at them.
+    /// Whether the window of `chunk` of `table` saw no change of the table (`None`: it is not open in this
+    /// session). An untouched chunk keeps every row: [`Windows::close`] need not look at them.
     pub fn untouched(&self, table: &TableId, chunk: u64) -> Option<bool> {
         let window = self.open.iter().find(|w| w.table == *table && w.chunk == chunk)?;
         Some(!window.truncated && window.touched.is_empty())
