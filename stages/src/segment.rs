@@ -54,36 +54,45 @@ pub fn encode(events: &[SegmentEvent]) -> Result<Vec<u8>, SegmentError> {
     Ok(rmp_serde::to_vec(events)?)
 }
 
+/// A write into a `Vec` cannot fail; rmp's signatures still return errors, mapped here once.
+fn value_write(e: rmp::encode::ValueWriteError) -> SegmentError {
+    SegmentError::Encode(e.into())
+}
+
+/// See [`value_write`]: a marker-only write (nil, bool).
+fn marker_write(e: std::io::Error) -> SegmentError {
+    value_write(rmp::encode::ValueWriteError::InvalidMarkerWrite(e))
+}
+
 /// Appends `value` as a segment holds it (`rmp-serde`'s form of [`Value`]: a unit variant is its tag, any other
 /// a one-entry map from its tag to its payload). The scalar variants are written here directly, the same bytes
 /// without serde's dispatch (a unit test compares every variant with `rmp-serde`).
 pub fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), SegmentError> {
-    let encode = |e: rmp::encode::ValueWriteError| SegmentError::Encode(e.into());
     let int = |out: &mut Vec<u8>, tag: &str, v: i64| -> Result<(), SegmentError> {
         write_tagged(out, tag)?;
-        rmp::encode::write_sint(out, v).map(drop).map_err(encode)
+        rmp::encode::write_sint(out, v).map(drop).map_err(value_write)
     };
     match value {
-        Value::Null => rmp::encode::write_str(out, "n").map_err(encode),
-        Value::Unchanged => rmp::encode::write_str(out, "u").map_err(encode),
+        Value::Null => rmp::encode::write_str(out, "n").map_err(value_write),
+        Value::Unchanged => rmp::encode::write_str(out, "u").map_err(value_write),
         Value::Bool(v) => {
             write_tagged(out, "b")?;
-            rmp::encode::write_bool(out, *v).map_err(|e| SegmentError::Encode(rmp::encode::ValueWriteError::InvalidMarkerWrite(e).into()))
+            rmp::encode::write_bool(out, *v).map_err(marker_write)
         }
         Value::Int16(v) => int(out, "h", i64::from(*v)),
         Value::Int32(v) => int(out, "i", i64::from(*v)),
         Value::Int64(v) => int(out, "l", *v),
         Value::Float32(v) => {
             write_tagged(out, "f")?;
-            rmp::encode::write_f32(out, *v).map_err(encode)
+            rmp::encode::write_f32(out, *v).map_err(value_write)
         }
         Value::Float64(v) => {
             write_tagged(out, "d")?;
-            rmp::encode::write_f64(out, *v).map_err(encode)
+            rmp::encode::write_f64(out, *v).map_err(value_write)
         }
         Value::Numeric(text) => {
             write_tagged(out, "N")?;
-            rmp::encode::write_str(out, text).map_err(encode)
+            rmp::encode::write_str(out, text).map_err(value_write)
         }
         Value::Text(text) => write_text(out, text),
         Value::Bytes(bytes) => write_bytes(out, bytes),
@@ -98,26 +107,26 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), SegmentError>
 /// Appends the head of a row of `values` values (a MessagePack array), before its values.
 pub fn write_row_head(out: &mut Vec<u8>, values: usize) -> Result<(), SegmentError> {
     let values = u32::try_from(values).map_err(|_| SegmentError::Encode(rmp_serde::encode::Error::Syntax("a row too wide".into())))?;
-    rmp::encode::write_array_len(out, values).map_err(|e| SegmentError::Encode(e.into()))?;
+    rmp::encode::write_array_len(out, values).map_err(value_write)?;
     Ok(())
 }
 
 /// Appends `Value::Text(text)` as [`write_value`] does, from a borrowed text: `{"s": text}`.
 pub fn write_text(out: &mut Vec<u8>, text: &str) -> Result<(), SegmentError> {
     write_tagged(out, "s")?;
-    rmp::encode::write_str(out, text).map_err(|e| SegmentError::Encode(e.into()))
+    rmp::encode::write_str(out, text).map_err(value_write)
 }
 
 /// Appends `Value::Bytes(bytes)` as [`write_value`] does, from borrowed bytes: `{"x": bin}`.
 pub fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), SegmentError> {
     write_tagged(out, "x")?;
-    rmp::encode::write_bin(out, bytes).map_err(|e| SegmentError::Encode(e.into()))
+    rmp::encode::write_bin(out, bytes).map_err(value_write)
 }
 
 /// The head of a `Value` variant with a payload: a one-entry map keyed by the variant's tag.
 fn write_tagged(out: &mut Vec<u8>, tag: &str) -> Result<(), SegmentError> {
-    rmp::encode::write_map_len(out, 1).map_err(|e| SegmentError::Encode(e.into()))?;
-    rmp::encode::write_str(out, tag).map_err(|e| SegmentError::Encode(e.into()))
+    rmp::encode::write_map_len(out, 1).map_err(value_write)?;
+    rmp::encode::write_str(out, tag).map_err(value_write)
 }
 
 /// Appends `event`, whose new row must be `Some` of an empty row, without that row: the caller appends the
@@ -138,17 +147,15 @@ pub fn write_event(out: &mut Vec<u8>, event: &SegmentEvent) -> Result<(), Segmen
 }
 
 fn write_fields_before_new(out: &mut Vec<u8>, event: &SegmentEvent) -> Result<(), SegmentError> {
-    let encode = |e: rmp::encode::ValueWriteError| SegmentError::Encode(e.into());
-    let marker = |e: std::io::Error| SegmentError::Encode(rmp::encode::ValueWriteError::InvalidMarkerWrite(e).into());
-    rmp::encode::write_array_len(out, 8).map_err(encode)?;
-    rmp::encode::write_str(out, event.op.code().encode_utf8(&mut [0; 4])).map_err(encode)?;
-    rmp::encode::write_uint(out, event.commit_lsn.as_u64()).map_err(encode)?;
-    rmp::encode::write_uint(out, event.seq).map_err(encode)?;
-    rmp::encode::write_uint(out, u64::from(event.xid)).map_err(encode)?;
-    rmp::encode::write_sint(out, event.commit_ts).map_err(encode)?;
+    rmp::encode::write_array_len(out, 8).map_err(value_write)?;
+    rmp::encode::write_str(out, event.op.code().encode_utf8(&mut [0; 4])).map_err(value_write)?;
+    rmp::encode::write_uint(out, event.commit_lsn.as_u64()).map_err(value_write)?;
+    rmp::encode::write_uint(out, event.seq).map_err(value_write)?;
+    rmp::encode::write_uint(out, u64::from(event.xid)).map_err(value_write)?;
+    rmp::encode::write_sint(out, event.commit_ts).map_err(value_write)?;
     match event.old_is_full {
-        Some(full) => rmp::encode::write_bool(out, full).map_err(marker)?,
-        None => rmp::encode::write_nil(out).map_err(marker)?,
+        Some(full) => rmp::encode::write_bool(out, full).map_err(marker_write)?,
+        None => rmp::encode::write_nil(out).map_err(marker_write)?,
     }
     write_row(out, event.old.as_deref())
 }
@@ -156,7 +163,7 @@ fn write_fields_before_new(out: &mut Vec<u8>, event: &SegmentEvent) -> Result<()
 /// A row (`None`: nil), as `Option<Vec<Value>>` is encoded.
 fn write_row(out: &mut Vec<u8>, row: Option<&[Value]>) -> Result<(), SegmentError> {
     let Some(values) = row else {
-        return rmp::encode::write_nil(out).map_err(|e| SegmentError::Encode(rmp::encode::ValueWriteError::InvalidMarkerWrite(e).into()));
+        return rmp::encode::write_nil(out).map_err(marker_write);
     };
     write_row_head(out, values.len())?;
     values.iter().try_for_each(|value| write_value(out, value))

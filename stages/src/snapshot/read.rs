@@ -88,6 +88,11 @@ pub async fn describe(client: &impl GenericClient, relid: u32) -> Result<Option<
             &[&relid],
         )
         .await?;
+    // Outside a transaction the two queries see two moments, and a table dropped between them would look keyless.
+    // Still there after its columns were read, it was there for both.
+    if client.query_opt("SELECT 1 FROM pg_class WHERE oid = $1", &[&relid]).await?.is_none() {
+        return Ok(None);
+    }
     let key_of = |position: usize| -> Vec<(i32, String, String)> {
         let mut key: Vec<(i32, String, String)> = columns
             .iter()

@@ -295,11 +295,6 @@ impl Reader {
                 shape.quoted, shape.quoted
             )));
         }
-        // A table dropped between describe's catalog queries looks keyless: say that it is gone, not why.
-        let gone = || async { Ok::<_, TableError>(read::describe(source, relid).await?.is_none()) };
-        if (shape.match_key.is_empty() || shape.chunk_key == ChunkKey::Ctid) && gone().await? {
-            return Err(TableError::Refused(format!("table {table} no longer exists on the source")));
-        }
         if shape.match_key.is_empty() {
             return Err(TableError::Refused(format!(
                 "{table} has no primary key and its replica identity names no columns: its rows cannot be told apart"
