@@ -12,6 +12,7 @@ use philotes_stages::enqueue::EnqueueLimits;
 use philotes_stages::catalog::CatalogSettings;
 use philotes_stages::claim::TableTarget;
 use philotes_stages::flush::FlushSettings;
+use philotes_stages::iceberg_commit::chunk::LoadSettings;
 use philotes_stages::snapshot::reader::SnapshotSettings;
 
 use crate::config::{
@@ -66,6 +67,10 @@ pub fn capture_settings(config: &PipelineConfig) -> CaptureSettings {
         schema_resolve: stage_options(config, StageName::SchemaResolve, 1, DEFAULT_CAPTURE_QUEUE),
         enqueue: stage_options(config, StageName::Enqueue, 1, DEFAULT_CAPTURE_QUEUE),
         restart: RetryPolicy { base: Duration::from_millis(200), cap: Duration::from_secs(30), max_attempts: u32::MAX },
+        load: config.snapshot.direct.then(|| {
+            let flush = flush_settings(config);
+            LoadSettings { catalog: flush.catalog, target: flush.target, target_file_size: flush.target_file_size }
+        }),
     }
 }
 

@@ -580,8 +580,9 @@ fn flush(w: &mut Walker<'_, '_>, top: &Section<'_>) -> (FlushConfig, Option<usiz
 
 /// `snapshot`: how existing rows are read (`source.postgres.snapshot` says whether).
 fn snapshot(w: &mut Walker<'_, '_>, top: &Section<'_>) -> SnapshotConfig {
-    let snapshot = w.section(top, "snapshot", &["chunk_rows", "workers"]);
+    let snapshot = w.section(top, "snapshot", &["chunk_rows", "workers", "direct"]);
     SnapshotConfig {
+        direct: w.boolean(&snapshot, "direct", true),
         chunk_rows: usize::try_from(w.number(&snapshot, "chunk_rows", DEFAULT_SNAPSHOT_CHUNK_ROWS as u64))
             .unwrap_or(DEFAULT_SNAPSHOT_CHUNK_ROWS),
         workers: w.opt_count(&snapshot, "workers").unwrap_or(DEFAULT_SNAPSHOT_WORKERS),

@@ -407,6 +407,9 @@ pub struct SnapshotConfig {
     pub chunk_rows: usize,
     /// Chunks read at once (tables side by side, and key ranges of a table); default 2.
     pub workers: usize,
+    /// A changelog table's chunks are written straight into Iceberg, each in a commit of its own, rather than
+    /// through the buffer and the flushers; default true (a mirror table's always go through the buffer).
+    pub direct: bool,
 }
 
 /// Default `snapshot.chunk_rows`.

@@ -7,6 +7,7 @@
 //! checkpoint (a transaction only partly enqueued) are deleted, the slot redelivers from its confirmed position,
 //! and the decoder drops every transaction at or below the checkpoint.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use philotes_engine::{Flow, FlowError, RetryPolicy, StageOptions};
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decode::stage::{Decode, NAME as DECODE};
 use crate::enqueue::{Enqueue, EnqueueLimits, NAME as ENQUEUE};
+use crate::iceberg_commit::chunk::{ChunkLoader, LoadSettings};
 use crate::position::Lsn;
 use crate::resolve::{SchemaResolve, NAME as SCHEMA_RESOLVE};
 use crate::source::follow::{self, IcebergName};
@@ -65,6 +67,9 @@ pub struct CaptureSettings {
     pub enqueue: StageOptions,
     /// Backoff between restarts after a lost connection.
     pub restart: RetryPolicy,
+    /// Where snapshot chunks of changelog tables are written straight into Iceberg (`snapshot.direct: true`);
+    /// `None`: every chunk goes through the buffer.
+    pub load: Option<LoadSettings>,
 }
 
 impl std::fmt::Debug for CaptureSettings {
@@ -90,6 +95,9 @@ pub enum CaptureError {
     /// A stage stopped the flow.
     #[error(transparent)]
     Flow(#[from] FlowError),
+    /// The Iceberg catalog of the snapshot's direct path could not be reached (retried).
+    #[error("iceberg catalog: {0}")]
+    Catalog(String),
     /// A snapshot was requested for tables the capture does not follow yet: it starts again following them.
     #[error("a snapshot was requested for tables not followed yet: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
     Follow(Vec<TableId>),
@@ -109,6 +117,7 @@ impl CaptureError {
             CaptureError::Buffer(e) => connection_lost(e),
             // The stages said so when they failed (StageError::SessionLost).
             CaptureError::Flow(e) => e.is_session_lost(),
+            CaptureError::Catalog(_) => true,
             CaptureError::Follow(_) => false,
         }
     }
@@ -157,10 +166,12 @@ async fn heartbeat(source: Config, every: Duration, stop: CancellationToken) {
 async fn run_capture(settings: &CaptureSettings, cancel: CancellationToken) -> Result<(), CaptureError> {
     // Tables a snapshot request made the capture follow, beyond the file's list (kept across restarts).
     let mut requested: Vec<TableId> = Vec::new();
+    // The direct path's loader outlives the sessions: each new one first waits for the last one's chunks.
+    let loader = tokio::sync::OnceCell::new();
     loop {
         // Each restart resumes from the checkpoint, exactly as a process restart would.
         let result = crate::supervise::restart_on_failure("capture lost a connection; restarting from the checkpoint", settings.restart, &cancel, CaptureError::is_restartable, CaptureError::is_interrupted, || {
-            run_once(settings, &cancel, &requested)
+            run_once(settings, &cancel, &requested, &loader)
         })
         .await;
         match result {
@@ -206,7 +217,12 @@ async fn tables_to_follow(
 }
 
 /// One capture session: prepare, resume from the checkpoint, stream until cancelled or broken.
-async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken, requested: &[TableId]) -> Result<(), CaptureError> {
+async fn run_once(
+    settings: &CaptureSettings,
+    cancel: &CancellationToken,
+    requested: &[TableId],
+    loader: &tokio::sync::OnceCell<Arc<ChunkLoader>>,
+) -> Result<(), CaptureError> {
     let source = store::connect(&settings.source)
         .await
         .map_err(|e| SourceError::Sql(e).context(format!("connecting to {}", store::describe(&settings.source))))?;
@@ -305,6 +321,18 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken, reques
     .await?;
 
     let mut durable_tx = Some(durable_tx);
+    let load = match &settings.load {
+        None => None,
+        Some(load) => {
+            let loader = loader
+                .get_or_try_init(|| async { ChunkLoader::connect(&settings.pipeline, settings.buffer.clone(), load).await.map(Arc::new) })
+                .await
+                .map_err(|e| CaptureError::Catalog(crate::report::chain(&e)))?;
+            // Nothing of the last session may still be committing when this one's lanes look for their markers.
+            loader.settle().await;
+            Some(loader.clone())
+        }
+    };
     let mailbox = Mailbox::default();
     let reader = Reader {
         pipeline: settings.pipeline.clone(),
@@ -313,6 +341,7 @@ async fn run_once(settings: &CaptureSettings, cancel: &CancellationToken, reques
         settings: settings.snapshot.clone(),
         mailbox: mailbox.clone(),
         requested: requested.to_vec(),
+        load,
     };
     let flow = Flow::from_source(FrameSource::new(stream))
         .stage(DECODE, settings.decode.clone(), move |_| Decode::resume_after(resume))

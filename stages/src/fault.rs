@@ -13,6 +13,8 @@ pub const AFTER_PARQUET: &str = "after-parquet";
 pub const AFTER_ICEBERG_COMMIT: &str = "after-iceberg-commit";
 /// After the checkpoint statements, before the buffer transaction commits.
 pub const BEFORE_PG_COMMIT: &str = "before-pg-commit";
+/// After a snapshot chunk written straight into Iceberg is committed, before its progress moves in the buffer.
+pub const AFTER_CHUNK_COMMIT: &str = "after-chunk-commit";
 
 /// Aborts the process when `point` is the configured fault (test builds only; a no-op otherwise).
 pub fn hit(point: &str) {

@@ -20,6 +20,7 @@ use philotes_schemas::{
 use tokio_postgres::{Client, Config};
 
 use crate::decode::{ChangeEvent, Decoded, Relation};
+use crate::iceberg_commit::chunk::DirectChunk;
 use crate::position::{Lsn, Position};
 use crate::segment::SegmentEvent;
 use crate::op::Op;
@@ -542,6 +543,25 @@ impl SchemaResolve {
                 }
             }
         };
+        let progress = ChunkProgress {
+            table: read.table,
+            run: read.run,
+            lane: read.lane,
+            last_key: read.last_key,
+            rows: rows as i64,
+            done: read.done,
+            lsn,
+        };
+        // Straight into Iceberg (a changelog table), unless a row went to the dead letters: those are stored with
+        // the chunk's progress in one buffer transaction, which only the buffer path has.
+        if let (Some(direct), true) = (read.direct, rejected.is_empty()) {
+            let rows = match kept {
+                Kept::Encoded(encoded) => encoded,
+                Kept::Events(events) => encode_events(version.clone(), read.read_at, &events)?,
+            };
+            direct.loader.hand_over(DirectChunk { rows, progress, after: direct.after, ack: read.ack });
+            return Ok(());
+        }
         out.push(Resolved::Begin { commit_lsn: lsn });
         let rows_enqueued = match kept {
             Kept::Encoded(encoded) => {
@@ -561,15 +581,7 @@ impl SchemaResolve {
         };
         out.extend(rejected.into_iter().map(Resolved::Rejected));
         out.push(Resolved::SnapshotDone(Box::new(ChunkDone {
-            progress: ChunkProgress {
-                table: read.table,
-                run: read.run,
-                lane: read.lane,
-                last_key: read.last_key,
-                rows: rows as i64,
-                done: read.done,
-                lsn,
-            },
+            progress,
             rows_enqueued,
             ack: read.ack,
         })));
@@ -602,6 +614,16 @@ impl SchemaResolve {
 enum Kept {
     Encoded(EncodedRows),
     Events(Vec<SegmentEvent>),
+}
+
+/// A chunk's kept rows (typed, its window having seen changes) in their segment form, for the direct path.
+fn encode_events(table: Arc<TableVersion>, commit_ts: i64, events: &[SegmentEvent]) -> Result<EncodedRows, ResolveError> {
+    let mut encoded = EncodedRows { table, commit_ts, bytes: Vec::new(), rows: Vec::with_capacity(events.len()) };
+    for event in events {
+        crate::segment::write_event(&mut encoded.bytes, event).map_err(|e| ResolveError::Encode(e.to_string()))?;
+        encoded.rows.push((event.position(), encoded.bytes.len()));
+    }
+    Ok(encoded)
 }
 
 /// The change a dead letter keeps for a retry: raw (as pgoutput sent it) with the version it was decoded with.

@@ -135,6 +135,23 @@ pub struct ReadChunk {
     pub read_at: i64,
     /// Says when it is durable.
     pub ack: Ack,
+    /// Set when the chunk is written straight into Iceberg rather than through the buffer.
+    pub direct: Option<Direct>,
+}
+
+/// How a chunk goes straight into Iceberg: the loader, and the lane's key before the chunk (its marker names it).
+#[derive(Clone)]
+pub struct Direct {
+    /// Writes and commits it.
+    pub loader: Arc<crate::iceberg_commit::chunk::ChunkLoader>,
+    /// The lane's key before the chunk.
+    pub after: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct").field("after", &self.after).finish_non_exhaustive()
+    }
 }
 
 /// Chunks read and not yet met by their high watermark in the stream, by chunk id. The reader puts a chunk here

@@ -19,7 +19,8 @@ use tokio_postgres::{Config, IsolationLevel};
 use tokio_util::sync::CancellationToken;
 
 use super::read::{self, ChunkKey, KeyRange, TableShape};
-use super::{next_chunk_id, Ack, ChunkFate, Mailbox, ReadChunk, Watermark};
+use super::{next_chunk_id, Ack, ChunkFate, Direct, Mailbox, ReadChunk, Watermark};
+use crate::iceberg_commit::chunk::ChunkLoader;
 use crate::store::snapshots::{self, Lane, SnapshotRow};
 use crate::store::{self, source_tables};
 use crate::table_id::TableId;
@@ -62,6 +63,9 @@ enum TableError {
     /// The capture session ended under the chunk.
     #[error("the capture session ended")]
     Ended,
+    /// The Iceberg catalog could not be read (tried again at the next poll).
+    #[error("iceberg catalog: {0}")]
+    Catalog(String),
 }
 
 impl From<read::CopyError> for TableError {
@@ -88,6 +92,9 @@ pub struct Reader {
     pub mailbox: Mailbox,
     /// Tables the capture was already restarted to follow: one still not followed is refused, not retried.
     pub requested: Vec<TableId>,
+    /// Writes the chunks of changelog tables straight into Iceberg (`snapshot.direct`); `None`: every chunk goes
+    /// through the buffer.
+    pub load: Option<Arc<ChunkLoader>>,
 }
 
 impl Reader {
@@ -193,6 +200,10 @@ impl Reader {
                 return;
             }
             Err(TableError::Ended) => return,
+            Err(TableError::Catalog(error)) => {
+                tracing::warn!(table = %table, %error, "snapshot could not read its iceberg table; it goes on from its last chunk");
+                return;
+            }
             Err(TableError::Sql(error)) if store::connection_lost(&error) => {
                 tracing::warn!(table = %table, error = %crate::report::chain(&error),
                     "snapshot lost its connection; it goes on from its last enqueued chunk");
@@ -267,6 +278,20 @@ impl Reader {
         workers: &Semaphore,
     ) -> Result<(), TableError> {
         let mut source = store::connect(&self.source).await?;
+        // A chunk written straight into Iceberg whose progress did not move (the capture was killed between the
+        // two): its commit's marker moves it now, and the chunk is not read again.
+        if let Some(load) = self.load.as_ref().filter(|l| l.takes(&request.table)) {
+            let landed = load.landed(&request.table, request.run, lane.lane, lane.last_key.as_deref()).await;
+            if let Some(progress) = landed.map_err(|e| TableError::Catalog(crate::report::chain(&e)))? {
+                tracing::info!(table = %request.table, lane = lane.lane, rows = progress.rows,
+                    "snapshot chunk found in iceberg: moving its progress, not reading it again");
+                snapshots::advance(buffer, &self.pipeline, &progress).await?;
+                if progress.done {
+                    return Ok(());
+                }
+                lane.last_key = progress.last_key.or(lane.last_key);
+            }
+        }
         loop {
             let Ok(_worker) = workers.acquire().await else { return Err(TableError::Ended) };
             let (fate, chunk) = self.read_chunk(&mut source, buffer, request, relid, &lane).await?;
@@ -355,6 +380,7 @@ impl Reader {
                 done: outcome.done,
                 read_at: unix_micros(),
                 ack,
+                direct: self.load.as_ref().filter(|l| l.takes(table)).map(|loader| Direct { loader: loader.clone(), after: lane.last_key.clone() }),
             },
         );
         watermark.high = true;

@@ -1,0 +1,455 @@
+//! A snapshot chunk written straight into its Iceberg table (a changelog table, `snapshot.direct: true`, the
+//! default) rather than through the buffer. SchemaResolve hands the chunk over at its high watermark, its rows
+//! already typed and encoded as `r` changes at that position; here they become Parquet files (the flush's own
+//! builder and writer) and one append whose summary carries the chunk's marker (`philotes.snapshot-chunk`: run,
+//! lane, the key the chunk started after, and the progress it makes) with the table's committed position left as
+//! it was. Then the chunk's progress moves in the buffer. These are the two steps of every flush, with the marker
+//! as the repair: a capture killed between them finds the marker when the lane resumes
+//! ([`ChunkLoader::landed`]) and moves the progress instead of reading the chunk again.
+//!
+//! Why the buffer can be skipped: a changelog table orders its rows by their `_lsn`/`_seq` columns, not by the
+//! commit that carries them, and a chunk's rows sit at its high watermark whichever commit carries them. The
+//! chunk's commit leaves the table's position (what every flush compares its changes with) unchanged, so the
+//! stream's changes around it are neither dropped nor doubled. A mirror table applies its rows in commit order
+//! (a key's upsert replaces the key's row): its chunks go through the buffer, in stream order.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{NamespaceIdent, TableIdent};
+use philotes_engine::RetryPolicy;
+use philotes_schemas::TableSchema;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Config;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{writer, IcebergCommitError};
+use crate::arrow_batch::BatchBuilder;
+use crate::catalog::table::{Prepared, Tables};
+use crate::catalog::{committed_position, GuardedCatalog, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE};
+use crate::claim::TargetFn;
+use crate::fault;
+use crate::position::Lsn;
+use crate::resolve::EncodedRows;
+use crate::snapshot::{Ack, ChunkFate};
+use crate::store::snapshots::{self, ChunkProgress};
+use crate::store::{self, schemas as schema_store};
+use crate::table_id::TableId;
+use crate::telemetry;
+
+/// The snapshot summary property of a chunk's commit: its [`ChunkMarker`] as JSON.
+pub const SUMMARY_SNAPSHOT_CHUNK: &str = "philotes.snapshot-chunk";
+
+/// What a chunk's commit records of it: which chunk it is (run, lane, the key it read after) and the progress it
+/// makes, so a capture killed before the progress moved in the buffer moves it from here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMarker {
+    /// The snapshot run.
+    pub run: i32,
+    /// The lane.
+    pub lane: i32,
+    /// The lane's key before the chunk (`None`: its first chunk).
+    pub after: Option<Vec<String>>,
+    /// The chunk's upper key.
+    pub last_key: Option<Vec<String>>,
+    /// Rows the chunk read.
+    pub rows: i64,
+    /// Whether it reached its lane's end.
+    pub done: bool,
+    /// Its high watermark.
+    pub lsn: String,
+}
+
+impl ChunkMarker {
+    fn of(progress: &ChunkProgress, after: Option<Vec<String>>) -> Self {
+        Self {
+            run: progress.run,
+            lane: progress.lane,
+            after,
+            last_key: progress.last_key.clone(),
+            rows: progress.rows,
+            done: progress.done,
+            lsn: progress.lsn.to_string(),
+        }
+    }
+
+    fn progress(&self, table: &TableId) -> Option<ChunkProgress> {
+        Some(ChunkProgress {
+            table: table.clone(),
+            run: self.run,
+            lane: self.lane,
+            last_key: self.last_key.clone(),
+            rows: self.rows,
+            done: self.done,
+            lsn: self.lsn.parse::<Lsn>().ok()?,
+        })
+    }
+
+    /// Whether this is the chunk of `run`'s `lane` that read after `after`.
+    fn is(&self, run: i32, lane: i32, after: Option<&[String]>) -> bool {
+        self.run == run && self.lane == lane && self.after.as_deref() == after
+    }
+}
+
+/// The marker of `pipeline`'s chunk (`run`, `lane`, read after `after`) in the table's history, if a commit
+/// carries it.
+fn find_marker(table: &Table, pipeline: &str, run: i32, lane: i32, after: Option<&[String]>) -> Option<ChunkMarker> {
+    let metadata = table.metadata();
+    let mut snapshot = metadata.current_snapshot().cloned();
+    while let Some(current) = snapshot {
+        let props = &current.summary().additional_properties;
+        if props.get(SUMMARY_PIPELINE).map(String::as_str) == Some(pipeline) {
+            let marker = props.get(SUMMARY_SNAPSHOT_CHUNK).and_then(|m| serde_json::from_str::<ChunkMarker>(m).ok());
+            if let Some(marker) = marker.filter(|m| m.is(run, lane, after)) {
+                return Some(marker);
+            }
+        }
+        snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id).cloned());
+    }
+    None
+}
+
+/// Where the loader writes, from the pipeline file.
+#[derive(Clone)]
+pub struct LoadSettings {
+    /// The catalog and warehouse.
+    pub catalog: crate::catalog::CatalogSettings,
+    /// Source table → Iceberg table.
+    pub target: TargetFn,
+    /// Parquet target file size.
+    pub target_file_size: usize,
+}
+
+/// A chunk handed over at its high watermark.
+pub struct DirectChunk {
+    /// Its rows as `r` changes at the high watermark.
+    pub rows: EncodedRows,
+    /// The progress it makes.
+    pub progress: ChunkProgress,
+    /// The lane's key before it.
+    pub after: Option<Vec<String>>,
+    /// Told [`ChunkFate::Durable`] once the progress moved, [`ChunkFate::Dropped`] when the chunk is to be read
+    /// again (through the buffer if the loader refused it).
+    pub ack: Ack,
+}
+
+/// Why a chunk was not loaded.
+enum NotLoaded {
+    /// It cannot be loaded directly (a value the Arrow builder rejects, a table that stops): its table's chunks
+    /// go through the buffer, which handles those cases (dead letters, the table's stop).
+    Refused(String),
+    /// The capture session ended first (nothing in flight: the next session's lanes look for the marker).
+    Ended,
+}
+
+/// Writes snapshot chunks straight into Iceberg, beside the capture's stream. One per capture (it outlives its
+/// sessions): a new session waits for the last one's chunks to end ([`ChunkLoader::settle`]) before its lanes
+/// look for their markers.
+pub struct ChunkLoader {
+    pipeline: String,
+    buffer: Config,
+    catalog: Arc<GuardedCatalog>,
+    tables: Tables,
+    target: TargetFn,
+    target_file_size: usize,
+    /// Tables whose chunks go through the buffer from now on.
+    refused: Mutex<HashSet<TableId>>,
+    tasks: TaskTracker,
+    /// Cancelled when a new session settles: the old session's chunks stop between attempts.
+    session: Mutex<CancellationToken>,
+}
+
+impl ChunkLoader {
+    /// A loader for `pipeline`'s changelog tables.
+    pub async fn connect(pipeline: &str, buffer: Config, settings: &LoadSettings) -> Result<Self, IcebergCommitError> {
+        let catalog = Arc::new(GuardedCatalog::new(crate::catalog::connect(&settings.catalog).await?));
+        let commits = Arc::new(super::CommitCatalog::new(&settings.catalog).map_err(IcebergCommitError::CatalogDatabase)?);
+        Ok(Self {
+            pipeline: pipeline.to_string(),
+            buffer,
+            tables: Tables::new(pipeline, catalog.clone(), commits),
+            catalog,
+            target: settings.target.clone(),
+            target_file_size: settings.target_file_size,
+            refused: Mutex::new(HashSet::new()),
+            tasks: TaskTracker::new(),
+            session: Mutex::new(CancellationToken::new()),
+        })
+    }
+
+    /// Whether `table`'s chunks are loaded here (a changelog table whose chunks were not refused).
+    pub fn takes(&self, table: &TableId) -> bool {
+        !(self.target)(table).mirror && self.refused.lock().is_ok_and(|r| !r.contains(table))
+    }
+
+    fn ident(&self, table: &TableId) -> TableIdent {
+        let target = (self.target)(table);
+        TableIdent::new(NamespaceIdent::new(target.namespace), target.name)
+    }
+
+    /// Ends the chunks of an earlier session: they stop between attempts and are waited for, so nothing is in
+    /// flight when this session's lanes look for their markers.
+    pub async fn settle(&self) {
+        if let Ok(session) = self.session.lock() {
+            session.cancel();
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.tasks.reopen();
+        if let Ok(mut session) = self.session.lock() {
+            *session = CancellationToken::new();
+        }
+    }
+
+    /// The progress of `run`'s `lane` chunk read after `after`, if its commit landed in Iceberg (the capture was
+    /// killed before the progress moved). `Err`: the catalog could not be read.
+    pub async fn landed(&self, table: &TableId, run: i32, lane: i32, after: Option<&[String]>) -> Result<Option<ChunkProgress>, iceberg::Error> {
+        let ident = self.ident(table);
+        if !self.catalog.inner().table_exists(&ident).await? {
+            return Ok(None);
+        }
+        let loaded = self.catalog.load_unguarded(&ident).await?;
+        Ok(find_marker(&loaded, &self.pipeline, run, lane, after).and_then(|m| m.progress(table)))
+    }
+
+    /// Loads `chunk` in a task of its own (the stream goes on); the chunk's ack says how it ended.
+    pub fn hand_over(self: &Arc<Self>, chunk: DirectChunk) {
+        let loader = self.clone();
+        let session = self.session.lock().map(|s| s.clone()).unwrap_or_default();
+        self.tasks.spawn(async move {
+            let fate = match loader.load(&chunk, &session).await {
+                Ok(()) => ChunkFate::Durable,
+                Err(NotLoaded::Ended) => ChunkFate::Dropped,
+                Err(NotLoaded::Refused(reason)) => {
+                    tracing::warn!(table = %chunk.progress.table, reason = %reason,
+                        "snapshot chunk cannot be written straight into iceberg: the table's chunks go through the buffer");
+                    if let Ok(mut refused) = loader.refused.lock() {
+                        refused.insert(chunk.progress.table.clone());
+                    }
+                    ChunkFate::Dropped
+                }
+            };
+            chunk.ack.send(fate);
+        });
+    }
+
+    /// Writes and commits the chunk (unless its marker is there already), then moves its progress; catalog,
+    /// warehouse and buffer failures are retried with backoff until the session ends.
+    async fn load(&self, chunk: &DirectChunk, session: &CancellationToken) -> Result<(), NotLoaded> {
+        let table = &chunk.progress.table;
+        let backoff = RetryPolicy { base: std::time::Duration::from_millis(200), cap: std::time::Duration::from_secs(10), max_attempts: u32::MAX };
+        let mut attempt = 0;
+        let started = Instant::now();
+        let rows = loop {
+            if session.is_cancelled() {
+                return Err(NotLoaded::Ended);
+            }
+            match self.commit(chunk).await {
+                Ok(rows) => break rows,
+                Err(Attempt::Refused(reason)) => return Err(NotLoaded::Refused(reason)),
+                Err(Attempt::Failed(e)) => {
+                    attempt += 1;
+                    if crate::catalog::is_conflict(&e) {
+                        tracing::debug!(table = %table, "snapshot chunk commit conflict; checking the table again");
+                        continue;
+                    }
+                    tracing::warn!(table = %table, error = %crate::report::chain(&e),
+                        "writing a snapshot chunk into iceberg failed; retrying with backoff");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.delay(attempt)) => {}
+                        () = session.cancelled() => return Err(NotLoaded::Ended),
+                    }
+                }
+            }
+        };
+        fault::hit(fault::AFTER_CHUNK_COMMIT);
+        let mut attempt = 0;
+        loop {
+            let moved = async {
+                let client = store::connect(&self.buffer).await?;
+                snapshots::advance(&client, &self.pipeline, &chunk.progress).await
+            };
+            match moved.await {
+                Ok(()) => break,
+                Err(error) => {
+                    attempt += 1;
+                    tracing::warn!(table = %table, error = %crate::report::chain(&error),
+                        "moving a snapshot chunk's progress failed; retrying (the chunk is in iceberg)");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.delay(attempt)) => {}
+                        () = session.cancelled() => return Err(NotLoaded::Ended),
+                    }
+                }
+            }
+        }
+        let attributes = telemetry::table(table);
+        let metrics = telemetry::metrics();
+        metrics.snapshot_rows.add(rows, &attributes);
+        metrics.cdc_events_read.add(rows, &attributes);
+        tracing::debug!(table = %table, lane = chunk.progress.lane, rows, ms = started.elapsed().as_millis() as u64, "snapshot chunk loaded");
+        Ok(())
+    }
+
+    /// One attempt: the table made ready, the chunk's files written and committed. Returns the rows committed
+    /// (0 for a chunk whose marker was already there, or with no row).
+    async fn commit(&self, chunk: &DirectChunk) -> Result<u64, Attempt> {
+        let source = &chunk.progress.table;
+        let ident = self.ident(source);
+        let rows = chunk.rows.rows.len();
+        if rows == 0 {
+            return Ok(0);
+        }
+        let (run, lane, after) = (chunk.progress.run, chunk.progress.lane, chunk.after.as_deref());
+        let number = chunk.rows.table.version;
+        let versions = self.versions(source).await?;
+        let target = (self.target)(source);
+        let used = [(number, chunk.progress.lsn)];
+        let (table, named) = match self.tables.prepare(&ident, source, &versions, &used, false, &target.partition).await? {
+            Prepared::Stopped(reason) => return Err(Attempt::Refused(reason)),
+            Prepared::Ready { table, versions, .. } => (table, versions),
+        };
+        if find_marker(&table, &self.pipeline, run, lane, after).is_some() {
+            return Ok(0);
+        }
+        let version = named.get(&number).cloned().unwrap_or_else(|| Arc::new(chunk.rows.table.schema.clone()));
+        let batch = build(&table, &version, &chunk.rows)?;
+        let started = Instant::now();
+        let mut writer = writer::open(&self.pipeline, &table, &batch, self.target_file_size).await?;
+        let mut times = telemetry::CommitTimes::default();
+        times.add(&batch);
+        writer.write(batch).await?;
+        let files = writer.close().await?;
+        let file_count = files.len() as u64;
+        let marker = serde_json::to_string(&ChunkMarker::of(&chunk.progress, chunk.after.clone()))
+            .map_err(|e| Attempt::Refused(format!("the chunk's marker cannot be written: {e}")))?;
+        // Commit on the table as it is now, its position carried over; a conflict reloads and commits the same
+        // files again (they are new by name and hold only this chunk's rows).
+        loop {
+            let table = self.catalog.load_unguarded(&ident).await?;
+            if find_marker(&table, &self.pipeline, run, lane, after).is_some() {
+                return Ok(0);
+            }
+            let mut properties = HashMap::from([
+                (SUMMARY_PIPELINE.to_string(), self.pipeline.clone()),
+                (SUMMARY_SNAPSHOT_CHUNK.to_string(), marker.clone()),
+            ]);
+            if let Some(position) = committed_position(&table, &self.pipeline) {
+                properties.insert(SUMMARY_LAST_LSN.to_string(), position.commit_lsn.to_string());
+                properties.insert(SUMMARY_LAST_SEQ.to_string(), position.seq.to_string());
+            }
+            let tx = Transaction::new(&table);
+            let append = tx.fast_append().with_check_duplicate(false);
+            let tx = append.add_data_files(files.clone()).set_snapshot_properties(properties).apply(tx)?;
+            self.catalog.guard(&ident, table.metadata().current_snapshot_id());
+            let result = tx.commit(self.catalog.as_ref()).await;
+            self.catalog.unguard(&ident);
+            match result {
+                Ok(_) => break,
+                Err(e) if crate::catalog::is_conflict(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let attributes = telemetry::table(source);
+        let metrics = telemetry::metrics();
+        metrics.rows_written.add(rows as u64, &attributes);
+        metrics.files_written.add(file_count, &attributes);
+        metrics.snapshots.add(1, &attributes);
+        metrics.cdc_batches_written.add(1, &attributes);
+        metrics.cdc_events_processed.add(rows as u64, &attributes);
+        metrics.commit_seconds.record(started.elapsed().as_secs_f64(), &attributes);
+        times.record(&attributes);
+        Ok(rows as u64)
+    }
+
+    /// Every recorded schema version of `table`.
+    async fn versions(&self, table: &TableId) -> Result<std::collections::BTreeMap<i32, Arc<TableSchema>>, Attempt> {
+        let client = store::connect(&self.buffer).await.map_err(Attempt::buffer)?;
+        let rows = schema_store::versions(&client, &self.pipeline, &table.schema, &table.name).await.map_err(Attempt::buffer)?;
+        let mut versions = std::collections::BTreeMap::new();
+        for row in rows {
+            let schema: TableSchema = rmp_serde::from_slice(&row.columns)
+                .map_err(|e| Attempt::Refused(format!("schema version {} of {table} cannot be read: {e}", row.version)))?;
+            versions.insert(row.version, Arc::new(schema));
+        }
+        Ok(versions)
+    }
+}
+
+/// The chunk's rows as one batch in the table's current schema, with the flush's builder; a row the builder
+/// would reject (a dead letter) refuses the chunk: the buffer path stores dead letters.
+fn build(table: &Table, version: &TableSchema, rows: &EncodedRows) -> Result<arrow::array::RecordBatch, Attempt> {
+    let schema = table.metadata().current_schema();
+    let mut payload = Vec::with_capacity(rows.bytes.len() + 5);
+    rmp::encode::write_array_len(&mut payload, rows.rows.len() as u32).map_err(|e| Attempt::Refused(e.to_string()))?;
+    payload.extend_from_slice(&rows.bytes);
+    let refused = |e: crate::changelog::SchemaError| Attempt::Refused(e.to_string());
+    let mut builder = BatchBuilder::from_payload(schema, rows.rows.len(), version, &payload).map_err(refused)?;
+    if !builder.append_payload(schema, version, &payload).map_err(refused)? {
+        return Err(Attempt::Refused("a row needs the general build (a value it cannot take as it is)".into()));
+    }
+    let output = builder.finish().map_err(refused)?;
+    if let Some(first) = output.rejected.first() {
+        return Err(Attempt::Refused(format!("a row cannot be written: {}", first.reason)));
+    }
+    Ok(output.batch)
+}
+
+/// How one attempt failed.
+enum Attempt {
+    /// Not loadable directly.
+    Refused(String),
+    /// Retried.
+    Failed(iceberg::Error),
+}
+
+impl Attempt {
+    fn buffer(error: tokio_postgres::Error) -> Self {
+        Attempt::Failed(iceberg::Error::new(iceberg::ErrorKind::Unexpected, format!("buffer database: {}", crate::report::chain(&error))))
+    }
+}
+
+impl From<iceberg::Error> for Attempt {
+    fn from(error: iceberg::Error) -> Self {
+        Attempt::Failed(error)
+    }
+}
+
+impl From<IcebergCommitError> for Attempt {
+    fn from(error: IcebergCommitError) -> Self {
+        match error {
+            IcebergCommitError::Iceberg(e) => Attempt::Failed(e),
+            other => Attempt::Failed(iceberg::Error::new(iceberg::ErrorKind::Unexpected, other.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_names_its_chunk_and_gives_back_its_progress() {
+        let table = TableId::new("public", "t");
+        let progress = ChunkProgress {
+            table: table.clone(),
+            run: 2,
+            lane: 1,
+            last_key: Some(vec!["a".into(), "7".into()]),
+            rows: 50_000,
+            done: false,
+            lsn: Lsn(0x16B_3F28),
+        };
+        let marker = ChunkMarker::of(&progress, Some(vec!["a".into(), "3".into()]));
+        let text = serde_json::to_string(&marker).unwrap();
+        let back: ChunkMarker = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.progress(&table), Some(progress));
+        assert!(back.is(2, 1, Some(&["a".to_string(), "3".to_string()])));
+        assert!(!back.is(2, 1, None));
+        assert!(!back.is(1, 1, Some(&["a".to_string(), "3".to_string()])));
+        assert!(!back.is(2, 0, Some(&["a".to_string(), "3".to_string()])));
+    }
+}
