@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -132,6 +132,8 @@ pub struct DirectChunk {
     pub progress: ChunkProgress,
     /// The lane's key before it.
     pub after: Option<Vec<String>>,
+    /// The lane's chunk before it, if still in flight: this one commits only once that one is durable.
+    pub previous: Option<tokio::sync::watch::Receiver<ChunkFate>>,
     /// Told [`ChunkFate::Durable`] once the progress moved, [`ChunkFate::Dropped`] when the chunk is to be read
     /// again (through the buffer if the loader refused it).
     pub ack: Ack,
@@ -161,6 +163,8 @@ pub struct ChunkLoader {
     tasks: TaskTracker,
     /// Cancelled when a new session settles: the old session's chunks stop between attempts.
     session: Mutex<CancellationToken>,
+    /// A buffer session kept between chunks (schema versions, progress); dropped when it fails.
+    client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
 impl ChunkLoader {
@@ -178,6 +182,7 @@ impl ChunkLoader {
             refused: Mutex::new(HashSet::new()),
             tasks: TaskTracker::new(),
             session: Mutex::new(CancellationToken::new()),
+            client: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -237,55 +242,39 @@ impl ChunkLoader {
         });
     }
 
-    /// Writes and commits the chunk (unless its marker is there already), then moves its progress; catalog,
-    /// warehouse and buffer failures are retried with backoff until the session ends.
+    /// Writes the chunk's files, waits for the lane's chunk before it, commits the files (unless its marker is
+    /// there already), then moves its progress. Catalog, warehouse and buffer failures are retried with backoff
+    /// until the session ends.
     async fn load(&self, chunk: &DirectChunk, session: &CancellationToken) -> Result<(), NotLoaded> {
         let table = &chunk.progress.table;
-        let backoff = RetryPolicy { base: std::time::Duration::from_millis(200), cap: std::time::Duration::from_secs(10), max_attempts: u32::MAX };
-        let mut attempt = 0;
         let started = Instant::now();
-        let rows = loop {
-            if session.is_cancelled() {
+        let written = self.retried(chunk, session, "writing a snapshot chunk's files", || self.write(chunk)).await?;
+        // The lane's chunks land in order: a chunk after one that was dropped must not land (the lane reads
+        // again from the dropped one's start).
+        if let Some(previous) = &chunk.previous {
+            let mut previous = previous.clone();
+            let durable = tokio::select! {
+                fate = previous.wait_for(|f| matches!(f, ChunkFate::Durable | ChunkFate::Dropped)) => {
+                    fate.is_ok_and(|f| *f == ChunkFate::Durable)
+                }
+                () = session.cancelled() => false,
+            };
+            if !durable {
                 return Err(NotLoaded::Ended);
             }
-            match self.commit(chunk).await {
-                Ok(rows) => break rows,
-                Err(Attempt::Refused(reason)) => return Err(NotLoaded::Refused(reason)),
-                Err(Attempt::Failed(e)) => {
-                    attempt += 1;
-                    if crate::catalog::is_conflict(&e) {
-                        tracing::debug!(table = %table, "snapshot chunk commit conflict; checking the table again");
-                        continue;
-                    }
-                    tracing::warn!(table = %table, error = %crate::report::chain(&e),
-                        "writing a snapshot chunk into iceberg failed; retrying with backoff");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff.delay(attempt)) => {}
-                        () = session.cancelled() => return Err(NotLoaded::Ended),
-                    }
-                }
-            }
-        };
-        fault::hit(fault::AFTER_CHUNK_COMMIT);
-        let mut attempt = 0;
-        loop {
-            let moved = async {
-                let client = store::connect(&self.buffer).await?;
-                snapshots::advance(&client, &self.pipeline, &chunk.progress).await
-            };
-            match moved.await {
-                Ok(()) => break,
-                Err(error) => {
-                    attempt += 1;
-                    tracing::warn!(table = %table, error = %crate::report::chain(&error),
-                        "moving a snapshot chunk's progress failed; retrying (the chunk is in iceberg)");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff.delay(attempt)) => {}
-                        () = session.cancelled() => return Err(NotLoaded::Ended),
-                    }
-                }
-            }
         }
+        if let Some(written) = &written {
+            self.retried(chunk, session, "committing a snapshot chunk", || self.commit(chunk, written)).await?;
+            fault::hit(fault::AFTER_CHUNK_COMMIT);
+        }
+        self.retried(chunk, session, "moving a snapshot chunk's progress (the chunk is in iceberg)", || async {
+            let mut client = self.client.lock().await;
+            let session = self.buffer_session(&mut client).await?;
+            let moved = snapshots::advance(session, &self.pipeline, &chunk.progress).await;
+            moved.map_err(|e| Self::failed(&mut client, e))
+        })
+        .await?;
+        let rows = written.as_ref().map_or(0, |w| w.rows);
         let attributes = telemetry::table(table);
         let metrics = telemetry::metrics();
         metrics.snapshot_rows.add(rows, &attributes);
@@ -294,16 +283,45 @@ impl ChunkLoader {
         Ok(())
     }
 
-    /// One attempt: the table made ready, the chunk's files written and committed. Returns the rows committed
-    /// (0 for a chunk whose marker was already there, or with no row).
-    async fn commit(&self, chunk: &DirectChunk) -> Result<u64, Attempt> {
+    /// Runs `attempt` until it succeeds, is refused, or the session ends; a conflict is tried again at once,
+    /// any other failure after a backoff.
+    async fn retried<T, F, Fut>(&self, chunk: &DirectChunk, session: &CancellationToken, what: &str, attempt: F) -> Result<T, NotLoaded>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Attempt>>,
+    {
+        let backoff = RetryPolicy { base: Duration::from_millis(200), cap: Duration::from_secs(10), max_attempts: u32::MAX };
+        let mut failures = 0;
+        loop {
+            if session.is_cancelled() {
+                return Err(NotLoaded::Ended);
+            }
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(Attempt::Refused(reason)) => return Err(NotLoaded::Refused(reason)),
+                Err(Attempt::Failed(e)) if crate::catalog::is_conflict(&e) => {
+                    tracing::debug!(table = %chunk.progress.table, "snapshot chunk commit conflict; checking the table again");
+                }
+                Err(Attempt::Failed(e)) => {
+                    failures += 1;
+                    tracing::warn!(table = %chunk.progress.table, error = %crate::report::chain(&e), "{what} failed; retrying with backoff");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.delay(failures)) => {}
+                        () = session.cancelled() => return Err(NotLoaded::Ended),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The table made ready and the chunk's files written (`None`: no row to write).
+    async fn write(&self, chunk: &DirectChunk) -> Result<Option<Written>, Attempt> {
         let source = &chunk.progress.table;
-        let ident = self.ident(source);
         let rows = chunk.rows.rows.len();
         if rows == 0 {
-            return Ok(0);
+            return Ok(None);
         }
-        let (run, lane, after) = (chunk.progress.run, chunk.progress.lane, chunk.after.as_deref());
+        let ident = self.ident(source);
         let number = chunk.rows.table.version;
         let versions = self.versions(source).await?;
         let target = (self.target)(source);
@@ -312,63 +330,78 @@ impl ChunkLoader {
             Prepared::Stopped(reason) => return Err(Attempt::Refused(reason)),
             Prepared::Ready { table, versions, .. } => (table, versions),
         };
-        if find_marker(&table, &self.pipeline, run, lane, after).is_some() {
-            return Ok(0);
-        }
         let version = named.get(&number).cloned().unwrap_or_else(|| Arc::new(chunk.rows.table.schema.clone()));
         let batch = build(&table, &version, &chunk.rows)?;
-        let started = Instant::now();
-        let mut writer = writer::open(&self.pipeline, &table, &batch, self.target_file_size).await?;
         let mut times = telemetry::CommitTimes::default();
         times.add(&batch);
+        let mut writer = writer::open(&self.pipeline, &table, &batch, self.target_file_size).await?;
         writer.write(batch).await?;
         let files = writer.close().await?;
-        let file_count = files.len() as u64;
         let marker = serde_json::to_string(&ChunkMarker::of(&chunk.progress, chunk.after.clone()))
             .map_err(|e| Attempt::Refused(format!("the chunk's marker cannot be written: {e}")))?;
-        // Commit on the table as it is now, its position carried over; a conflict reloads and commits the same
-        // files again (they are new by name and hold only this chunk's rows).
-        loop {
-            let table = self.catalog.load_unguarded(&ident).await?;
-            if find_marker(&table, &self.pipeline, run, lane, after).is_some() {
-                return Ok(0);
-            }
-            let mut properties = HashMap::from([
-                (SUMMARY_PIPELINE.to_string(), self.pipeline.clone()),
-                (SUMMARY_SNAPSHOT_CHUNK.to_string(), marker.clone()),
-            ]);
-            if let Some(position) = committed_position(&table, &self.pipeline) {
-                properties.insert(SUMMARY_LAST_LSN.to_string(), position.commit_lsn.to_string());
-                properties.insert(SUMMARY_LAST_SEQ.to_string(), position.seq.to_string());
-            }
-            let tx = Transaction::new(&table);
-            let append = tx.fast_append().with_check_duplicate(false);
-            let tx = append.add_data_files(files.clone()).set_snapshot_properties(properties).apply(tx)?;
-            self.catalog.guard(&ident, table.metadata().current_snapshot_id());
-            let result = tx.commit(self.catalog.as_ref()).await;
-            self.catalog.unguard(&ident);
-            match result {
-                Ok(_) => break,
-                Err(e) if crate::catalog::is_conflict(&e) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        Ok(Some(Written { ident, files, marker, rows: rows as u64, times }))
+    }
+
+    /// Commits the written files on the table as it is now, its position carried over, unless the chunk's marker
+    /// is there already (an earlier attempt landed). A conflict is tried again with the same files (new by
+    /// name, holding only this chunk's rows).
+    async fn commit(&self, chunk: &DirectChunk, written: &Written) -> Result<(), Attempt> {
+        let (run, lane, after) = (chunk.progress.run, chunk.progress.lane, chunk.after.as_deref());
+        let started = Instant::now();
+        let ident = &written.ident;
+        let table = self.catalog.load_unguarded(ident).await?;
+        if find_marker(&table, &self.pipeline, run, lane, after).is_some() {
+            return Ok(());
         }
-        let attributes = telemetry::table(source);
+        let mut properties = HashMap::from([
+            (SUMMARY_PIPELINE.to_string(), self.pipeline.clone()),
+            (SUMMARY_SNAPSHOT_CHUNK.to_string(), written.marker.clone()),
+        ]);
+        if let Some(position) = committed_position(&table, &self.pipeline) {
+            properties.insert(SUMMARY_LAST_LSN.to_string(), position.commit_lsn.to_string());
+            properties.insert(SUMMARY_LAST_SEQ.to_string(), position.seq.to_string());
+        }
+        let tx = Transaction::new(&table);
+        let append = tx.fast_append().with_check_duplicate(false);
+        let tx = append.add_data_files(written.files.clone()).set_snapshot_properties(properties).apply(tx)?;
+        self.catalog.guard(ident, table.metadata().current_snapshot_id());
+        let result = tx.commit(self.catalog.as_ref()).await;
+        self.catalog.unguard(ident);
+        result?;
+        let attributes = telemetry::table(&chunk.progress.table);
         let metrics = telemetry::metrics();
-        metrics.rows_written.add(rows as u64, &attributes);
-        metrics.files_written.add(file_count, &attributes);
+        metrics.rows_written.add(written.rows, &attributes);
+        metrics.files_written.add(written.files.len() as u64, &attributes);
         metrics.snapshots.add(1, &attributes);
         metrics.cdc_batches_written.add(1, &attributes);
-        metrics.cdc_events_processed.add(rows as u64, &attributes);
+        metrics.cdc_events_processed.add(written.rows, &attributes);
         metrics.commit_seconds.record(started.elapsed().as_secs_f64(), &attributes);
-        times.record(&attributes);
-        Ok(rows as u64)
+        written.times.record(&attributes);
+        Ok(())
+    }
+
+    /// The kept buffer session, connected when there is none.
+    async fn buffer_session<'c>(&self, client: &'c mut Option<tokio_postgres::Client>) -> Result<&'c tokio_postgres::Client, Attempt> {
+        if client.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            *client = Some(store::connect(&self.buffer).await.map_err(Attempt::buffer)?);
+        }
+        client.as_ref().ok_or_else(|| Attempt::Refused("no buffer session".into()))
+    }
+
+    /// A failed statement: the session is dropped (the next attempt connects again).
+    fn failed(client: &mut Option<tokio_postgres::Client>, error: tokio_postgres::Error) -> Attempt {
+        *client = None;
+        Attempt::buffer(error)
     }
 
     /// Every recorded schema version of `table`.
     async fn versions(&self, table: &TableId) -> Result<std::collections::BTreeMap<i32, Arc<TableSchema>>, Attempt> {
-        let client = store::connect(&self.buffer).await.map_err(Attempt::buffer)?;
-        let rows = schema_store::versions(&client, &self.pipeline, &table.schema, &table.name).await.map_err(Attempt::buffer)?;
+        let rows = {
+            let mut client = self.client.lock().await;
+            let session = self.buffer_session(&mut client).await?;
+            let read = schema_store::versions(session, &self.pipeline, &table.schema, &table.name).await;
+            read.map_err(|e| Self::failed(&mut client, e))?
+        };
         let mut versions = std::collections::BTreeMap::new();
         for row in rows {
             let schema: TableSchema = rmp_serde::from_slice(&row.columns)
@@ -396,6 +429,15 @@ fn build(table: &Table, version: &TableSchema, rows: &EncodedRows) -> Result<arr
         return Err(Attempt::Refused(format!("a row cannot be written: {}", first.reason)));
     }
     Ok(output.batch)
+}
+
+/// A chunk's files, written and not yet committed.
+struct Written {
+    ident: TableIdent,
+    files: Vec<iceberg::spec::DataFile>,
+    marker: String,
+    rows: u64,
+    times: telemetry::CommitTimes,
 }
 
 /// How one attempt failed.

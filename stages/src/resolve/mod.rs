@@ -559,7 +559,8 @@ impl SchemaResolve {
                 Kept::Encoded(encoded) => encoded,
                 Kept::Events(events) => encode_events(version.clone(), read.read_at, &events)?,
             };
-            direct.loader.hand_over(DirectChunk { rows, progress, after: direct.after, ack: read.ack });
+            read.ack.send(ChunkFate::Handed);
+            direct.loader.hand_over(DirectChunk { rows, progress, after: direct.after, previous: direct.previous, ack: read.ack });
             return Ok(());
         }
         out.push(Resolved::Begin { commit_lsn: lsn });

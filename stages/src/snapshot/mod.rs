@@ -90,8 +90,11 @@ pub fn next_chunk_id() -> u64 {
 pub enum ChunkFate {
     /// Not yet known.
     Waiting,
-    /// Enqueued with its progress: read the next one.
+    /// Enqueued with its progress (or committed to Iceberg and its progress moved): read the next one.
     Durable,
+    /// Handed to the direct path, which writes it in the background: read the next one; the final fate
+    /// (`Durable` or `Dropped`) follows on the same ack.
+    Handed,
     /// The stream could not place it (no low watermark was seen in this session): read it again.
     Dropped,
 }
@@ -146,6 +149,9 @@ pub struct Direct {
     pub loader: Arc<crate::iceberg_commit::chunk::ChunkLoader>,
     /// The lane's key before the chunk.
     pub after: Option<Vec<String>>,
+    /// The lane's chunk before this one, while it is still being written: this one commits only after it is
+    /// durable (and is dropped if it is dropped), so a lane's chunks land and move its progress in order.
+    pub previous: Option<watch::Receiver<ChunkFate>>,
 }
 
 impl std::fmt::Debug for Direct {

@@ -268,7 +268,9 @@ impl Reader {
         Ok(workers.min((rows.max(0) as usize / chunk).max(1)))
     }
 
-    /// Reads one lane chunk by chunk, each chunk holding a worker until it is enqueued.
+    /// Reads one lane chunk by chunk, each chunk holding a worker until it is enqueued (or handed to the direct
+    /// path, which writes it while the next one is read: at most one chunk of a lane is written in the
+    /// background, and the lane's chunks land in order).
     async fn read_lane(
         &self,
         buffer: &tokio_postgres::Client,
@@ -278,11 +280,12 @@ impl Reader {
         workers: &Semaphore,
     ) -> Result<(), TableError> {
         let mut source = store::connect(&self.source).await?;
-        // A chunk written straight into Iceberg whose progress did not move (the capture was killed between the
-        // two): its commit's marker moves it now, and the chunk is not read again.
+        // Chunks written straight into Iceberg whose progress did not move (the capture was killed between the
+        // two): their commits' markers move it now, and they are not read again.
         if let Some(load) = self.load.as_ref().filter(|l| l.takes(&request.table)) {
-            let landed = load.landed(&request.table, request.run, lane.lane, lane.last_key.as_deref()).await;
-            if let Some(progress) = landed.map_err(|e| TableError::Catalog(crate::report::chain(&e)))? {
+            loop {
+                let landed = load.landed(&request.table, request.run, lane.lane, lane.last_key.as_deref()).await;
+                let Some(progress) = landed.map_err(|e| TableError::Catalog(crate::report::chain(&e)))? else { break };
                 tracing::info!(table = %request.table, lane = lane.lane, rows = progress.rows,
                     "snapshot chunk found in iceberg: moving its progress, not reading it again");
                 snapshots::advance(buffer, &self.pipeline, &progress).await?;
@@ -292,20 +295,59 @@ impl Reader {
                 lane.last_key = progress.last_key.or(lane.last_key);
             }
         }
+        // The chunk being written in the background: its ack, and the lane's key before it.
+        let mut writing: Option<(watch::Receiver<ChunkFate>, Option<Vec<String>>)> = None;
         loop {
-            let Ok(_worker) = workers.acquire().await else { return Err(TableError::Ended) };
-            let (fate, chunk) = self.read_chunk(&mut source, buffer, request, relid, &lane).await?;
-            match fate {
-                ChunkFate::Durable => {
-                    if chunk.done {
-                        return Ok(());
+            // Decided once per chunk: a table the loader stopped taking reads through the buffer, and only once
+            // nothing of its lane is still written in the background (its progress must move in order).
+            let loader = self.load.as_ref().filter(|l| l.takes(&request.table));
+            if loader.is_none() {
+                if let Some((earlier, start)) = writing.take() {
+                    if final_fate(&earlier).await? != ChunkFate::Durable {
+                        lane.last_key = start;
                     }
-                    lane.last_key = chunk.last_key.or(lane.last_key);
+                }
+            }
+            let Ok(worker) = workers.acquire().await else { return Err(TableError::Ended) };
+            let before = lane.last_key.clone();
+            let direct = loader.map(|loader| Direct {
+                loader: loader.clone(),
+                after: before.clone(),
+                previous: writing.as_ref().map(|(fate, _)| fate.clone()),
+            });
+            let (fate, chunk, ack) = self.read_chunk(&mut source, buffer, request, relid, &lane, direct).await?;
+            drop(worker);
+            match fate {
+                // Through the buffer, or written directly already (then the one before it was durable first).
+                ChunkFate::Durable => writing = None,
+                ChunkFate::Handed => {
+                    // The one before it must be durable first; if it was dropped, this one is dropped too (it
+                    // waits for it) and the lane reads again from the dropped one's start.
+                    let dropped_at = match writing.replace((ack, before)) {
+                        Some((earlier, start)) if final_fate(&earlier).await? != ChunkFate::Durable => Some(start),
+                        _ => None,
+                    };
+                    if dropped_at.is_some() || chunk.done {
+                        if let Some((this, start)) = writing.take() {
+                            let this = final_fate(&this).await?;
+                            match dropped_at {
+                                Some(start) => lane.last_key = start,
+                                None if this == ChunkFate::Durable => return Ok(()),
+                                None => lane.last_key = start,
+                            }
+                        }
+                        continue;
+                    }
                 }
                 ChunkFate::Dropped | ChunkFate::Waiting => {
                     tracing::debug!(table = %request.table, lane = lane.lane, "chunk not placed by the stream; reading it again");
+                    continue;
                 }
             }
+            if fate == ChunkFate::Durable && chunk.done {
+                return Ok(());
+            }
+            lane.last_key = chunk.last_key.or(lane.last_key);
         }
     }
 
@@ -342,7 +384,8 @@ impl Reader {
         request: &SnapshotRow,
         relid: u32,
         lane: &Lane,
-    ) -> Result<(ChunkFate, ChunkOutcome), TableError> {
+        direct: Option<Direct>,
+    ) -> Result<(ChunkFate, ChunkOutcome, watch::Receiver<ChunkFate>), TableError> {
         let table = &request.table;
         let shape = self.usable_shape(source, table, relid).await?;
         let chunk = next_chunk_id();
@@ -359,7 +402,7 @@ impl Reader {
         let read = self.read_rows(source, request, relid, &shape, lane).await;
         let (relation, rows, outcome) = match read {
             Ok(Some(read)) => read,
-            Ok(None) => return Ok((ChunkFate::Dropped, ChunkOutcome::default())),
+            Ok(None) => return Ok((ChunkFate::Dropped, ChunkOutcome::default(), Ack::new().1)),
             Err(error) => {
                 // Closes the chunk's window in the stream (best effort: the connection may be what failed).
                 watermark.high = true;
@@ -367,7 +410,7 @@ impl Reader {
                 return Err(error);
             }
         };
-        let (ack, mut fate) = Ack::new();
+        let (ack, fate) = Ack::new();
         self.mailbox.put(
             chunk,
             ReadChunk {
@@ -380,7 +423,7 @@ impl Reader {
                 done: outcome.done,
                 read_at: unix_micros(),
                 ack,
-                direct: self.load.as_ref().filter(|l| l.takes(table)).map(|loader| Direct { loader: loader.clone(), after: lane.last_key.clone() }),
+                direct,
             },
         );
         watermark.high = true;
@@ -389,8 +432,9 @@ impl Reader {
             return Err(error.into());
         }
         snapshots::count_read(buffer, &self.pipeline, table, request.run).await?;
-        let fate = wait_for_fate(&mut fate).await?;
-        Ok((fate, outcome))
+        let mut waiting = fate.clone();
+        let fate = wait_for_fate(&mut waiting).await?;
+        Ok((fate, outcome, waiting))
     }
 
     /// The chunk's rows, after its low watermark: waits for the transactions running then, and reads them in a
@@ -472,6 +516,15 @@ async fn wait_for_running(source: &tokio_postgres::Client, table: &TableId) -> R
         }
     }
     Ok(())
+}
+
+/// Waits for the end of a chunk handed to the direct path: `Durable` or `Dropped` (the sender gone: the capture
+/// session ended).
+async fn final_fate(fate: &watch::Receiver<ChunkFate>) -> Result<ChunkFate, TableError> {
+    match fate.clone().wait_for(|f| matches!(f, ChunkFate::Durable | ChunkFate::Dropped)).await {
+        Ok(f) => Ok(*f),
+        Err(_) => Err(TableError::Ended),
+    }
 }
 
 /// Waits for Enqueue's word on a chunk (the sender gone: the capture session ended).
