@@ -195,6 +195,54 @@ impl BatchBuilder {
         Ok(read.is_some() && usable)
     }
 
+    /// Appends a snapshot chunk's rows as `r` changes at `lsn` (`_seq` = the row's index), straight from the rows
+    /// as read: `typed` gives each row's values in the version's column order, borrowed from the read where it
+    /// can (text and bytes), so no segment is encoded and decoded on the way. `Ok(Err(reason))`: a row cannot be
+    /// typed or written here (the caller sends the chunk down the path that stores dead letters); rows may then
+    /// be half appended, and the builder is to be thrown away.
+    pub fn append_reads<'r, R>(
+        &mut self,
+        target: &Schema,
+        version: &TableSchema,
+        rows: &'r [R],
+        lsn: u64,
+        commit_ts: i64,
+        mut typed: impl FnMut(&'r R, &mut Vec<FieldValue<'r>>) -> Result<(), String>,
+    ) -> Result<Result<(), String>, SchemaError> {
+        let plan = Plan::new(version, target, &self.layout)?;
+        let (layout, builders) = (&self.layout, &mut self.builders);
+        let mut fields = Vec::with_capacity(version.columns.len());
+        for (seq, row) in rows.iter().enumerate() {
+            fields.clear();
+            if let Err(reason) = typed(row, &mut fields) {
+                return Ok(Err(reason));
+            }
+            if fields.len() != version.columns.len() {
+                return Ok(Err(format!("a row has {} values but {} has {} columns", fields.len(), version.qualified_name(), version.columns.len())));
+            }
+            let mut cells = vec![Cell::Null; layout.kinds.len()];
+            let known = known_cells(&plan, Op::Read, false, &fields, &mut cells, |value, j, i| {
+                let cell = match value {
+                    FieldValue::Borrowed(v) => convert_ref(*v, &layout.kinds[i])
+                        .map_err(|e| e.unwrap_or_else(|| "the value is not of the column's type".to_string())),
+                    FieldValue::Owned(v) => convert(v, &layout.kinds[i]),
+                };
+                cell.map_err(|e| format!("column {}: {e}", version.columns[j].name))
+            });
+            if let Err(reason) = known {
+                return Ok(Err(reason));
+            }
+            if let Err(reason) = changelog_cells(layout, &mut cells, Op::Read, (lsn, seq as u64), commit_ts, 0) {
+                return Ok(Err(reason));
+            }
+            cells[layout.unchanged] = Cell::Null;
+            for (builder, cell) in builders.iter_mut().zip(&cells) {
+                builder.append(cell)?;
+            }
+        }
+        Ok(Ok(()))
+    }
+
     /// Appends the rows of `segments` (consecutive, in position order, after those appended before).
     pub fn append(
         &mut self,
@@ -245,6 +293,16 @@ impl BatchBuilder {
             rejected: self.rejected,
         })
     }
+}
+
+/// A value of a snapshot row for [`BatchBuilder::append_reads`]: borrowed from the read (text, bytes), or typed
+/// into a value of its own.
+#[derive(Debug)]
+pub enum FieldValue<'r> {
+    /// Borrowed from the read.
+    Borrowed(ValueRef<'r>),
+    /// Typed.
+    Owned(Value),
 }
 
 /// Adds the bytes of each string and binary value of one row (in the version's column order) to its target

@@ -34,7 +34,9 @@ use crate::catalog::{committed_position, GuardedCatalog, SUMMARY_LAST_LSN, SUMMA
 use crate::claim::TargetFn;
 use crate::fault;
 use crate::position::Lsn;
-use crate::resolve::EncodedRows;
+use crate::decode::TupleData;
+use crate::resolve::convert::read_fields;
+use crate::resolve::{EncodedRows, TableVersion};
 use crate::snapshot::{Ack, ChunkFate};
 use crate::store::snapshots::{self, ChunkProgress};
 use crate::store::{self, schemas as schema_store};
@@ -124,10 +126,42 @@ pub struct LoadSettings {
     pub target_file_size: usize,
 }
 
+/// A chunk's rows, `r` changes at its high watermark.
+pub enum DirectRows {
+    /// Typed and encoded (a chunk whose window saw changes of its table: the rows it keeps).
+    Encoded(EncodedRows),
+    /// As read (a chunk whose window saw no change of its table, the common case): typed while the batch is
+    /// built, each text or byte value borrowed from its field.
+    Read {
+        /// The table and the schema version the rows follow.
+        table: Arc<TableVersion>,
+        /// The rows, in the version's column order.
+        rows: Vec<TupleData>,
+        /// When they were read (their `_commit_ts`).
+        commit_ts: i64,
+    },
+}
+
+impl DirectRows {
+    fn len(&self) -> usize {
+        match self {
+            DirectRows::Encoded(rows) => rows.rows.len(),
+            DirectRows::Read { rows, .. } => rows.len(),
+        }
+    }
+
+    fn table(&self) -> &Arc<TableVersion> {
+        match self {
+            DirectRows::Encoded(rows) => &rows.table,
+            DirectRows::Read { table, .. } => table,
+        }
+    }
+}
+
 /// A chunk handed over at its high watermark.
 pub struct DirectChunk {
-    /// Its rows as `r` changes at the high watermark.
-    pub rows: EncodedRows,
+    /// Its rows.
+    pub rows: DirectRows,
     /// The progress it makes.
     pub progress: ChunkProgress,
     /// The lane's key before it.
@@ -317,12 +351,12 @@ impl ChunkLoader {
     /// The table made ready and the chunk's files written (`None`: no row to write).
     async fn write(&self, chunk: &DirectChunk) -> Result<Option<Written>, Attempt> {
         let source = &chunk.progress.table;
-        let rows = chunk.rows.rows.len();
+        let rows = chunk.rows.len();
         if rows == 0 {
             return Ok(None);
         }
         let ident = self.ident(source);
-        let number = chunk.rows.table.version;
+        let number = chunk.rows.table().version;
         let versions = self.versions(source).await?;
         let target = (self.target)(source);
         let used = [(number, chunk.progress.lsn)];
@@ -330,16 +364,14 @@ impl ChunkLoader {
             Prepared::Stopped(reason) => return Err(Attempt::Refused(reason)),
             Prepared::Ready { table, versions, .. } => (table, versions),
         };
-        let version = named.get(&number).cloned().unwrap_or_else(|| Arc::new(chunk.rows.table.schema.clone()));
-        let batch = build(&table, &version, &chunk.rows)?;
-        let mut times = telemetry::CommitTimes::default();
-        times.add(&batch);
+        let version = named.get(&number).cloned().unwrap_or_else(|| Arc::new(chunk.rows.table().schema.clone()));
+        let batch = build(&table, &version, &chunk.rows, chunk.progress.lsn)?;
         let mut writer = writer::open(&self.pipeline, &table, &batch, self.target_file_size).await?;
         writer.write(batch).await?;
         let files = writer.close().await?;
         let marker = serde_json::to_string(&ChunkMarker::of(&chunk.progress, chunk.after.clone()))
             .map_err(|e| Attempt::Refused(format!("the chunk's marker cannot be written: {e}")))?;
-        Ok(Some(Written { ident, files, marker, rows: rows as u64, times }))
+        Ok(Some(Written { ident, files, marker, rows: rows as u64 }))
     }
 
     /// Commits the written files on the table as it is now, its position carried over, unless the chunk's marker
@@ -375,8 +407,8 @@ impl ChunkLoader {
         metrics.snapshots.add(1, &attributes);
         metrics.cdc_batches_written.add(1, &attributes);
         metrics.cdc_events_processed.add(written.rows, &attributes);
+        // Not `cdc_commit_to_iceberg_seconds`: a snapshot row was read, not committed, on the source.
         metrics.commit_seconds.record(started.elapsed().as_secs_f64(), &attributes);
-        written.times.record(&attributes);
         Ok(())
     }
 
@@ -412,18 +444,32 @@ impl ChunkLoader {
     }
 }
 
-/// The chunk's rows as one batch in the table's current schema, with the flush's builder; a row the builder
-/// would reject (a dead letter) refuses the chunk: the buffer path stores dead letters.
-fn build(table: &Table, version: &TableSchema, rows: &EncodedRows) -> Result<arrow::array::RecordBatch, Attempt> {
+/// The chunk's rows as one batch in the table's current schema (`version` is the rows' schema version under the
+/// table's column names), with the flush's builder; a row the builder would reject (a dead letter) refuses the
+/// chunk: the buffer path stores dead letters.
+fn build(table: &Table, version: &TableSchema, rows: &DirectRows, lsn: Lsn) -> Result<arrow::array::RecordBatch, Attempt> {
     let schema = table.metadata().current_schema();
-    let mut payload = Vec::with_capacity(rows.bytes.len() + 5);
-    rmp::encode::write_array_len(&mut payload, rows.rows.len() as u32).map_err(|e| Attempt::Refused(e.to_string()))?;
-    payload.extend_from_slice(&rows.bytes);
     let refused = |e: crate::changelog::SchemaError| Attempt::Refused(e.to_string());
-    let mut builder = BatchBuilder::from_payload(schema, rows.rows.len(), version, &payload).map_err(refused)?;
-    if !builder.append_payload(schema, version, &payload).map_err(refused)? {
-        return Err(Attempt::Refused("a row needs the general build (a value it cannot take as it is)".into()));
-    }
+    let builder = match rows {
+        DirectRows::Read { table: typed_as, rows, commit_ts } => {
+            let mut builder = BatchBuilder::new(schema, rows.len(), &[]).map_err(refused)?;
+            let appended = builder
+                .append_reads(schema, version, rows, lsn.as_u64(), *commit_ts, |row, out| read_fields(typed_as, row, out))
+                .map_err(refused)?;
+            appended.map_err(|reason| Attempt::Refused(format!("a row cannot be written: {reason}")))?;
+            builder
+        }
+        DirectRows::Encoded(rows) => {
+            let mut payload = Vec::with_capacity(rows.bytes.len() + 5);
+            rmp::encode::write_array_len(&mut payload, rows.rows.len() as u32).map_err(|e| Attempt::Refused(e.to_string()))?;
+            payload.extend_from_slice(&rows.bytes);
+            let mut builder = BatchBuilder::from_payload(schema, rows.rows.len(), version, &payload).map_err(refused)?;
+            if !builder.append_payload(schema, version, &payload).map_err(refused)? {
+                return Err(Attempt::Refused("a row needs the general build (a value it cannot take as it is)".into()));
+            }
+            builder
+        }
+    };
     let output = builder.finish().map_err(refused)?;
     if let Some(first) = output.rejected.first() {
         return Err(Attempt::Refused(format!("a row cannot be written: {}", first.reason)));
@@ -437,7 +483,6 @@ struct Written {
     files: Vec<iceberg::spec::DataFile>,
     marker: String,
     rows: u64,
-    times: telemetry::CommitTimes,
 }
 
 /// How one attempt failed.

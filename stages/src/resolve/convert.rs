@@ -4,7 +4,8 @@ use philotes_schemas::{has_binary, parse_binary, parse_binary_borrowed, parse_te
 
 use super::TableVersion;
 use crate::decode::{ChangeEvent, ColumnData, OldKind, TupleData};
-use crate::segment::{self, SegmentEvent};
+use crate::arrow_batch::FieldValue;
+use crate::segment::{self, SegmentEvent, ValueRef};
 
 /// Why a change could not be typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,29 @@ pub(super) fn encode_row(table: &TableVersion, data: &TupleData, out: &mut Vec<u
             other => segment::write_value(out, &typed(table, column, other)?),
         }
         .map_err(unencodable)?;
+    }
+    Ok(())
+}
+
+/// A snapshot row's values for the direct path's batch ([`crate::arrow_batch::BatchBuilder::append_reads`]): text
+/// and bytes read in binary borrowed from their fields, every other value typed as [`encode_row`] types it.
+pub fn read_fields<'r>(table: &TableVersion, data: &'r TupleData, out: &mut Vec<FieldValue<'r>>) -> Result<(), String> {
+    let failure = |e: ConvertFailure| match e {
+        ConvertFailure::Value(reason) => reason,
+        ConvertFailure::Binary => format!("{}: a binary value of a type read as text", table.schema.qualified_name()),
+    };
+    same_width(table, data).map_err(failure)?;
+    for (column, value) in table.schema.columns.iter().zip(data) {
+        out.push(match value {
+            ColumnData::Binary(bytes) if has_binary(&column.pg_type) => {
+                match parse_binary_borrowed(&column.pg_type, bytes).map_err(|e| failure(value_error(table, column, e)))? {
+                    BinaryValue::Text(text) => FieldValue::Borrowed(ValueRef::Text(text)),
+                    BinaryValue::Bytes(bytes) => FieldValue::Borrowed(ValueRef::Bytes(bytes)),
+                    BinaryValue::Other(value) => FieldValue::Owned(value),
+                }
+            }
+            other => FieldValue::Owned(typed(table, column, other).map_err(failure)?),
+        });
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! does not stop anything: the change becomes a [`Resolved::Rejected`] dead letter that Enqueue stores in the
 //! same buffer transaction as the neighbouring segments, so a redelivered transaction does not dead-letter it twice.
 
-mod convert;
+pub mod convert;
 
 pub use convert::convert_again;
 
@@ -20,7 +20,7 @@ use philotes_schemas::{
 use tokio_postgres::{Client, Config};
 
 use crate::decode::{ChangeEvent, Decoded, Relation};
-use crate::iceberg_commit::chunk::DirectChunk;
+use crate::iceberg_commit::chunk::{DirectChunk, DirectRows};
 use crate::position::{Lsn, Position};
 use crate::segment::SegmentEvent;
 use crate::op::Op;
@@ -482,7 +482,26 @@ impl SchemaResolve {
             new: Some(row),
             seq: seq as u64,
         };
-        let kept = match self.windows.untouched(&read.table, watermark.chunk) {
+        let untouched = self.windows.untouched(&read.table, watermark.chunk);
+        // Straight into Iceberg, as read: typed while the loader builds its batch, off the stream's path.
+        if let (Some(true), Some(direct)) = (untouched, &read.direct) {
+            self.windows.close(&read.table, watermark.chunk, &[], Vec::new());
+            let direct = direct.clone();
+            let progress = ChunkProgress {
+                table: read.table,
+                run: read.run,
+                lane: read.lane,
+                last_key: read.last_key,
+                rows: rows as i64,
+                done: read.done,
+                lsn,
+            };
+            read.ack.send(ChunkFate::Handed);
+            let rows = DirectRows::Read { table: version, rows: read.rows, commit_ts: read.read_at };
+            direct.loader.hand_over(DirectChunk { rows, progress, after: direct.after, previous: direct.previous, ack: read.ack });
+            return Ok(());
+        }
+        let kept = match untouched {
             None => {
                 read.ack.send(ChunkFate::Dropped);
                 return Ok(());
@@ -555,10 +574,10 @@ impl SchemaResolve {
         // Straight into Iceberg (a changelog table), unless a row went to the dead letters: those are stored with
         // the chunk's progress in one buffer transaction, which only the buffer path has.
         if let (Some(direct), true) = (read.direct, rejected.is_empty()) {
-            let rows = match kept {
+            let rows = DirectRows::Encoded(match kept {
                 Kept::Encoded(encoded) => encoded,
                 Kept::Events(events) => encode_events(version.clone(), read.read_at, &events)?,
-            };
+            });
             read.ack.send(ChunkFate::Handed);
             direct.loader.hand_over(DirectChunk { rows, progress, after: direct.after, previous: direct.previous, ack: read.ack });
             return Ok(());
