@@ -552,8 +552,9 @@ pub async fn snapshot(env: &Env, db: &mut Db) -> anyhow::Result<Snapshot> {
     db.checkpoint().await?;
     let started = Instant::now();
     let mut philotes = [Philotes::start(&file, "all", "snapshot")?];
-    // Done: every table's snapshot `done` (its last chunk enqueued) and no segment left (each flush deletes its
-    // segments only after its Iceberg commit). A failed snapshot ends the wait too, and is reported below.
+    // Done: every table's snapshot `done` (every chunk durable: committed straight into Iceberg, or enqueued) and
+    // no segment left (each flush deletes its segments only after its Iceberg commit). A failed snapshot ends the
+    // wait too, and is reported below.
     let done = format!(
         "SELECT coalesce((SELECT (bool_and(state = 'done') AND NOT EXISTS (SELECT 1 FROM philotes.segments WHERE pipeline = '{name}'))
                                  OR bool_or(state = 'failed')
