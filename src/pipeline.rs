@@ -67,10 +67,15 @@ pub fn capture_settings(config: &PipelineConfig) -> CaptureSettings {
         schema_resolve: stage_options(config, StageName::SchemaResolve, 1, DEFAULT_CAPTURE_QUEUE),
         enqueue: stage_options(config, StageName::Enqueue, 1, DEFAULT_CAPTURE_QUEUE),
         restart: RetryPolicy { base: Duration::from_millis(200), cap: Duration::from_secs(30), max_attempts: u32::MAX },
-        load: config.snapshot.direct.then(|| {
+        load: {
             let flush = flush_settings(config);
-            LoadSettings { catalog: flush.catalog, target: flush.target, target_file_size: flush.target_file_size }
-        }),
+            Some(LoadSettings {
+                catalog: flush.catalog,
+                target: flush.target,
+                target_file_size: flush.target_file_size,
+                direct: config.snapshot.direct,
+            })
+        },
     }
 }
 

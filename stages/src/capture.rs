@@ -67,8 +67,9 @@ pub struct CaptureSettings {
     pub enqueue: StageOptions,
     /// Backoff between restarts after a lost connection.
     pub restart: RetryPolicy,
-    /// Where snapshot chunks of changelog tables are written straight into Iceberg (`snapshot.direct: true`);
-    /// `None`: every chunk goes through the buffer.
+    /// Where snapshot chunks of changelog tables are written straight into Iceberg (`snapshot.direct`), and
+    /// where a resumed lane looks for the markers of such chunks; `None`: no Iceberg access (every chunk goes
+    /// through the buffer, and no marker is looked for).
     pub load: Option<LoadSettings>,
 }
 
@@ -95,9 +96,6 @@ pub enum CaptureError {
     /// A stage stopped the flow.
     #[error(transparent)]
     Flow(#[from] FlowError),
-    /// The Iceberg catalog of the snapshot's direct path could not be reached (retried).
-    #[error("iceberg catalog: {0}")]
-    Catalog(String),
     /// A snapshot was requested for tables the capture does not follow yet: it starts again following them.
     #[error("a snapshot was requested for tables not followed yet: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
     Follow(Vec<TableId>),
@@ -117,7 +115,6 @@ impl CaptureError {
             CaptureError::Buffer(e) => connection_lost(e),
             // The stages said so when they failed (StageError::SessionLost).
             CaptureError::Flow(e) => e.is_session_lost(),
-            CaptureError::Catalog(_) => true,
             CaptureError::Follow(_) => false,
         }
     }
@@ -167,7 +164,7 @@ async fn run_capture(settings: &CaptureSettings, cancel: CancellationToken) -> R
     // Tables a snapshot request made the capture follow, beyond the file's list (kept across restarts).
     let mut requested: Vec<TableId> = Vec::new();
     // The direct path's loader outlives the sessions: each new one first waits for the last one's chunks.
-    let loader = tokio::sync::OnceCell::new();
+    let loader = settings.load.as_ref().map(|load| Arc::new(ChunkLoader::new(&settings.pipeline, settings.buffer.clone(), load)));
     loop {
         // Each restart resumes from the checkpoint, exactly as a process restart would.
         let result = crate::supervise::restart_on_failure("capture lost a connection; restarting from the checkpoint", settings.restart, &cancel, CaptureError::is_restartable, CaptureError::is_interrupted, || {
@@ -221,7 +218,7 @@ async fn run_once(
     settings: &CaptureSettings,
     cancel: &CancellationToken,
     requested: &[TableId],
-    loader: &tokio::sync::OnceCell<Arc<ChunkLoader>>,
+    loader: &Option<Arc<ChunkLoader>>,
 ) -> Result<(), CaptureError> {
     let source = store::connect(&settings.source)
         .await
@@ -321,18 +318,11 @@ async fn run_once(
     .await?;
 
     let mut durable_tx = Some(durable_tx);
-    let load = match &settings.load {
-        None => None,
-        Some(load) => {
-            let loader = loader
-                .get_or_try_init(|| async { ChunkLoader::connect(&settings.pipeline, settings.buffer.clone(), load).await.map(Arc::new) })
-                .await
-                .map_err(|e| CaptureError::Catalog(crate::report::chain(&e)))?;
-            // Nothing of the last session may still be committing when this one's lanes look for their markers.
-            loader.settle().await;
-            Some(loader.clone())
-        }
-    };
+    // Nothing of the last session may still be committing when this one's lanes look for their markers.
+    if let Some(loader) = loader {
+        loader.settle().await;
+    }
+    let load = loader.clone();
     let mailbox = Mailbox::default();
     let reader = Reader {
         pipeline: settings.pipeline.clone(),

@@ -124,6 +124,9 @@ pub struct LoadSettings {
     pub target: TargetFn,
     /// Parquet target file size.
     pub target_file_size: usize,
+    /// `snapshot.direct`: changelog tables' chunks are written here. With `false` the loader only looks for the
+    /// markers a direct chunk of an earlier run left (a lane resumed after the key was switched off).
+    pub direct: bool,
 }
 
 /// A chunk's rows, `r` changes at its high watermark.
@@ -188,10 +191,13 @@ enum NotLoaded {
 pub struct ChunkLoader {
     pipeline: String,
     buffer: Config,
-    catalog: Arc<GuardedCatalog>,
-    tables: Tables,
+    /// Where the catalog is: connected on first use, so the capture never waits for the catalog to start
+    /// (only a snapshot does).
+    catalog_settings: crate::catalog::CatalogSettings,
+    catalogs: tokio::sync::OnceCell<Catalogs>,
     target: TargetFn,
     target_file_size: usize,
+    direct: bool,
     /// Tables whose chunks go through the buffer from now on.
     refused: Mutex<HashSet<TableId>>,
     tasks: TaskTracker,
@@ -202,27 +208,46 @@ pub struct ChunkLoader {
 }
 
 impl ChunkLoader {
-    /// A loader for `pipeline`'s changelog tables.
-    pub async fn connect(pipeline: &str, buffer: Config, settings: &LoadSettings) -> Result<Self, IcebergCommitError> {
-        let catalog = Arc::new(GuardedCatalog::new(crate::catalog::connect(&settings.catalog).await?));
-        let commits = Arc::new(super::CommitCatalog::new(&settings.catalog).map_err(IcebergCommitError::CatalogDatabase)?);
-        Ok(Self {
+    /// A loader for `pipeline`'s changelog tables (no connection yet).
+    pub fn new(pipeline: &str, buffer: Config, settings: &LoadSettings) -> Self {
+        Self {
             pipeline: pipeline.to_string(),
             buffer,
-            tables: Tables::new(pipeline, catalog.clone(), commits),
-            catalog,
+            catalog_settings: settings.catalog.clone(),
+            catalogs: tokio::sync::OnceCell::new(),
             target: settings.target.clone(),
             target_file_size: settings.target_file_size,
+            direct: settings.direct,
             refused: Mutex::new(HashSet::new()),
             tasks: TaskTracker::new(),
             session: Mutex::new(CancellationToken::new()),
             client: tokio::sync::Mutex::new(None),
-        })
+        }
     }
 
-    /// Whether `table`'s chunks are loaded here (a changelog table whose chunks were not refused).
+    /// The catalog and the table preparation, connected on first use (a failure is tried again next time).
+    async fn catalogs(&self) -> Result<&Catalogs, iceberg::Error> {
+        self.catalogs
+            .get_or_try_init(|| async {
+                let catalog = Arc::new(GuardedCatalog::new(crate::catalog::connect(&self.catalog_settings).await?));
+                let commits = super::CommitCatalog::new(&self.catalog_settings).map_err(|e| {
+                    iceberg::Error::new(iceberg::ErrorKind::Unexpected, format!("SQL catalog database: {}", crate::report::chain(&e)))
+                })?;
+                let tables = Tables::new(&self.pipeline, catalog.clone(), Arc::new(commits));
+                Ok(Catalogs { catalog, tables })
+            })
+            .await
+    }
+
+    /// Whether `table`'s chunks are loaded here (`snapshot.direct`, a changelog table whose chunks were not
+    /// refused).
     pub fn takes(&self, table: &TableId) -> bool {
-        !(self.target)(table).mirror && self.refused.lock().is_ok_and(|r| !r.contains(table))
+        self.direct && self.may_hold_markers(table) && self.refused.lock().is_ok_and(|r| !r.contains(table))
+    }
+
+    /// Whether `table` can hold chunk markers (a changelog table: a mirror's chunks never come here).
+    pub fn may_hold_markers(&self, table: &TableId) -> bool {
+        !(self.target)(table).mirror
     }
 
     fn ident(&self, table: &TableId) -> TableIdent {
@@ -248,10 +273,11 @@ impl ChunkLoader {
     /// killed before the progress moved). `Err`: the catalog could not be read.
     pub async fn landed(&self, table: &TableId, run: i32, lane: i32, after: Option<&[String]>) -> Result<Option<ChunkProgress>, iceberg::Error> {
         let ident = self.ident(table);
-        if !self.catalog.inner().table_exists(&ident).await? {
+        let catalog = &self.catalogs().await?.catalog;
+        if !catalog.inner().table_exists(&ident).await? {
             return Ok(None);
         }
-        let loaded = self.catalog.load_unguarded(&ident).await?;
+        let loaded = catalog.load_unguarded(&ident).await?;
         Ok(find_marker(&loaded, &self.pipeline, run, lane, after).and_then(|m| m.progress(table)))
     }
 
@@ -360,7 +386,7 @@ impl ChunkLoader {
         let versions = self.versions(source).await?;
         let target = (self.target)(source);
         let used = [(number, chunk.progress.lsn)];
-        let (table, named) = match self.tables.prepare(&ident, source, &versions, &used, false, &target.partition).await? {
+        let (table, named) = match self.catalogs().await?.tables.prepare(&ident, source, &versions, &used, false, &target.partition).await? {
             Prepared::Stopped(reason) => return Err(Attempt::Refused(reason)),
             Prepared::Ready { table, versions, .. } => (table, versions),
         };
@@ -381,7 +407,8 @@ impl ChunkLoader {
         let (run, lane, after) = (chunk.progress.run, chunk.progress.lane, chunk.after.as_deref());
         let started = Instant::now();
         let ident = &written.ident;
-        let table = self.catalog.load_unguarded(ident).await?;
+        let catalog = &self.catalogs().await?.catalog;
+        let table = catalog.load_unguarded(ident).await?;
         if find_marker(&table, &self.pipeline, run, lane, after).is_some() {
             return Ok(());
         }
@@ -396,9 +423,9 @@ impl ChunkLoader {
         let tx = Transaction::new(&table);
         let append = tx.fast_append().with_check_duplicate(false);
         let tx = append.add_data_files(written.files.clone()).set_snapshot_properties(properties).apply(tx)?;
-        self.catalog.guard(ident, table.metadata().current_snapshot_id());
-        let result = tx.commit(self.catalog.as_ref()).await;
-        self.catalog.unguard(ident);
+        catalog.guard(ident, table.metadata().current_snapshot_id());
+        let result = tx.commit(catalog.as_ref()).await;
+        catalog.unguard(ident);
         result?;
         let attributes = telemetry::table(&chunk.progress.table);
         let metrics = telemetry::metrics();
@@ -475,6 +502,12 @@ fn build(table: &Table, version: &TableSchema, rows: &DirectRows, lsn: Lsn) -> R
         return Err(Attempt::Refused(format!("a row cannot be written: {}", first.reason)));
     }
     Ok(output.batch)
+}
+
+/// The loader's catalog connection.
+struct Catalogs {
+    catalog: Arc<GuardedCatalog>,
+    tables: Tables,
 }
 
 /// A chunk's files, written and not yet committed.

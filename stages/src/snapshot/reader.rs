@@ -92,8 +92,8 @@ pub struct Reader {
     pub mailbox: Mailbox,
     /// Tables the capture was already restarted to follow: one still not followed is refused, not retried.
     pub requested: Vec<TableId>,
-    /// Writes the chunks of changelog tables straight into Iceberg (`snapshot.direct`); `None`: every chunk goes
-    /// through the buffer.
+    /// Writes the chunks of changelog tables straight into Iceberg (`snapshot.direct`), and finds the markers of
+    /// those whose progress did not move; `None` (tests of the reader alone): every chunk goes through the buffer.
     pub load: Option<Arc<ChunkLoader>>,
 }
 
@@ -282,7 +282,8 @@ impl Reader {
         let mut source = store::connect(&self.source).await?;
         // Chunks written straight into Iceberg whose progress did not move (the capture was killed between the
         // two): their commits' markers move it now, and they are not read again.
-        if let Some(load) = self.load.as_ref().filter(|l| l.takes(&request.table)) {
+        // Also with `snapshot.direct` switched off since: the markers are there all the same.
+        if let Some(load) = self.load.as_ref().filter(|l| l.may_hold_markers(&request.table)) {
             loop {
                 let landed = load.landed(&request.table, request.run, lane.lane, lane.last_key.as_deref()).await;
                 let Some(progress) = landed.map_err(|e| TableError::Catalog(crate::report::chain(&e)))? else { break };
