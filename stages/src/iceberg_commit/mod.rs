@@ -152,9 +152,37 @@ enum Writer {
     NotStarted,
     /// Slices go into this writer.
     Writing(Box<OpenWriter>),
+    /// Closed by a commit attempt that did not land (a conflict): the next attempt commits the same files if the
+    /// table still takes them as they are.
+    Closed(Box<ClosedFiles>),
     /// Writing ahead failed or was pointless (Iceberg already had the job): the commit decides, and writes the
     /// job again from the buffer if it must.
     Unusable,
+}
+
+/// What files written for a table rely on: the committed position whose later rows they hold, and the schema
+/// and partition spec they were written in. Files written on one table state are committed on another with the
+/// same of these (a snapshot chunk committed meanwhile moves neither).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WrittenFor {
+    after: Option<Position>,
+    schema_id: i32,
+    spec_id: i32,
+}
+
+impl WrittenFor {
+    fn of(table: &Table, after: Option<Position>) -> Self {
+        let metadata = table.metadata();
+        Self { after, schema_id: metadata.current_schema_id(), spec_id: metadata.default_partition_spec_id() }
+    }
+}
+
+/// A job's files closed by a commit attempt that did not land.
+struct ClosedFiles {
+    written_for: WrittenFor,
+    files: Vec<iceberg::spec::DataFile>,
+    rows: u64,
+    times: CommitTimes,
 }
 
 /// A writer opened on one table state, writing only the rows after that state's committed position.
@@ -271,16 +299,16 @@ impl Committer {
             return self.commit_mirror(job, pending, table, committed).await;
         }
         let started = std::time::Instant::now();
-        // The files written ahead are used only if they were filtered against exactly this table state.
+        // The files written ahead are used only if they were filtered against this table's committed position and
+        // written in its schema and spec (a snapshot chunk committed meanwhile changes none of them).
+        let written_for = WrittenFor::of(&table, job.filter(committed));
         let (files, row_count, times) = match std::mem::replace(&mut pending.writer, Writer::Unusable) {
-            Writer::Writing(mut open)
-                if open.after == job.filter(committed)
-                    && open.table.metadata().current_snapshot_id() == table.metadata().current_snapshot_id() =>
-            {
+            Writer::Writing(mut open) if WrittenFor::of(&open.table, open.after) == written_for => {
                 let files = open.writer.close().await?;
                 tracing::debug!(flush = job.id, close_ms = started.elapsed().as_millis() as u64, "writer closed");
                 (files, open.rows, open.times)
             }
+            Writer::Closed(closed) if closed.written_for == written_for => (closed.files, closed.rows, closed.times),
             _ => {
                 // Written again from the buffer, slice by slice (rare: a failed write or a table that moved).
                 tracing::info!(table = %job.target, "writing the flush again from the buffer");
@@ -322,12 +350,16 @@ impl Committer {
         // than the last), and our files are new by name (`philotes-{pipeline}-{uuid}…`, a retried flush writes new
         // ones), so it can find nothing.
         let append = tx.fast_append().with_check_duplicate(false);
-        let tx = append.add_data_files(files).set_snapshot_properties(properties).apply(tx)?;
+        let tx = append.add_data_files(files.clone()).set_snapshot_properties(properties).apply(tx)?;
         self.catalog.guard(&job.target, table.metadata().current_snapshot_id());
         fault::delay_before_commit(&job.target.to_string()).await;
         let result = tx.commit(self.catalog.as_ref()).await;
         self.catalog.unguard(&job.target);
-        result?;
+        if let Err(e) = result {
+            // Kept for the next attempt (a conflict is retried at once): written again only if the table moved.
+            pending.writer = Writer::Closed(Box::new(ClosedFiles { written_for, files, rows: row_count, times }));
+            return Err(e.into());
+        }
         fault::hit(fault::AFTER_ICEBERG_COMMIT);
         tracing::debug!(flush = job.id, rows = row_count, files = file_count,
             close_and_commit_ms = started.elapsed().as_millis() as u64, "flush committed");
