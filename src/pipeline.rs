@@ -12,7 +12,7 @@ use philotes_stages::enqueue::EnqueueLimits;
 use philotes_stages::catalog::CatalogSettings;
 use philotes_stages::claim::TableTarget;
 use philotes_stages::flush::FlushSettings;
-use philotes_stages::iceberg_commit::chunk::LoadSettings;
+use philotes_stages::load::LoadSettings;
 use philotes_stages::snapshot::reader::SnapshotSettings;
 
 use crate::config::{

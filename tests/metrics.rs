@@ -37,10 +37,13 @@ async fn the_cdc_metrics_count_every_change_per_pipeline_and_table_and_the_true_
     let after = crate::flush::last_commit(&db, "INSERT INTO t SELECT g, g FROM generate_series(1, 10) g; INSERT INTO t VALUES (11, 'NaN')");
     let name = db.name().to_string();
     let table = [("pipeline", name.as_str()), ("table", "public.t")];
+    // The rows are counted at the Iceberg commit, the dead letter at the buffer checkpoint just after it.
     let body = run
-        .wait_until("every change counted in Iceberg", Duration::from_secs(60), || async {
+        .wait_until("every change counted in Iceberg and the dead letters", Duration::from_secs(60), || async {
             let body = metrics(&addr).await;
-            (sample(&body, "philotes_cdc_events_processed_total", &table) == Some(10.0)).then_some(body)
+            (sample(&body, "philotes_cdc_events_processed_total", &table) == Some(10.0)
+                && sample(&body, "philotes_cdc_events_error_total", &table).is_some())
+            .then_some(body)
         })
         .await;
     assert_eq!(sample(&body, "philotes_cdc_events_read_total", &table), Some(11.0), "{body}");

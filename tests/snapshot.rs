@@ -401,6 +401,39 @@ async fn a_capture_killed_between_a_chunks_commit_and_its_progress_writes_the_ch
     assert_eq!((state.as_str(), done, chunks), ("done", 40_000, 10), "the progress counts every chunk once");
 }
 
+/// A row the Iceberg table cannot hold (NaN in a decimal column) goes to the dead letters with its reason, and
+/// every other row arrives once: the direct path sends such a chunk (and the table's later ones) through the
+/// buffer, whose flush stores dead letters with its checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_row_iceberg_cannot_hold_goes_to_the_dead_letters_and_the_rest_arrives_once() {
+    let db = philotes_testkit::shared().database("snap_letters").expect("database");
+    db.psql(
+        "CREATE TABLE odd (id int PRIMARY KEY, amount numeric(12,2));
+         INSERT INTO odd SELECT g, g * 0.5 FROM generate_series(1, 6000) g;
+         UPDATE odd SET amount = 'NaN' WHERE id = 4500;
+         ANALYZE odd;",
+    )
+    .expect("table");
+    let pipeline = snapshot_pipeline(&db, &["public.odd"], "{ chunk_rows: 1000, workers: 2 }");
+    let run = pipeline.start_streaming(&db, &[], ENV, "run.log").await;
+    wait_snapshots_done(&db, &pipeline, &run, "INSERT INTO odd VALUES (100000, 1)").await;
+    run.wait_until("the dead letter stored", Duration::from_secs(60), || async {
+        db.psql("SELECT count(*) FROM philotes.dead_letters").map(|n| n == "1").unwrap_or(false)
+    })
+    .await;
+    run.stop_cleanly().await;
+    assert!(run.log().contains("snapshot chunk cannot be written straight into iceberg"), "the direct path refused the chunk");
+    let letter = db.psql("SELECT source_table || '|' || reason || '|' || payload FROM philotes.dead_letters").expect("dead letter");
+    assert!(letter.starts_with("odd|") && letter.contains("4500"), "the dead letter names the table and holds the row: {letter}");
+    let rows = read_with_iceberg_crate(&pipeline, "odd").await;
+    let ids: Vec<&str> = rows.iter().filter(|r| r["_op"] == "r").filter_map(|r| r["id"].as_str()).collect();
+    let distinct: BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!((ids.len(), distinct.len()), (5999, 5999), "every other row once as 'r'");
+    assert!(!distinct.contains("4500"));
+    let (state, done, _, _) = progress(&db, &pipeline.name, "odd");
+    assert_eq!((state.as_str(), done), ("done", 6000));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_added_while_the_pipeline_runs_joins_with_every_row_once_on_request() {
     let db = philotes_testkit::shared().database("snap_request").expect("database");

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decode::stage::{Decode, NAME as DECODE};
 use crate::enqueue::{Enqueue, EnqueueLimits, NAME as ENQUEUE};
-use crate::iceberg_commit::chunk::{ChunkLoader, LoadSettings};
+use crate::load::{ChunkLoader, LoadSettings};
 use crate::position::Lsn;
 use crate::resolve::{SchemaResolve, NAME as SCHEMA_RESOLVE};
 use crate::source::follow::{self, IcebergName};
@@ -322,7 +322,7 @@ async fn run_once(
     if let Some(loader) = loader {
         loader.settle().await;
     }
-    let load = loader.clone();
+    let load = loader.clone().map(|l| l as Arc<dyn crate::snapshot::ChunkLoad>);
     let mailbox = Mailbox::default();
     let reader = Reader {
         pipeline: settings.pipeline.clone(),

@@ -21,6 +21,7 @@ pub mod enqueue;
 pub mod fault;
 pub mod flush;
 pub mod iceberg_commit;
+pub mod load;
 pub mod maintenance;
 pub mod mirror;
 pub mod op;

@@ -3,11 +3,50 @@
 //! Rows are positional (a `Vec<Value>` in the column order of the segment's schema version), so a segment does
 //! not repeat column names per row; the version's column list lives once in `philotes.schemas`.
 
-use philotes_schemas::Value;
+use std::sync::Arc;
+
+use philotes_schemas::{TableSchema, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::op::Op;
 use crate::position::{Lsn, Position};
+
+/// One version of a table's schema, shared by every change decoded with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableVersion {
+    /// The columns and their types.
+    pub schema: TableSchema,
+    /// 1, 2, … per table (philotes.schemas).
+    pub version: i32,
+}
+
+/// Changes already in their segment form, one after another (a snapshot chunk's rows: a chunk is tens of
+/// thousands of rows, and a typed [`SegmentEvent`] per row is an allocation per value that is encoded once and
+/// dropped).
+#[derive(Debug, Clone)]
+pub struct EncodedRows {
+    /// The table and the schema version the rows follow.
+    pub table: Arc<TableVersion>,
+    /// The changes' commit time, µs since the Unix epoch (the same for all).
+    pub commit_ts: i64,
+    /// The encoded changes, back to back.
+    pub bytes: Vec<u8>,
+    /// Per change: its position and where its bytes end in `bytes`.
+    pub rows: Vec<(Position, usize)>,
+}
+
+impl EncodedRows {
+    /// Each change's position and bytes, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (Position, &[u8])> + '_ {
+        let mut start = 0;
+        self.rows.iter().map(move |&(position, end)| {
+            let bytes = &self.bytes[start..end];
+            start = end;
+            (position, bytes)
+        })
+    }
+}
+
 
 /// One change as stored in a segment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,8 +10,11 @@ const STAGES: [&str; 8] = ["source", "decode", "resolve", "enqueue", "claim", "a
 /// The roles: the only modules that put stages together. `maintenance` (compaction and snapshot expiry, run by
 /// `philotes compact` and beside the flusher role) assembles the commit module of `iceberg_commit` with the
 /// lease and the table names of `claim`, as a role does. `retry` (`philotes dead-letters retry`) assembles
-/// SchemaResolve's conversion with the buffer's queue, as a role does.
-const ROLES: [&str; 4] = ["capture", "flush", "maintenance", "retry"];
+/// SchemaResolve's conversion with the buffer's queue, as a role does. `load` (a snapshot chunk written straight
+/// into Iceberg, in the capture role) assembles SchemaResolve's conversion, ArrowBatch's builder and
+/// IcebergCommit's writer, as a role does; the capture's reader and SchemaResolve see it only through
+/// `snapshot::ChunkLoad`.
+const ROLES: [&str; 5] = ["capture", "flush", "maintenance", "retry", "load"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read src") {

@@ -14,11 +14,10 @@
 //! (`mirror.rs`): folded per key, data files plus equality-delete files, through the commit of our own
 //! (`row_delta`), since the crate cannot commit delete files.
 
-pub mod chunk;
 mod dictionary;
 mod mirror;
 pub mod row_delta;
-mod writer;
+pub(crate) mod writer;
 
 pub use mirror::CommitCatalog;
 

@@ -40,7 +40,7 @@ const ROW_GROUP_ROWS: usize = 2 * SLICE_EVENTS;
 
 /// A Parquet data-file writer for `table` (zstd, rolling at `target_file_size`, one file per partition of the
 /// table's default spec); `first` (the flush's first rows) tells which columns are not worth a dictionary.
-pub(super) async fn open(
+pub(crate) async fn open(
     pipeline: &str,
     table: &Table,
     first: &RecordBatch,

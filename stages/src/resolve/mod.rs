@@ -20,12 +20,11 @@ use philotes_schemas::{
 use tokio_postgres::{Client, Config};
 
 use crate::decode::{ChangeEvent, Decoded, Relation};
-use crate::iceberg_commit::chunk::{DirectChunk, DirectRows};
-use crate::position::{Lsn, Position};
+use crate::position::Lsn;
 use crate::segment::SegmentEvent;
 use crate::op::Op;
 use crate::snapshot::window::Windows;
-use crate::snapshot::{ChunkDone, ChunkFate, Mailbox, Watermark};
+use crate::snapshot::{ChunkDone, ChunkFate, DirectChunk, DirectRows, Mailbox, Watermark};
 use crate::source::follow::{self, Followed, IcebergName};
 use crate::store::snapshots::ChunkProgress;
 use crate::table_id::TableId;
@@ -38,14 +37,7 @@ use crate::store::watermarks;
 /// The stage's name in metrics, spans and YAML (`stages.schema_resolve`).
 pub const NAME: &str = "schema_resolve";
 
-/// One version of a table's schema, shared by every change decoded with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableVersion {
-    /// The columns and their types.
-    pub schema: TableSchema,
-    /// 1, 2, … per table (philotes.schemas).
-    pub version: i32,
-}
+pub use crate::segment::{EncodedRows, TableVersion};
 
 /// What SchemaResolve hands to Enqueue, in stream order.
 #[derive(Debug, Clone)]
@@ -79,32 +71,6 @@ pub enum Resolved {
     },
 }
 
-/// Changes already in their segment form, one after another (a snapshot chunk's rows: a chunk is tens of
-/// thousands of rows, and a typed [`SegmentEvent`] per row is an allocation per value that is encoded once and
-/// dropped).
-#[derive(Debug, Clone)]
-pub struct EncodedRows {
-    /// The table and the schema version the rows follow.
-    pub table: Arc<TableVersion>,
-    /// The changes' commit time, µs since the Unix epoch (the same for all).
-    pub commit_ts: i64,
-    /// The encoded changes, back to back.
-    pub bytes: Vec<u8>,
-    /// Per change: its position and where its bytes end in `bytes`.
-    pub rows: Vec<(Position, usize)>,
-}
-
-impl EncodedRows {
-    /// Each change's position and bytes, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (Position, &[u8])> + '_ {
-        let mut start = 0;
-        self.rows.iter().map(move |&(position, end)| {
-            let bytes = &self.bytes[start..end];
-            start = end;
-            (position, bytes)
-        })
-    }
-}
 
 /// Why SchemaResolve could not go on.
 #[derive(Debug, thiserror::Error)]
@@ -498,7 +464,7 @@ impl SchemaResolve {
             };
             read.ack.send(ChunkFate::Handed);
             let rows = DirectRows::Read { table: version, rows: read.rows, commit_ts: read.read_at };
-            direct.loader.hand_over(DirectChunk { rows, progress, after: direct.after, previous: direct.previous, ack: read.ack });
+            direct.loader.clone().hand_over(DirectChunk { rows, progress, after: direct.after, previous: direct.previous, ack: read.ack });
             return Ok(());
         }
         let kept = match untouched {
@@ -571,15 +537,21 @@ impl SchemaResolve {
             done: read.done,
             lsn,
         };
-        // Straight into Iceberg (a changelog table), unless a row went to the dead letters: those are stored with
-        // the chunk's progress in one buffer transaction, which only the buffer path has.
-        if let (Some(direct), true) = (read.direct, rejected.is_empty()) {
+        if let Some(direct) = read.direct {
+            // Dead letters are stored with the chunk's progress in one buffer transaction, which only the buffer
+            // path has. Not this chunk, though: the lane's chunk before it may still be in flight, and a lane's
+            // progress moves in order. It is read again, through the buffer once nothing of its lane is in flight.
+            if let Some(letter) = rejected.first() {
+                direct.loader.refuse(&progress.table, &letter.reason);
+                read.ack.send(ChunkFate::Dropped);
+                return Ok(());
+            }
             let rows = DirectRows::Encoded(match kept {
                 Kept::Encoded(encoded) => encoded,
                 Kept::Events(events) => encode_events(version.clone(), read.read_at, &events)?,
             });
             read.ack.send(ChunkFate::Handed);
-            direct.loader.hand_over(DirectChunk { rows, progress, after: direct.after, previous: direct.previous, ack: read.ack });
+            direct.loader.clone().hand_over(DirectChunk { rows, progress, after: direct.after, previous: direct.previous, ack: read.ack });
             return Ok(());
         }
         out.push(Resolved::Begin { commit_lsn: lsn });

@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::decode::{Relation, TupleData};
+use crate::segment::{EncodedRows, TableVersion};
+use crate::store::snapshots::ChunkProgress;
 use crate::table_id::TableId;
 
 /// The prefix of our `pg_logical_emit_message` watermarks.
@@ -142,11 +144,28 @@ pub struct ReadChunk {
     pub direct: Option<Direct>,
 }
 
+/// Where chunks of tables whose snapshot is written straight into Iceberg go (`snapshot.direct`): the loader of
+/// the capture role (`crate::load`), seen here only through what the reader and SchemaResolve ask of it.
+#[async_trait::async_trait]
+pub trait ChunkLoad: Send + Sync {
+    /// Whether `table`'s chunks go to the loader (else through the buffer).
+    fn takes(&self, table: &TableId) -> bool;
+    /// Whether `table` can hold markers of chunks the loader committed.
+    fn may_hold_markers(&self, table: &TableId) -> bool;
+    /// The progress of `run`'s `lane` chunk read after `after`, if its commit landed (its progress then did not
+    /// move: the capture was killed in between); `Err`: the catalog could not be read.
+    async fn landed(&self, table: &TableId, run: i32, lane: i32, after: Option<&[String]>) -> Result<Option<ChunkProgress>, String>;
+    /// Writes `chunk` in the background; its ack says how that ended.
+    fn hand_over(self: Arc<Self>, chunk: DirectChunk);
+    /// Sends `table`'s chunks through the buffer from now on.
+    fn refuse(&self, table: &TableId, reason: &str);
+}
+
 /// How a chunk goes straight into Iceberg: the loader, and the lane's key before the chunk (its marker names it).
 #[derive(Clone)]
 pub struct Direct {
     /// Writes and commits it.
-    pub loader: Arc<crate::iceberg_commit::chunk::ChunkLoader>,
+    pub loader: Arc<dyn ChunkLoad>,
     /// The lane's key before the chunk.
     pub after: Option<Vec<String>>,
     /// The lane's chunk before this one, while it is still being written: this one commits only after it is
@@ -158,6 +177,60 @@ impl std::fmt::Debug for Direct {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Direct").field("after", &self.after).finish_non_exhaustive()
     }
+}
+
+/// A chunk's rows, `r` changes at its high watermark.
+pub enum DirectRows {
+    /// Typed and encoded (a chunk whose window saw changes of its table: the rows it keeps).
+    Encoded(EncodedRows),
+    /// As read (a chunk whose window saw no change of its table, the common case): typed while the batch is
+    /// built, each text or byte value borrowed from its field.
+    Read {
+        /// The table and the schema version the rows follow.
+        table: Arc<TableVersion>,
+        /// The rows, in the version's column order.
+        rows: Vec<TupleData>,
+        /// When they were read (their `_commit_ts`).
+        commit_ts: i64,
+    },
+}
+
+impl DirectRows {
+    /// How many rows.
+    pub fn len(&self) -> usize {
+        match self {
+            DirectRows::Encoded(rows) => rows.rows.len(),
+            DirectRows::Read { rows, .. } => rows.len(),
+        }
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The table and the schema version the rows follow.
+    pub fn table(&self) -> &Arc<TableVersion> {
+        match self {
+            DirectRows::Encoded(rows) => &rows.table,
+            DirectRows::Read { table, .. } => table,
+        }
+    }
+}
+
+/// A chunk handed over at its high watermark.
+pub struct DirectChunk {
+    /// Its rows.
+    pub rows: DirectRows,
+    /// The progress it makes.
+    pub progress: ChunkProgress,
+    /// The lane's key before it.
+    pub after: Option<Vec<String>>,
+    /// The lane's chunk before it, if still in flight: this one commits only once that one is durable.
+    pub previous: Option<tokio::sync::watch::Receiver<ChunkFate>>,
+    /// Told [`ChunkFate::Durable`] once the progress moved, [`ChunkFate::Dropped`] when the chunk is to be read
+    /// again (through the buffer if the loader refused it).
+    pub ack: Ack,
 }
 
 /// Chunks read and not yet met by their high watermark in the stream, by chunk id. The reader puts a chunk here

@@ -74,6 +74,8 @@ pub async fn describe(client: &impl GenericClient, relid: u32) -> Result<Option<
     let identity = ReplicaIdentity::from_pgoutput(table.get::<_, String>(3).bytes().next().unwrap_or(b'd'))
         .unwrap_or(ReplicaIdentity::Default);
     let reltuples: f64 = table.get(4);
+    // NULL when the table was dropped after the catalog scan found it (the function looks it up again).
+    let Some(readable) = table.get::<_, Option<bool>>(5) else { return Ok(None) };
     // Generated columns are not published (PostgreSQL 15): leave them out, as pgoutput does.
     let columns = client
         .query(
@@ -147,7 +149,7 @@ pub async fn describe(client: &impl GenericClient, relid: u32) -> Result<Option<
         chunk_key,
         match_key,
         estimate: (reltuples >= 0.0).then_some(reltuples as i64),
-        readable: table.get(5),
+        readable,
     }))
 }
 

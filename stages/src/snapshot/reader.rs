@@ -19,8 +19,7 @@ use tokio_postgres::{Config, IsolationLevel};
 use tokio_util::sync::CancellationToken;
 
 use super::read::{self, ChunkKey, KeyRange, TableShape};
-use super::{next_chunk_id, Ack, ChunkFate, Direct, Mailbox, ReadChunk, Watermark};
-use crate::iceberg_commit::chunk::ChunkLoader;
+use super::{next_chunk_id, Ack, ChunkFate, ChunkLoad, Direct, Mailbox, ReadChunk, Watermark};
 use crate::store::snapshots::{self, Lane, SnapshotRow};
 use crate::store::{self, source_tables};
 use crate::table_id::TableId;
@@ -94,7 +93,7 @@ pub struct Reader {
     pub requested: Vec<TableId>,
     /// Writes the chunks of changelog tables straight into Iceberg (`snapshot.direct`), and finds the markers of
     /// those whose progress did not move; `None` (tests of the reader alone): every chunk goes through the buffer.
-    pub load: Option<Arc<ChunkLoader>>,
+    pub load: Option<Arc<dyn ChunkLoad>>,
 }
 
 impl Reader {
@@ -175,8 +174,17 @@ impl Reader {
             let (reader, relid, workers, cancel) = (self.clone(), table.relid, workers.clone(), cancel.clone());
             tasks.spawn(async move {
                 let (table, run) = (request.table.clone(), request.run);
+                // A panic (a bug) fails this table alone, with its message, instead of leaving it active for good.
+                let reading = std::panic::AssertUnwindSafe(reader.read_table(&request, relid, &workers));
                 let result = tokio::select! {
-                    result = reader.read_table(&request, relid, &workers) => result,
+                    result = futures::FutureExt::catch_unwind(reading) => result.unwrap_or_else(|panic| {
+                        let message = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        Err(TableError::Refused(format!("reading the table failed (internal error: {message})")))
+                    }),
                     () = cancel.cancelled() => Err(TableError::Ended),
                 };
                 (table, run, result)
@@ -286,7 +294,7 @@ impl Reader {
         if let Some(load) = self.load.as_ref().filter(|l| l.may_hold_markers(&request.table)) {
             loop {
                 let landed = load.landed(&request.table, request.run, lane.lane, lane.last_key.as_deref()).await;
-                let Some(progress) = landed.map_err(|e| TableError::Catalog(crate::report::chain(&e)))? else { break };
+                let Some(progress) = landed.map_err(TableError::Catalog)? else { break };
                 tracing::info!(table = %request.table, lane = lane.lane, rows = progress.rows,
                     "snapshot chunk found in iceberg: moving its progress, not reading it again");
                 snapshots::advance(buffer, &self.pipeline, &progress).await?;

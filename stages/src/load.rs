@@ -27,17 +27,15 @@ use tokio_postgres::Config;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{writer, IcebergCommitError};
+use crate::iceberg_commit::{writer, CommitCatalog, IcebergCommitError};
 use crate::arrow_batch::BatchBuilder;
 use crate::catalog::table::{Prepared, Tables};
 use crate::catalog::{committed_position, GuardedCatalog, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE};
 use crate::claim::TargetFn;
 use crate::fault;
 use crate::position::Lsn;
-use crate::decode::TupleData;
 use crate::resolve::convert::read_fields;
-use crate::resolve::{EncodedRows, TableVersion};
-use crate::snapshot::{Ack, ChunkFate};
+use crate::snapshot::{ChunkFate, ChunkLoad, DirectChunk, DirectRows};
 use crate::store::snapshots::{self, ChunkProgress};
 use crate::store::{self, schemas as schema_store};
 use crate::table_id::TableId;
@@ -129,53 +127,6 @@ pub struct LoadSettings {
     pub direct: bool,
 }
 
-/// A chunk's rows, `r` changes at its high watermark.
-pub enum DirectRows {
-    /// Typed and encoded (a chunk whose window saw changes of its table: the rows it keeps).
-    Encoded(EncodedRows),
-    /// As read (a chunk whose window saw no change of its table, the common case): typed while the batch is
-    /// built, each text or byte value borrowed from its field.
-    Read {
-        /// The table and the schema version the rows follow.
-        table: Arc<TableVersion>,
-        /// The rows, in the version's column order.
-        rows: Vec<TupleData>,
-        /// When they were read (their `_commit_ts`).
-        commit_ts: i64,
-    },
-}
-
-impl DirectRows {
-    fn len(&self) -> usize {
-        match self {
-            DirectRows::Encoded(rows) => rows.rows.len(),
-            DirectRows::Read { rows, .. } => rows.len(),
-        }
-    }
-
-    fn table(&self) -> &Arc<TableVersion> {
-        match self {
-            DirectRows::Encoded(rows) => &rows.table,
-            DirectRows::Read { table, .. } => table,
-        }
-    }
-}
-
-/// A chunk handed over at its high watermark.
-pub struct DirectChunk {
-    /// Its rows.
-    pub rows: DirectRows,
-    /// The progress it makes.
-    pub progress: ChunkProgress,
-    /// The lane's key before it.
-    pub after: Option<Vec<String>>,
-    /// The lane's chunk before it, if still in flight: this one commits only once that one is durable.
-    pub previous: Option<tokio::sync::watch::Receiver<ChunkFate>>,
-    /// Told [`ChunkFate::Durable`] once the progress moved, [`ChunkFate::Dropped`] when the chunk is to be read
-    /// again (through the buffer if the loader refused it).
-    pub ack: Ack,
-}
-
 /// Why a chunk was not loaded.
 enum NotLoaded {
     /// It cannot be loaded directly (a value the Arrow builder rejects, a table that stops): its table's chunks
@@ -230,24 +181,13 @@ impl ChunkLoader {
         self.catalogs
             .get_or_try_init(|| async {
                 let catalog = Arc::new(GuardedCatalog::new(crate::catalog::connect(&self.catalog_settings).await?));
-                let commits = super::CommitCatalog::new(&self.catalog_settings).map_err(|e| {
+                let commits = CommitCatalog::new(&self.catalog_settings).map_err(|e| {
                     iceberg::Error::new(iceberg::ErrorKind::Unexpected, format!("SQL catalog database: {}", crate::report::chain(&e)))
                 })?;
                 let tables = Tables::new(&self.pipeline, catalog.clone(), Arc::new(commits));
                 Ok(Catalogs { catalog, tables })
             })
             .await
-    }
-
-    /// Whether `table`'s chunks are loaded here (`snapshot.direct`, a changelog table whose chunks were not
-    /// refused).
-    pub fn takes(&self, table: &TableId) -> bool {
-        self.direct && self.may_hold_markers(table) && self.refused.lock().is_ok_and(|r| !r.contains(table))
-    }
-
-    /// Whether `table` can hold chunk markers (a changelog table: a mirror's chunks never come here).
-    pub fn may_hold_markers(&self, table: &TableId) -> bool {
-        !(self.target)(table).mirror
     }
 
     fn ident(&self, table: &TableId) -> TableIdent {
@@ -267,39 +207,6 @@ impl ChunkLoader {
         if let Ok(mut session) = self.session.lock() {
             *session = CancellationToken::new();
         }
-    }
-
-    /// The progress of `run`'s `lane` chunk read after `after`, if its commit landed in Iceberg (the capture was
-    /// killed before the progress moved). `Err`: the catalog could not be read.
-    pub async fn landed(&self, table: &TableId, run: i32, lane: i32, after: Option<&[String]>) -> Result<Option<ChunkProgress>, iceberg::Error> {
-        let ident = self.ident(table);
-        let catalog = &self.catalogs().await?.catalog;
-        if !catalog.inner().table_exists(&ident).await? {
-            return Ok(None);
-        }
-        let loaded = catalog.load_unguarded(&ident).await?;
-        Ok(find_marker(&loaded, &self.pipeline, run, lane, after).and_then(|m| m.progress(table)))
-    }
-
-    /// Loads `chunk` in a task of its own (the stream goes on); the chunk's ack says how it ended.
-    pub fn hand_over(self: &Arc<Self>, chunk: DirectChunk) {
-        let loader = self.clone();
-        let session = self.session.lock().map(|s| s.clone()).unwrap_or_default();
-        self.tasks.spawn(async move {
-            let fate = match loader.load(&chunk, &session).await {
-                Ok(()) => ChunkFate::Durable,
-                Err(NotLoaded::Ended) => ChunkFate::Dropped,
-                Err(NotLoaded::Refused(reason)) => {
-                    tracing::warn!(table = %chunk.progress.table, reason = %reason,
-                        "snapshot chunk cannot be written straight into iceberg: the table's chunks go through the buffer");
-                    if let Ok(mut refused) = loader.refused.lock() {
-                        refused.insert(chunk.progress.table.clone());
-                    }
-                    ChunkFate::Dropped
-                }
-            };
-            chunk.ack.send(fate);
-        });
     }
 
     /// Writes the chunk's files, waits for the lane's chunk before it, commits the files (unless its marker is
@@ -468,6 +375,62 @@ impl ChunkLoader {
             versions.insert(row.version, Arc::new(schema));
         }
         Ok(versions)
+    }
+}
+
+#[async_trait::async_trait]
+impl ChunkLoad for ChunkLoader {
+    /// Whether `table`'s chunks are loaded here (`snapshot.direct`, a changelog table whose chunks were not
+    /// refused).
+    fn takes(&self, table: &TableId) -> bool {
+        self.direct && self.may_hold_markers(table) && self.refused.lock().is_ok_and(|r| !r.contains(table))
+    }
+
+    /// Whether `table` can hold chunk markers (a changelog table: a mirror's chunks never come here).
+    fn may_hold_markers(&self, table: &TableId) -> bool {
+        !(self.target)(table).mirror
+    }
+
+    /// Sends `table`'s chunks through the buffer from now on (a chunk of it cannot be written straight into
+    /// Iceberg: a value goes to the dead letters, or the table stops, which only the buffer path handles).
+    fn refuse(&self, table: &TableId, reason: &str) {
+        tracing::warn!(table = %table, reason = %reason,
+            "snapshot chunk cannot be written straight into iceberg: the table's chunks go through the buffer");
+        if let Ok(mut refused) = self.refused.lock() {
+            refused.insert(table.clone());
+        }
+    }
+
+    /// The progress of `run`'s `lane` chunk read after `after`, if its commit landed in Iceberg (the capture was
+    /// killed before the progress moved). `Err`: the catalog could not be read.
+    async fn landed(&self, table: &TableId, run: i32, lane: i32, after: Option<&[String]>) -> Result<Option<ChunkProgress>, String> {
+        let found = async {
+            let ident = self.ident(table);
+            let catalog = &self.catalogs().await?.catalog;
+            if !catalog.inner().table_exists(&ident).await? {
+                return Ok(None);
+            }
+            let loaded = catalog.load_unguarded(&ident).await?;
+            Ok::<_, iceberg::Error>(find_marker(&loaded, &self.pipeline, run, lane, after).and_then(|m| m.progress(table)))
+        };
+        found.await.map_err(|e| crate::report::catalog_failure(&e))
+    }
+
+    /// Loads `chunk` in a task of its own (the stream goes on); the chunk's ack says how it ended.
+    fn hand_over(self: Arc<Self>, chunk: DirectChunk) {
+        let loader = self.clone();
+        let session = self.session.lock().map(|s| s.clone()).unwrap_or_default();
+        self.tasks.spawn(async move {
+            let fate = match loader.load(&chunk, &session).await {
+                Ok(()) => ChunkFate::Durable,
+                Err(NotLoaded::Ended) => ChunkFate::Dropped,
+                Err(NotLoaded::Refused(reason)) => {
+                    loader.refuse(&chunk.progress.table, &reason);
+                    ChunkFate::Dropped
+                }
+            };
+            chunk.ack.send(fate);
+        });
     }
 }
 
