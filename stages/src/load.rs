@@ -1,11 +1,11 @@
 //! A snapshot chunk written straight into its Iceberg table (a changelog table, `snapshot.direct: true`, the
 //! default) rather than through the buffer. SchemaResolve hands the chunk over at its high watermark, its rows
-//! already typed and encoded as `r` changes at that position; here they become Parquet files (the flush's own
-//! builder and writer) and one append whose summary carries the chunk's marker (`philotes.snapshot-chunk`: run,
+//! `r` changes at that position (as read, or typed and encoded when its window saw changes); here they become
+//! Parquet files (the flush's own builder and writer) and one append whose summary carries the chunk's marker (`philotes.snapshot-chunk`: run,
 //! lane, the key the chunk started after, and the progress it makes) with the table's committed position left as
 //! it was. Then the chunk's progress moves in the buffer. These are the two steps of every flush, with the marker
 //! as the repair: a capture killed between them finds the marker when the lane resumes
-//! ([`ChunkLoader::landed`]) and moves the progress instead of reading the chunk again.
+//! ([`ChunkLoad::landed`]) and moves the progress instead of reading the chunk again.
 //!
 //! Why the buffer can be skipped: a changelog table orders its rows by their `_lsn`/`_seq` columns, not by the
 //! commit that carries them, and a chunk's rows sit at its high watermark whichever commit carries them. The

@@ -259,6 +259,16 @@ pub enum ValueRef<'a> {
     Uuid(&'a [u8; 16]),
 }
 
+/// A value of a snapshot row for ArrowBatch's `BatchBuilder::append_reads`: borrowed from the read (text,
+/// bytes), or typed into a value of its own.
+#[derive(Debug)]
+pub enum FieldValue<'r> {
+    /// Borrowed from the read.
+    Borrowed(ValueRef<'r>),
+    /// Typed.
+    Owned(Value),
+}
+
 impl<'a> ValueRef<'a> {
     /// The borrowed form of a scalar `value`; `None` for intervals and arrays.
     pub fn of(value: &'a Value) -> Option<Self> {

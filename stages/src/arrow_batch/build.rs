@@ -16,7 +16,7 @@ use crate::changelog::{check_column, type_name, SchemaError, CHANGELOG_COLUMNS, 
     UNCHANGED, XID,
 };
 use crate::op::Op;
-use crate::segment::{self, SegmentEvent, ValueRef};
+use crate::segment::{self, FieldValue, SegmentEvent, ValueRef};
 
 /// Longest rendering of one value in a rejected row (a megabyte of JSON helps nobody in a dead letter).
 const RENDERED_VALUE_CHARS: usize = 80;
@@ -293,16 +293,6 @@ impl BatchBuilder {
             rejected: self.rejected,
         })
     }
-}
-
-/// A value of a snapshot row for [`BatchBuilder::append_reads`]: borrowed from the read (text, bytes), or typed
-/// into a value of its own.
-#[derive(Debug)]
-pub enum FieldValue<'r> {
-    /// Borrowed from the read.
-    Borrowed(ValueRef<'r>),
-    /// Typed.
-    Owned(Value),
 }
 
 /// Adds the bytes of each string and binary value of one row (in the version's column order) to its target

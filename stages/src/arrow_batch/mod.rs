@@ -38,7 +38,7 @@ mod values;
 #[cfg(test)]
 mod tests;
 
-pub use build::{build_batch, has_unchanged, BatchBuilder, FieldValue};
+pub use build::{build_batch, has_unchanged, BatchBuilder};
 pub use stage::{ArrowBatch, ArrowBatchError};
 
 use std::sync::Arc;

@@ -4,8 +4,7 @@ use philotes_schemas::{has_binary, parse_binary, parse_binary_borrowed, parse_te
 
 use super::TableVersion;
 use crate::decode::{ChangeEvent, ColumnData, OldKind, TupleData};
-use crate::arrow_batch::FieldValue;
-use crate::segment::{self, SegmentEvent, ValueRef};
+use crate::segment::{self, FieldValue, SegmentEvent, ValueRef};
 
 /// Why a change could not be typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
