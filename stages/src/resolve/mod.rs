@@ -26,7 +26,6 @@ use crate::op::Op;
 use crate::snapshot::window::Windows;
 use crate::snapshot::{ChunkDone, ChunkFate, DirectChunk, DirectRows, Mailbox, Watermark};
 use crate::source::follow::{self, Followed, IcebergName};
-use crate::store::snapshots::ChunkProgress;
 use crate::table_id::TableId;
 use crate::source::setup;
 use crate::store::dead_letters::{DeadLetter, LetterEvent};
@@ -428,6 +427,7 @@ impl SchemaResolve {
         };
         let version = self.version_of(read.table.clone(), &read.relation, lsn).await?;
         let rows = read.rows.len();
+        let progress = read.progress(lsn);
         let mut rejected = Vec::new();
         let letter = |change: &ChangeEvent, reason: String| DeadLetter {
             stage: NAME.to_string(),
@@ -453,15 +453,6 @@ impl SchemaResolve {
         if let (Some(true), Some(direct)) = (untouched, &read.direct) {
             self.windows.close(&read.table, watermark.chunk, &[], Vec::new());
             let direct = direct.clone();
-            let progress = ChunkProgress {
-                table: read.table,
-                run: read.run,
-                lane: read.lane,
-                last_key: read.last_key,
-                rows: rows as i64,
-                done: read.done,
-                lsn,
-            };
             read.ack.send(ChunkFate::Handed);
             let rows = DirectRows::Read { table: version, rows: read.rows, commit_ts: read.read_at };
             direct.loader.clone().hand_over(DirectChunk { rows, progress, after: direct.after, previous: direct.previous, ack: read.ack });
@@ -527,15 +518,6 @@ impl SchemaResolve {
                     }
                 }
             }
-        };
-        let progress = ChunkProgress {
-            table: read.table,
-            run: read.run,
-            lane: read.lane,
-            last_key: read.last_key,
-            rows: rows as i64,
-            done: read.done,
-            lsn,
         };
         if let Some(direct) = read.direct {
             // Dead letters are stored with the chunk's progress in one buffer transaction, which only the buffer

@@ -161,6 +161,22 @@ pub trait ChunkLoad: Send + Sync {
     fn refuse(&self, table: &TableId, reason: &str);
 }
 
+impl ReadChunk {
+    /// The progress the chunk makes once durable, at its high watermark `lsn` (its rows as read, before the rows
+    /// a change replaced were dropped).
+    pub fn progress(&self, lsn: crate::position::Lsn) -> ChunkProgress {
+        ChunkProgress {
+            table: self.table.clone(),
+            run: self.run,
+            lane: self.lane,
+            last_key: self.last_key.clone(),
+            rows: self.rows.len() as i64,
+            done: self.done,
+            lsn,
+        }
+    }
+}
+
 /// How a chunk goes straight into Iceberg: the loader, and the lane's key before the chunk (its marker names it).
 #[derive(Clone)]
 pub struct Direct {
