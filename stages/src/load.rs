@@ -156,6 +156,10 @@ pub struct ChunkLoader {
     session: Mutex<CancellationToken>,
     /// A buffer session kept between chunks (schema versions, progress); dropped when it fails.
     client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// Held from a commit's table load to its end: the catalog's guard holds one expected state per table, so
+    /// two lanes' commits to one table must not interleave (an unguarded commit would be applied by the crate
+    /// on a newer table state than the one whose position its summary carries).
+    commits: tokio::sync::Mutex<()>,
 }
 
 impl ChunkLoader {
@@ -173,6 +177,7 @@ impl ChunkLoader {
             tasks: TaskTracker::new(),
             session: Mutex::new(CancellationToken::new()),
             client: tokio::sync::Mutex::new(None),
+            commits: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -315,6 +320,7 @@ impl ChunkLoader {
         let started = Instant::now();
         let ident = &written.ident;
         let catalog = &self.catalogs().await?.catalog;
+        let _one_at_a_time = self.commits.lock().await;
         let table = catalog.load_unguarded(ident).await?;
         if find_marker(&table, &self.pipeline, run, lane, after).is_some() {
             return Ok(());
