@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::iceberg_commit::{writer, CommitCatalog, IcebergCommitError};
 use crate::arrow_batch::BatchBuilder;
 use crate::catalog::table::{Prepared, Tables};
-use crate::catalog::{committed_position, GuardedCatalog, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE};
+use crate::catalog::{committed_position, pipeline_summaries, GuardedCatalog, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE};
 use crate::claim::TargetFn;
 use crate::fault;
 use crate::position::Lsn;
@@ -98,19 +98,9 @@ impl ChunkMarker {
 /// The marker of `pipeline`'s chunk (`run`, `lane`, read after `after`) in the table's history, if a commit
 /// carries it.
 fn find_marker(table: &Table, pipeline: &str, run: i32, lane: i32, after: Option<&[String]>) -> Option<ChunkMarker> {
-    let metadata = table.metadata();
-    let mut snapshot = metadata.current_snapshot().cloned();
-    while let Some(current) = snapshot {
-        let props = &current.summary().additional_properties;
-        if props.get(SUMMARY_PIPELINE).map(String::as_str) == Some(pipeline) {
-            let marker = props.get(SUMMARY_SNAPSHOT_CHUNK).and_then(|m| serde_json::from_str::<ChunkMarker>(m).ok());
-            if let Some(marker) = marker.filter(|m| m.is(run, lane, after)) {
-                return Some(marker);
-            }
-        }
-        snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id).cloned());
-    }
-    None
+    pipeline_summaries(table, pipeline)
+        .filter_map(|props| serde_json::from_str::<ChunkMarker>(props.get(SUMMARY_SNAPSHOT_CHUNK)?).ok())
+        .find(|marker| marker.is(run, lane, after))
 }
 
 /// Where the loader writes, from the pipeline file.
@@ -376,7 +366,8 @@ impl ChunkLoader {
         };
         let mut versions = std::collections::BTreeMap::new();
         for row in rows {
-            let schema: TableSchema = rmp_serde::from_slice(&row.columns)
+            let schema = row
+                .schema()
                 .map_err(|e| Attempt::Refused(format!("schema version {} of {table} cannot be read: {e}", row.version)))?;
             versions.insert(row.version, Arc::new(schema));
         }

@@ -20,7 +20,6 @@
 
 use std::collections::HashMap;
 
-use philotes_schemas::TableSchema;
 use tokio_postgres::Client;
 
 use crate::position::Position;
@@ -215,7 +214,8 @@ async fn table_versions(
     let rows = schema_store::versions(client, pipeline, &table.schema, &table.name).await?;
     rows.into_iter()
         .map(|row| {
-            let schema: TableSchema = rmp_serde::from_slice(&row.columns)
+            let schema = row
+                .schema()
                 .map_err(|e| RetryError::Corrupt { id, reason: format!("schema version {} of {table}: {e}", row.version) })?;
             Ok(TableVersion { schema, version: row.version })
         })

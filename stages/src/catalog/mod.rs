@@ -148,40 +148,33 @@ pub async fn connect(settings: &CatalogSettings) -> Result<Arc<dyn Catalog>> {
     }
 }
 
+/// The summaries of `pipeline`'s snapshots in the table's history, newest first: the current snapshot and its
+/// ancestors, walking back through the parents.
+pub fn pipeline_summaries<'a>(table: &'a Table, pipeline: &'a str) -> impl Iterator<Item = &'a HashMap<String, String>> + 'a {
+    let metadata = table.metadata();
+    let mut snapshot = metadata.current_snapshot();
+    std::iter::from_fn(move || {
+        let current = snapshot?;
+        snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id));
+        Some(&current.summary().additional_properties)
+    })
+    .filter(move |props| props.get(SUMMARY_PIPELINE).map(String::as_str) == Some(pipeline))
+}
+
 /// The last position a pipeline committed to `table`: the newest snapshot (walking back from the current one)
 /// whose summary says it was written by `pipeline`.
 pub fn committed_position(table: &Table, pipeline: &str) -> Option<Position> {
-    let metadata = table.metadata();
-    let mut snapshot = metadata.current_snapshot().cloned();
-    while let Some(current) = snapshot {
-        let props = &current.summary().additional_properties;
-        if props.get(SUMMARY_PIPELINE).map(String::as_str) == Some(pipeline) {
-            let lsn: Option<Lsn> = props.get(SUMMARY_LAST_LSN).and_then(|v| v.parse().ok());
-            let seq: Option<u64> = props.get(SUMMARY_LAST_SEQ).and_then(|v| v.parse().ok());
-            if let (Some(lsn), Some(seq)) = (lsn, seq) {
-                return Some(Position::new(lsn, seq));
-            }
-        }
-        snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id).cloned());
-    }
-    None
+    pipeline_summaries(table, pipeline).find_map(|props| {
+        let lsn: Lsn = props.get(SUMMARY_LAST_LSN)?.parse().ok()?;
+        let seq: u64 = props.get(SUMMARY_LAST_SEQ)?.parse().ok()?;
+        Some(Position::new(lsn, seq))
+    })
 }
 
 /// Whether a snapshot of `pipeline` in the table's history (the current snapshot and its ancestors) wrote the
 /// retry `token`: a flush of the retry that crashed before its buffer checkpoint is then only checkpointed.
 pub fn has_retry(table: &Table, pipeline: &str, token: &str) -> bool {
-    let metadata = table.metadata();
-    let mut snapshot = metadata.current_snapshot().cloned();
-    while let Some(current) = snapshot {
-        let props = &current.summary().additional_properties;
-        if props.get(SUMMARY_PIPELINE).map(String::as_str) == Some(pipeline)
-            && props.get(SUMMARY_RETRY).map(String::as_str) == Some(token)
-        {
-            return true;
-        }
-        snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id).cloned());
-    }
-    false
+    pipeline_summaries(table, pipeline).any(|props| props.get(SUMMARY_RETRY).map(String::as_str) == Some(token))
 }
 
 /// A catalog whose commits of a guarded table only land on the snapshot the guard names.

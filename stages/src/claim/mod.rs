@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use iceberg::{NamespaceIdent, TableIdent};
 use philotes_engine::{Source, StageError};
-use philotes_schemas::TableSchema;
 use tokio_postgres::Config;
 use tracing::Instrument;
 
@@ -211,7 +210,7 @@ impl Claim {
         let mut versions = BTreeMap::new();
         let stored = schema_store::versions(&**client, &settings.pipeline, &lease.table.schema, &lease.table.name);
         for row in stored.instrument(claiming).await? {
-            let schema: TableSchema = rmp_serde::from_slice(&row.columns).map_err(|e| ClaimError::Version {
+            let schema = row.schema().map_err(|e| ClaimError::Version {
                 table: TableId::new(row.source_schema.clone(), row.source_table.clone()),
                 version: row.version,
                 reason: e.to_string(),

@@ -20,6 +20,13 @@ pub struct SchemaVersionRow {
     pub description: String,
 }
 
+impl SchemaVersionRow {
+    /// The recorded columns, decoded.
+    pub fn schema(&self) -> Result<philotes_schemas::TableSchema, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(&self.columns)
+    }
+}
+
 /// The newest version of every table of the pipeline.
 pub async fn latest(client: &impl GenericClient, pipeline: &str) -> Result<Vec<SchemaVersionRow>, tokio_postgres::Error> {
     let rows = client
