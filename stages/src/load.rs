@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::iceberg_commit::{writer, CommitCatalog, IcebergCommitError};
-use crate::arrow_batch::BatchBuilder;
+use crate::arrow_batch::{build_batch, BatchBuilder};
 use crate::catalog::table::{Prepared, Tables};
 use crate::catalog::{committed_position, pipeline_summaries, GuardedCatalog, SUMMARY_LAST_LSN, SUMMARY_LAST_SEQ, SUMMARY_PIPELINE};
 use crate::claim::TargetFn;
@@ -434,30 +434,20 @@ impl ChunkLoad for ChunkLoader {
 /// The chunk's rows as one batch in the table's current schema (`version` is the rows' schema version under the
 /// table's column names), with the flush's builder; a row the builder would reject (a dead letter) refuses the
 /// chunk: the buffer path stores dead letters.
-fn build(table: &Table, version: &TableSchema, rows: &DirectRows, lsn: Lsn) -> Result<arrow::array::RecordBatch, Attempt> {
+fn build(table: &Table, version: &Arc<TableSchema>, rows: &DirectRows, lsn: Lsn) -> Result<arrow::array::RecordBatch, Attempt> {
     let schema = table.metadata().current_schema();
     let refused = |e: crate::changelog::SchemaError| Attempt::Refused(e.to_string());
-    let builder = match rows {
+    let output = match rows {
         DirectRows::Read { table: typed_as, rows, commit_ts } => {
-            let mut builder = BatchBuilder::new(schema, rows.len(), &[]).map_err(refused)?;
+            let mut builder = BatchBuilder::new::<&[_]>(schema, rows.len(), &[]).map_err(refused)?;
             let appended = builder
                 .append_reads(schema, version, rows, lsn.as_u64(), *commit_ts, |row, out| read_fields(typed_as, row, out))
                 .map_err(refused)?;
             appended.map_err(|reason| Attempt::Refused(format!("a row cannot be written: {reason}")))?;
-            builder
+            builder.finish().map_err(refused)?
         }
-        DirectRows::Encoded(rows) => {
-            let mut payload = Vec::with_capacity(rows.bytes.len() + 5);
-            rmp::encode::write_array_len(&mut payload, rows.rows.len() as u32).map_err(|e| Attempt::Refused(e.to_string()))?;
-            payload.extend_from_slice(&rows.bytes);
-            let mut builder = BatchBuilder::from_payload(schema, rows.rows.len(), version, &payload).map_err(refused)?;
-            if !builder.append_payload(schema, version, &payload).map_err(refused)? {
-                return Err(Attempt::Refused("a row needs the general build (a value it cannot take as it is)".into()));
-            }
-            builder
-        }
+        DirectRows::Typed { events, .. } => build_batch(schema, &[(version.clone(), events.as_slice())]).map_err(refused)?,
     };
-    let output = builder.finish().map_err(refused)?;
     if let Some(first) = output.rejected.first() {
         return Err(Attempt::Refused(format!("a row cannot be written: {}", first.reason)));
     }

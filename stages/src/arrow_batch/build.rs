@@ -29,11 +29,11 @@ const RENDERED_VALUE_CHARS: usize = 80;
 /// lacks is [`SchemaError::ColumnNotInTarget`] (evolve the table first, `crate::catalog::evolve`, and name the
 /// version's columns as the table does); a version column whose type the target column cannot hold is the error
 /// the evolution would give.
-pub fn build_batch(
+pub fn build_batch<E: AsRef<[SegmentEvent]>>(
     target: &Schema,
-    segments: &[(Arc<TableSchema>, Vec<SegmentEvent>)],
+    segments: &[(Arc<TableSchema>, E)],
 ) -> Result<BatchOutput, SchemaError> {
-    let rows = segments.iter().map(|(_, events)| events.len()).sum();
+    let rows = segments.iter().map(|(_, events)| events.as_ref().len()).sum();
     let mut builder = BatchBuilder::new(target, rows, segments)?;
     builder.append(target, segments)?;
     builder.finish()
@@ -64,10 +64,10 @@ pub struct BatchBuilder {
 impl BatchBuilder {
     /// Builders for `rows` rows in `target`; the bytes of string and binary values are estimated from
     /// `sample` (some of the batch's segments), scaled to `rows`, so the builders rarely grow by copying.
-    pub fn new(
+    pub fn new<E: AsRef<[SegmentEvent]>>(
         target: &Schema,
         rows: usize,
-        sample: &[(Arc<TableSchema>, Vec<SegmentEvent>)],
+        sample: &[(Arc<TableSchema>, E)],
     ) -> Result<Self, SchemaError> {
         let arrow_schema = Arc::new(schema_to_arrow_schema(target)?);
         let layout = Layout::new(target, &arrow_schema)?;
@@ -76,7 +76,7 @@ impl BatchBuilder {
         for (version, events) in sample {
             // A version the target cannot take fails in `append`, with its error.
             let Ok(plan) = Plan::new(version, target, &layout) else { break };
-            for event in events {
+            for event in events.as_ref() {
                 sampled += 1;
                 let image = event.new.as_deref().or(event.old.as_deref()).unwrap_or_default();
                 add_bytes(&mut bytes, &plan, image.iter().filter_map(ValueRef::of));
@@ -244,13 +244,13 @@ impl BatchBuilder {
     }
 
     /// Appends the rows of `segments` (consecutive, in position order, after those appended before).
-    pub fn append(
+    pub fn append<E: AsRef<[SegmentEvent]>>(
         &mut self,
         target: &Schema,
-        segments: &[(Arc<TableSchema>, Vec<SegmentEvent>)],
+        segments: &[(Arc<TableSchema>, E)],
     ) -> Result<(), SchemaError> {
         let layout = &self.layout;
-        let needs_history = segments.iter().any(|(_, events)| events.iter().any(has_unchanged));
+        let needs_history = segments.iter().any(|(_, events)| events.as_ref().iter().any(has_unchanged));
         let mut history = History {
             enabled: needs_history,
             images: HashMap::new(),
@@ -261,7 +261,7 @@ impl BatchBuilder {
         for (version, events) in segments {
             let plan = Plan::new(version, target, layout)?;
             cells.fill(Cell::Null);
-            for event in events {
+            for event in events.as_ref() {
                 match fill_row(layout, &plan, &mut history, event, &mut slots, &mut cells) {
                     Ok(()) => {
                         for (builder, cell) in self.builders.iter_mut().zip(&cells) {

@@ -24,7 +24,7 @@ use crate::position::Lsn;
 use crate::segment::SegmentEvent;
 use crate::op::Op;
 use crate::snapshot::window::Windows;
-use crate::snapshot::{ChunkDone, ChunkFate, DirectChunk, DirectRows, Mailbox, Watermark};
+use crate::snapshot::{ChunkDone, ChunkFate, DirectRows, Mailbox, Watermark};
 use crate::source::follow::{self, Followed, IcebergName};
 use crate::table_id::TableId;
 use crate::source::setup;
@@ -421,7 +421,7 @@ impl SchemaResolve {
             return Ok(());
         }
         // Not in the mailbox: a chunk of an earlier session, or one its reader gave up (it is read again).
-        let Some(read) = self.mailbox.take(watermark.chunk) else {
+        let Some(mut read) = self.mailbox.take(watermark.chunk) else {
             self.windows.close(&watermark.table(), watermark.chunk, &[], Vec::new());
             return Ok(());
         };
@@ -448,17 +448,7 @@ impl SchemaResolve {
             new: Some(row),
             seq: seq as u64,
         };
-        let untouched = self.windows.untouched(&read.table, watermark.chunk);
-        // Straight into Iceberg, as read: typed while the loader builds its batch, off the stream's path.
-        if let (Some(true), Some(direct)) = (untouched, &read.direct) {
-            self.windows.close(&read.table, watermark.chunk, &[], Vec::new());
-            let direct = direct.clone();
-            read.ack.send(ChunkFate::Handed);
-            let rows = DirectRows::Read { table: version, rows: read.rows, commit_ts: read.read_at };
-            direct.loader.clone().hand_over(DirectChunk { rows, progress, after: direct.after, previous: direct.previous, ack: read.ack });
-            return Ok(());
-        }
-        let kept = match untouched {
+        let kept = match self.windows.untouched(&read.table, watermark.chunk) {
             None => {
                 read.ack.send(ChunkFate::Dropped);
                 return Ok(());
@@ -466,6 +456,11 @@ impl SchemaResolve {
             // No change of the table between the watermarks: every row stays, encoded straight from its fields.
             Some(true) => {
                 self.windows.close(&read.table, watermark.chunk, &[], Vec::new());
+                // Straight into Iceberg, as read: typed while the loader builds its batch, off the stream's path.
+                if let Some(direct) = read.direct.take() {
+                    direct.hand_over(DirectRows::Read { table: version, rows: read.rows, commit_ts: read.read_at }, progress, read.ack);
+                    return Ok(());
+                }
                 let mut encoded = EncodedRows {
                     table: version.clone(),
                     commit_ts: read.read_at,
@@ -510,32 +505,26 @@ impl SchemaResolve {
                         Err(convert::ConvertFailure::Value(reason)) => rejected.push(letter(&change, reason)),
                     }
                 }
-                match self.windows.close(&read.table, watermark.chunk, &version.schema.columns, events) {
-                    Some(kept) => Kept::Events(kept),
-                    None => {
+                let Some(kept) = self.windows.close(&read.table, watermark.chunk, &version.schema.columns, events) else {
+                    read.ack.send(ChunkFate::Dropped);
+                    return Ok(());
+                };
+                if let Some(direct) = read.direct.take() {
+                    // Dead letters are stored with the chunk's progress in one buffer transaction, which only the
+                    // buffer path has. Not this chunk, though: the lane's chunk before it may still be in flight,
+                    // and a lane's progress moves in order. It is read again, through the buffer once nothing of
+                    // its lane is in flight.
+                    if let Some(letter) = rejected.first() {
+                        direct.loader.refuse(&progress.table, &letter.reason);
                         read.ack.send(ChunkFate::Dropped);
                         return Ok(());
                     }
+                    direct.hand_over(DirectRows::Typed { table: version.clone(), events: kept }, progress, read.ack);
+                    return Ok(());
                 }
+                Kept::Events(kept)
             }
         };
-        if let Some(direct) = read.direct {
-            // Dead letters are stored with the chunk's progress in one buffer transaction, which only the buffer
-            // path has. Not this chunk, though: the lane's chunk before it may still be in flight, and a lane's
-            // progress moves in order. It is read again, through the buffer once nothing of its lane is in flight.
-            if let Some(letter) = rejected.first() {
-                direct.loader.refuse(&progress.table, &letter.reason);
-                read.ack.send(ChunkFate::Dropped);
-                return Ok(());
-            }
-            let rows = DirectRows::Encoded(match kept {
-                Kept::Encoded(encoded) => encoded,
-                Kept::Events(events) => encode_events(version.clone(), read.read_at, &events)?,
-            });
-            read.ack.send(ChunkFate::Handed);
-            direct.loader.clone().hand_over(DirectChunk { rows, progress, after: direct.after, previous: direct.previous, ack: read.ack });
-            return Ok(());
-        }
         out.push(Resolved::Begin { commit_lsn: lsn });
         let rows_enqueued = match kept {
             Kept::Encoded(encoded) => {
@@ -588,16 +577,6 @@ impl SchemaResolve {
 enum Kept {
     Encoded(EncodedRows),
     Events(Vec<SegmentEvent>),
-}
-
-/// A chunk's kept rows (typed, its window having seen changes) in their segment form, for the direct path.
-fn encode_events(table: Arc<TableVersion>, commit_ts: i64, events: &[SegmentEvent]) -> Result<EncodedRows, ResolveError> {
-    let mut encoded = EncodedRows { table, commit_ts, bytes: Vec::new(), rows: Vec::with_capacity(events.len()) };
-    for event in events {
-        crate::segment::write_event(&mut encoded.bytes, event).map_err(|e| ResolveError::Encode(e.to_string()))?;
-        encoded.rows.push((event.position(), encoded.bytes.len()));
-    }
-    Ok(encoded)
 }
 
 /// The change a dead letter keeps for a retry: raw (as pgoutput sent it) with the version it was decoded with.

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::decode::{Relation, TupleData};
-use crate::segment::{EncodedRows, TableVersion};
+use crate::segment::{SegmentEvent, TableVersion};
 use crate::store::snapshots::ChunkProgress;
 use crate::table_id::TableId;
 
@@ -189,6 +189,14 @@ pub struct Direct {
     pub previous: Option<watch::Receiver<ChunkFate>>,
 }
 
+impl Direct {
+    /// Hands the chunk to the loader: its reader may read the next one, and the final fate follows on `ack`.
+    pub fn hand_over(self, rows: DirectRows, progress: ChunkProgress, ack: Ack) {
+        ack.send(ChunkFate::Handed);
+        self.loader.clone().hand_over(DirectChunk { rows, progress, after: self.after, previous: self.previous, ack });
+    }
+}
+
 impl std::fmt::Debug for Direct {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Direct").field("after", &self.after).finish_non_exhaustive()
@@ -197,8 +205,13 @@ impl std::fmt::Debug for Direct {
 
 /// A chunk's rows, `r` changes at its high watermark.
 pub enum DirectRows {
-    /// Typed and encoded (a chunk whose window saw changes of its table: the rows it keeps).
-    Encoded(EncodedRows),
+    /// Typed (a chunk whose window saw changes of its table: the rows it keeps), each an `r` change.
+    Typed {
+        /// The table and the schema version the rows follow.
+        table: Arc<TableVersion>,
+        /// The changes.
+        events: Vec<SegmentEvent>,
+    },
     /// As read (a chunk whose window saw no change of its table, the common case): typed while the batch is
     /// built, each text or byte value borrowed from its field.
     Read {
@@ -215,7 +228,7 @@ impl DirectRows {
     /// How many rows.
     pub fn len(&self) -> usize {
         match self {
-            DirectRows::Encoded(rows) => rows.rows.len(),
+            DirectRows::Typed { events, .. } => events.len(),
             DirectRows::Read { rows, .. } => rows.len(),
         }
     }
@@ -228,7 +241,7 @@ impl DirectRows {
     /// The table and the schema version the rows follow.
     pub fn table(&self) -> &Arc<TableVersion> {
         match self {
-            DirectRows::Encoded(rows) => &rows.table,
+            DirectRows::Typed { table, .. } => table,
             DirectRows::Read { table, .. } => table,
         }
     }
